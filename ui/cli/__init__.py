@@ -1,0 +1,47 @@
+"""The `groundex` command line: one module per command, each with `add_parser` and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import demo, info, ingest
+from ._common import UserError, known_user_errors
+
+COMMANDS = (demo, ingest, info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="groundex",
+        description="Embedding index and retrieval-grounding for image collections. "
+                    "Start with `groundex demo`, then `groundex info`.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except known_user_errors() as e:  # a user's mistake gets a message, not a traceback
+        if args.verbose >= 2:
+            raise
+        message = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        print(f"groundex {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"groundex {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

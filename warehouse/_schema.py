@@ -1,0 +1,100 @@
+"""The catalog schema as an ordered list of migrations.
+
+The catalog records its version in `schema_version`; opening a catalog applies every migration
+newer than that, each in its own transaction. Later components append migrations here (models,
+embedding rows, tags, ...) and never edit a released one: a workdir built by an older groundex
+upgrades in place, and one built by a newer groundex is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+# Each migration is a list of statements run in one transaction. There are no FOREIGN KEY clauses:
+# DuckDB's foreign keys block the deletes that removing an image needs; the writer keeps the
+# references sound. Ids are assigned by the writer
+# (max(id) + 1 under the single-writer rule), not by sequences, so that bulk inserts from Arrow
+# batches stay one statement per table and FAISS ids can be the catalog's image ids.
+MIGRATIONS: list[list[str]] = [
+    # 1: images, captions, phrases, boxes, entities, rejects, runs.
+    [
+        """
+        CREATE TABLE images (
+            id        BIGINT PRIMARY KEY,       -- catalog id; also the FAISS id of the image's vectors
+            key       VARCHAR NOT NULL UNIQUE,  -- stable source key, e.g. 'flickr30k/2000000003'
+            dataset   VARCHAR NOT NULL,         -- e.g. 'flickr30k', 'synthetic', 'folder'
+            path      VARCHAR NOT NULL,         -- absolute path of the image file that was ingested
+            width     INTEGER NOT NULL,         -- pixels, after EXIF orientation is applied
+            height    INTEGER NOT NULL,
+            split     VARCHAR,                  -- 'train' / 'val' / 'test' / NULL (unassigned)
+            sha256    VARCHAR NOT NULL,         -- of the file's bytes
+            format    VARCHAR,                  -- PIL format name, e.g. 'JPEG'
+            mode      VARCHAR,                  -- PIL mode on disk, e.g. 'RGB', 'CMYK', 'L'
+            added_at  TIMESTAMP NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE captions (
+            id        BIGINT PRIMARY KEY,
+            image_id  BIGINT NOT NULL,
+            ordinal   INTEGER NOT NULL,         -- position among the image's captions of this source
+            text      VARCHAR NOT NULL,         -- plain text, phrase markup removed
+            source    VARCHAR NOT NULL CHECK (source IN ('human', 'generated')),
+            model_id  VARCHAR,                  -- content hash of the model that generated it (NULL for human)
+            UNIQUE (image_id, source, ordinal, model_id)
+        )
+        """,
+        """
+        CREATE TABLE phrases (
+            id                BIGINT PRIMARY KEY,
+            caption_id        BIGINT NOT NULL,
+            image_id          BIGINT NOT NULL,  -- denormalized for joins with boxes
+            entity_id         BIGINT NOT NULL,    -- Flickr30k Entities id; 0 marks 'notvisual' phrases
+            types             VARCHAR[] NOT NULL, -- e.g. ['people'] or ['animals', 'scene']
+            text              VARCHAR NOT NULL,
+            first_word_index  INTEGER NOT NULL    -- index of the phrase's first word in the caption's words
+        )
+        """,
+        """
+        CREATE TABLE boxes (
+            id          BIGINT PRIMARY KEY,
+            image_id    BIGINT NOT NULL,
+            entity_ids  BIGINT[] NOT NULL,  -- one <object> may name several entities
+            x1 REAL NOT NULL, y1 REAL NOT NULL,  -- continuous pixel edges in the stored image:
+            x2 REAL NOT NULL, y2 REAL NOT NULL   -- 0 <= x1 < x2 <= width, 0 <= y1 < y2 <= height
+        )
+        """,
+        """
+        CREATE TABLE entities (
+            image_id   BIGINT NOT NULL,
+            entity_id  BIGINT NOT NULL,
+            n_boxes    INTEGER NOT NULL,  -- how many boxes name this entity (0: nobndbox or scene)
+            scene      BOOLEAN NOT NULL,  -- annotated <scene>1</scene>: the entity is the whole scene
+            nobndbox   BOOLEAN NOT NULL,  -- annotated <nobndbox>1</nobndbox>: not localizable
+            PRIMARY KEY (image_id, entity_id)
+        )
+        """,
+        """
+        CREATE TABLE rejects (
+            id        BIGINT PRIMARY KEY,
+            run_id    BIGINT,            -- the ingest run that met the problem
+            path      VARCHAR NOT NULL,  -- file the problem is in
+            line      INTEGER,           -- 1-based line or row, when the problem is in one
+            reason    VARCHAR NOT NULL,
+            rejected_at  TIMESTAMP NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE runs (
+            id           BIGINT PRIMARY KEY,
+            command      VARCHAR NOT NULL,  -- e.g. 'ingest flickr30k', 'train', 'eval grounding'
+            started_at   TIMESTAMP NOT NULL,
+            finished_at  TIMESTAMP,
+            status       VARCHAR NOT NULL CHECK (status IN ('running', 'ok', 'failed')),
+            config       JSON,              -- the command's config dataclass, as saved
+            model_id     VARCHAR,           -- content hash of the model the run used, if any
+            result       JSON               -- counts or metrics the run produced
+        )
+        """,
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

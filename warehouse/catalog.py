@@ -1,0 +1,315 @@
+"""The DuckDB catalog: every row groundex knows about, behind a small API of parameterized queries.
+
+DuckDB allows one writing process at a time; readers open with `read_only=True`. Bulk rows go in as
+Arrow tables registered on the connection (one INSERT ... SELECT per table), never as SQL text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ._schema import MIGRATIONS, SCHEMA_VERSION
+from .records import Box, Reject, Sample
+from .workdir import Workdir, utc_now
+
+_logger = logging.getLogger(__name__)
+
+
+class CatalogError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the ingest measured of an image file."""
+
+    width: int
+    height: int
+    sha256: str
+    format: str | None
+    mode: str | None
+
+
+@dataclass
+class PreparedSample:
+    """A sample whose image was opened and measured, with boxes in the stored image's pixel space."""
+
+    sample: Sample
+    info: ImageInfo
+    boxes: list[Box]
+
+
+class Catalog:
+    def __init__(self, path: Path | str, read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(f"no catalog at {self.path}")
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as e:
+            raise CatalogError(f"cannot open catalog {self.path}: {e}") from None
+        version = self._stored_version()
+        if version > SCHEMA_VERSION:
+            self.con.close()
+            raise CatalogError(
+                f"{self.path} has schema version {version}, newer than this groundex ({SCHEMA_VERSION}); "
+                "upgrade groundex to read it"
+            )
+        if version < SCHEMA_VERSION:
+            if read_only:
+                self.con.close()
+                raise CatalogError(
+                    f"{self.path} has schema version {version} < {SCHEMA_VERSION}; open it once for "
+                    "writing (any ingest) to upgrade it"
+                )
+            self._migrate(version)
+
+    @classmethod
+    def open(cls, workdir: Workdir, read_only: bool = False) -> "Catalog":
+        if not read_only:
+            workdir.create()
+        elif not workdir.exists():
+            workdir.read_manifest()  # raises a clear "not a workdir" error
+        return cls(workdir.catalog_path, read_only=read_only)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def _scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        # fetchall, not fetchone: DuckDB >= 2 keeps a partly fetched result open and refuses other work.
+        return self.con.execute(sql, list(params)).fetchall()[0][0]
+
+    def _stored_version(self) -> int:
+        if not self._scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"):
+            return 0
+        return int(self._scalar("SELECT max(version) FROM schema_version") or 0)
+
+    def _migrate(self, from_version: int) -> None:
+        with self.transaction():
+            self.con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)"
+            )
+        for version in range(from_version + 1, SCHEMA_VERSION + 1):
+            _logger.info("catalog %s: applying schema migration %d", self.path, version)
+            with self.transaction():
+                for statement in MIGRATIONS[version - 1]:
+                    self.con.execute(statement)
+                self.con.execute("INSERT INTO schema_version VALUES (?, ?)", [version, utc_now()])
+
+    @property
+    def schema_version(self) -> int:
+        return self._stored_version()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        else:
+            self.con.execute("COMMIT")
+
+    # -- generic reads --------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        """Run a parameterized query (values as `?`, never formatted into `sql`) and return all rows."""
+        return self.con.execute(sql, list(params)).fetchall()
+
+    def _next_id(self, table: str) -> int:
+        # `table` only ever comes from this module's own literals.
+        return int(self._scalar(f"SELECT coalesce(max(id), 0) + 1 FROM {table}"))
+
+    def existing_keys(self, keys: Iterable[str]) -> set[str]:
+        keys = list(keys)
+        if not keys:
+            return set()
+        rows = self.con.execute(
+            "SELECT key FROM images WHERE key IN (SELECT unnest(?::VARCHAR[]))", [keys]
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def counts(self) -> dict[str, Any]:
+        """Row counts: images, captions (human), phrases, boxes, entities, rejects, runs, and images per split."""
+        one = lambda sql: int(self._scalar(sql))  # noqa: E731
+        splits = self.con.execute(
+            "SELECT coalesce(split, 'unassigned'), count(*) FROM images GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        return {
+            "images": one("SELECT count(*) FROM images"),
+            "captions": one("SELECT count(*) FROM captions WHERE source = 'human'"),
+            "generated_captions": one("SELECT count(*) FROM captions WHERE source = 'generated'"),
+            "phrases": one("SELECT count(*) FROM phrases"),
+            "boxes": one("SELECT count(*) FROM boxes"),
+            "entities": one("SELECT count(*) FROM entities"),
+            "rejects": one("SELECT count(*) FROM rejects"),
+            "runs": one("SELECT count(*) FROM runs"),
+            "splits": {name: int(n) for name, n in splits},
+            "datasets": dict(self.con.execute("SELECT dataset, count(*) FROM images GROUP BY 1 ORDER BY 1").fetchall()),
+        }
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def add_samples(self, prepared: list[PreparedSample]) -> int:
+        """Insert images with their captions, phrases, boxes and entities in one transaction.
+
+        Returns the number of images added. Callers pass only keys not yet in the catalog.
+        """
+        if not prepared:
+            return 0
+        now = utc_now()
+        with self.transaction():
+            image_id = self._next_id("images")
+            caption_id = self._next_id("captions")
+            phrase_id = self._next_id("phrases")
+            box_id = self._next_id("boxes")
+            images, captions, phrases, boxes, entities = ([] for _ in range(5))
+            for p in prepared:
+                s = p.sample
+                images.append((image_id, s.key, s.dataset, str(s.path), p.info.width, p.info.height, s.split,
+                               p.info.sha256, p.info.format, p.info.mode, now))
+                for ordinal, c in enumerate(s.captions):
+                    captions.append((caption_id, image_id, ordinal, c.text, "human", None))
+                    for ph in c.phrases:
+                        phrases.append((phrase_id, caption_id, image_id, ph.entity_id, list(ph.types), ph.text,
+                                        ph.first_word_index))
+                        phrase_id += 1
+                    caption_id += 1
+                for b in p.boxes:
+                    boxes.append((box_id, image_id, list(b.entity_ids), b.x1, b.y1, b.x2, b.y2))
+                    box_id += 1
+                for e in s.entities:
+                    entities.append((image_id, e.entity_id, e.n_boxes, e.scene, e.nobndbox))
+                image_id += 1
+            self._insert("images", images, _IMAGES)
+            self._insert("captions", captions, _CAPTIONS)
+            self._insert("phrases", phrases, _PHRASES)
+            self._insert("boxes", boxes, _BOXES)
+            self._insert("entities", entities, _ENTITIES)
+        return len(prepared)
+
+    def _insert(self, table: str, rows: list[tuple], schema: pa.Schema) -> None:
+        if not rows:
+            return
+        columns = list(zip(*rows))
+        batch = pa.table([pa.array(col, type=f.type) for col, f in zip(columns, schema)], schema=schema)
+        self.con.register("_batch", batch)
+        try:
+            names = ", ".join(schema.names)
+            self.con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _batch")
+        finally:
+            self.con.unregister("_batch")
+
+    def add_rejects(self, rejects: Iterable[Reject], run_id: int | None = None) -> int:
+        rows = list(rejects)
+        if not rows:
+            return 0
+        now = utc_now()
+        with self.transaction():
+            first = self._next_id("rejects")
+            self._insert(
+                "rejects",
+                [(first + i, run_id, r.path, r.line, r.reason, now) for i, r in enumerate(rows)],
+                _REJECTS,
+            )
+        return len(rows)
+
+    def start_run(self, command: str, config: dict[str, Any] | None = None, model_id: str | None = None) -> int:
+        with self.transaction():
+            run_id = self._next_id("runs")
+            self.con.execute(
+                "INSERT INTO runs (id, command, started_at, status, config, model_id) VALUES (?, ?, ?, 'running', ?, ?)",
+                [run_id, command, utc_now(), json.dumps(config or {}, default=str), model_id],
+            )
+        return run_id
+
+    def finish_run(self, run_id: int, status: str, result: dict[str, Any] | None = None) -> None:
+        self.con.execute(
+            "UPDATE runs SET finished_at = ?, status = ?, result = ? WHERE id = ?",
+            [utc_now(), status, json.dumps(result or {}, default=str), run_id],
+        )
+
+    @contextmanager
+    def run(self, command: str, config: dict[str, Any] | None = None,
+            model_id: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Record a run: yields (run_id, result dict to fill); marks it 'ok' or 'failed' on exit."""
+        run_id = self.start_run(command, config, model_id)
+        result: dict[str, Any] = {}
+        try:
+            yield run_id, result
+        except BaseException as e:
+            result.setdefault("error", f"{type(e).__name__}: {e}")
+            self.finish_run(run_id, "failed", result)
+            raise
+        self.finish_run(run_id, "ok", result)
+
+    def runs(self, command: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        sql = "SELECT id, command, started_at, finished_at, status, config, model_id, result FROM runs"
+        params: list[Any] = []
+        if command is not None:
+            sql += " WHERE command = ?"
+            params.append(command)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        keys = ("id", "command", "started_at", "finished_at", "status", "config", "model_id", "result")
+        out = []
+        for row in self.con.execute(sql, params).fetchall():
+            d = dict(zip(keys, row))
+            for k in ("config", "result"):
+                d[k] = json.loads(d[k]) if d[k] else {}
+            out.append(d)
+        return out
+
+    def rejects(self, run_id: int | None = None) -> list[Reject]:
+        sql = "SELECT path, reason, line FROM rejects"
+        params: list[Any] = []
+        if run_id is not None:
+            sql += " WHERE run_id = ?"
+            params.append(run_id)
+        return [Reject(path=p, reason=r, line=ln) for p, r, ln in self.con.execute(sql + " ORDER BY id", params).fetchall()]
+
+
+_IMAGES = pa.schema([
+    ("id", pa.int64()), ("key", pa.string()), ("dataset", pa.string()), ("path", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()), ("split", pa.string()), ("sha256", pa.string()),
+    ("format", pa.string()), ("mode", pa.string()), ("added_at", pa.timestamp("us")),
+])
+_CAPTIONS = pa.schema([
+    ("id", pa.int64()), ("image_id", pa.int64()), ("ordinal", pa.int32()), ("text", pa.string()),
+    ("source", pa.string()), ("model_id", pa.string()),
+])
+_PHRASES = pa.schema([
+    ("id", pa.int64()), ("caption_id", pa.int64()), ("image_id", pa.int64()), ("entity_id", pa.int64()),
+    ("types", pa.list_(pa.string())), ("text", pa.string()), ("first_word_index", pa.int32()),
+])
+_BOXES = pa.schema([
+    ("id", pa.int64()), ("image_id", pa.int64()), ("entity_ids", pa.list_(pa.int64())),
+    ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
+])
+_ENTITIES = pa.schema([
+    ("image_id", pa.int64()), ("entity_id", pa.int64()), ("n_boxes", pa.int32()), ("scene", pa.bool_()),
+    ("nobndbox", pa.bool_()),
+])
+_REJECTS = pa.schema([
+    ("id", pa.int64()), ("run_id", pa.int64()), ("path", pa.string()), ("line", pa.int32()),
+    ("reason", pa.string()), ("rejected_at", pa.timestamp("us")),
+])

@@ -1,0 +1,126 @@
+"""A workdir: the unit a user builds and browses.
+
+    groundex-work/
+      catalog.duckdb   images, captions, phrases, boxes, entities, rejects, runs (see _schema.py)
+      manifest.json    what the workdir holds: format version, schema version, artefacts by name
+      datasets/        data groundex generated or unpacked (synthetic scenes, images from HF datasets)
+      models/          checkpoints (safetensors + JSON config), named by content hash
+      embeddings/      float16 embedding shards, by model hash
+      indexes/         FAISS index files, by model hash
+
+Every path another package needs comes from here; nothing else builds workdir paths by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+DEFAULT_WORKDIR = Path("groundex-work")
+MANIFEST_FORMAT = "groundex-workdir"
+MANIFEST_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Workdir:
+    root: Path
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.root / "indexes"
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file() and self.catalog_path.is_file()
+
+    def create(self) -> "Workdir":
+        """Make the folders and the manifest if missing; safe to call on an existing workdir."""
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"workdir {self.root} exists and is not a directory")
+        for d in (self.root, self.datasets_dir, self.models_dir, self.embeddings_dir, self.indexes_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        if not self.manifest_path.exists():
+            now = utc_now().isoformat(timespec="seconds")
+            atomic_write_json(
+                self.manifest_path,
+                {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "created": now, "updated": now,
+                 "artefacts": {}},
+            )
+        return self
+
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{self.root} is not a groundex workdir (no manifest.json); build one with "
+                f"`groundex demo --workdir {self.root}` or `groundex ingest ... --workdir {self.root}`"
+            ) from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.manifest_path}: not valid JSON ({e})") from None
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"{self.manifest_path}: not a groundex manifest (format={manifest.get('format')!r})")
+        if manifest.get("version", 0) > MANIFEST_VERSION:
+            raise ValueError(
+                f"{self.manifest_path}: manifest version {manifest['version']} is newer than this groundex "
+                f"understands ({MANIFEST_VERSION}); upgrade groundex"
+            )
+        return manifest
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        """Merge `fields` into the manifest (a key `artefacts` merges by name) and write it atomically."""
+        manifest = self.read_manifest()
+        artefacts = fields.pop("artefacts", None)
+        manifest.update(fields)
+        if artefacts:
+            manifest.setdefault("artefacts", {}).update(artefacts)
+        manifest["updated"] = utc_now().isoformat(timespec="seconds")
+        atomic_write_json(self.manifest_path, manifest)
+        return manifest
