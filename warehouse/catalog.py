@@ -217,7 +217,10 @@ class Catalog:
             names = ", ".join(schema.names)
             self.con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _batch")
         finally:
-            self.con.unregister("_batch")
+            try:
+                self.con.unregister("_batch")
+            except duckdb.Error:  # the transaction already failed; that error is the one to report
+                pass
 
     def add_rejects(self, rejects: Iterable[Reject], run_id: int | None = None) -> int:
         rows = list(rejects)

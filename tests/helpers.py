@@ -1,0 +1,92 @@
+"""Writers for small fixtures in the exact real formats (Flickr30k Entities, Karpathy, results.csv, HF)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from PIL import Image
+
+SAMPLE_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr30k-sample"
+
+
+def image_bytes(size=(64, 48), colour=(200, 30, 30), fmt="JPEG", mode="RGB", **save) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def write_image(path: Path, size=(64, 48), colour=(200, 30, 30), fmt="JPEG", mode="RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(image_bytes(size, colour, fmt, mode))
+    return path
+
+
+# Two images in the official layout. 2000000001 is annotated at 375x500 but stored at 75x100
+# (scale 1/5 in x and y), 2000000002 is annotated at 500x333 and stored at 100x50 (x 1/5, y ~0.15).
+SENTENCES = {
+    "2000000001": [
+        "[/EN#18/people A woman] in [/EN#19/clothing a green coat] is walking up [/EN#20/other a flight of steps] near [/EN#23/scene a stone archway] .",
+        "[/EN#18/people An old woman] in [/EN#19/clothing a green coat] heading into [/EN#21/scene a brick house] .",
+        "[/EN#18/people An old woman] walking up [/EN#20/other the steps] to [/EN#22/other her front door] .",
+    ],
+    "2000000002": [
+        "[/EN#2/people Two cats] stare at [/EN#0/notvisual one another] on [/EN#4/scene the porch] .",
+        "[/EN#2/animals/people Two cats] rest .",
+    ],
+}
+ANNOTATIONS = {
+    "2000000001": ((375, 500), [((18,), (6, 150, 106, 340)), ((19,), (6, 190, 84, 300)), ((20,), (2, 320, 114, 478)),
+                                ((22,), (26, 6, 375, 386)), ((23,), (40, 25, 110, 306))], [(21, 0, 1)]),
+    # entity 2 has two boxes; the second box names two entities (2 and 3); entity 4 is a scene without box
+    "2000000002": ((500, 333), [((2,), (12, 10, 100, 200)), ((2, 3), (201, 50, 400, 333))], [(4, 1, 0)]),
+}
+STORED_SIZES = {"2000000001": (75, 100), "2000000002": (100, 50)}
+
+
+def annotation_xml(image_id: str, size, boxes, no_box) -> str:
+    parts = [f"<annotation>\n\t<filename>{image_id}.jpg</filename>\n\t<size>\n\t\t<width>{size[0]}</width>\n"
+             f"\t\t<height>{size[1]}</height>\n\t\t<depth>3</depth>\n\t</size>"]
+    for names, (x1, y1, x2, y2) in boxes:
+        parts.append("\t<object>\n" + "".join(f"\t\t<name>{n}</name>\n" for n in names) +
+                     f"\t\t<bndbox>\n\t\t\t<xmin>{x1}</xmin>\n\t\t\t<ymin>{y1}</ymin>\n\t\t\t<xmax>{x2}</xmax>\n"
+                     f"\t\t\t<ymax>{y2}</ymax>\n\t\t</bndbox>\n\t</object>")
+    for name, scene, nobndbox in no_box:
+        parts.append(f"\t<object>\n\t\t<name>{name}</name>\n\t\t<scene>{scene}</scene>\n"
+                     f"\t\t<nobndbox>{nobndbox}</nobndbox>\n\t</object>")
+    return "\n".join(parts) + "\n</annotation>"
+
+
+def write_entities_root(root: Path, splits: dict[str, list[str]] | None = None) -> Path:
+    """The two images above in the official Flickr30k Entities layout."""
+    for image_id, lines in SENTENCES.items():
+        write_image(root / "images" / f"{image_id}.jpg", STORED_SIZES[image_id])
+        (root / "Sentences").mkdir(parents=True, exist_ok=True)
+        (root / "Sentences" / f"{image_id}.txt").write_text("\n".join(lines) + "\n")
+        (root / "Annotations").mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / f"{image_id}.xml").write_text(annotation_xml(image_id, *ANNOTATIONS[image_id]))
+    splits = {"train": ["2000000001"], "val": ["2000000002"]} if splits is None else splits
+    for name, ids in splits.items():
+        (root / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+def write_karpathy(root: Path, entries: list[dict]) -> Path:
+    path = root / "dataset_flickr30k.json"
+    path.write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
+    return path
+
+
+def karpathy_entry(filename: str, split: str, raws: list[str], imgid: int = 0) -> dict:
+    return {
+        "sentids": list(range(imgid * 5, imgid * 5 + len(raws))), "imgid": imgid, "split": split,
+        "filename": filename,
+        "sentences": [{"tokens": r.lower().rstrip(" .").split(), "raw": r, "imgid": imgid, "sentid": imgid * 5 + j}
+                      for j, r in enumerate(raws)],
+    }
+
+
+def write_results_csv(path: Path, rows: list[str]) -> Path:
+    path.write_text("image_name| comment_number| comment\n" + "\n".join(rows) + "\n")
+    return path

@@ -1,0 +1,102 @@
+import json
+
+import duckdb
+import pytest
+
+from warehouse import Catalog, CatalogError, Workdir
+from warehouse._schema import SCHEMA_VERSION
+from warehouse.catalog import ImageInfo, PreparedSample
+from warehouse.records import Box, Caption, Entity, Phrase, Reject, Sample
+
+
+def _prepared(key: str, n_captions: int = 2) -> PreparedSample:
+    captions = [Caption(f"caption {i} of {key}", (Phrase(1, ("people",), "caption", 0),)) for i in range(n_captions)]
+    sample = Sample(key=key, dataset="t", path=f"/x/{key}.jpg", split="train", captions=captions,
+                    entities=[Entity(1, 1)])
+    return PreparedSample(sample, ImageInfo(10, 20, "ab" * 32, "JPEG", "RGB"), [Box((1,), 0, 0, 5, 5)])
+
+
+def test_new_catalog_has_current_schema_and_reopens(tmp_path):
+    workdir = Workdir(tmp_path / "w")
+    with Catalog.open(workdir) as catalog:
+        assert catalog.schema_version == SCHEMA_VERSION
+        assert catalog.counts()["images"] == 0
+    assert workdir.exists()
+    with Catalog.open(workdir, read_only=True) as catalog:
+        assert catalog.schema_version == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused(tmp_path):
+    workdir = Workdir(tmp_path / "w")
+    Catalog.open(workdir).close()
+    con = duckdb.connect(str(workdir.catalog_path))
+    con.execute("INSERT INTO schema_version VALUES (?, now())", [SCHEMA_VERSION + 1])
+    con.close()
+    with pytest.raises(CatalogError, match="newer than this groundex"):
+        Catalog.open(workdir)
+
+
+def test_read_only_open_of_missing_workdir_explains(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a groundex workdir"):
+        Catalog.open(Workdir(tmp_path / "nothing"), read_only=True)
+
+
+def test_add_samples_assigns_consecutive_ids_across_batches(tmp_path):
+    with Catalog.open(Workdir(tmp_path / "w")) as catalog:
+        assert catalog.add_samples([_prepared("a"), _prepared("b")]) == 2
+        assert catalog.add_samples([_prepared("c", 3)]) == 1
+        assert catalog.query("SELECT id, key FROM images ORDER BY id") == [(1, "a"), (2, "b"), (3, "c")]
+        assert catalog.query("SELECT image_id, count(*) FROM captions GROUP BY 1 ORDER BY 1") == [(1, 2), (2, 2), (3, 3)]
+        # phrases point at their caption and image; boxes at their image
+        assert catalog.query(
+            "SELECT count(*) FROM phrases p JOIN captions c ON p.caption_id = c.id WHERE p.image_id = c.image_id"
+        ) == [(7,)]
+        assert catalog.query("SELECT entity_ids FROM boxes WHERE image_id = ?", [3]) == [([1],)]
+        assert catalog.existing_keys(["a", "zz", "c"]) == {"a", "c"}
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    with Catalog.open(Workdir(tmp_path / "w")) as catalog:
+        catalog.add_samples([_prepared("a")])
+        with pytest.raises(duckdb.ConstraintException):
+            catalog.add_samples([_prepared("b"), _prepared("a")])  # 'a' violates UNIQUE(key)
+        counts = catalog.counts()
+        assert (counts["images"], counts["captions"], counts["phrases"], counts["boxes"]) == (1, 2, 2, 1)
+
+
+def test_runs_record_success_and_failure(tmp_path):
+    with Catalog.open(Workdir(tmp_path / "w")) as catalog:
+        with catalog.run("ingest x", {"root": "/r"}) as (run_id, result):
+            result["added"] = 3
+        with pytest.raises(RuntimeError):
+            with catalog.run("ingest y") as (_, result):
+                raise RuntimeError("boom")
+        failed, ok = catalog.runs()
+        assert ok["status"] == "ok" and ok["result"] == {"added": 3} and ok["config"] == {"root": "/r"}
+        assert failed["status"] == "failed" and "boom" in failed["result"]["error"]
+        assert ok["id"] == run_id
+
+
+def test_rejects_round_trip(tmp_path):
+    with Catalog.open(Workdir(tmp_path / "w")) as catalog:
+        catalog.add_rejects([Reject("/a.txt", "bad", 3), Reject("/b.jpg", "worse")], run_id=7)
+        assert catalog.rejects(7) == [Reject("/a.txt", "bad", 3), Reject("/b.jpg", "worse", None)]
+        assert catalog.rejects(8) == []
+
+
+def test_query_values_are_parameters_not_sql(tmp_path):
+    with Catalog.open(Workdir(tmp_path / "w")) as catalog:
+        catalog.add_samples([_prepared("a")])
+        hostile = "a' OR '1'='1"
+        assert catalog.query("SELECT count(*) FROM images WHERE key = ?", [hostile]) == [(0,)]
+
+
+def test_manifest_is_written_and_merged(tmp_path):
+    workdir = Workdir(tmp_path / "w").create()
+    manifest = workdir.update_manifest(artefacts={"m1": {"kind": "model"}}, schema_version=1)
+    manifest = workdir.update_manifest(artefacts={"m2": {"kind": "index"}})
+    assert set(manifest["artefacts"]) == {"m1", "m2"} and manifest["schema_version"] == 1
+    assert json.loads(workdir.manifest_path.read_text()) == manifest
+    assert not list(workdir.root.glob(".manifest.json.*"))  # no temp files left behind
+    for d in ("models", "embeddings", "indexes", "datasets"):
+        assert (workdir.root / d).is_dir()

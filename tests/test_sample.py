@@ -1,0 +1,39 @@
+"""The real Flickr30k sample under ../shared/data (skipped when absent)."""
+
+import pytest
+
+import warehouse
+from warehouse import Catalog, IngestConfig, Workdir
+from tests.helpers import SAMPLE_ROOT
+
+pytestmark = pytest.mark.sample
+
+
+@pytest.fixture(scope="module")
+def sample_workdir(tmp_path_factory):
+    workdir = Workdir(tmp_path_factory.mktemp("sample") / "work")
+    warehouse.ingest_flickr30k(workdir, SAMPLE_ROOT, config=IngestConfig(progress=False))
+    return workdir
+
+
+def test_sample_ingest_gives_exactly_its_counts(sample_workdir):
+    with Catalog.open(sample_workdir, read_only=True) as catalog:
+        counts = catalog.counts()
+    assert counts["images"] == 7806 and counts["captions"] == 39030
+    assert counts["phrases"] == 121376 and counts["boxes"] == 50442  # every marked phrase; every <bndbox>
+    assert counts["splits"] == {"train": 7559, "val": 247} and counts["rejects"] == 0
+
+
+def test_sample_boxes_live_in_the_128px_stored_images(sample_workdir):
+    with Catalog.open(sample_workdir, read_only=True) as catalog:
+        (sizes,), = catalog.query("SELECT count(*) FROM images WHERE width != 128 OR height != 128")
+        (outside,), = catalog.query(
+            "SELECT count(*) FROM boxes WHERE x1 < 0 OR y1 < 0 OR x2 > 128 OR y2 > 128 OR x2 <= x1 OR y2 <= y1")
+        (ratio,), = catalog.query("SELECT avg((x2 - x1) * (y2 - y1)) / (128 * 128) FROM boxes")
+    assert sizes == 0 and outside == 0
+    assert 0.05 < ratio < 0.6  # rescaled from the original sizes, not left in the 500 px space
+
+
+def test_sample_ingest_again_adds_nothing(sample_workdir):
+    report = warehouse.ingest_flickr30k(sample_workdir, SAMPLE_ROOT, config=IngestConfig(progress=False))
+    assert (report.added, report.already_present, report.rejected) == (0, 7806, 0)
