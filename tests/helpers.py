@@ -27,7 +27,8 @@ def write_image(path: Path, size=(64, 48), colour=(200, 30, 30), fmt="JPEG", mod
 # (scale 1/5 in x and y), 2000000002 is annotated at 500x333 and stored at 100x50 (x 1/5, y ~0.15).
 SENTENCES = {
     "2000000001": [
-        "[/EN#18/people A woman] in [/EN#19/clothing a green coat] is walking up [/EN#20/other a flight of steps] near [/EN#23/scene a stone archway] .",
+        "[/EN#18/people A woman] in [/EN#19/clothing a green coat] is walking up [/EN#20/other a flight of steps] "
+        "near [/EN#23/scene a stone archway] .",
         "[/EN#18/people An old woman] in [/EN#19/clothing a green coat] heading into [/EN#21/scene a brick house] .",
         "[/EN#18/people An old woman] walking up [/EN#20/other the steps] to [/EN#22/other her front door] .",
     ],

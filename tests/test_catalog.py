@@ -46,7 +46,8 @@ def test_add_samples_assigns_consecutive_ids_across_batches(tmp_path):
         assert catalog.add_samples([_prepared("a"), _prepared("b")]) == 2
         assert catalog.add_samples([_prepared("c", 3)]) == 1
         assert catalog.query("SELECT id, key FROM images ORDER BY id") == [(1, "a"), (2, "b"), (3, "c")]
-        assert catalog.query("SELECT image_id, count(*) FROM captions GROUP BY 1 ORDER BY 1") == [(1, 2), (2, 2), (3, 3)]
+        per_image = catalog.query("SELECT image_id, count(*) FROM captions GROUP BY 1 ORDER BY 1")
+        assert per_image == [(1, 2), (2, 2), (3, 3)]
         # phrases point at their caption and image; boxes at their image
         assert catalog.query(
             "SELECT count(*) FROM phrases p JOIN captions c ON p.caption_id = c.id WHERE p.image_id = c.image_id"
@@ -68,9 +69,8 @@ def test_runs_record_success_and_failure(tmp_path):
     with Catalog.open(Workdir(tmp_path / "w")) as catalog:
         with catalog.run("ingest x", {"root": "/r"}) as (run_id, result):
             result["added"] = 3
-        with pytest.raises(RuntimeError):
-            with catalog.run("ingest y") as (_, result):
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError), catalog.run("ingest y") as (_, result):
+            raise RuntimeError("boom")
         failed, ok = catalog.runs()
         assert ok["status"] == "ok" and ok["result"] == {"added": 3} and ok["config"] == {"root": "/r"}
         assert failed["status"] == "failed" and "boom" in failed["result"]["error"]

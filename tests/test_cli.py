@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ui.cli import build_parser, main
 from tests.helpers import write_entities_root
+from ui.cli import build_parser, main
 
 
 def test_demo_builds_a_workdir_and_info_reports_it(tmp_path, capsys):

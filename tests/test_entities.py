@@ -2,10 +2,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from warehouse.entities import (FormatError, decode_text, format_annotation, format_caption, parse_annotation,
-                                parse_caption, parse_sentences)
-from warehouse.records import Box, Phrase
 from tests.helpers import ANNOTATIONS, annotation_xml
+from warehouse.entities import (
+    FormatError,
+    decode_text,
+    format_annotation,
+    format_caption,
+    parse_annotation,
+    parse_caption,
+    parse_sentences,
+)
+from warehouse.records import Box, Phrase
 
 OFFICIAL = ("[/EN#18/people A woman] in [/EN#19/clothing a green coat] is walking up "
             "[/EN#20/other a flight of steps] near [/EN#23/scene a stone archway] .")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from warehouse.images import ImageError, inspect_image, load_image, load_image_bytes
 from tests.helpers import image_bytes
+from warehouse.images import ImageError, inspect_image, load_image, load_image_bytes
 
 
 def _png_declaring(width: int, height: int) -> bytes:

@@ -3,9 +3,8 @@ from pathlib import Path
 import pytest
 
 import warehouse
+from tests.helpers import karpathy_entry, write_entities_root, write_image, write_karpathy, write_results_csv
 from warehouse import Catalog, FormatError, IngestConfig, SyntheticConfig, Workdir
-from tests.helpers import (karpathy_entry, write_entities_root, write_image, write_karpathy,
-                           write_results_csv)
 
 QUIET = IngestConfig(progress=False, chunk_size=2)  # tiny chunks: exercise several transactions
 
@@ -91,9 +90,9 @@ def test_flickr30k_counts_phrases_entities_and_splits(tmp_path):
     assert c["splits"] == {"train": 1, "val": 1}
     notvisual = rows(workdir, "SELECT entity_id, types, text FROM phrases WHERE list_contains(types, 'notvisual')")
     assert notvisual == [(0, ["notvisual"], "one another")]
-    entities = dict(((e, (n, s, nb)) for e, n, s, nb in rows(
+    entities = {e: (n, s, nb) for e, n, s, nb in rows(
         workdir, "SELECT entity_id, n_boxes, scene, nobndbox FROM entities e JOIN images i ON e.image_id = i.id "
-                 "WHERE i.key = 'flickr30k/2000000002'")))
+                 "WHERE i.key = 'flickr30k/2000000002'")}
     assert entities == {2: (2, False, False), 3: (1, False, False), 4: (0, True, False)}
     assert rows(workdir, "SELECT n_boxes, nobndbox FROM entities WHERE entity_id = 21") == [(0, True)]
 
@@ -122,7 +121,8 @@ def test_flickr30k_missing_images_are_skipped_and_counted(tmp_path):
 
 
 @pytest.mark.parametrize("damage, expected", [
-    (lambda r: (r / "Annotations" / "2000000002.xml").write_text("<annotation><size>"), "2000000002.xml: malformed XML"),
+    (lambda r: (r / "Annotations" / "2000000002.xml").write_text("<annotation><size>"),
+     "2000000002.xml: malformed XML"),
     (lambda r: (r / "Annotations" / "2000000002.xml").write_text(
         "<annotation><object><name>1</name></object></annotation>"), "missing <size>"),
     (lambda r: (r / "Sentences" / "2000000002.txt").write_bytes(b"A dog \xff runs .\n"), "not valid UTF-8"),
@@ -189,6 +189,7 @@ def test_karpathy_splits_rejects_and_captions(tmp_path):
         karpathy_entry("2.jpg", "val", ["Duplicate ."], 2),
         karpathy_entry("9.jpg", "test", ["Missing image ."], 3),
         karpathy_entry("../3.jpg", "test", ["Traversal ."], 4),
+        {"filename": 12, "split": "test", "sentences": []},
         {"filename": "3.jpg", "split": "test", "sentences": [{"tokens": ["a", "red", "bus"]}, {"raw": ""}]},
     ]
     workdir = Workdir(tmp_path / "work")
@@ -200,7 +201,7 @@ def test_karpathy_splits_rejects_and_captions(tmp_path):
     assert rows(workdir, "SELECT text FROM captions WHERE image_id = 3") == [("a red bus",)]
     text = "\n".join(reasons(workdir))
     for expected in ("duplicate filename '2.jpg'", "9.jpg: image file missing", "unsafe 'filename'",
-                     "images[5].sentences[1]: no 'raw' text"):
+                     "images[6].sentences[1]: no 'raw' text", "images[5]: missing or unsafe 'filename': 12"):
         assert expected in text
 
 

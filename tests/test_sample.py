@@ -3,8 +3,8 @@
 import pytest
 
 import warehouse
-from warehouse import Catalog, IngestConfig, Workdir
 from tests.helpers import SAMPLE_ROOT
+from warehouse import Catalog, IngestConfig, Workdir
 
 pytestmark = pytest.mark.sample
 

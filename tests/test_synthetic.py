@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 import warehouse
-from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir, generate_dataset, generate_scene, load_image
+from warehouse import (
+    Catalog,
+    IngestConfig,
+    SyntheticConfig,
+    Workdir,
+    generate_dataset,
+    generate_scene,
+    load_image,
+)
 from warehouse.entities import parse_annotation, parse_sentences
 from warehouse.synthetic import COLOURS
 

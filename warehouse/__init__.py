@@ -9,16 +9,50 @@ from .catalog import Catalog, CatalogError, ImageInfo, PreparedSample
 from .entities import FormatError, parse_annotation, parse_caption, parse_sentences
 from .images import DEFAULT_MAX_PIXELS, ImageError, inspect_image, load_image, load_image_bytes
 from .ingest import IngestConfig, IngestReport, ingest
-from .loaders import (ingest_flickr30k, ingest_folder, ingest_hf, ingest_karpathy, ingest_results_csv,
-                      ingest_synthetic)
+from .loaders import (
+                      ingest_flickr30k,
+                      ingest_folder,
+                      ingest_hf,
+                      ingest_karpathy,
+                      ingest_results_csv,
+                      ingest_synthetic,
+)
 from .records import Box, Caption, Entity, Phrase, Reject, Sample
 from .synthetic import SyntheticConfig, generate_dataset, generate_scene
 from .workdir import DEFAULT_WORKDIR, Workdir
 
 __all__ = [
-    "Catalog", "CatalogError", "ImageInfo", "PreparedSample", "FormatError", "parse_annotation", "parse_caption",
-    "parse_sentences", "DEFAULT_MAX_PIXELS", "ImageError", "inspect_image", "load_image", "load_image_bytes",
-    "IngestConfig", "IngestReport", "ingest", "ingest_flickr30k", "ingest_folder", "ingest_hf", "ingest_karpathy",
-    "ingest_results_csv", "ingest_synthetic", "Box", "Caption", "Entity", "Phrase", "Reject", "Sample",
-    "SyntheticConfig", "generate_dataset", "generate_scene", "DEFAULT_WORKDIR", "Workdir",
+                      "DEFAULT_MAX_PIXELS",
+                      "DEFAULT_WORKDIR",
+                      "Box",
+                      "Caption",
+                      "Catalog",
+                      "CatalogError",
+                      "Entity",
+                      "FormatError",
+                      "ImageError",
+                      "ImageInfo",
+                      "IngestConfig",
+                      "IngestReport",
+                      "Phrase",
+                      "PreparedSample",
+                      "Reject",
+                      "Sample",
+                      "SyntheticConfig",
+                      "Workdir",
+                      "generate_dataset",
+                      "generate_scene",
+                      "ingest",
+                      "ingest_flickr30k",
+                      "ingest_folder",
+                      "ingest_hf",
+                      "ingest_karpathy",
+                      "ingest_results_csv",
+                      "ingest_synthetic",
+                      "inspect_image",
+                      "load_image",
+                      "load_image_bytes",
+                      "parse_annotation",
+                      "parse_caption",
+                      "parse_sentences",
 ]

@@ -75,7 +75,7 @@ class Catalog:
             self._migrate(version)
 
     @classmethod
-    def open(cls, workdir: Workdir, read_only: bool = False) -> "Catalog":
+    def open(cls, workdir: Workdir, read_only: bool = False) -> Catalog:
         if not read_only:
             workdir.create()
         elif not workdir.exists():
@@ -85,7 +85,7 @@ class Catalog:
     def close(self) -> None:
         self.con.close()
 
-    def __enter__(self) -> "Catalog":
+    def __enter__(self) -> Catalog:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -150,7 +150,9 @@ class Catalog:
 
     def counts(self) -> dict[str, Any]:
         """Row counts: images, captions (human), phrases, boxes, entities, rejects, runs, and images per split."""
-        one = lambda sql: int(self._scalar(sql))  # noqa: E731
+        def one(sql: str) -> int:
+            return int(self._scalar(sql))
+
         splits = self.con.execute(
             "SELECT coalesce(split, 'unassigned'), count(*) FROM images GROUP BY 1 ORDER BY 1"
         ).fetchall()
@@ -210,8 +212,8 @@ class Catalog:
     def _insert(self, table: str, rows: list[tuple], schema: pa.Schema) -> None:
         if not rows:
             return
-        columns = list(zip(*rows))
-        batch = pa.table([pa.array(col, type=f.type) for col, f in zip(columns, schema)], schema=schema)
+        columns = list(zip(*rows, strict=True))
+        batch = pa.table([pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)], schema=schema)
         self.con.register("_batch", batch)
         try:
             names = ", ".join(schema.names)
@@ -240,7 +242,8 @@ class Catalog:
         with self.transaction():
             run_id = self._next_id("runs")
             self.con.execute(
-                "INSERT INTO runs (id, command, started_at, status, config, model_id) VALUES (?, ?, ?, 'running', ?, ?)",
+                "INSERT INTO runs (id, command, started_at, status, config, model_id) "
+                "VALUES (?, ?, ?, 'running', ?, ?)",
                 [run_id, command, utc_now(), json.dumps(config or {}, default=str), model_id],
             )
         return run_id
@@ -276,7 +279,7 @@ class Catalog:
         keys = ("id", "command", "started_at", "finished_at", "status", "config", "model_id", "result")
         out = []
         for row in self.con.execute(sql, params).fetchall():
-            d = dict(zip(keys, row))
+            d = dict(zip(keys, row, strict=True))
             for k in ("config", "result"):
                 d[k] = json.loads(d[k]) if d[k] else {}
             out.append(d)
@@ -288,7 +291,8 @@ class Catalog:
         if run_id is not None:
             sql += " WHERE run_id = ?"
             params.append(run_id)
-        return [Reject(path=p, reason=r, line=ln) for p, r, ln in self.con.execute(sql + " ORDER BY id", params).fetchall()]
+        rows = self.con.execute(sql + " ORDER BY id", params).fetchall()
+        return [Reject(path=p, reason=r, line=ln) for p, r, ln in rows]
 
 
 _IMAGES = pa.schema([

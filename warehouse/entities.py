@@ -184,7 +184,8 @@ def format_annotation(filename: str, size: tuple[int, int], boxes: Sequence[Box]
         lines.append("\t<object>")
         lines += [f"\t\t<name>{e}</name>" for e in b.entity_ids]
         lines += ["\t\t<bndbox>", f"\t\t\t<xmin>{round(b.x1) + 1}</xmin>", f"\t\t\t<ymin>{round(b.y1) + 1}</ymin>",
-                  f"\t\t\t<xmax>{round(b.x2)}</xmax>", f"\t\t\t<ymax>{round(b.y2)}</ymax>", "\t\t</bndbox>", "\t</object>"]
+                  f"\t\t\t<xmax>{round(b.x2)}</xmax>", f"\t\t\t<ymax>{round(b.y2)}</ymax>", "\t\t</bndbox>",
+                  "\t</object>"]
     for entity_id, scene, nobndbox in no_box:
         lines += ["\t<object>", f"\t\t<name>{entity_id}</name>", f"\t\t<scene>{int(scene)}</scene>",
                   f"\t\t<nobndbox>{int(nobndbox)}</nobndbox>", "\t</object>"]

@@ -10,8 +10,17 @@ from typing import Any
 from .catalog import Catalog
 from .ingest import IngestConfig, IngestReport, ingest
 from .records import Reject, Sample
-from .sources import (count_flickr30k_entities, count_rows, list_image_files, load_local_dataset,
-                      read_flickr30k_entities, read_folder, read_hf_dataset, read_karpathy, read_results_csv)
+from .sources import (
+    count_flickr30k_entities,
+    count_rows,
+    list_image_files,
+    load_local_dataset,
+    read_flickr30k_entities,
+    read_folder,
+    read_hf_dataset,
+    read_karpathy,
+    read_results_csv,
+)
 from .synthetic import SyntheticConfig, generate_dataset
 from .workdir import Workdir
 

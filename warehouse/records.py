@@ -59,7 +59,7 @@ class Sample:
     entities: list[Entity] = field(default_factory=list)
     annotation_size: tuple[int, int] | None = None  # (width, height) the boxes refer to; None: the image's own
     # Problems found while parsing this sample that did not stop it (e.g. one bad row of a CSV):
-    rejects: list["Reject"] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

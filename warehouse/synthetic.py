@@ -292,7 +292,8 @@ def _relation(a: list[Thing], b: list[Thing]) -> str:
 
 def _captions(rng: np.random.Generator, groups: list[list[Thing]], background: str, bg_entity: int,
               group_entity: int, size: int) -> list[str]:
-    bg = lambda: (bg_entity, ("scene",), _pick(rng, BACKGROUNDS[background][2]))  # noqa: E731
+    def bg() -> tuple:
+        return (bg_entity, ("scene",), _pick(rng, BACKGROUNDS[background][2]))
 
     def ref(g: list[Thing], detail: float):
         t = g[0]
@@ -338,7 +339,8 @@ def _captions(rng: np.random.Generator, groups: list[list[Thing]], background: s
         last = groups[order[-1]]
         captions.append([(group_entity, ("other",), f"{_NUMBERS[total]} {noun}"), "including", ref(last, 0.6), "."])
     else:
-        captions.append([_pick(rng, ("There is", "We see")), ref(first, 1.0), "in", (0, ("notvisual",), "this picture"), "."])
+        picture = (0, ("notvisual",), "this picture")
+        captions.append([_pick(rng, ("There is", "We see")), ref(first, 1.0), "in", picture, "."])
     # 5. short: the background and what stands out.
     captions.append([bg(), "with", ref(groups[order[-1]], 0.3), "."])
     rng.shuffle(captions)
@@ -360,7 +362,7 @@ def generate_scene(seed: int, index: int, size: int = 128) -> tuple[Image.Image,
             if any(g[0].identity == thing.identity for g in groups):
                 continue
             copies = 2 if thing.kind != "tree" and rng.random() < 0.15 else 1
-            groups.append([Thing(**{**asdict(thing)}) for _ in range(copies)])
+            groups.append([Thing(**asdict(thing)) for _ in range(copies)])
         extents = [_extent(t, size, rng) for g in groups for t in g]
         positions = _place(rng, extents, size)
         if positions is not None:
@@ -369,7 +371,7 @@ def generate_scene(seed: int, index: int, size: int = 128) -> tuple[Image.Image,
     entity = 1
     boxes: list[Box] = []
     things = [t for g in groups for t in g]
-    for t, (x, y, w, h) in zip(things, positions):
+    for t, (x, y, w, h) in zip(things, positions, strict=True):
         _draw_thing(canvas, t, x, y, w, h)
     for g in groups:
         for t in g:

@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Workdir:
     def exists(self) -> bool:
         return self.manifest_path.is_file() and self.catalog_path.is_file()
 
-    def create(self) -> "Workdir":
+    def create(self) -> Workdir:
         """Make the folders and the manifest if missing; safe to call on an existing workdir."""
         if self.root.exists() and not self.root.is_dir():
             raise NotADirectoryError(f"workdir {self.root} exists and is not a directory")

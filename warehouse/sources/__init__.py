@@ -7,6 +7,13 @@ from .karpathy import read_karpathy
 from .results_csv import read_results_csv
 
 __all__ = [
-    "count_flickr30k_entities", "read_flickr30k_entities", "list_image_files", "read_folder", "count_rows",
-    "load_local_dataset", "read_hf_dataset", "read_karpathy", "read_results_csv",
+    "count_flickr30k_entities",
+    "count_rows",
+    "list_image_files",
+    "load_local_dataset",
+    "read_flickr30k_entities",
+    "read_folder",
+    "read_hf_dataset",
+    "read_karpathy",
+    "read_results_csv",
 ]

@@ -25,9 +25,9 @@ def _image_files(images_dir: Path) -> dict[str, Path]:
     """Map id (file stem) -> image path; `.jpg` wins when an id has several files."""
     found: dict[str, Path] = {}
     for path in sorted(images_dir.iterdir()):
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            if path.stem not in found or path.suffix.lower() == ".jpg":
-                found[path.stem] = path
+        usable = path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+        if usable and (path.stem not in found or path.suffix.lower() == ".jpg"):
+            found[path.stem] = path
     return found
 
 

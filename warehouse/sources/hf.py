@@ -16,6 +16,7 @@ from typing import Any
 
 from ..records import Caption, Reject, Sample
 from ..workdir import atomic_write_bytes
+from ._names import is_plain_file_name
 
 _logger = logging.getLogger(__name__)
 
@@ -65,9 +66,9 @@ def read_hf_dataset(loaded: Any, source: Path, images_out: Path, dataset: str = 
             where = f"{part_name or 'rows'}[{index}]"
             image = row[image_column] or {}
             data, original = image.get("bytes"), image.get("path")
-            filename = row.get("filename") or (Path(original).name if original else None) or f"{row.get('img_id', index)}.jpg"
+            filename = row.get("filename") or (Path(original).name if original else f"{row.get('img_id', index)}.jpg")
             filename = Path(str(filename)).name  # never a path from the data
-            if not filename or filename.startswith("."):
+            if not is_plain_file_name(filename):
                 yield Reject(str(source), f"{where}: unusable file name {row.get('filename')!r}")
                 continue
             target = images_out / filename

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..records import Caption, Reject, Sample
+from ._names import is_plain_file_name
 
 _SPLIT_ALIASES = {"restval": "train"}
 
@@ -39,7 +40,7 @@ def read_karpathy(json_path: Path, images_dir: Path, dataset: str = "flickr30k")
     for index, entry in enumerate(load_karpathy(json_path)):
         where = f"images[{index}]"
         filename = entry.get("filename") if isinstance(entry, dict) else None
-        if not isinstance(filename, str) or not filename or "/" in filename or "\\" in filename or filename.startswith("."):
+        if not is_plain_file_name(filename):
             yield Reject(str(json_path), f"{where}: missing or unsafe 'filename': {filename!r}")
             continue
         stem = Path(filename).stem

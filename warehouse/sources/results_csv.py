@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..entities import FormatError, decode_text
 from ..records import Caption, Reject, Sample
+from ._names import is_plain_file_name
 
 HEADER = ("image_name", "comment_number", "comment")
 
@@ -43,7 +44,7 @@ def read_results_csv(csv_path: Path, images_dir: Path, dataset: str = "flickr30k
             yield Reject(str(csv_path), f"expected 3 '|'-separated fields, got {len(fields)}: {line[:80]!r}", number)
             continue
         name, ordinal, comment = (f.strip() for f in fields)
-        if not name or "/" in name or "\\" in name or name.startswith("."):
+        if not is_plain_file_name(name):
             yield Reject(str(csv_path), f"unsafe or empty image name {name!r}", number)
             continue
         try:
