@@ -9,16 +9,20 @@ from tests.helpers import write_entities_root
 from ui.cli import build_parser, main
 
 
-def test_demo_builds_a_workdir_and_info_reports_it(tmp_path, capsys):
+def test_demo_builds_trains_indexes_and_queries(tmp_path, capsys):
     workdir = tmp_path / "demo"
-    assert main(["demo", "--workdir", str(workdir), "--n", "24"]) == 0
-    assert "demo workdir ready: 24 images, 120 captions" in capsys.readouterr().out
+    assert main(["demo", "--workdir", str(workdir), "--n", "60", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4] val retrieval over" in out and "sample query:" in out and "  1. " in out
+    assert "60 images, 300 captions" in out
     assert main(["info", "--workdir", str(workdir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["images"] == 24 and info["captions"] == 120 and info["phrases"] > 120 and info["boxes"] > 24
-    assert sum(info["splits"].values()) == 24
-    assert main(["demo", "--workdir", str(workdir), "--n", "24"]) == 0  # again: nothing new
-    assert "0 added, 24 already present" in capsys.readouterr().out
+    assert info["images"] == 60 and info["captions"] == 300 and info["phrases"] > 300 and info["boxes"] > 60
+    assert sum(info["splits"].values()) == 60
+    assert main(["demo", "--workdir", str(workdir), "--n", "60", "--epochs", "1"]) == 0  # again: nothing new
+    out = capsys.readouterr().out
+    assert "0 added, 60 already present" in out and "already trained; skipping" in out
+    assert "0 images and 0 captions embedded" in out
 
 
 def test_ingest_and_info_table(tmp_path, capsys):

@@ -95,6 +95,45 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    # 2: models, embedding rows, index versions (the indexer's artefacts).
+    [
+        """
+        CREATE TABLE models (
+            id                VARCHAR PRIMARY KEY,  -- content hash of the checkpoint folder
+            name              VARCHAR NOT NULL,     -- open_clip model name, e.g. 'groundex-tiny'
+            path              VARCHAR NOT NULL,     -- checkpoint folder
+            parent_id         VARCHAR,              -- model it was trained from (NULL: from scratch)
+            run_id            BIGINT,               -- the training run that made it
+            mode              VARCHAR,              -- 'full', 'locked-image', 'lora', or 'none' (untrained)
+            trainable_params  BIGINT,
+            total_params      BIGINT,
+            metrics           JSON,                 -- validation figures at save time
+            created_at        TIMESTAMP NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE embeddings (
+            model_id  VARCHAR NOT NULL,
+            kind      VARCHAR NOT NULL CHECK (kind IN ('image', 'caption')),  -- patches share image shards
+            item_id   BIGINT NOT NULL,   -- image id or caption id
+            shard     VARCHAR NOT NULL,  -- file name under embeddings/<model_id>/<kind>/
+            row       INTEGER NOT NULL,  -- row in that shard (and in the matching patch shard)
+            PRIMARY KEY (model_id, kind, item_id)
+        )
+        """,
+        """
+        CREATE TABLE indexes (
+            model_id  VARCHAR NOT NULL,
+            kind      VARCHAR NOT NULL,
+            version   INTEGER NOT NULL,
+            path      VARCHAR NOT NULL,
+            factory   VARCHAR NOT NULL,  -- faiss.index_factory string
+            n         BIGINT NOT NULL,   -- vectors in the index
+            built_at  TIMESTAMP NOT NULL,
+            PRIMARY KEY (model_id, kind, version)
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

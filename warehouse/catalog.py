@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +169,157 @@ class Catalog:
             "datasets": dict(self.con.execute("SELECT dataset, count(*) FROM images GROUP BY 1 ORDER BY 1").fetchall()),
         }
 
+    # -- images and captions, for the indexer --------------------------------------------------
+
+    def image_rows(self, split: str | None = None, ids: Iterable[int] | None = None) -> list[tuple[int, str]]:
+        """(image id, file path) ordered by id, for one split (None: all) or the given ids."""
+        sql, params = "SELECT id, path FROM images WHERE 1 = 1", []
+        if split is not None:
+            sql += " AND split = ?"
+            params.append(split)
+        if ids is not None:
+            sql += " AND id IN (SELECT unnest(?::BIGINT[]))"
+            params.append([int(i) for i in ids])
+        return self.con.execute(sql + " ORDER BY id", params).fetchall()
+
+    def caption_rows(self, split: str | None = None, image_ids: Iterable[int] | None = None
+                     ) -> list[tuple[int, int, str]]:
+        """(caption id, image id, text) of human captions, ordered by image id then ordinal."""
+        sql = ("SELECT c.id, c.image_id, c.text FROM captions c JOIN images i ON i.id = c.image_id "
+               "WHERE c.source = 'human'")
+        params: list[Any] = []
+        if split is not None:
+            sql += " AND i.split = ?"
+            params.append(split)
+        if image_ids is not None:
+            sql += " AND c.image_id IN (SELECT unnest(?::BIGINT[]))"
+            params.append([int(i) for i in image_ids])
+        return self.con.execute(sql + " ORDER BY c.image_id, c.ordinal", params).fetchall()
+
+    def image_ids_where(self, where: str) -> list[int]:
+        """Ids of images matching a user's SQL condition over the `images` columns (e.g. "split = 'val'")."""
+        if ";" in where:
+            raise ValueError(f"--where takes one condition, not statements: {where!r}")
+        try:
+            return [r[0] for r in self.con.execute(f"SELECT id FROM images WHERE ({where}) ORDER BY id").fetchall()]
+        except duckdb.Error as e:
+            raise ValueError(f"bad --where condition {where!r}: {str(e).splitlines()[0]}") from None
+
+    def image_details(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """id -> {path, split, width, height, dataset, key, captions: [text, ...]} (human captions)."""
+        ids = [int(i) for i in ids]
+        rows = self.con.execute(
+            "SELECT i.id, i.path, i.split, i.width, i.height, i.dataset, i.key, "
+            "list(c.text ORDER BY c.ordinal) FILTER (WHERE c.id IS NOT NULL) "
+            "FROM images i LEFT JOIN captions c ON c.image_id = i.id AND c.source = 'human' "
+            "WHERE i.id IN (SELECT unnest(?::BIGINT[])) GROUP BY ALL", [ids]).fetchall()
+        keys = ("path", "split", "width", "height", "dataset", "key", "captions")
+        return {r[0]: dict(zip(keys, (*r[1:-1], r[-1] or []), strict=True)) for r in rows}
+
+    def caption_ids_of_images(self, image_ids: Iterable[int]) -> list[int]:
+        return [r[0] for r in self.con.execute(
+            "SELECT id FROM captions WHERE image_id IN (SELECT unnest(?::BIGINT[])) ORDER BY id",
+            [[int(i) for i in image_ids]]).fetchall()]
+
+    def caption_details(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """caption id -> {image_id, text, source}."""
+        rows = self.con.execute("SELECT id, image_id, text, source FROM captions WHERE id IN "
+                                "(SELECT unnest(?::BIGINT[]))", [[int(i) for i in ids]]).fetchall()
+        return {r[0]: {"image_id": r[1], "text": r[2], "source": r[3]} for r in rows}
+
+    def remove_images(self, ids: Iterable[int]) -> int:
+        """Delete images and everything that hangs off them; their vectors leave the index on the next
+        `groundex index`."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return 0
+        with self.transaction():
+            for sql in (
+                "DELETE FROM phrases WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
+                "DELETE FROM captions WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
+                "DELETE FROM boxes WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
+                "DELETE FROM entities WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
+            ):
+                self.con.execute(sql, [ids])
+            n = self.con.execute("DELETE FROM images WHERE id IN (SELECT unnest(?::BIGINT[]))", [ids]).fetchall()
+        return int(n[0][0]) if n else 0
+
+    # -- models, embeddings, indexes -----------------------------------------------------------
+
+    def add_model(self, model_id: str, name: str, path: str, parent_id: str | None = None,
+                  run_id: int | None = None, mode: str | None = None, trainable_params: int | None = None,
+                  total_params: int | None = None, metrics: dict[str, Any] | None = None) -> None:
+        """Record a checkpoint (idempotent: the same hash is the same model)."""
+        self.con.execute(
+            "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "metrics = excluded.metrics",
+            [model_id, name, path, parent_id, run_id, mode, trainable_params, total_params,
+             json.dumps(metrics or {}), utc_now()])
+
+    def models(self) -> list[dict[str, Any]]:
+        """All recorded models, newest first."""
+        keys = ("id", "name", "path", "parent_id", "run_id", "mode", "trainable_params", "total_params",
+                "metrics", "created_at")
+        rows = self.con.execute(f"SELECT {', '.join(keys)} FROM models ORDER BY created_at DESC, id").fetchall()
+        out = []
+        for row in rows:
+            d = dict(zip(keys, row, strict=True))
+            d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
+            out.append(d)
+        return out
+
+    def model(self, model_id: str | None = None) -> dict[str, Any]:
+        """A model by hash (a unique prefix is enough), or the newest one."""
+        models = self.models()
+        if model_id is None:
+            if not models:
+                raise CatalogError("no model in this workdir yet: run `groundex train` first")
+            return models[0]
+        matches = [m for m in models if m["id"].startswith(model_id)]
+        if len(matches) != 1:
+            known = ", ".join(m["id"] for m in models) or "none"
+            raise CatalogError(f"model {model_id!r} {'is ambiguous' if matches else 'not found'}; known: {known}")
+        return matches[0]
+
+    def embedded_ids(self, model_id: str, kind: str) -> list[int]:
+        return [r[0] for r in self.con.execute(
+            "SELECT item_id FROM embeddings WHERE model_id = ? AND kind = ? ORDER BY item_id", [model_id, kind]
+        ).fetchall()]
+
+    def embedding_locations(self, model_id: str, kind: str) -> list[tuple[int, str, int]]:
+        """(item id, shard, row) of every stored embedding of this model and kind, ordered by item id."""
+        return self.con.execute(
+            "SELECT item_id, shard, row FROM embeddings WHERE model_id = ? AND kind = ? ORDER BY item_id",
+            [model_id, kind]).fetchall()
+
+    def add_embedding_rows(self, model_id: str, kind: str, item_ids: Sequence[int], shard: str) -> None:
+        rows = [(model_id, kind, int(i), shard, r) for r, i in enumerate(item_ids)]
+        with self.transaction():
+            self._insert("embeddings", rows, _EMBEDDINGS)
+
+    def remove_embedding_rows(self, model_id: str, kind: str, item_ids: Sequence[int]) -> None:
+        self.con.execute("DELETE FROM embeddings WHERE model_id = ? AND kind = ? AND item_id IN "
+                         "(SELECT unnest(?::BIGINT[]))", [model_id, kind, [int(i) for i in item_ids]])
+
+    def orphan_ids(self, model_id: str, kind: str) -> list[int]:
+        """Embedded items whose image or caption is no longer in the catalog."""
+        table = "images" if kind == "image" else "captions"
+        return [r[0] for r in self.con.execute(
+            f"SELECT e.item_id FROM embeddings e ANTI JOIN {table} t ON t.id = e.item_id "
+            "WHERE e.model_id = ? AND e.kind = ? ORDER BY 1", [model_id, kind]).fetchall()]
+
+    def add_index_version(self, model_id: str, kind: str, version: int, path: str, factory: str, n: int) -> None:
+        """Make `path` the current index of (model, kind); the primary key refuses a version twice."""
+        self.con.execute("INSERT INTO indexes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [model_id, kind, version, path, factory, n, utc_now()])
+
+    def current_index(self, model_id: str, kind: str) -> dict[str, Any] | None:
+        rows = self.con.execute("SELECT version, path, factory, n, built_at FROM indexes WHERE model_id = ? AND "
+                                "kind = ? ORDER BY version DESC LIMIT 1", [model_id, kind]).fetchall()
+        if not rows:
+            return None
+        return dict(zip(("version", "path", "factory", "n", "built_at"), rows[0], strict=True))
+
     # -- writes ---------------------------------------------------------------------------------
 
     def add_samples(self, prepared: list[PreparedSample]) -> int:
@@ -295,6 +446,25 @@ class Catalog:
         return [Reject(path=p, reason=r, line=ln) for p, r, ln in rows]
 
 
+@contextmanager
+def recorded_run(workdir: Workdir, command: str, config: dict[str, Any] | None = None,
+                 model_id: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Like `Catalog.run`, for long commands: the catalog is opened only to start and finish the run,
+    not held while the work is done (DuckDB allows one writer at a time)."""
+    with Catalog.open(workdir) as catalog:
+        run_id = catalog.start_run(command, config, model_id)
+    result: dict[str, Any] = {}
+    try:
+        yield run_id, result
+    except BaseException as e:
+        result.setdefault("error", f"{type(e).__name__}: {e}")
+        with Catalog.open(workdir) as catalog:
+            catalog.finish_run(run_id, "failed", result)
+        raise
+    with Catalog.open(workdir) as catalog:
+        catalog.finish_run(run_id, "ok", result)
+
+
 _IMAGES = pa.schema([
     ("id", pa.int64()), ("key", pa.string()), ("dataset", pa.string()), ("path", pa.string()),
     ("width", pa.int32()), ("height", pa.int32()), ("split", pa.string()), ("sha256", pa.string()),
@@ -315,6 +485,10 @@ _BOXES = pa.schema([
 _ENTITIES = pa.schema([
     ("image_id", pa.int64()), ("entity_id", pa.int64()), ("n_boxes", pa.int32()), ("scene", pa.bool_()),
     ("nobndbox", pa.bool_()),
+])
+_EMBEDDINGS = pa.schema([
+    ("model_id", pa.string()), ("kind", pa.string()), ("item_id", pa.int64()), ("shard", pa.string()),
+    ("row", pa.int32()),
 ])
 _REJECTS = pa.schema([
     ("id", pa.int64()), ("run_id", pa.int64()), ("path", pa.string()), ("line", pa.int32()),

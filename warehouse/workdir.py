@@ -7,6 +7,7 @@
       models/          checkpoints (safetensors + JSON config), named by content hash
       embeddings/      float16 embedding shards, by model hash
       indexes/         FAISS index files, by model hash
+      cache/           decoded, resized pixels for training and embedding (rebuilt when missing)
 
 Every path another package needs comes from here; nothing else builds workdir paths by hand.
 """
@@ -76,6 +77,11 @@ class Workdir:
     @property
     def indexes_dir(self) -> Path:
         return self.root / "indexes"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Derived data that can always be rebuilt (decoded image pixels); safe to delete."""
+        return self.root / "cache"
 
     def exists(self) -> bool:
         return self.manifest_path.is_file() and self.catalog_path.is_file()

@@ -1,0 +1,116 @@
+"""Pixels decoded once: a uint8 cache of every image at a given square size, shared by training and embedding.
+
+JPEG decoding and resizing cost more than a tiny model's forward pass, so they happen once per image
+and size, on every core, into `cache/pixels-<S>px.npy` (N, 3, S, S) with its ids in `...ids.npy`.
+The cache grows incrementally (new images are decoded and appended) and is rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from warehouse import ImageError, load_image
+from warehouse.workdir import atomic_write_bytes
+
+_logger = logging.getLogger(__name__)
+
+
+def decode_square(path: str, size: int) -> np.ndarray:
+    """Load an image upright in RGB and squash-resize it to (3, size, size) uint8."""
+    image = load_image(path).resize((size, size), Image.BICUBIC)
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def _decode_many(args: tuple[list[str], int]) -> list[np.ndarray | str]:
+    paths, size = args
+    out: list[np.ndarray | str] = []
+    for path in paths:
+        try:
+            out.append(decode_square(path, size))
+        except ImageError as e:
+            out.append(str(e))
+    return out
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+class PixelCache:
+    """ids (N,) int64 and pixels (N, 3, S, S) uint8, with a row lookup by image id."""
+
+    def __init__(self, ids: np.ndarray, pixels: np.ndarray):
+        self.ids = ids
+        self.pixels = pixels
+        self._row = {int(i): r for r, i in enumerate(ids)}
+
+    def rows(self, image_ids: Sequence[int]) -> np.ndarray:
+        try:
+            return np.fromiter((self._row[int(i)] for i in image_ids), dtype=np.int64, count=len(image_ids))
+        except KeyError as e:
+            raise KeyError(f"image {e.args[0]} is not in the pixel cache") from None
+
+    def get(self, image_ids: Sequence[int]) -> np.ndarray:
+        """(len(image_ids), 3, S, S) uint8."""
+        return self.pixels[self.rows(image_ids)]
+
+    @property
+    def size(self) -> int:
+        return int(self.pixels.shape[-1])
+
+
+def pixel_cache(cache_dir: Path, items: Sequence[tuple[int, str]], size: int, workers: int | None = None,
+                progress: bool = True) -> PixelCache:
+    """A cache holding at least `items` ((image id, path) pairs) at `size` px; decodes what is missing."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    pixels_path, ids_path = cache_dir / f"pixels-{size}px.npy", cache_dir / f"pixels-{size}px.ids.npy"
+    ids = np.zeros(0, dtype=np.int64)
+    pixels = np.zeros((0, 3, size, size), dtype=np.uint8)
+    if pixels_path.is_file() and ids_path.is_file():
+        try:
+            ids, pixels = np.load(ids_path), np.load(pixels_path, mmap_mode="r")
+            if len(ids) != len(pixels) or pixels.shape[1:] != (3, size, size):
+                raise ValueError("ids and pixels disagree")
+        except (ValueError, OSError) as e:
+            _logger.warning("pixel cache %s unreadable (%s); rebuilding it", pixels_path, e)
+            ids, pixels = np.zeros(0, dtype=np.int64), np.zeros((0, 3, size, size), dtype=np.uint8)
+    have = set(ids.tolist())
+    missing = [(i, p) for i, p in items if i not in have]
+    if not missing:
+        return PixelCache(ids, pixels)
+    workers = workers or max(1, os.cpu_count() or 1)
+    chunk = 64
+    batches = [([p for _, p in missing[k:k + chunk]], size) for k in range(0, len(missing), chunk)]
+    decoded: list[np.ndarray | str] = []
+    with tqdm(total=len(missing), desc=f"decode images {size}px", unit="img", disable=not progress) as bar:
+        if workers == 1 or len(missing) < 2 * chunk:
+            results = map(_decode_many, batches)
+        else:
+            pool = ProcessPoolExecutor(max_workers=workers)
+            results = pool.map(_decode_many, batches)
+        for out in results:
+            decoded.extend(out)
+            bar.update(len(out))
+        if workers > 1 and len(missing) >= 2 * chunk:
+            pool.shutdown()
+    errors = [(p, e) for (_, p), e in zip(missing, decoded, strict=True) if isinstance(e, str)]
+    if errors:
+        raise ImageError(f"{len(errors)} image(s) could not be decoded, first: {errors[0][1]}")
+    new_ids = np.array([i for i, _ in missing], dtype=np.int64)
+    ids = np.concatenate([ids, new_ids])
+    pixels = np.concatenate([np.asarray(pixels), np.stack(decoded)])
+    atomic_write_bytes(pixels_path, _npy_bytes(pixels))
+    atomic_write_bytes(ids_path, _npy_bytes(ids))
+    return PixelCache(ids, pixels)

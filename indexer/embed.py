@@ -1,0 +1,199 @@
+"""Embedding a catalog: images (global + patches) and captions, into float16 shards.
+
+    embeddings/<model_id>/image/shard-00000.npy    (n, D)     float16, L2-normalized before the cast
+    embeddings/<model_id>/patch/shard-00000.npy    (n, P, D)  float16, same rows as the image shard
+    embeddings/<model_id>/caption/shard-00000.npy  (m, D)     float16
+
+Each shard is written atomically and then recorded in the catalog's `embeddings` table (item id ->
+shard, row). Items already recorded are skipped, so an interrupted run resumes at the next shard; a
+shard written but not yet recorded is simply embedded again under a new name.
+Decoding runs on worker processes while the model embeds the previous batch (reader -> model -> writer).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from warehouse import Catalog, ImageError, Workdir
+from warehouse.workdir import atomic_write_bytes
+
+from .data import _decode_many
+from .models import GroundexModel
+
+_logger = logging.getLogger(__name__)
+KINDS = ("image", "patch", "caption")
+
+
+@dataclass
+class EmbedConfig:
+    batch_size: int = 256      # images or captions per forward pass
+    shard_size: int = 4096     # items per shard file: the most an interrupted run can lose
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))  # decoding processes
+    patches: bool = True       # also store patch embeddings (grounding needs them)
+    progress: bool = True
+
+
+@dataclass
+class EmbedReport:
+    images: int = 0
+    captions: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # decode / model / write
+
+
+def shard_dir(workdir: Workdir, model_id: str, kind: str) -> Path:
+    if kind not in KINDS:
+        raise ValueError(f"embedding kind must be one of {KINDS}, got {kind!r}")
+    return workdir.embeddings_dir / model_id / kind
+
+
+def _next_shard_name(folder: Path) -> str:
+    numbers = [int(p.stem.split("-")[1]) for p in folder.glob("shard-*.npy") if p.stem.split("-")[1].isdigit()]
+    return f"shard-{max(numbers, default=-1) + 1:05d}.npy"
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _decoded_batches(paths: Sequence[str], size: int, batch_size: int, pool: ProcessPoolExecutor | None
+                     ) -> Iterator[np.ndarray]:
+    """(b, 3, size, size) uint8 batches, in order; decoding runs ahead on the pool."""
+    jobs = [(list(paths[s:s + batch_size]), size) for s in range(0, len(paths), batch_size)]
+    results = pool.map(_decode_many, jobs) if pool is not None else map(_decode_many, jobs)
+    for job, out in zip(jobs, results, strict=True):
+        bad = [(p, e) for p, e in zip(job[0], out, strict=True) if isinstance(e, str)]
+        if bad:
+            raise ImageError(bad[0][1])
+        yield np.stack(out)
+
+
+@torch.no_grad()
+def embed_images(workdir: Workdir, model: GroundexModel, model_id: str, items: Sequence[tuple[int, str]],
+                 config: EmbedConfig | None = None, report: EmbedReport | None = None) -> EmbedReport:
+    """Embed the (image id, path) items not yet embedded by this model."""
+    config = config or EmbedConfig()
+    report = report or EmbedReport()
+    with Catalog.open(workdir, read_only=True) as catalog:
+        done = set(catalog.embedded_ids(model_id, "image"))
+    todo = [(i, p) for i, p in items if i not in done]
+    if not todo:
+        return report
+    model.eval()
+    image_dir, patch_dir = shard_dir(workdir, model_id, "image"), shard_dir(workdir, model_id, "patch")
+    image_dir.mkdir(parents=True, exist_ok=True)
+    patch_dir.mkdir(parents=True, exist_ok=True)
+    stages = report.stage_seconds
+    started = time.perf_counter()
+    pool = ProcessPoolExecutor(config.workers) if config.workers > 1 and len(todo) > config.batch_size else None
+    try:
+        with tqdm(total=len(todo), desc="embed images", unit="img", disable=not config.progress) as bar:
+            for s in range(0, len(todo), config.shard_size):
+                shard = todo[s:s + config.shard_size]
+                globals_, patches = [], []
+                t = time.perf_counter()
+                for pixels in _decoded_batches([p for _, p in shard], model.image_size, config.batch_size, pool):
+                    t_model = time.perf_counter()
+                    stages["decode"] = stages.get("decode", 0.0) + t_model - t
+                    pixels = torch.from_numpy(pixels)
+                    if config.patches:
+                        g, p = model.encode_image_and_patches(pixels)
+                        patches.append(p.half().cpu().numpy())
+                    else:
+                        g = model.encode_image(pixels)
+                    globals_.append(g.half().cpu().numpy())
+                    t = time.perf_counter()
+                    stages["model"] = stages.get("model", 0.0) + t - t_model
+                    bar.update(len(pixels))
+                name = _next_shard_name(image_dir)
+                if config.patches:
+                    _write_npy(patch_dir / name, np.concatenate(patches))
+                _write_npy(image_dir / name, np.concatenate(globals_))  # (n, D) float16
+                with Catalog.open(workdir) as catalog:
+                    catalog.add_embedding_rows(model_id, "image", [i for i, _ in shard], name)
+                t_end = time.perf_counter()
+                stages["write"] = stages.get("write", 0.0) + t_end - t
+                t = t_end
+                report.images += len(shard)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    report.seconds += time.perf_counter() - started
+    return report
+
+
+@torch.no_grad()
+def embed_captions(workdir: Workdir, model: GroundexModel, model_id: str, rows: Sequence[tuple[int, int, str]],
+                   config: EmbedConfig | None = None, report: EmbedReport | None = None) -> EmbedReport:
+    """Embed the (caption id, image id, text) rows not yet embedded by this model."""
+    config = config or EmbedConfig()
+    report = report or EmbedReport()
+    with Catalog.open(workdir, read_only=True) as catalog:
+        done = set(catalog.embedded_ids(model_id, "caption"))
+    todo = [(c, t) for c, _, t in rows if c not in done]
+    if not todo:
+        return report
+    model.eval()
+    folder = shard_dir(workdir, model_id, "caption")
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tqdm(total=len(todo), desc="embed captions", unit="cap", disable=not config.progress) as bar:
+        for s in range(0, len(todo), config.shard_size):
+            shard = todo[s:s + config.shard_size]
+            out = []
+            for b in range(0, len(shard), config.batch_size):
+                texts = [t for _, t in shard[b:b + config.batch_size]]
+                out.append(model.encode_text(texts).half().cpu().numpy())
+                bar.update(len(texts))
+            name = _next_shard_name(folder)
+            _write_npy(folder / name, np.concatenate(out))
+            with Catalog.open(workdir) as catalog:
+                catalog.add_embedding_rows(model_id, "caption", [c for c, _ in shard], name)
+            report.captions += len(shard)
+    report.seconds += time.perf_counter() - started
+    return report
+
+
+def load_embeddings(workdir: Workdir, model_id: str, kind: str, ids: Sequence[int] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (n,), float32 vectors) of this model's stored embeddings of `kind`, ordered by id.
+
+    `kind` is 'image', 'caption' or 'patch' (patches come back as (n, P, D))."""
+    row_kind = "image" if kind == "patch" else kind
+    with Catalog.open(workdir, read_only=True) as catalog:
+        locations = catalog.embedding_locations(model_id, row_kind)
+    if ids is not None:
+        wanted = {int(i) for i in ids}
+        locations = [loc for loc in locations if loc[0] in wanted]
+        if len(locations) != len(wanted):
+            have = {loc[0] for loc in locations}
+            missing = sorted(wanted - have)[:5]
+            raise KeyError(f"no {kind} embedding for id(s) {missing} with model {model_id}; run `groundex index`")
+    folder = shard_dir(workdir, model_id, kind)
+    by_shard: dict[str, list[tuple[int, int]]] = {}
+    for position, (_, shard, row) in enumerate(locations):
+        by_shard.setdefault(shard, []).append((position, row))
+    out: np.ndarray | None = None
+    for shard, pairs in by_shard.items():
+        data = np.load(folder / shard, mmap_mode="r")
+        if out is None:
+            out = np.empty((len(locations), *data.shape[1:]), dtype=np.float32)
+        positions, rows = zip(*pairs, strict=True)
+        out[list(positions)] = data[list(rows)]
+    ids_out = np.array([loc[0] for loc in locations], dtype=np.int64)
+    if out is None:
+        out = np.zeros((0, 0), dtype=np.float32)
+    return ids_out, out

@@ -1,0 +1,307 @@
+"""CLIP models over open_clip: our presets, any open_clip name, or a local checkpoint.
+
+Presets are open_clip model configs (`model_configs/*.json`, registered with `open_clip.add_model_config`,
+so `open_clip.list_models()` shows them). A preset is built with the vocabulary size of its word
+tokenizer; an open_clip name is built by `open_clip.create_model` with its own tokenizer and optional
+`pretrained` tag or `.safetensors` file.
+
+Checkpoints are folders: `model.safetensors`, `config.json` (the ModelSpec), `tokenizer.json`. Their
+content hash (of those three files) names the folder and is recorded by every embedding, index and
+result made with the model. Nothing here unpickles anything.
+
+Images are resized to the model's square input without cropping ("squash"), so that every pixel of
+the image maps to a patch (grounding needs the whole frame).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .tokenizer import OpenClipTokenizer, WordTokenizer, tokenizer_from_json
+
+_logger = logging.getLogger(__name__)
+
+PRESETS_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(PRESETS_DIR)
+PRESET_PREFIX = "groundex-"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
+# What groundex adds to a preset beyond its open_clip config (which stays loadable by open_clip itself).
+PRESET_EXTRAS: dict[str, dict[str, Any]] = {"groundex-tiny": {}}
+
+
+def list_presets() -> list[str]:
+    """Short names of our presets ('tiny', ...); `groundex-<name>` is the open_clip name."""
+    return sorted(p.stem.removeprefix(PRESET_PREFIX) for p in PRESETS_DIR.glob(f"{PRESET_PREFIX}*.json"))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model, saved as a checkpoint's config.json."""
+
+    name: str                                  # open_clip model name, e.g. 'groundex-tiny' or 'ViT-B-32'
+    config: dict[str, Any]                     # open_clip model config (embed_dim, vision_cfg, text_cfg)
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    pretrained: str | None = None              # where the first weights came from (tag, file); None: random
+    parent: str | None = None                  # hash of the checkpoint this one was trained from
+    extra: dict[str, Any] = field(default_factory=dict)  # training summary, free-form
+
+
+class GroundexModel(nn.Module):
+    """An open_clip CLIP with a tokenizer, L2-normalized encoders and patch embeddings."""
+
+    def __init__(self, clip: nn.Module, tokenizer: WordTokenizer | OpenClipTokenizer, spec: ModelSpec):
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.spec = spec
+        visual = clip.visual
+        if hasattr(visual, "output_tokens"):
+            visual.output_tokens = True  # forward returns (pooled, patch tokens)
+        size = getattr(visual, "image_size", spec.config.get("vision_cfg", {}).get("image_size", 224))
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.register_buffer("_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self._mean.device
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.spec.config["embed_dim"])
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        grid = getattr(self.clip.visual, "grid_size", None)
+        if grid is None:
+            raise NotImplementedError(f"{self.spec.name}: patch embeddings need a ViT image tower")
+        return int(grid[0]), int(grid[1])
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale
+
+    # -- pixels -----------------------------------------------------------------------------------
+
+    def pixels_from_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """RGB PIL images -> uint8 tensor (B, 3, S, S), squash-resized to the model's input size."""
+        s = self.image_size
+        arrays = [np.asarray(im.convert("RGB").resize((s, s), Image.BICUBIC)) for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) -> normalized float on the model's device; float input is taken as [0, 1]."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.float().div_(255)
+        if pixels.shape[-1] != self.image_size or pixels.shape[-2] != self.image_size:
+            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear",
+                                   antialias=True, align_corners=False)
+        return (pixels - self._mean) / self._std
+
+    # -- encoders ---------------------------------------------------------------------------------
+
+    def _visual(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.clip.visual(self.normalize(pixels))
+        if isinstance(out, tuple):
+            pooled, tokens = out
+            proj = getattr(self.clip.visual, "proj", None)
+            patches = tokens @ proj if proj is not None else tokens  # (B, P, D)
+            return pooled, patches
+        return out, None
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, D), L2-normalized."""
+        return F.normalize(self._visual(pixels)[0], dim=-1)
+
+    def encode_image_and_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass: global (B, D) and patch (B, P, D) embeddings, each L2-normalized.
+
+        Patches are the last layer's patch tokens after the final LayerNorm, through the same
+        projection as the pooled token, so they live in the joint image-text space."""
+        pooled, patches = self._visual(pixels)
+        if patches is None:
+            raise NotImplementedError(f"{self.spec.name}: patch embeddings need a ViT image tower")
+        return F.normalize(pooled, dim=-1), F.normalize(patches, dim=-1)
+
+    def encode_patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, P, D), L2-normalized, P = grid_h * grid_w in row-major order."""
+        return self.encode_image_and_patches(pixels)[1]
+
+    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(texts)
+
+    def encode_text(self, texts: str | Sequence[str] | torch.Tensor) -> torch.Tensor:
+        """Strings or token ids (B, L) -> (B, D), L2-normalized."""
+        tokens = texts if isinstance(texts, torch.Tensor) else self.tokenize(texts)
+        return F.normalize(self.clip.encode_text(tokens.to(self.device)), dim=-1)
+
+    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.encode_image(pixels), self.encode_text(tokens), self.clip.logit_scale.exp()
+
+
+# -- construction ---------------------------------------------------------------------------------
+
+
+class ConvStem(nn.Sequential):
+    """Early convolutions for a ViT ("Early Convolutions Help Transformers See Better", Xiao et al. 2021):
+    3x3 stride-2 convolutions down to the patch grid, then a 1x1 to the token width. Same output as the
+    patchify conv it replaces, (B, width, grid, grid), but it trains much better from scratch on little data."""
+
+    def __init__(self, channels: Sequence[int], width: int, patch_size: int):
+        layers: list[nn.Module] = []
+        c_in, stride = 3, 1
+        for c_out in channels:
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+            c_in, stride = c_out, stride * 2
+        if stride != patch_size:
+            raise ValueError(f"conv_stem of {len(channels)} stride-2 layers downsamples {stride}x, "
+                             f"but the patch size is {patch_size}")
+        layers.append(nn.Conv2d(c_in, width, 1))
+        super().__init__(*layers)
+
+
+def _build_clip(config: dict[str, Any]) -> nn.Module:
+    """An open_clip model from its config; our extra key `conv_stem` (channels) swaps the ViT patchify conv."""
+    config = dict(config)
+    conv_stem = config.pop("conv_stem", None)
+    custom_text = config.pop("custom_text", False) or "hf_model_name" in config.get("text_cfg", {})
+    cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
+    clip = cls(**config)
+    if conv_stem:
+        vision = config["vision_cfg"]
+        clip.visual.conv1 = ConvStem(conv_stem, vision["width"], vision["patch_size"])
+    return clip
+
+
+def resolve_name(name: str) -> str:
+    """'tiny' -> 'groundex-tiny'; other names pass through."""
+    return PRESET_PREFIX + name if name in list_presets() else name
+
+
+def create_model(name: str = "tiny", pretrained: str | None = None, tokenizer: WordTokenizer | None = None,
+                 device: torch.device | str | None = None) -> GroundexModel:
+    """A model by preset ('tiny'), open_clip name (+ `pretrained` tag or .safetensors file) or checkpoint dir.
+
+    Presets use a word tokenizer (`tokenizer`, built from the training captions); its vocabulary size
+    and context length set the text tower's.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return load_checkpoint(path, device)
+    full = resolve_name(name)
+    if full.startswith(PRESET_PREFIX):
+        if full.removeprefix(PRESET_PREFIX) not in list_presets():
+            raise ValueError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
+        if tokenizer is None:
+            raise ValueError(f"preset {name!r} needs a word tokenizer built from the training captions")
+        config = {**open_clip.get_model_config(full), **PRESET_EXTRAS.get(full, {})}
+        config["text_cfg"].update(vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length,
+                                  eos_id=tokenizer.EOT, pad_id=tokenizer.PAD)
+        spec = ModelSpec(name=full, config=config, pretrained=pretrained)
+        clip = _build_clip(config)
+        if pretrained:
+            _load_weights(clip, Path(pretrained))
+        return GroundexModel(clip, tokenizer, spec).to(device).eval()
+    if full not in open_clip.list_models():
+        raise ValueError(f"unknown model {name!r}: not a preset ({', '.join(list_presets())}), "
+                         "not a checkpoint folder, not an open_clip model name (open_clip.list_models())")
+    if pretrained and Path(pretrained).suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        raise ValueError(f"{pretrained}: pickle checkpoints are refused; convert the weights to .safetensors")
+    clip = open_clip.create_model(full, pretrained=pretrained)
+    config = open_clip.get_model_config(full)
+    pp = getattr(clip.visual, "preprocess_cfg", {}) or {}
+    spec = ModelSpec(name=full, config=config, mean=tuple(pp.get("mean", OPENAI_MEAN)),
+                     std=tuple(pp.get("std", OPENAI_STD)), pretrained=pretrained)
+    return GroundexModel(clip, OpenClipTokenizer(full), spec).to(device).eval()
+
+
+def _load_weights(clip: nn.Module, path: Path) -> None:
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: only .safetensors weights are loaded (no pickles)")
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such weights file") from None
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        clip.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit the model: {str(e).splitlines()[0]}") from None
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def checkpoint_hash(folder: Path) -> str:
+    """sha256 over the checkpoint's files (first 16 hex digits): same weights and config, same hash."""
+    h = hashlib.sha256()
+    for name in CHECKPOINT_FILES:
+        h.update(name.encode())
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(model: GroundexModel, models_dir: Path) -> tuple[str, Path]:
+    """Write `model` as `models_dir/<hash>/` (atomically: a temp folder renamed into place)."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=models_dir))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.clip.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(asdict(model.spec), indent=2, sort_keys=True, default=list))
+        (tmp / "tokenizer.json").write_text(json.dumps(model.tokenizer.to_json()))
+        digest = checkpoint_hash(tmp)
+        final = models_dir / digest
+        if final.exists():
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(final)
+        return digest, final
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_checkpoint(folder: Path, device: torch.device | str | None = None) -> GroundexModel:
+    folder = Path(folder)
+    missing = [n for n in CHECKPOINT_FILES if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: not a groundex checkpoint (missing {', '.join(missing)})")
+    try:
+        spec = ModelSpec(**json.loads((folder / "config.json").read_text()))
+        tokenizer = tokenizer_from_json(json.loads((folder / "tokenizer.json").read_text()))
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise ValueError(f"{folder}: unreadable checkpoint config ({e})") from None
+    spec.mean, spec.std = tuple(spec.mean), tuple(spec.std)
+    clip = _build_clip(spec.config)
+    _load_weights(clip, folder / "model.safetensors")
+    device = torch.device(device) if device is not None else default_device()
+    return GroundexModel(clip, tokenizer, spec).to(device).eval()

@@ -1,0 +1,69 @@
+"""The indexer's commands as functions: index a workdir, evaluate retrieval on a split."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from warehouse import Catalog, Workdir, recorded_run
+
+from .embed import EmbedConfig, EmbedReport, embed_captions, embed_images, load_embeddings
+from .evaluate import recall_at_k
+from .index import update_index
+from .models import load_checkpoint
+
+
+def index_workdir(workdir: Workdir, model_id: str | None = None, split: str | None = None,
+                  factory: str | None = None, rebuild: bool = False, config: EmbedConfig | None = None,
+                  device: str | None = None) -> dict[str, Any]:
+    """Embed the images (global + patches) and captions of `split` (None: all) not yet embedded by the
+    model (default: the newest), then bring its FAISS indexes up to date."""
+    config = config or EmbedConfig()
+    with Catalog.open(workdir, read_only=True) as catalog:
+        info = catalog.model(model_id)
+        images = catalog.image_rows(split)
+        captions = catalog.caption_rows(split)
+    if not images:
+        raise ValueError(f"no images in split {split!r}" if split else "the workdir has no images; ingest some first")
+    model = load_checkpoint(Path(info["path"]), device)
+    run_config = {"model_id": info["id"], "split": split, "factory": factory, "embed": asdict(config)}
+    with recorded_run(workdir, "index", run_config, info["id"]) as (_, result):
+        started = time.perf_counter()
+        report = EmbedReport()
+        embed_images(workdir, model, info["id"], images, config, report)
+        embed_captions(workdir, model, info["id"], captions, config, report)
+        indexes = {}
+        for kind in ("image", "caption"):
+            built = update_index(workdir, info["id"], kind, factory, rebuild)
+            if built is not None:
+                indexes[kind] = asdict(built)
+        result.update(model_id=info["id"], split=split, embedded_images=report.images,
+                      embedded_captions=report.captions, indexes=indexes,
+                      stage_seconds={k: round(v, 2) for k, v in report.stage_seconds.items()},
+                      seconds=round(time.perf_counter() - started, 2))
+    workdir.update_manifest(artefacts={f"index:{info['id']}:{k}": v for k, v in indexes.items()})
+    return result
+
+
+def evaluate_retrieval(workdir: Workdir, split: str, model_id: str | None = None) -> dict[str, Any]:
+    """Recall@K on `split` from the stored embeddings (run `groundex index` for the split first)."""
+    with Catalog.open(workdir, read_only=True) as catalog:
+        info = catalog.model(model_id)
+        images = catalog.image_rows(split)
+        captions = catalog.caption_rows(split)
+    if not images or not captions:
+        raise ValueError(f"split {split!r} has {len(images)} images and {len(captions)} captions: nothing to evaluate")
+    try:
+        image_ids, image_vectors = load_embeddings(workdir, info["id"], "image", [i for i, _ in images])
+        caption_ids, caption_vectors = load_embeddings(workdir, info["id"], "caption", [c for c, _, _ in captions])
+    except KeyError as e:
+        raise ValueError(f"{e.args[0]} (try `groundex index --split {split}`)") from None
+    owner = {c: i for c, i, _ in captions}
+    metrics = recall_at_k(image_vectors, image_ids, caption_vectors, [owner[c] for c in caption_ids.tolist()])
+    result = {"split": split, "model_id": info["id"], "images": len(image_ids), "queries": len(caption_ids),
+              **metrics}
+    with recorded_run(workdir, "eval retrieval", {"split": split}, info["id"]) as (_, record):
+        record.update(result)
+    return result

@@ -1,0 +1,165 @@
+"""Search a workdir: text -> image, image -> image, image -> text, with catalog filters.
+
+A `where` condition (SQL over the `images` columns, e.g. "split = 'val'") is applied inside the FAISS
+search with an id selector, so k hits come back whenever at least k images match; if an approximate
+index finds fewer (a very selective filter on IVF), the search falls back to exact scoring of the
+matching items' stored embeddings. Hits carry the catalog's metadata (path, split, captions).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from PIL import Image
+
+from warehouse import Catalog, Workdir, load_image
+
+from .embed import load_embeddings
+from .index import configure_search, load_index
+from .models import GroundexModel, load_checkpoint
+
+_logger = logging.getLogger(__name__)
+MAX_QUERY_CHARS = 2000
+
+
+@dataclass
+class Hit:
+    id: int                    # image id, or caption id for image -> text
+    score: float               # cosine similarity
+    image_id: int
+    path: str
+    split: str | None
+    captions: list[str] = field(default_factory=list)  # the image's human captions
+    text: str | None = None    # the caption, for image -> text hits
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Searcher:
+    """Loads a model and its indexes once; each query reads the catalog for filters and metadata."""
+
+    def __init__(self, workdir: Workdir, model_id: str | None = None, device: str | None = None):
+        self.workdir = workdir
+        with Catalog.open(workdir, read_only=True) as catalog:
+            self.model_info = catalog.model(model_id)
+        self.model_id: str = self.model_info["id"]
+        self._device = device
+        self._model: GroundexModel | None = None
+        self._indexes: dict[str, tuple[int, faiss.Index]] = {}
+
+    @property
+    def model(self) -> GroundexModel:
+        if self._model is None:
+            self._model = load_checkpoint(Path(self.model_info["path"]), self._device)
+        return self._model
+
+    def _index(self, kind: str) -> faiss.Index:
+        """The current version of the `kind` index, reloaded when a newer one was built."""
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            current = catalog.current_index(self.model_id, kind)
+        if current is None:
+            raise FileNotFoundError(f"no {kind} index for model {self.model_id}: run `groundex index`")
+        cached = self._indexes.get(kind)
+        if cached is None or cached[0] != current["version"]:
+            self._indexes[kind] = (current["version"], load_index(current["path"]))
+        return self._indexes[kind][1]
+
+    # -- query vectors ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def text_vector(self, query: str) -> np.ndarray:
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("the text query is empty")
+        if len(query) > MAX_QUERY_CHARS:
+            raise ValueError(f"the text query is {len(query):,} characters; at most {MAX_QUERY_CHARS:,} are used")
+        return self.model.encode_text([query]).cpu().numpy()[0]
+
+    @torch.no_grad()
+    def image_vector(self, image: Image.Image | str | Path | int) -> np.ndarray:
+        """A PIL image, an image file, or a catalog image id (whose stored embedding is used)."""
+        if isinstance(image, (int, np.integer)):
+            _, vectors = load_embeddings(self.workdir, self.model_id, "image", [int(image)])
+            return vectors[0]
+        if not isinstance(image, Image.Image):
+            image = load_image(image)
+        pixels = self.model.pixels_from_images([image])
+        return self.model.encode_image(pixels).cpu().numpy()[0]
+
+    # -- searches ---------------------------------------------------------------------------------
+
+    def text_to_image(self, query: str, k: int = 10, where: str | None = None) -> list[Hit]:
+        return self._image_hits(self.text_vector(query), k, where)
+
+    def image_to_image(self, image: Image.Image | str | Path | int, k: int = 10, where: str | None = None,
+                       exclude_self: bool = True) -> list[Hit]:
+        exclude = int(image) if isinstance(image, (int, np.integer)) and exclude_self else None
+        hits = self._image_hits(self.image_vector(image), k + (exclude is not None), where)
+        return [h for h in hits if h.id != exclude][:k]
+
+    def image_to_text(self, image: Image.Image | str | Path | int, k: int = 10, where: str | None = None
+                      ) -> list[Hit]:
+        vector = self.image_vector(image)
+        allowed = None
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            if where:
+                allowed = np.array(catalog.caption_ids_of_images(catalog.image_ids_where(where)), dtype=np.int64)
+        ids, scores = self._search("caption", vector, k, allowed)
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            captions = catalog.caption_details(ids)
+            images = catalog.image_details({c["image_id"] for c in captions.values()})
+        hits = []
+        for i, s in zip(ids.tolist(), scores.tolist(), strict=True):
+            c = captions[i]
+            img = images[c["image_id"]]
+            hits.append(Hit(i, s, c["image_id"], img["path"], img["split"], img["captions"], c["text"]))
+        return hits
+
+    def _image_hits(self, vector: np.ndarray, k: int, where: str | None) -> list[Hit]:
+        allowed = None
+        if where:
+            with Catalog.open(self.workdir, read_only=True) as catalog:
+                allowed = np.array(catalog.image_ids_where(where), dtype=np.int64)
+        ids, scores = self._search("image", vector, k, allowed)
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            details = catalog.image_details(ids)
+        return [Hit(i, s, i, details[i]["path"], details[i]["split"], details[i]["captions"])
+                for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
+
+    def _search(self, kind: str, vector: np.ndarray, k: int, allowed: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores) in the `kind` index, restricted to `allowed` ids when given."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        index = self._index(kind)
+        query = np.ascontiguousarray(vector, dtype=np.float32)[None, :]
+        if allowed is not None:
+            if len(allowed) == 0:
+                return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+            k = min(k, len(allowed))
+            params = configure_search(index, k) or faiss.SearchParameters()
+            params.sel = faiss.IDSelectorBatch(allowed)
+            scores, ids = index.search(query, k, params=params)
+        else:
+            k = min(k, index.ntotal)
+            configure_search(index, k)
+            scores, ids = index.search(query, k)
+        ids, scores = ids[0], scores[0]
+        keep = ids >= 0
+        ids, scores = ids[keep], scores[keep]
+        if allowed is not None and len(ids) < k:  # an approximate index missed some: score them exactly
+            ids, scores = self._exact(kind, query[0], allowed, k)
+        return ids, scores
+
+    def _exact(self, kind: str, vector: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, vectors = load_embeddings(self.workdir, self.model_id, kind, allowed)
+        scores = vectors @ vector
+        top = np.argsort(-scores)[:k]
+        return ids[top], scores[top]
+

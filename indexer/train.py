@@ -1,0 +1,451 @@
+"""Contrastive training: symmetric InfoNCE with a learned temperature, over a workdir's catalog.
+
+Pixels come from the uint8 cache (decoded once); augmentation is done on whole batches on the model's
+device (random resized crops in one `roi_align` call, mild brightness/contrast), so the model's step is
+the bottleneck. Each step pairs every image with one of its captions drawn at random (or several,
+`captions_per_image`, whose texts all count as positives of the image).
+
+The learning rate warms up then follows a cosine; with a time budget (`minutes`) the schedule runs on
+elapsed time instead of steps. After every epoch: val recall, a resumable state in
+`training/run-<id>/last/`, and, when val text->image R@10 improves, a content-addressed checkpoint
+in `models/` recorded in the catalog. The best one is the run's result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torchvision.ops import roi_align
+from tqdm.auto import tqdm
+
+from warehouse import Catalog, Workdir, recorded_run
+from warehouse.workdir import atomic_write_json
+
+from .data import PixelCache, pixel_cache
+from .evaluate import recall_at_k
+from .models import GroundexModel, create_model, default_device, save_checkpoint
+from .tokenizer import WordTokenizer
+
+_logger = logging.getLogger(__name__)
+MODES = ("full", "locked-image", "lora")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "tiny"                # preset ('tiny'), open_clip name, or checkpoint folder to start from
+    pretrained: str | None = None      # open_clip tag or .safetensors file for the first weights
+    mode: str = "full"                 # full | locked-image (LiT: image tower frozen) | lora (peft adapters)
+    epochs: int = 20                   # upper bound on passes over the training images
+    minutes: float | None = None       # wall-clock budget; when set, the schedule follows elapsed time
+    batch_size: int = 128              # images per micro-batch (each brings `captions_per_image` captions)
+    accumulate: int = 1                # micro-batches per optimizer step (each has its own negatives)
+    captions_per_image: int = 1        # captions drawn per image per step (all are positives of the image)
+    lr: float = 1e-3                   # peak learning rate (AdamW)
+    weight_decay: float = 0.1          # on weight matrices only (not norms, biases, embeddings, temperature)
+    warmup_fraction: float = 0.05      # of the schedule spent warming up linearly
+    min_lr_ratio: float = 0.02         # cosine floor as a fraction of lr
+    crop_scale: float = 0.6            # random resized crop keeps this fraction of the area or more (1: off)
+    jitter: float = 0.2                # brightness/contrast jitter amplitude (0: off); no hue: captions name colours
+    hflip: bool = False                # off by default: captions say "left" and "right"
+    patch_dropout: float = 0.0         # FLIP: drop this fraction of image tokens while training (faster, regularizes)
+    precision: str = "fp32"            # fp32 | bf16 (autocast; fast on CPUs with AVX512-BF16/AMX and on GPUs)
+    train_split: str = "train"
+    max_train_images: int | None = None  # train on the first N images of the split (by id): quick runs, experiments
+    val_split: str | None = "val"      # None: no validation (the last epoch's model is kept)
+    val_max_images: int = 1000         # validate on at most this many val images (first by id)
+    vocab_min_count: int = 2           # word tokenizer: words seen fewer times map to <unk>
+    lora_rank: int = 8
+    seed: int = 0
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))  # image decoding processes
+    device: str | None = None          # default: cuda when available, else cpu
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("epochs", "batch_size", "accumulate", "captions_per_image"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"minutes must be > 0, got {self.minutes}")
+        if not 0 <= self.patch_dropout < 1:
+            raise ValueError(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if not 0 < self.crop_scale <= 1:
+            raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
+
+
+@dataclass
+class TrainResult:
+    run_id: int
+    model_id: str            # the best checkpoint's hash
+    model_path: str
+    epochs: int
+    steps: int
+    seconds: float
+    best: dict[str, Any]     # val metrics of the kept checkpoint
+    history: list[dict[str, Any]]
+    trainable_params: int
+    total_params: int
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+class CaptionTable:
+    """Tokenized captions grouped by image: tokens (M, L), and per image the rows of its captions."""
+
+    def __init__(self, rows: list[tuple[int, int, str]], tokenize):
+        self.caption_ids = np.array([r[0] for r in rows], dtype=np.int64)
+        self.image_ids = np.array([r[1] for r in rows], dtype=np.int64)
+        self.texts = [r[2] for r in rows]
+        self.tokens = tokenize(self.texts) if rows else torch.zeros(0, 1, dtype=torch.long)
+        self.by_image: dict[int, np.ndarray] = {}
+        for row, image_id in enumerate(self.image_ids.tolist()):
+            self.by_image.setdefault(image_id, []).append(row)
+        self.by_image = {k: np.array(v) for k, v in self.by_image.items()}
+
+    def sample(self, image_ids: np.ndarray, per_image: int, rng: np.random.Generator) -> np.ndarray:
+        """(B * per_image,) caption rows, `per_image` per image, drawn without replacement when possible."""
+        out = []
+        for i in image_ids.tolist():
+            rows = self.by_image[i]
+            out.append(rng.choice(rows, size=per_image, replace=len(rows) < per_image))
+        return np.concatenate(out)
+
+
+def augment(pixels: torch.Tensor, out_size: int, crop_scale: float, jitter: float, hflip: bool,
+            generator: torch.Generator) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> float [0, 1] (B, 3, out, out): random resized crop, jitter, optional flip."""
+    x = pixels.float().div_(255)
+    b, _, s, _ = x.shape
+    if crop_scale < 1:
+        area = torch.empty(b).uniform_(crop_scale, 1.0, generator=generator)
+        aspect = torch.exp(torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator))
+        w = (torch.sqrt(area * aspect) * s).clamp(max=s)
+        h = (torch.sqrt(area / aspect) * s).clamp(max=s)
+        x0 = torch.rand(b, generator=generator) * (s - w)
+        y0 = torch.rand(b, generator=generator) * (s - h)
+        boxes = torch.stack([torch.arange(b, dtype=torch.float), x0, y0, x0 + w, y0 + h], dim=1).to(x.device)
+        x = roi_align(x, boxes, output_size=out_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    elif s != out_size:
+        x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False)
+    if jitter > 0:
+        brightness = 1 + torch.empty(b, 1, 1, 1).uniform_(-jitter, jitter, generator=generator).to(x.device)
+        contrast = 1 + torch.empty(b, 1, 1, 1).uniform_(-jitter, jitter, generator=generator).to(x.device)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * contrast + mean * brightness).clamp_(0, 1)
+    if hflip:
+        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+# -- loss, optimizer, schedule --------------------------------------------------------------------
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+              per_image: int = 1) -> torch.Tensor:
+    """Symmetric InfoNCE. image (B, D), text (B * per_image, D) with text j belonging to image j // per_image."""
+    logits = logit_scale * image_features @ text_features.T  # (B, B * per_image)
+    b = image_features.shape[0]
+    owner = torch.arange(b, device=logits.device).repeat_interleave(per_image)  # (B * per_image,)
+    text_to_image = F.cross_entropy(logits.T, owner)
+    if per_image == 1:
+        image_to_text = F.cross_entropy(logits, owner)
+    else:  # every caption of the image is a positive: log of the summed positive probability
+        log_probs = logits.log_softmax(dim=1)
+        positive = owner[None, :] == torch.arange(b, device=logits.device)[:, None]
+        image_to_text = -torch.logsumexp(log_probs.masked_fill(~positive, float("-inf")), dim=1).mean()
+    return (text_to_image + image_to_text) / 2
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        plain = p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("bias")
+        (no_decay if plain else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(progress: float, warmup: float, floor: float) -> float:
+    """Linear warmup to 1, then cosine to `floor`; `progress` in [0, 1]."""
+    if progress < warmup:
+        return max(progress / warmup, 1e-3)
+    t = min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def apply_mode(model: GroundexModel, mode: str, lora_rank: int) -> None:
+    """Set what trains: everything, the text tower (+ temperature) only, or LoRA adapters."""
+    if mode == "locked-image":
+        for p in model.clip.visual.parameters():
+            p.requires_grad_(False)
+    elif mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                            target_modules=["c_fc", "c_proj", "out_proj"])
+        model.clip = get_peft_model(model.clip, config)
+        model.clip.base_model.model.logit_scale.requires_grad_(True)
+
+
+def merge_lora(model: GroundexModel) -> None:
+    if hasattr(model.clip, "merge_and_unload"):
+        model.clip = model.clip.merge_and_unload()
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+# -- embedding a split for validation -------------------------------------------------------------
+
+
+@torch.no_grad()
+def embed_for_eval(model: GroundexModel, cache: PixelCache, image_ids: np.ndarray, captions: CaptionTable,
+                   batch_size: int = 256) -> dict[str, dict[str, float]]:
+    was_training = model.training
+    model.eval()
+    images = torch.cat([model.encode_image(torch.from_numpy(cache.get(image_ids[s:s + batch_size])))
+                        for s in range(0, len(image_ids), batch_size)]).cpu().numpy()
+    texts = torch.cat([model.encode_text(captions.tokens[s:s + batch_size])
+                       for s in range(0, len(captions.tokens), batch_size)]).cpu().numpy()
+    model.train(was_training)
+    return recall_at_k(images, image_ids, texts, captions.image_ids)
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+
+def _state_dir(workdir: Workdir, run_id: int) -> Path:
+    return workdir.root / "training" / f"run-{run_id}"
+
+
+def _save_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Resumable state: model weights, optimizer tensors, counters; swapped in atomically."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.clip.state_dict().items()},
+              str(tmp / "model.safetensors"))
+    opt = optimizer.state_dict()
+    tensors = {f"{i}.{k}": v.contiguous().cpu() for i, s in opt["state"].items() for k, v in s.items()}
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    atomic_write_json(tmp / "state.json", {**state, "param_groups": opt["param_groups"],
+                                           "tokenizer": model.tokenizer.to_json()})
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore weights and optimizer from `folder`; returns the loop counters."""
+    state = json.loads((folder / "state.json").read_text())
+    model.clip.load_state_dict(load_file(str(folder / "model.safetensors")))
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        opt_state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+    state.pop("tokenizer")
+    return state
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(workdir: Workdir, config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Train on `config.train_split`; returns the best checkpoint (recorded in the catalog's `models`)."""
+    device = torch.device(config.device) if config.device else default_device()
+    _seed_everything(config.seed)
+    with Catalog.open(workdir, read_only=True) as catalog:
+        train_rows = catalog.caption_rows(config.train_split)
+        val_rows = catalog.caption_rows(config.val_split) if config.val_split else []
+        image_items = catalog.image_rows(config.train_split) + (catalog.image_rows(config.val_split)
+                                                                if config.val_split else [])
+        parent = None
+        if Path(config.model).is_dir():
+            parent = Path(config.model).name
+    if not train_rows:
+        raise ValueError(f"split {config.train_split!r} has no captioned images to train on "
+                         f"(ingest data first; `groundex info` shows the splits)")
+    previous = _find_resumable(workdir) if resume else None
+    if resume and previous is None:
+        raise FileNotFoundError(f"nothing to resume in {workdir.root / 'training'}")
+    if previous is not None:
+        tokenizer = WordTokenizer(**{k: v for k, v in json.loads((previous / "state.json").read_text())
+                                     ["tokenizer"].items() if k != "kind"})
+    else:
+        tokenizer = WordTokenizer.build((t for _, _, t in train_rows), min_count=config.vocab_min_count)
+    model = create_model(config.model, config.pretrained, tokenizer=tokenizer, device=device)
+    if config.patch_dropout > 0:
+        from open_clip.transformer import PatchDropout
+
+        model.clip.visual.patch_dropout = PatchDropout(config.patch_dropout)  # active in train mode only
+    apply_mode(model, config.mode, config.lora_rank)
+    model.train()
+    if config.mode == "locked-image":
+        model.clip.visual.eval()
+    trainable, total = count_params(model)
+
+    train_captions = CaptionTable(train_rows, model.tokenize)
+    val_captions = CaptionTable(val_rows, model.tokenize) if val_rows else None
+    train_images = np.array(sorted(train_captions.by_image), dtype=np.int64)[: config.max_train_images]
+    val_images = None
+    if val_captions is not None:
+        val_images = np.array(sorted(val_captions.by_image), dtype=np.int64)[: config.val_max_images]
+    if val_captions is not None:
+        keep = np.isin(val_captions.image_ids, val_images)
+        val_captions = CaptionTable([r for r, k in zip(val_rows, keep, strict=True) if k], model.tokenize)
+    train_size = int(round(model.image_size * 1.25))
+    needed = set(train_images.tolist()) | (set(val_images.tolist()) if val_images is not None else set())
+    items = [(i, p) for i, p in image_items if i in needed]
+    train_cache = pixel_cache(workdir.cache_dir, items, train_size, config.workers, config.progress)
+    eval_cache = pixel_cache(workdir.cache_dir, items, model.image_size, config.workers, config.progress)
+
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    steps_per_epoch = max(1, len(train_images) // (config.batch_size * config.accumulate))
+
+    with recorded_run(workdir, "train", {"train": asdict(config), "resume": resume}) as (run_id, record):
+        result = _loop(workdir, config, model, optimizer, previous, run_id, train_images, train_captions,
+                       val_images, val_captions, train_cache, eval_cache, parent, trainable, total,
+                       steps_per_epoch, device)
+        record.update(asdict(result))
+    workdir.update_manifest(artefacts={f"model:{result.model_id}": {"kind": "model", "path": result.model_path,
+                                                                    "run_id": result.run_id}})
+    return result
+
+
+def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer: torch.optim.Optimizer,
+          previous: Path | None, run_id: int, train_images: np.ndarray, train_captions: CaptionTable,
+          val_images: np.ndarray | None, val_captions: CaptionTable | None, train_cache: PixelCache,
+          eval_cache: PixelCache, parent: str | None, trainable: int, total: int, steps_per_epoch: int,
+          device: torch.device) -> TrainResult:
+    """Epochs until `config.epochs` or the time budget; returns the best checkpoint."""
+    total_steps = steps_per_epoch * config.epochs
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    state = {"epoch": 0, "step": 0, "elapsed": 0.0, "best": None, "best_model": None, "history": [],
+             "run_id": run_id}
+    if previous is not None:
+        state.update(_load_state(previous, model, optimizer))
+        generator.manual_seed(config.seed + state["step"])
+        rng = np.random.default_rng([config.seed, state["step"]])
+        _logger.info("resuming %s at epoch %d, step %d", previous, state["epoch"], state["step"])
+    folder = _state_dir(workdir, state["run_id"]) / "last"
+
+    started = time.perf_counter() - state["elapsed"]
+    budget = config.minutes * 60 if config.minutes else None
+
+    def progress_now() -> float:
+        by_steps = state["step"] / total_steps
+        return max(by_steps, (time.perf_counter() - started) / budget) if budget else by_steps
+
+    out_of_time = False
+    while state["epoch"] < config.epochs and not out_of_time:
+        order = rng.permutation(train_images)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {state['epoch'] + 1}/{config.epochs}", unit="step",
+                   disable=not config.progress, dynamic_ncols=True)
+        seen, t0, losses = 0, time.perf_counter(), []
+        for k in bar:
+            factor = lr_factor(progress_now(), config.warmup_fraction, config.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * factor
+            optimizer.zero_grad(set_to_none=True)
+            for micro in range(config.accumulate):
+                start = (k * config.accumulate + micro) * config.batch_size
+                batch = order[start:start + config.batch_size]
+                pixels = augment(torch.from_numpy(train_cache.get(batch)).to(device), model.image_size,
+                                 config.crop_scale, config.jitter, config.hflip, generator)
+                tokens = train_captions.tokens[train_captions.sample(batch, config.captions_per_image, rng)]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                    image_features, text_features, scale = model(pixels, tokens)
+                loss = clip_loss(image_features.float(), text_features.float(), scale.float(),
+                                 config.captions_per_image)
+                (loss / config.accumulate).backward()
+                losses.append(loss.item())
+                seen += len(batch)
+            optimizer.step()
+            with torch.no_grad():  # CLIP's cap on the temperature: logit scale <= 100
+                _logit_scale(model).clamp_(0, math.log(100))
+            state["step"] += 1
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{config.lr * factor:.1e}",
+                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            if budget and time.perf_counter() - started >= budget:
+                out_of_time = True
+                break
+        bar.close()
+        state["epoch"] += 1
+        entry = {"epoch": state["epoch"], "step": state["step"], "loss": round(float(np.mean(losses)), 4),
+                 "images_per_s": round(seen / (time.perf_counter() - t0), 1),
+                 "seconds": round(time.perf_counter() - started, 1)}
+        if val_captions is not None:
+            entry["val"] = embed_for_eval(model, eval_cache, val_images, val_captions)
+        state["history"].append(entry)
+        _logger.info("epoch %d: %s", state["epoch"], entry)
+        if config.progress:
+            tqdm.write(f"epoch {state['epoch']}: loss {entry['loss']:.3f}, {entry['images_per_s']:.0f} img/s"
+                       + (f", val t2i R@10 {entry['val']['text_to_image']['R@10']:.1f}" if "val" in entry else ""))
+        score = entry["val"]["text_to_image"]["R@10"] if "val" in entry else state["epoch"]
+        if state["best"] is None or score > state["best"]["score"]:
+            state["best"] = {"score": score, **entry}
+            state["best_model"] = _save_best(workdir, model, config, parent, run_id, trainable, total, entry)
+        state["elapsed"] = time.perf_counter() - started
+        _save_state(folder, model, optimizer, state)
+    seconds = round(time.perf_counter() - started, 1)
+    model_id, model_path = state["best_model"]
+    return TrainResult(run_id, model_id, model_path, state["epoch"], state["step"], seconds,
+                       state["best"], state["history"], trainable, total)
+
+
+def _logit_scale(model: GroundexModel) -> torch.Tensor:
+    clip = model.clip
+    return clip.base_model.model.logit_scale if hasattr(clip, "base_model") else clip.logit_scale
+
+
+def _save_best(workdir: Workdir, model: GroundexModel, config: TrainConfig, parent: str | None, run_id: int,
+               trainable: int, total: int, entry: dict[str, Any]) -> tuple[str, str]:
+    """Write the current weights as a checkpoint (LoRA merged into a copy) and record it."""
+    import copy
+
+    to_save = model
+    if config.mode == "lora":
+        to_save = copy.deepcopy(model)
+        merge_lora(to_save)
+    to_save.spec.parent = parent
+    to_save.spec.extra = {"run_id": run_id, "mode": config.mode, "epoch": entry["epoch"]}
+    model_id, path = save_checkpoint(to_save, workdir.models_dir)
+    with Catalog.open(workdir) as catalog:
+        catalog.add_model(model_id, model.spec.name, str(path), parent, run_id, config.mode, trainable, total,
+                          entry.get("val", {}))
+    return model_id, str(path)
+
+
+def _find_resumable(workdir: Workdir) -> Path | None:
+    runs = sorted((workdir.root / "training").glob("run-*/last"), key=lambda p: int(p.parent.name.split("-")[1]))
+    return runs[-1] if runs else None

@@ -1,0 +1,92 @@
+"""Synthetic scenes -> train tiny -> index -> search -> eval: quality far above chance, and the search API."""
+
+import numpy as np
+import pytest
+
+import warehouse
+from indexer.pipeline import evaluate_retrieval, index_workdir
+from indexer.search import Searcher
+from indexer.train import TrainConfig, train
+from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = Workdir(tmp_path_factory.mktemp("e2e") / "work")
+    warehouse.ingest_synthetic(workdir, SyntheticConfig(n=800), config=IngestConfig(progress=False))
+    result = train(workdir, TrainConfig(epochs=8, batch_size=64, progress=False))
+    index_workdir(workdir)
+    return workdir, result
+
+
+def test_retrieval_is_far_above_chance(trained):
+    workdir, result = trained
+    metrics = evaluate_retrieval(workdir, "val")
+    chance = 100 * 10 / metrics["images"]
+    assert metrics["images"] >= 60 and metrics["queries"] == 5 * metrics["images"]
+    assert metrics["text_to_image"]["R@10"] > 2 * chance, metrics
+    assert metrics["image_to_text"]["R@10"] > 2 * chance, metrics
+    # eval (float16 stored embeddings) reproduces the figures training reported (float32) to within rounding
+    for k, v in result.best["val"]["text_to_image"].items():
+        assert abs(metrics["text_to_image"][k] - v) <= 1.0, (k, metrics, result.best)
+
+
+def test_search_with_filters_returns_k_hits_with_metadata(trained):
+    workdir, _ = trained
+    searcher = Searcher(workdir)
+    hits = searcher.text_to_image("a red circle", k=7)
+    assert len(hits) == 7 and all(h.path and h.captions for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    val = searcher.text_to_image("a red circle", k=7, where="split = 'val'")
+    assert len(val) == 7 and {h.split for h in val} == {"val"}
+    few = searcher.text_to_image("a red circle", k=10, where="id IN (3, 5, 8)")
+    assert sorted(h.id for h in few) == [3, 5, 8]
+    assert searcher.text_to_image("a dog", k=5, where="id < 0") == []
+    with pytest.raises(ValueError, match="bad --where"):
+        searcher.text_to_image("a dog", where="no_such_column = 1")
+    with pytest.raises(ValueError, match="empty"):
+        searcher.text_to_image("   ")
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        searcher.text_to_image("a dog", k=0)
+
+
+def test_image_queries_by_id_file_and_to_text(trained):
+    workdir, _ = trained
+    searcher = Searcher(workdir)
+    with Catalog.open(workdir, read_only=True) as catalog:
+        (image_id, path), = catalog.image_rows(ids=[12])
+    by_file = searcher.image_to_image(path, k=3)
+    assert by_file[0].id == image_id and by_file[0].score > 0.99  # the image finds itself first
+    by_id = searcher.image_to_image(image_id, k=3)
+    assert image_id not in [h.id for h in by_id] and len(by_id) == 3
+    texts = searcher.image_to_text(image_id, k=5, where="split = 'train'")
+    assert len(texts) == 5 and all(h.text for h in texts)
+    assert {h.split for h in texts} == {"train"}
+
+
+def test_new_split_ingested_after_training_is_indexed_and_evaluated(trained, tmp_path):
+    workdir, result = trained
+    extra = warehouse.generate_dataset(tmp_path / "more", SyntheticConfig(n=60, seed=7), progress=False)
+    for name in ("train", "val"):  # everything of the new source goes into a new split
+        (extra / f"{name}.txt").write_text("")
+    (extra / "test.txt").write_text("".join(f"{p.stem}\n" for p in sorted((extra / "images").iterdir())))
+    warehouse.ingest_flickr30k(workdir, extra, dataset="more", config=IngestConfig(progress=False))
+    report = index_workdir(workdir, split="test")
+    assert report["embedded_images"] >= 60 and report["indexes"]["image"]["added"] >= 60
+    metrics = evaluate_retrieval(workdir, "test")
+    assert metrics["model_id"] == result.model_id and metrics["images"] >= 60
+    assert metrics["text_to_image"]["R@10"] > 100 * 10 / metrics["images"]
+
+
+def test_resume_continues_the_interrupted_run(tmp_path):
+    workdir = Workdir(tmp_path / "w")
+    warehouse.ingest_synthetic(workdir, SyntheticConfig(n=120), config=IngestConfig(progress=False))
+    first = train(workdir, TrainConfig(epochs=1, batch_size=32, progress=False))
+    resumed = train(workdir, TrainConfig(epochs=2, batch_size=32, progress=False), resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2] and resumed.steps == 2 * first.steps
+    with Catalog.open(workdir, read_only=True) as catalog:
+        runs = catalog.runs("train")
+    assert [r["status"] for r in runs] == ["ok", "ok"]
+    assert np.isfinite(resumed.history[-1]["loss"])

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+import warehouse
+from indexer.embed import _write_npy, load_embeddings, shard_dir
+from indexer.index import build_index, configure_search, default_factory, update_index
+from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir
+
+
+def clustered(n: int, d: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
+    """Unit vectors in tight clusters: the structure real embeddings have (i.i.d. noise makes ANN look broken)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    x = centres[rng.integers(clusters, size=n)] + 0.3 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("factory, min_recall", [("Flat", 1.0), ("HNSW32", 0.9), ("IVF16,Flat", 0.9),
+                                                 ("IVF16,PQ8", 0.5)])
+def test_ann_results_against_exact_search(factory, min_recall):
+    base, queries = clustered(3000, 32), clustered(50, 32, seed=1)
+    ids = np.arange(1000, 4000, dtype=np.int64)
+    index = build_index(base, ids, factory)
+    configure_search(index, 10, nprobe=8)
+    _, found = index.search(queries, 10)
+    exact = ids[np.argsort(-(queries @ base.T), axis=1)[:, :10]]
+    recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
+    assert recall >= min_recall, (factory, recall)
+    assert set(found.ravel()) <= set(ids.tolist())  # FAISS ids are the catalog ids
+
+
+def test_default_factory_follows_collection_size():
+    assert default_factory(1000, 256) == "Flat"
+    big = default_factory(1_000_000, 256)
+    assert big.startswith("IVF") and big.endswith("PQ64")
+    with pytest.raises(ValueError, match="bad FAISS factory string"):
+        build_index(clustered(10, 8), np.arange(10), "NoSuchIndex")
+
+
+def _fake_embed(workdir: Workdir, model_id: str, image_ids: list[int], seed: int) -> None:
+    folder = shard_dir(workdir, model_id, "image")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"shard-{seed:05d}.npy"
+    _write_npy(folder / name, clustered(len(image_ids), 16, seed).astype(np.float16))
+    with Catalog.open(workdir) as catalog:
+        catalog.add_embedding_rows(model_id, "image", image_ids, name)
+
+
+def test_index_updates_incrementally_and_drops_removed_images(tmp_path):
+    workdir = Workdir(tmp_path / "w")
+    warehouse.ingest_synthetic(workdir, SyntheticConfig(n=40), config=IngestConfig(progress=False))
+    _fake_embed(workdir, "m1", list(range(1, 31)), seed=0)
+    first = update_index(workdir, "m1", "image")
+    assert (first.version, first.n, first.added, first.rebuilt) == (1, 30, 30, True)
+    assert update_index(workdir, "m1", "image").version == 1  # nothing new: no new version
+
+    _fake_embed(workdir, "m1", list(range(31, 41)), seed=1)
+    second = update_index(workdir, "m1", "image")
+    assert (second.version, second.n, second.added, second.rebuilt) == (2, 40, 10, False)
+
+    with Catalog.open(workdir) as catalog:
+        assert catalog.remove_images([3, 4, 5]) == 3
+    third = update_index(workdir, "m1", "image")
+    assert (third.version, third.n, third.removed) == (3, 37, 3)
+    import faiss
+    index = faiss.read_index(third.path)
+    ids, vectors = load_embeddings(workdir, "m1", "image")
+    assert 3 not in ids and len(ids) == 37
+    _, found = index.search(vectors[:5], 1)
+    assert found[:, 0].tolist() == ids[:5].tolist()  # each vector finds itself under its catalog id
+    kept = sorted(p.name for p in (workdir.indexes_dir / "m1").glob("*.faiss"))
+    assert kept == ["image-v2.faiss", "image-v3.faiss"]  # current and previous only
+    hnsw = update_index(workdir, "m1", "image", factory="HNSW32")
+    assert hnsw.rebuilt and hnsw.factory == "HNSW32" and hnsw.n == 37

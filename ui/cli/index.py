@@ -1,0 +1,45 @@
+"""`groundex index`: embed the catalog with a model and build its FAISS indexes."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_workdir, print_json, workdir_of
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "index", help="embed images, patches and captions, and build FAISS indexes",
+        description="Embeds what the model has not embedded yet (float16 shards under embeddings/), then adds "
+                    "new vectors to the FAISS indexes and removes those of deleted images. Safe to interrupt and "
+                    "run again. The index type follows the collection's size (exact below 50,000 vectors, "
+                    "IVF-PQ above) unless --factory names one.")
+    add_workdir(p)
+    p.add_argument("--model", default=None, help="model hash or unique prefix (default: the newest model)")
+    p.add_argument("--split", default=None, help="only this split (default: every image)")
+    p.add_argument("--factory", default=None, help="faiss.index_factory string, e.g. Flat, HNSW32, IVF1024,PQ32")
+    p.add_argument("--rebuild", action="store_true", help="build the indexes from scratch")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from indexer.embed import EmbedConfig
+    from indexer.pipeline import index_workdir
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    result = index_workdir(workdir_of(args), args.model, args.split, args.factory, args.rebuild,
+                           EmbedConfig(batch_size=args.batch_size, progress=not args.no_progress), args.device)
+    if args.json:
+        print_json(result)
+        return 0
+    print(f"model {result['model_id']}: embedded {result['embedded_images']:,} images and "
+          f"{result['embedded_captions']:,} captions in {result['seconds']:.1f} s")
+    for kind, r in result["indexes"].items():
+        print(f"  {kind} index v{r['version']} ({r['factory']}): {r['n']:,} vectors, +{r['added']:,} "
+              f"-{r['removed']:,}{' (rebuilt)' if r['rebuilt'] else ''}")
+    return 0

@@ -1,0 +1,65 @@
+"""`groundex train`: contrastive training of a CLIP model on a workdir's captions."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_workdir, print_json, workdir_of
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from indexer.train import MODES, TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train", help="train or fine-tune a CLIP model on the workdir's captions",
+        description="Symmetric InfoNCE with a learned temperature on the train split; val recall after every "
+                    "epoch; the best checkpoint is kept in models/ and recorded in the catalog.")
+    add_workdir(p)
+    p.add_argument("--model", default=d.model,
+                   help="preset (tiny), open_clip model name (e.g. ViT-B-32), or checkpoint folder (default: tiny)")
+    p.add_argument("--pretrained", default=None,
+                   help="open_clip pretrained tag, or a .safetensors file, for the first weights")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=None, help=f"passes over the train images (default: {d.epochs})")
+    budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget; the schedule follows it")
+    p.add_argument("--mode", choices=MODES, default=d.mode,
+                   help="full, locked-image (image tower frozen), or lora (peft adapters) (default: full)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--accumulate", type=int, default=d.accumulate, help="micro-batches per optimizer step")
+    p.add_argument("--captions-per-image", type=int, default=d.captions_per_image)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--train-split", default=d.train_split)
+    p.add_argument("--val-split", default=d.val_split, help="split for per-epoch recall ('none' to skip)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="continue the last interrupted training run")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from indexer.train import TrainConfig, train
+
+    config = TrainConfig(
+        model=args.model, pretrained=args.pretrained, mode=args.mode,
+        epochs=args.epochs if args.epochs is not None else (10_000 if args.minutes else TrainConfig.epochs),
+        minutes=args.minutes, batch_size=args.batch_size, accumulate=args.accumulate,
+        captions_per_image=args.captions_per_image, lr=args.lr, weight_decay=args.weight_decay,
+        train_split=args.train_split, val_split=None if args.val_split in (None, "none") else args.val_split,
+        seed=args.seed, device=args.device, progress=not args.no_progress)
+    result = train(workdir_of(args), config, resume=args.resume)
+    if args.json:
+        print_json(result.__dict__)
+        return 0
+    best = result.best
+    val = best.get("val")
+    summary = (f"val text->image R@1/5/10 {val['text_to_image']['R@1']:.1f}/{val['text_to_image']['R@5']:.1f}/"
+               f"{val['text_to_image']['R@10']:.1f}" if val else "no validation split")
+    print(f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds:.0f} s); best epoch {best['epoch']}: "
+          f"{summary}")
+    print(f"model {result.model_id} -> {result.model_path} ({result.trainable_params:,} of "
+          f"{result.total_params:,} parameters trained)")
+    return 0
