@@ -12,7 +12,6 @@ Figures are images/s and ratios to the bare forward pass.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import emit  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -80,10 +80,7 @@ def main() -> None:
         "ratio_to_bare": {"pipeline": round(pipeline / bare, 3), "naive_loop": round(naive / bare, 3)},
         "pipeline_stage_seconds": {k: round(v, 2) for k, v in report.stage_seconds.items()},
     }
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ numpy brute force (batched and one at a time) is the baseline the ratios are tak
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -23,6 +22,8 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _report import emit  # noqa: E402
 
 from indexer.index import build_index, configure_search, default_factory  # noqa: E402
 
@@ -138,12 +139,7 @@ def main() -> None:
               "sizes": {}}
     for n in args.sizes:
         result["sizes"][str(n)] = bench_size(n, d, rng, seeds, args)
-    table = markdown(result)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(table)
+    emit(result, args.out, markdown(result))
 
 
 if __name__ == "__main__":

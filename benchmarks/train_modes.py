@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from _report import emit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -28,7 +29,7 @@ from indexer.train import TrainConfig, train  # noqa: E402
 from warehouse import Catalog, IngestConfig, Workdir  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "flickr30k-sample"
-RECIPE = {"patch_dropout": 0.5, "precision": "bf16", "captions_per_image": 2, "lr": 2e-3, "progress": False}
+RECIPE = {"progress": False}  # the defaults of TrainConfig are the recipe
 
 
 def main() -> None:
@@ -49,9 +50,8 @@ def main() -> None:
         "val": base.best["val"], "trainable_params": base.trainable_params, "minutes": round(base.seconds / 60, 2),
         "checkpoint_mb": round((Path(base.model_path) / "model.safetensors").stat().st_size / 2**20, 2)}}
     for mode in ("full", "locked-image", "lora"):
-        lr = RECIPE["lr"] / 2 if mode == "full" else RECIPE["lr"]
         result = train(workdir, TrainConfig(model=base.model_path, mode=mode, minutes=args.minutes, epochs=1000,
-                                            **{**RECIPE, "lr": lr}))
+                                            **RECIPE))
         rows[mode] = {"val": result.best["val"], "trainable_params": result.trainable_params,
                       "total_params": result.total_params, "minutes": round(result.seconds / 60, 2),
                       "checkpoint_mb": round((Path(result.model_path) / "model.safetensors").stat().st_size / 2**20, 2),
@@ -60,10 +60,7 @@ def main() -> None:
     out = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "recipe": RECIPE,
            "base_minutes": args.base_minutes, "minutes": args.minutes, "modes": rows,
            "config": dataclasses.asdict(TrainConfig(**RECIPE))}
-    print(json.dumps(out, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ from warehouse.workdir import atomic_write_json
 
 from .data import PixelCache, pixel_cache
 from .evaluate import recall_at_k
-from .models import GroundexModel, create_model, default_device, save_checkpoint
-from .tokenizer import WordTokenizer
+from .models import GroundexModel, bf16_is_fast, create_model, default_device, save_checkpoint
+from .tokenizer import WordTokenizer, tokenizer_from_json
 
 _logger = logging.getLogger(__name__)
 MODES = ("full", "locked-image", "lora")
@@ -60,8 +60,8 @@ class TrainConfig:
     crop_scale: float = 0.6            # random resized crop keeps this fraction of the area or more (1: off)
     jitter: float = 0.2                # brightness/contrast jitter amplitude (0: off); no hue: captions name colours
     hflip: bool = False                # off by default: captions say "left" and "right"
-    patch_dropout: float = 0.0         # FLIP: drop this fraction of image tokens while training (faster, regularizes)
-    precision: str = "fp32"            # fp32 | bf16 (autocast; fast on CPUs with AVX512-BF16/AMX and on GPUs)
+    patch_dropout: float = 0.5         # FLIP: drop this fraction of image tokens while training (faster, regularizes)
+    precision: str = "auto"            # auto (bf16 where fast: AVX512-BF16/AMX CPUs, bf16 GPUs) | bf16 | fp32
     train_split: str = "train"
     max_train_images: int | None = None  # train on the first N images of the split (by id): quick runs, experiments
     val_split: str | None = "val"      # None: no validation (the last epoch's model is kept)
@@ -83,8 +83,8 @@ class TrainConfig:
             raise ValueError(f"minutes must be > 0, got {self.minutes}")
         if not 0 <= self.patch_dropout < 1:
             raise ValueError(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
 
@@ -206,6 +206,18 @@ def apply_mode(model: GroundexModel, mode: str, lora_rank: int) -> None:
         model.clip.base_model.model.logit_scale.requires_grad_(True)
 
 
+def set_train_mode(model: GroundexModel, mode: str) -> None:
+    """Train mode, except what is frozen: the image tower in locked-image mode, and every BatchNorm whose
+    parameters are all frozen (LoRA), so that frozen layers keep their running statistics too."""
+    model.train()
+    if mode == "locked-image":
+        model.clip.visual.eval()
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in params):
+            module.eval()
+
+
 def merge_lora(model: GroundexModel) -> None:
     if hasattr(model.clip, "merge_and_unload"):
         model.clip = model.clip.merge_and_unload()
@@ -222,13 +234,14 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 @torch.no_grad()
 def embed_for_eval(model: GroundexModel, cache: PixelCache, image_ids: np.ndarray, captions: CaptionTable,
                    batch_size: int = 256) -> dict[str, dict[str, float]]:
-    was_training = model.training
+    modes = [m.training for m in model.modules()]  # restored per module: a locked image tower stays in eval
     model.eval()
     images = torch.cat([model.encode_image(torch.from_numpy(cache.get(image_ids[s:s + batch_size])))
                         for s in range(0, len(image_ids), batch_size)]).cpu().numpy()
     texts = torch.cat([model.encode_text(captions.tokens[s:s + batch_size])
                        for s in range(0, len(captions.tokens), batch_size)]).cpu().numpy()
-    model.train(was_training)
+    for module, mode in zip(model.modules(), modes, strict=True):
+        module.training = mode
     return recall_at_k(images, image_ids, texts, captions.image_ids)
 
 
@@ -288,29 +301,26 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool = False) -> TrainR
         val_rows = catalog.caption_rows(config.val_split) if config.val_split else []
         image_items = catalog.image_rows(config.train_split) + (catalog.image_rows(config.val_split)
                                                                 if config.val_split else [])
-        parent = None
-        if Path(config.model).is_dir():
-            parent = Path(config.model).name
+    parent = Path(config.model).name if Path(config.model).is_dir() else None  # the checkpoint's hash
     if not train_rows:
         raise ValueError(f"split {config.train_split!r} has no captioned images to train on "
                          f"(ingest data first; `groundex info` shows the splits)")
     previous = _find_resumable(workdir) if resume else None
     if resume and previous is None:
         raise FileNotFoundError(f"nothing to resume in {workdir.root / 'training'}")
-    if previous is not None:
-        tokenizer = WordTokenizer(**{k: v for k, v in json.loads((previous / "state.json").read_text())
-                                     ["tokenizer"].items() if k != "kind"})
-    else:
+    if previous is not None:  # the resumed weights index this tokenizer's vocabulary
+        tokenizer = tokenizer_from_json(json.loads((previous / "state.json").read_text())["tokenizer"])
+    elif parent is None:  # from scratch (a preset); checkpoints and open_clip names bring their own
         tokenizer = WordTokenizer.build((t for _, _, t in train_rows), min_count=config.vocab_min_count)
+    else:
+        tokenizer = None
     model = create_model(config.model, config.pretrained, tokenizer=tokenizer, device=device)
     if config.patch_dropout > 0:
         from open_clip.transformer import PatchDropout
 
         model.clip.visual.patch_dropout = PatchDropout(config.patch_dropout)  # active in train mode only
     apply_mode(model, config.mode, config.lora_rank)
-    model.train()
-    if config.mode == "locked-image":
-        model.clip.visual.eval()
+    set_train_mode(model, config.mode)
     trainable, total = count_params(model)
 
     train_captions = CaptionTable(train_rows, model.tokenize)
@@ -319,7 +329,6 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool = False) -> TrainR
     val_images = None
     if val_captions is not None:
         val_images = np.array(sorted(val_captions.by_image), dtype=np.int64)[: config.val_max_images]
-    if val_captions is not None:
         keep = np.isin(val_captions.image_ids, val_images)
         val_captions = CaptionTable([r for r, k in zip(val_rows, keep, strict=True) if k], model.tokenize)
     train_size = int(round(model.image_size * 1.25))
@@ -347,6 +356,7 @@ def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer
           eval_cache: PixelCache, parent: str | None, trainable: int, total: int, steps_per_epoch: int,
           device: torch.device) -> TrainResult:
     """Epochs until `config.epochs` or the time budget; returns the best checkpoint."""
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(device))
     total_steps = steps_per_epoch * config.epochs
     generator = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -383,7 +393,7 @@ def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer
                 pixels = augment(torch.from_numpy(train_cache.get(batch)).to(device), model.image_size,
                                  config.crop_scale, config.jitter, config.hflip, generator)
                 tokens = train_captions.tokens[train_captions.sample(batch, config.captions_per_image, rng)]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     image_features, text_features, scale = model(pixels, tokens)
                 loss = clip_loss(image_features.float(), text_features.float(), scale.float(),
                                  config.captions_per_image)

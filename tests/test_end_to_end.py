@@ -58,7 +58,8 @@ def test_image_queries_by_id_file_and_to_text(trained):
     with Catalog.open(workdir, read_only=True) as catalog:
         (image_id, path), = catalog.image_rows(ids=[12])
     by_file = searcher.image_to_image(path, k=3)
-    assert by_file[0].id == image_id and by_file[0].score > 0.99  # the image finds itself first
+    own = [h for h in by_file if h.id == image_id]  # the file's embedding matches the stored one (ties possible)
+    assert own and own[0].score > 0.99 and own[0].score >= by_file[0].score - 1e-3
     by_id = searcher.image_to_image(image_id, k=3)
     assert image_id not in [h.id for h in by_id] and len(by_id) == 3
     texts = searcher.image_to_text(image_id, k=5, where="split = 'train'")

@@ -29,6 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--accumulate", type=int, default=d.accumulate, help="micro-batches per optimizer step")
     p.add_argument("--captions-per-image", type=int, default=d.captions_per_image)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--patch-dropout", type=float, default=d.patch_dropout,
+                   help="fraction of image tokens dropped while training (default: %(default)s)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=d.precision,
+                   help="auto: bf16 autocast where the CPU or GPU runs it fast (default: auto)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--train-split", default=d.train_split)
     p.add_argument("--val-split", default=d.val_split, help="split for per-epoch recall ('none' to skip)")
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs if args.epochs is not None else (10_000 if args.minutes else TrainConfig.epochs),
         minutes=args.minutes, batch_size=args.batch_size, accumulate=args.accumulate,
         captions_per_image=args.captions_per_image, lr=args.lr, weight_decay=args.weight_decay,
+        patch_dropout=args.patch_dropout, precision=args.precision,
         train_split=args.train_split, val_split=None if args.val_split in (None, "none") else args.val_split,
         seed=args.seed, device=args.device, progress=not args.no_progress)
     result = train(workdir_of(args), config, resume=args.resume)
