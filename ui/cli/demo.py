@@ -11,7 +11,7 @@ from warehouse import Catalog, IngestConfig
 from ._common import add_workdir, workdir_of
 from .ingest import add_synthetic_options, synthetic_config
 
-DEMO_QUERY = "a red circle and a person in a blue shirt on the grass"
+DEMO_QUERY = "two dogs on the sand"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Safe to run again: finished steps are skipped.")
     add_workdir(p)
     add_synthetic_options(p)
-    p.add_argument("--epochs", type=int, default=12, help="training epochs (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=25, help="training epochs (default: %(default)s)")
     p.add_argument("--query", default=DEMO_QUERY, help="the sample text query")
     p.set_defaults(run=run)
 
@@ -59,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {rank}. {hit.score:.3f}  image {hit.id} [{hit.split}]  {hit.captions[0] if hit.captions else ''}")
     print(f"\ndemo workdir ready in {time.perf_counter() - started:.0f} s: {counts['images']:,} images, "
           f"{counts['captions']:,} captions, {counts['phrases']:,} phrases, {counts['boxes']:,} boxes")
-    print(f"next: groundex search --workdir {workdir.root} \"two dogs on the sand\"   |   groundex info --workdir "
+    print(f"next: groundex search --workdir {workdir.root} \"a kid in a red sweater\"   |   groundex info --workdir "
           f"{workdir.root}")
     return 0
