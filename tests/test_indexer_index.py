@@ -31,7 +31,8 @@ def test_ann_results_against_exact_search(factory, min_recall):
 
 def test_default_factory_follows_collection_size():
     assert default_factory(1000, 256) == "Flat"
-    big = default_factory(1_000_000, 256)
+    assert default_factory(100_000, 256) == "HNSW32"
+    big = default_factory(10_000_000, 256)
     assert big.startswith("IVF") and big.endswith("PQ64")
     with pytest.raises(ValueError, match="bad FAISS factory string"):
         build_index(clustered(10, 8), np.arange(10), "NoSuchIndex")

@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Embeds what the model has not embedded yet (float16 shards under embeddings/), then adds "
                     "new vectors to the FAISS indexes and removes those of deleted images. Safe to interrupt and "
                     "run again. The index type follows the collection's size (exact below 50,000 vectors, "
-                    "IVF-PQ above) unless --factory names one.")
+                    "HNSW32 up to 2M, IVF-PQ above) unless --factory names one.")
     add_workdir(p)
     p.add_argument("--model", default=None, help="model hash or unique prefix (default: the newest model)")
     p.add_argument("--split", default=None, help="only this split (default: every image)")
