@@ -81,6 +81,20 @@ def test_new_split_ingested_after_training_is_indexed_and_evaluated(trained, tmp
     assert metrics["text_to_image"]["R@10"] > 100 * 10 / metrics["images"]
 
 
+def test_removed_images_leave_the_index(trained, capsys):
+    from ui.cli import main
+
+    workdir, _ = trained
+    searcher = Searcher(workdir)
+    top = searcher.text_to_image("a red circle", k=2)
+    assert main(["remove", "--workdir", str(workdir.root), "--where", "id = 9999"]) == 2  # --where needs --yes
+    assert main(["remove", "--workdir", str(workdir.root), "--image-id", str(top[0].id)]) == 0
+    assert main(["index", "--workdir", str(workdir.root), "--no-progress", "--json"]) == 0
+    assert '"removed": 1' in capsys.readouterr().out
+    after = searcher.text_to_image("a red circle", k=2)
+    assert top[0].id not in [h.id for h in after] and len(after) == 2
+
+
 def test_resume_continues_the_interrupted_run(tmp_path):
     workdir = Workdir(tmp_path / "w")
     warehouse.ingest_synthetic(workdir, SyntheticConfig(n=120), config=IngestConfig(progress=False))
