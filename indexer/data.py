@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from warehouse import ImageError, load_image
-from warehouse.workdir import atomic_write_bytes
+from warehouse.workdir import atomic_write_npy
 
 _logger = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ def _decode_many(args: tuple[list[str], int]) -> list[np.ndarray | str]:
         except ImageError as e:
             out.append(str(e))
     return out
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 class PixelCache:
@@ -111,6 +103,6 @@ def pixel_cache(cache_dir: Path, items: Sequence[tuple[int, str]], size: int, wo
     new_ids = np.array([i for i, _ in missing], dtype=np.int64)
     ids = np.concatenate([ids, new_ids])
     pixels = np.concatenate([np.asarray(pixels), np.stack(decoded)])
-    atomic_write_bytes(pixels_path, _npy_bytes(pixels))
-    atomic_write_bytes(ids_path, _npy_bytes(ids))
+    atomic_write_npy(pixels_path, pixels)
+    atomic_write_npy(ids_path, ids)
     return PixelCache(ids, pixels)

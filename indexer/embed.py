@@ -12,7 +12,6 @@ Decoding runs on worker processes while the model embeds the previous batch (rea
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -26,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from warehouse import Catalog, ImageError, Workdir
-from warehouse.workdir import atomic_write_bytes
+from warehouse.workdir import atomic_write_npy
 
 from .data import _decode_many
 from .models import GroundexModel
@@ -61,12 +60,6 @@ def shard_dir(workdir: Workdir, model_id: str, kind: str) -> Path:
 def _next_shard_name(folder: Path) -> str:
     numbers = [int(p.stem.split("-")[1]) for p in folder.glob("shard-*.npy") if p.stem.split("-")[1].isdigit()]
     return f"shard-{max(numbers, default=-1) + 1:05d}.npy"
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _decoded_batches(paths: Sequence[str], size: int, batch_size: int, pool: ProcessPoolExecutor | None
@@ -120,8 +113,8 @@ def embed_images(workdir: Workdir, model: GroundexModel, model_id: str, items: S
                     bar.update(len(pixels))
                 name = _next_shard_name(image_dir)
                 if config.patches:
-                    _write_npy(patch_dir / name, np.concatenate(patches))
-                _write_npy(image_dir / name, np.concatenate(globals_))  # (n, D) float16
+                    atomic_write_npy(patch_dir / name, np.concatenate(patches))
+                atomic_write_npy(image_dir / name, np.concatenate(globals_))  # (n, D) float16
                 with Catalog.open(workdir) as catalog:
                     catalog.add_embedding_rows(model_id, "image", [i for i, _ in shard], name)
                 t_end = time.perf_counter()
@@ -159,7 +152,7 @@ def embed_captions(workdir: Workdir, model: GroundexModel, model_id: str, rows: 
                 out.append(model.encode_text(texts).half().cpu().numpy())
                 bar.update(len(texts))
             name = _next_shard_name(folder)
-            _write_npy(folder / name, np.concatenate(out))
+            atomic_write_npy(folder / name, np.concatenate(out))
             with Catalog.open(workdir) as catalog:
                 catalog.add_embedding_rows(model_id, "caption", [c for c, _ in shard], name)
             report.captions += len(shard)

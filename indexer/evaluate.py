@@ -36,12 +36,15 @@ def recall_at_k(image_embeddings: np.ndarray, image_ids: Sequence[int], text_emb
         _ranks_of_positive((texts[s:s + chunk] @ images.T).numpy(), positive[s:s + chunk])
         for s in range(0, len(texts), chunk)])
     # Image -> text: the best rank among the image's own captions.
+    own_by_image: dict[int, list[int]] = {}
+    for caption_row, image_col in enumerate(positive.tolist()):
+        own_by_image.setdefault(image_col, []).append(caption_row)
     best = np.full(len(images), np.iinfo(np.int64).max)
     for s in range(0, len(images), chunk):
         scores = (images[s:s + chunk] @ texts.T).numpy()                      # (n, M)
         for row in range(scores.shape[0]):
-            own = np.flatnonzero(positive == s + row)
-            if len(own):
+            own = own_by_image.get(s + row, [])
+            if own:
                 higher = (scores[row][None, :] > scores[row, own][:, None]).sum(axis=1)
                 best[s + row] = higher.min()
     has_captions = best < np.iinfo(np.int64).max

@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 
 from warehouse import Catalog, Workdir
+from warehouse.workdir import atomic_write_npy
 
 from .embed import load_embeddings
 
@@ -103,17 +104,6 @@ def _write_atomic(index: faiss.Index, path: Path) -> None:
         raise
 
 
-def _write_ids_atomic(ids: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, ids.astype(np.int64), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class IndexReport:
     kind: str
@@ -171,7 +161,7 @@ def update_index(workdir: Workdir, model_id: str, kind: str, factory: str | None
     with Catalog.open(workdir) as catalog:
         version = (current["version"] if current else 0) + 1
         path = folder / f"{kind}-v{version}.faiss"
-        _write_ids_atomic(held, path.with_suffix(".ids.npy"))
+        atomic_write_npy(path.with_suffix(".ids.npy"), held.astype(np.int64))
         _write_atomic(index, path)
         catalog.add_index_version(model_id, kind, version, str(path), factory, int(index.ntotal))
     for old in folder.glob(f"{kind}-v*.faiss"):  # keep the current and the previous version

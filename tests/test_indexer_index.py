@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 
 import warehouse
-from indexer.embed import _write_npy, load_embeddings, shard_dir
+from indexer.embed import load_embeddings, shard_dir
 from indexer.index import build_index, configure_search, default_factory, update_index
 from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir
+from warehouse.workdir import atomic_write_npy
 
 
 def clustered(n: int, d: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
@@ -42,7 +43,7 @@ def _fake_embed(workdir: Workdir, model_id: str, image_ids: list[int], seed: int
     folder = shard_dir(workdir, model_id, "image")
     folder.mkdir(parents=True, exist_ok=True)
     name = f"shard-{seed:05d}.npy"
-    _write_npy(folder / name, clustered(len(image_ids), 16, seed).astype(np.float16))
+    atomic_write_npy(folder / name, clustered(len(image_ids), 16, seed).astype(np.float16))
     with Catalog.open(workdir) as catalog:
         catalog.add_embedding_rows(model_id, "image", image_ids, name)
 

@@ -14,6 +14,7 @@ Every path another package needs comes from here; nothing else builds workdir pa
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 DEFAULT_WORKDIR = Path("groundex-work")
 MANIFEST_FORMAT = "groundex-workdir"
@@ -40,6 +43,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_npy(path: Path, array: Any) -> None:
+    """Write a numpy array as .npy (no pickles), atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
