@@ -49,7 +49,7 @@ def step_rate(tokenizer, batch_size: int, steps: int, per_image: int = 1, patch_
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        x = augment(pixels, model.image_size, 0.6, 0.2, False, generator)
+        x, _ = augment(pixels, model.image_size, 0.6, 0.2, False, generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             image, text, scale = model(x, tokens)
         loss = clip_loss(image.float(), text.float(), scale.float(), per_image)

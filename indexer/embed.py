@@ -167,10 +167,9 @@ def load_embeddings(workdir: Workdir, model_id: str, kind: str, ids: Sequence[in
     `kind` is 'image', 'caption' or 'patch' (patches come back as (n, P, D))."""
     row_kind = "image" if kind == "patch" else kind
     with Catalog.open(workdir, read_only=True) as catalog:
-        locations = catalog.embedding_locations(model_id, row_kind)
+        locations = catalog.embedding_locations(model_id, row_kind, ids)
     if ids is not None:
         wanted = {int(i) for i in ids}
-        locations = [loc for loc in locations if loc[0] in wanted]
         if len(locations) != len(wanted):
             have = {loc[0] for loc in locations}
             missing = sorted(wanted - have)[:5]

@@ -29,6 +29,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import PatchDropout
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -170,10 +171,53 @@ class GroundexModel(nn.Module):
     def encode_text(self, texts: str | Sequence[str] | torch.Tensor) -> torch.Tensor:
         """Strings or token ids (B, L) -> (B, D), L2-normalized."""
         tokens = texts if isinstance(texts, torch.Tensor) else self.tokenize(texts)
-        return F.normalize(self.clip.encode_text(tokens.to(self.device)), dim=-1)
+        return F.normalize(self._encode_tokens(tokens.to(self.device)), dim=-1)
+
+    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """open_clip's `CLIP.encode_text`, run on the shortest prefix that holds every sequence's tokens.
+
+        The text tower is causal and pools at the end-of-text token, so the padding after the longest
+        text cannot change any output; leaving it out saves most of the tower's work on short texts
+        (phrases have a handful of tokens in a context of 32 or 77). Other text towers run unchanged."""
+        clip = self.clip.base_model.model if hasattr(self.clip, "base_model") else self.clip  # peft wraps it
+        mask = getattr(clip, "attn_mask", None)
+        used = torch.nonzero((tokens != 0).any(dim=0))  # token id 0 pads in our and open_clip's tokenizers
+        length = int(used.max()) + 1 if len(used) else 1
+        if (not isinstance(clip, open_clip.CLIP) or mask is None or length >= tokens.shape[1]
+                or getattr(clip, "text_pool_type", None) not in ("eos", "argmax")):
+            return self.clip.encode_text(tokens)
+        tokens = tokens[:, :length]
+        cast_dtype = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(tokens).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
+        x = clip.ln_final(clip.transformer(x, attn_mask=mask[:length, :length]))
+        x = open_clip.transformer.text_global_pool(x, tokens, clip.text_pool_type,
+                                                   eos_token_id=getattr(clip, "text_eos_id", None))
+        if clip.text_projection is None:
+            return x
+        return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
 
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.encode_image(pixels), self.encode_text(tokens), self.clip.logit_scale.exp()
+
+
+class TrackedPatchDropout(PatchDropout):
+    """open_clip's PatchDropout (FLIP) that remembers which patches it kept: `kept` (B, K) cell indices
+    in row-major grid order, or None when nothing was dropped, so patch outputs map back to their cells."""
+
+    def __init__(self, prob: float):
+        super().__init__(prob, exclude_first_token=True)
+        self.kept: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.kept = None
+        if not self.training or self.prob == 0.0:
+            return x
+        cls_token, patches = x[:, :1], x[:, 1:]  # (B, 1, W), (B, P, W)
+        b, p = patches.shape[:2]
+        keep = max(1, int(p * (1 - self.prob)))
+        kept = torch.randn(b, p, device=x.device).topk(keep, dim=-1).indices  # (B, K)
+        self.kept = kept
+        return torch.cat([cls_token, patches[torch.arange(b, device=x.device)[:, None], kept]], dim=1)
 
 
 # -- construction ---------------------------------------------------------------------------------

@@ -121,12 +121,16 @@ class Searcher:
             hits.append(Hit(i, s, c["image_id"], img["path"], img["split"], img["captions"], c["text"]))
         return hits
 
-    def _image_hits(self, vector: np.ndarray, k: int, where: str | None) -> list[Hit]:
+    def nearest_images(self, vector: np.ndarray, k: int, where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of the k images nearest to an embedding, among those matching `where`."""
         allowed = None
         if where:
             with Catalog.open(self.workdir, read_only=True) as catalog:
                 allowed = np.array(catalog.image_ids_where(where), dtype=np.int64)
-        ids, scores = self._search("image", vector, k, allowed)
+        return self._search("image", vector, k, allowed)
+
+    def _image_hits(self, vector: np.ndarray, k: int, where: str | None) -> list[Hit]:
+        ids, scores = self.nearest_images(vector, k, where)
         with Catalog.open(self.workdir, read_only=True) as catalog:
             details = catalog.image_details(ids)
         return [Hit(i, s, i, details[i]["path"], details[i]["split"], details[i]["captions"])

@@ -31,12 +31,13 @@ from safetensors.torch import load_file, save_file
 from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
-from warehouse import Catalog, Workdir, recorded_run
+from warehouse import Catalog, GroundingRow, Workdir, recorded_run
 from warehouse.workdir import atomic_write_json
 
 from .data import PixelCache, pixel_cache
 from .evaluate import recall_at_k
-from .models import GroundexModel, bf16_is_fast, create_model, default_device, save_checkpoint
+from .models import GroundexModel, TrackedPatchDropout, bf16_is_fast, create_model, default_device, save_checkpoint
+from .regions import RegionTable, patch_coverage, pointing_for_eval, region_losses
 from .tokenizer import WordTokenizer, tokenizer_from_json
 
 _logger = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class TrainConfig:
     jitter: float = 0.2                # brightness/contrast jitter amplitude (0: off); no hue: captions name colours
     hflip: bool = False                # off by default: captions say "left" and "right"
     patch_dropout: float = 0.5         # FLIP: drop this fraction of image tokens while training (faster, regularizes)
+    grounding_weight: float = 0.0      # weight of the phrase-region objective (indexer/regions.py); 0: global only
+    grounding_phrases: int = 4         # entities sampled per image per step for that objective
     precision: str = "auto"            # auto (bf16 where fast: AVX512-BF16/AMX CPUs, bf16 GPUs) | bf16 | fp32
     train_split: str = "train"
     max_train_images: int | None = None  # train on the first N images of the split (by id): quick runs, experiments
@@ -87,6 +90,9 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
+        if self.grounding_weight < 0 or self.grounding_phrases < 1:
+            raise ValueError(f"grounding_weight must be >= 0 and grounding_phrases >= 1, got "
+                             f"{self.grounding_weight} and {self.grounding_phrases}")
 
 
 @dataclass
@@ -129,10 +135,14 @@ class CaptionTable:
 
 
 def augment(pixels: torch.Tensor, out_size: int, crop_scale: float, jitter: float, hflip: bool,
-            generator: torch.Generator) -> torch.Tensor:
-    """uint8 (B, 3, S, S) -> float [0, 1] (B, 3, out, out): random resized crop, jitter, optional flip."""
+            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (B, 3, S, S) -> float [0, 1] (B, 3, out, out): random resized crop, jitter, optional flip.
+
+    Also returns each image's crop (B, 4) as x1, y1, x2, y2 in [0, 1] of the input (x1 > x2 when flipped),
+    so that boxes can follow the pixels."""
     x = pixels.float().div_(255)
     b, _, s, _ = x.shape
+    crops = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(b, 1)
     if crop_scale < 1:
         area = torch.empty(b).uniform_(crop_scale, 1.0, generator=generator)
         aspect = torch.exp(torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator))
@@ -141,6 +151,7 @@ def augment(pixels: torch.Tensor, out_size: int, crop_scale: float, jitter: floa
         x0 = torch.rand(b, generator=generator) * (s - w)
         y0 = torch.rand(b, generator=generator) * (s - h)
         boxes = torch.stack([torch.arange(b, dtype=torch.float), x0, y0, x0 + w, y0 + h], dim=1).to(x.device)
+        crops = boxes[:, 1:].cpu() / s
         x = roi_align(x, boxes, output_size=out_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
     elif s != out_size:
         x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False)
@@ -150,9 +161,10 @@ def augment(pixels: torch.Tensor, out_size: int, crop_scale: float, jitter: floa
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = ((x - mean) * contrast + mean * brightness).clamp_(0, 1)
     if hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
+        flip = torch.rand(b, generator=generator) < 0.5
+        x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+        crops[flip] = crops[flip][:, [2, 1, 0, 3]]
+    return x, crops
 
 
 # -- loss, optimizer, schedule --------------------------------------------------------------------
@@ -315,15 +327,21 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool = False) -> TrainR
     else:
         tokenizer = None
     model = create_model(config.model, config.pretrained, tokenizer=tokenizer, device=device)
-    if config.patch_dropout > 0:
-        from open_clip.transformer import PatchDropout
-
-        model.clip.visual.patch_dropout = PatchDropout(config.patch_dropout)  # active in train mode only
+    if config.patch_dropout > 0:  # active in train mode only; remembers which patches it kept
+        model.clip.visual.patch_dropout = TrackedPatchDropout(config.patch_dropout)
     apply_mode(model, config.mode, config.lora_rank)
     set_train_mode(model, config.mode)
     trainable, total = count_params(model)
 
     train_captions = CaptionTable(train_rows, model.tokenize)
+    regions = None
+    with Catalog.open(workdir, read_only=True) as catalog:  # val pointing game is reported whenever it can be
+        val_regions = catalog.grounding_rows(config.val_split) if config.val_split else None
+        if config.grounding_weight > 0:
+            regions = RegionTable(catalog.grounding_rows(config.train_split), model.tokenize)
+    if regions is not None and not len(regions):
+        raise ValueError(f"--grounding-weight needs phrases with boxes, and split {config.train_split!r} "
+                         "has none (Flickr30k Entities or synthetic scenes have them)")
     val_captions = CaptionTable(val_rows, model.tokenize) if val_rows else None
     train_images = np.array(sorted(train_captions.by_image), dtype=np.int64)[: config.max_train_images]
     val_images = None
@@ -337,25 +355,38 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool = False) -> TrainR
     train_cache = pixel_cache(workdir.cache_dir, items, train_size, config.workers, config.progress)
     eval_cache = pixel_cache(workdir.cache_dir, items, model.image_size, config.workers, config.progress)
 
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-    steps_per_epoch = max(1, len(train_images) // (config.batch_size * config.accumulate))
+    if val_regions is not None:  # phrases with boxes of the validated images
+        wanted = set(val_images.tolist()) if val_images is not None else set()
+        val_regions = [r for r in val_regions if r.boxes and r.image_id in wanted]
+    data = _TrainData(train_images, train_captions, train_cache, val_images, val_captions, eval_cache,
+                      regions, val_regions)
 
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     with recorded_run(workdir, "train", {"train": asdict(config), "resume": resume}) as (run_id, record):
-        result = _loop(workdir, config, model, optimizer, previous, run_id, train_images, train_captions,
-                       val_images, val_captions, train_cache, eval_cache, parent, trainable, total,
-                       steps_per_epoch, device)
+        result = _loop(workdir, config, model, optimizer, previous, run_id, data, parent, trainable, total, device)
         record.update(asdict(result))
     workdir.update_manifest(artefacts={f"model:{result.model_id}": {"kind": "model", "path": result.model_path,
                                                                     "run_id": result.run_id}})
     return result
 
 
+@dataclass
+class _TrainData:
+    train_images: np.ndarray
+    train_captions: CaptionTable
+    train_cache: PixelCache                  # at 1.25x the model's input size, for random crops
+    val_images: np.ndarray | None
+    val_captions: CaptionTable | None
+    eval_cache: PixelCache                   # at the model's input size
+    regions: RegionTable | None = None       # phrases with boxes, when training with the grounding objective
+    val_regions: list[GroundingRow] | None = None
+
+
 def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer: torch.optim.Optimizer,
-          previous: Path | None, run_id: int, train_images: np.ndarray, train_captions: CaptionTable,
-          val_images: np.ndarray | None, val_captions: CaptionTable | None, train_cache: PixelCache,
-          eval_cache: PixelCache, parent: str | None, trainable: int, total: int, steps_per_epoch: int,
+          previous: Path | None, run_id: int, data: _TrainData, parent: str | None, trainable: int, total: int,
           device: torch.device) -> TrainResult:
     """Epochs until `config.epochs` or the time budget; returns the best checkpoint."""
+    steps_per_epoch = max(1, len(data.train_images) // (config.batch_size * config.accumulate))
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(device))
     total_steps = steps_per_epoch * config.epochs
     generator = torch.Generator().manual_seed(config.seed)
@@ -378,10 +409,10 @@ def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer
 
     out_of_time = False
     while state["epoch"] < config.epochs and not out_of_time:
-        order = rng.permutation(train_images)
+        order = rng.permutation(data.train_images)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {state['epoch'] + 1}/{config.epochs}", unit="step",
                    disable=not config.progress, dynamic_ncols=True)
-        seen, t0, losses = 0, time.perf_counter(), []
+        seen, t0, losses, region_losses_seen = 0, time.perf_counter(), [], []
         for k in bar:
             factor = lr_factor(progress_now(), config.warmup_fraction, config.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -390,13 +421,22 @@ def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer
             for micro in range(config.accumulate):
                 start = (k * config.accumulate + micro) * config.batch_size
                 batch = order[start:start + config.batch_size]
-                pixels = augment(torch.from_numpy(train_cache.get(batch)).to(device), model.image_size,
-                                 config.crop_scale, config.jitter, config.hflip, generator)
-                tokens = train_captions.tokens[train_captions.sample(batch, config.captions_per_image, rng)]
+                pixels, crops = augment(torch.from_numpy(data.train_cache.get(batch)).to(device), model.image_size,
+                                        config.crop_scale, config.jitter, config.hflip, generator)
+                tokens = data.train_captions.tokens[data.train_captions.sample(batch, config.captions_per_image, rng)]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    image_features, text_features, scale = model(pixels, tokens)
+                    if data.regions is None:
+                        image_features, text_features, scale = model(pixels, tokens)
+                    else:
+                        image_features, patches = model.encode_image_and_patches(pixels)
+                        text_features, scale = model.encode_text(tokens), model.logit_scale.exp()
                 loss = clip_loss(image_features.float(), text_features.float(), scale.float(),
                                  config.captions_per_image)
+                if data.regions is not None:
+                    nce, loc = _grounding_step(model, data.regions, batch, patches, crops, scale, config, rng,
+                                               use_bf16)
+                    region_losses_seen.append((nce.item(), loc.item()))
+                    loss = loss + config.grounding_weight * (nce + loc)
                 (loss / config.accumulate).backward()
                 losses.append(loss.item())
                 seen += len(batch)
@@ -414,13 +454,19 @@ def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer
         entry = {"epoch": state["epoch"], "step": state["step"], "loss": round(float(np.mean(losses)), 4),
                  "images_per_s": round(seen / (time.perf_counter() - t0), 1),
                  "seconds": round(time.perf_counter() - started, 1)}
-        if val_captions is not None:
-            entry["val"] = embed_for_eval(model, eval_cache, val_images, val_captions)
+        if region_losses_seen:
+            entry["region_nce"], entry["region_loc"] = (round(float(v), 4) for v in np.mean(region_losses_seen, 0))
+        if data.val_captions is not None:
+            entry["val"] = embed_for_eval(model, data.eval_cache, data.val_images, data.val_captions)
+            if data.val_regions:
+                entry["val"]["pointing_game"] = pointing_for_eval(model, data.eval_cache, data.val_regions)
         state["history"].append(entry)
         _logger.info("epoch %d: %s", state["epoch"], entry)
         if config.progress:
             tqdm.write(f"epoch {state['epoch']}: loss {entry['loss']:.3f}, {entry['images_per_s']:.0f} img/s"
-                       + (f", val t2i R@10 {entry['val']['text_to_image']['R@10']:.1f}" if "val" in entry else ""))
+                       + (f", val t2i R@10 {entry['val']['text_to_image']['R@10']:.1f}" if "val" in entry else "")
+                       + (f", pointing {entry['val']['pointing_game']:.1f}" if "pointing_game" in entry.get("val", {})
+                          else ""))
         score = entry["val"]["text_to_image"]["R@10"] if "val" in entry else state["epoch"]
         if state["best"] is None or score > state["best"]["score"]:
             state["best"] = {"score": score, **entry}
@@ -431,6 +477,29 @@ def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer
     model_id, model_path = state["best_model"]
     return TrainResult(run_id, model_id, model_path, state["epoch"], state["step"], seconds,
                        state["best"], state["history"], trainable, total)
+
+
+def _grounding_step(model: GroundexModel, regions: RegionTable, batch: np.ndarray, patches: torch.Tensor,
+                    crops: torch.Tensor, scale: torch.Tensor, config: TrainConfig, rng: np.random.Generator,
+                    use_bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The phrase-region losses of one micro-batch (see indexer/regions.py)."""
+    sampled = regions.sample(batch, config.grounding_phrases, rng)
+    device = patches.device
+    if len(sampled.image_index) < 2:
+        zero = patches.float().sum() * 0
+        return zero, zero
+    coverage = patch_coverage(sampled.boxes.to(device), sampled.box_region.to(device), len(sampled.image_index),
+                              crops.to(device), sampled.image_index[sampled.box_region].to(device),
+                              model.patch_grid)
+    unique, inverse = torch.unique(sampled.text_ids, return_inverse=True)  # each distinct text encoded once
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        phrase_features = model.encode_text(regions.tokens[unique])[inverse.to(device)]
+    dropout = model.clip.visual.patch_dropout
+    kept = getattr(dropout, "kept", None)
+    nce, loc, _ = region_losses(patches.float(), kept, coverage, sampled.image_index.to(device),
+                                phrase_features.float(), sampled.text_ids.to(device), sampled.localize.to(device),
+                                scale.float())
+    return nce, loc
 
 
 def _logit_scale(model: GroundexModel) -> torch.Tensor:

@@ -1,9 +1,12 @@
-"""Synthetic scenes -> train tiny -> index -> search -> eval: quality far above chance, and the search API."""
+"""Synthetic scenes -> train tiny (global + phrase-region objectives) -> index -> search, ground -> eval:
+quality far above chance and the baselines, and the search and grounding APIs."""
 
 import numpy as np
 import pytest
 
 import warehouse
+from grounding import Grounder, evaluate_grounding
+from indexer.embed import load_embeddings
 from indexer.pipeline import evaluate_retrieval, index_workdir
 from indexer.search import Searcher
 from indexer.train import TrainConfig, train
@@ -16,7 +19,7 @@ pytestmark = pytest.mark.slow
 def trained(tmp_path_factory):
     workdir = Workdir(tmp_path_factory.mktemp("e2e") / "work")
     warehouse.ingest_synthetic(workdir, SyntheticConfig(n=800), config=IngestConfig(progress=False))
-    result = train(workdir, TrainConfig(epochs=8, batch_size=64, progress=False))
+    result = train(workdir, TrainConfig(epochs=8, batch_size=64, grounding_weight=1.0, progress=False))
     index_workdir(workdir)
     return workdir, result
 
@@ -65,6 +68,49 @@ def test_image_queries_by_id_file_and_to_text(trained):
     texts = searcher.image_to_text(image_id, k=5, where="split = 'train'")
     assert len(texts) == 5 and all(h.text for h in texts)
     assert {h.split for h in texts} == {"train"}
+
+
+def test_grounding_is_far_above_the_centre_baseline(trained):
+    workdir, result = trained
+    assert result.best["val"]["pointing_game"] > 0  # training reports the quick patch-cell figure
+    metrics = evaluate_grounding(workdir, "val", tune_params=True, progress=False)
+    assert metrics["phrases"] >= 150 and metrics["config"]["tuned_on"] == "val"
+    assert metrics["pointing_game"] > metrics["baselines"]["center"]["pointing_game"] + 20, metrics
+    assert metrics["box_acc@0.5"] > metrics["baselines"]["whole_image"]["box_acc@0.5"] + 10, metrics
+    assert workdir.grounding_config_path(metrics["model_id"]).is_file()
+    assert set(metrics["by_type"]) >= {"people", "animals", "vehicles"}
+    with pytest.raises(ValueError, match="never on test"):
+        evaluate_grounding(workdir, "test", tune_params=True)
+
+
+def test_region_search_agrees_with_exact_patch_scoring_and_single_image_grounding(trained, tmp_path, capsys):
+    from ui.cli import main
+
+    workdir, _ = trained
+    grounder = Grounder(workdir)
+    results = grounder.search("a black dog", k=5, where="split = 'val'")
+    assert len(results) == 5 and {g.split for g in results} == {"val"}
+    assert [g.score for g in results] == sorted((g.score for g in results), reverse=True)
+    for g in results:
+        assert all(0 <= b.x1 < b.x2 <= g.width and 0 <= b.y1 < b.y2 <= g.height for b in g.boxes)
+    # with a shortlist of every image, two-stage is exact: the images whose best patch scores highest
+    ids, patches = load_embeddings(workdir, grounder.model_id, "patch")
+    best = (patches @ grounder.searcher.text_vector("a black dog")).max(axis=1)
+    everything = grounder.search("a black dog", k=5, shortlist=len(ids))
+    assert [g.image_id for g in everything] == ids[np.argsort(-best, kind="stable")[:5]].tolist()
+    # one image by id gives the same grounding as the search did
+    single = grounder.ground("a black dog", results[0].image_id)
+    assert single.boxes == results[0].boxes and single.point == results[0].point
+    out = tmp_path / "overlay.png"
+    assert main(["ground", "--workdir", str(workdir.root), "a black dog", "--image-id", str(results[0].image_id),
+                 "--out", str(out), "--json"]) == 0
+    assert out.stat().st_size > 0 and '"boxes"' in capsys.readouterr().out
+    assert main(["ground", "--workdir", str(workdir.root), "a black dog", "-k", "3", "--save"]) == 0
+    assert "stored 3 regions" in capsys.readouterr().out
+    with Catalog.open(workdir, read_only=True) as catalog:
+        assert [r["rank"] for r in catalog.regions("a black dog")] == [1, 2, 3]
+    assert main(["ground", "--workdir", str(workdir.root), "a dog", "--image-id", "999999"]) == 2
+    assert "not in the catalog" in capsys.readouterr().err
 
 
 def test_new_split_ingested_after_training_is_indexed_and_evaluated(trained, tmp_path):

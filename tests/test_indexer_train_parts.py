@@ -28,10 +28,12 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 def test_augment_keeps_shape_and_range_and_is_seeded():
     pixels = torch.randint(0, 256, (4, 3, 80, 80), dtype=torch.uint8)
-    a = augment(pixels, 64, 0.6, 0.2, True, torch.Generator().manual_seed(1))
-    b = augment(pixels, 64, 0.6, 0.2, True, torch.Generator().manual_seed(1))
+    a, crops_a = augment(pixels, 64, 0.6, 0.2, True, torch.Generator().manual_seed(1))
+    b, crops_b = augment(pixels, 64, 0.6, 0.2, True, torch.Generator().manual_seed(1))
     assert a.shape == (4, 3, 64, 64) and a.min() >= 0 and a.max() <= 1 and torch.equal(a, b)
-    plain = augment(pixels, 64, 1.0, 0.0, False, torch.Generator())
+    assert torch.equal(crops_a, crops_b) and crops_a.shape == (4, 4) and crops_a.min() >= 0 and crops_a.max() <= 1
+    plain, crops = augment(pixels, 64, 1.0, 0.0, False, torch.Generator())
+    assert torch.equal(crops, torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 4))
     assert torch.allclose(plain, F.interpolate(pixels.float() / 255, size=64, mode="bilinear", antialias=True))
 
 

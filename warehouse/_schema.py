@@ -134,6 +134,23 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    # 3: regions found by phrase -> region search, kept for the UI.
+    [
+        """
+        CREATE TABLE regions (
+            id         BIGINT PRIMARY KEY,
+            model_id   VARCHAR NOT NULL,  -- content hash of the model that scored the region
+            query      VARCHAR NOT NULL,  -- the phrase that was grounded
+            image_id   BIGINT NOT NULL,
+            rank       INTEGER NOT NULL,  -- 1-based rank of the region among the query's results
+            x1 REAL NOT NULL, y1 REAL NOT NULL,  -- box in the stored image's pixels (as `boxes`)
+            x2 REAL NOT NULL, y2 REAL NOT NULL,
+            score      REAL NOT NULL,     -- cosine similarity of the phrase with the region's best patch
+            run_id     BIGINT,            -- the run that stored it
+            created_at TIMESTAMP NOT NULL
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -48,6 +48,20 @@ class PreparedSample:
     boxes: list[Box]
 
 
+@dataclass
+class GroundingRow:
+    """A phrase occurrence with what grounding needs of it."""
+
+    phrase_id: int
+    image_id: int
+    caption_id: int
+    entity_id: int            # 0: notvisual
+    types: list[str]          # Entities types, e.g. ['people']
+    text: str
+    scene: bool               # the entity is annotated as the whole scene
+    boxes: list[tuple[float, float, float, float]]  # (x1, y1, x2, y2) in [0, 1] of the image; may be empty
+
+
 class Catalog:
     def __init__(self, path: Path | str, read_only: bool = False):
         self.path = Path(path)
@@ -216,6 +230,28 @@ class Catalog:
         keys = ("path", "split", "width", "height", "dataset", "key", "captions")
         return {r[0]: dict(zip(keys, (*r[1:-1], r[-1] or []), strict=True)) for r in rows}
 
+    def grounding_rows(self, split: str | None = None, image_ids: Iterable[int] | None = None
+                       ) -> list[GroundingRow]:
+        """Every phrase occurrence of `split` (None: all) or of `image_ids`, with its entity's boxes
+        normalized to [0, 1] of the image (empty for notvisual, scene and nobndbox entities), by phrase id."""
+        sql = (
+            "SELECT p.id, p.image_id, p.caption_id, p.entity_id, p.types, p.text, coalesce(e.scene, false), "
+            "list([b.x1 / i.width, b.y1 / i.height, b.x2 / i.width, b.y2 / i.height] ORDER BY b.id) "
+            "FILTER (WHERE b.id IS NOT NULL) "
+            "FROM phrases p JOIN images i ON i.id = p.image_id "
+            "LEFT JOIN entities e ON e.image_id = p.image_id AND e.entity_id = p.entity_id "
+            "LEFT JOIN boxes b ON b.image_id = p.image_id AND p.entity_id <> 0 AND list_contains(b.entity_ids, "
+            "p.entity_id) WHERE 1 = 1")
+        params: list[Any] = []
+        if split is not None:
+            sql += " AND i.split = ?"
+            params.append(split)
+        if image_ids is not None:
+            sql += " AND p.image_id IN (SELECT unnest(?::BIGINT[]))"
+            params.append([int(i) for i in image_ids])
+        rows = self.con.execute(sql + " GROUP BY ALL ORDER BY p.id", params).fetchall()
+        return [GroundingRow(*r[:7], [tuple(b) for b in (r[7] or [])]) for r in rows]
+
     def caption_ids_of_images(self, image_ids: Iterable[int]) -> list[int]:
         return [r[0] for r in self.con.execute(
             "SELECT id FROM captions WHERE image_id IN (SELECT unnest(?::BIGINT[])) ORDER BY id",
@@ -239,6 +275,7 @@ class Catalog:
                 "DELETE FROM captions WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
                 "DELETE FROM boxes WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
                 "DELETE FROM entities WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
+                "DELETE FROM regions WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
             ):
                 self.con.execute(sql, [ids])
             n = self.con.execute("DELETE FROM images WHERE id IN (SELECT unnest(?::BIGINT[]))", [ids]).fetchall()
@@ -286,11 +323,15 @@ class Catalog:
             "SELECT item_id FROM embeddings WHERE model_id = ? AND kind = ? ORDER BY item_id", [model_id, kind]
         ).fetchall()]
 
-    def embedding_locations(self, model_id: str, kind: str) -> list[tuple[int, str, int]]:
-        """(item id, shard, row) of every stored embedding of this model and kind, ordered by item id."""
-        return self.con.execute(
-            "SELECT item_id, shard, row FROM embeddings WHERE model_id = ? AND kind = ? ORDER BY item_id",
-            [model_id, kind]).fetchall()
+    def embedding_locations(self, model_id: str, kind: str, ids: Iterable[int] | None = None
+                            ) -> list[tuple[int, str, int]]:
+        """(item id, shard, row) of the stored embeddings of this model and kind (all, or those of `ids`),
+        ordered by item id."""
+        sql, params = "SELECT item_id, shard, row FROM embeddings WHERE model_id = ? AND kind = ?", [model_id, kind]
+        if ids is not None:
+            sql += " AND item_id IN (SELECT unnest(?::BIGINT[]))"
+            params.append([int(i) for i in ids])
+        return self.con.execute(sql + " ORDER BY item_id", params).fetchall()
 
     def add_embedding_rows(self, model_id: str, kind: str, item_ids: Sequence[int], shard: str) -> None:
         rows = [(model_id, kind, int(i), shard, r) for r, i in enumerate(item_ids)]
@@ -319,6 +360,31 @@ class Catalog:
         if not rows:
             return None
         return dict(zip(("version", "path", "factory", "n", "built_at"), rows[0], strict=True))
+
+    def add_regions(self, model_id: str, query: str, regions: Sequence[tuple[int, float, float, float, float, float]],
+                    run_id: int | None = None) -> int:
+        """Store the ranked results of a phrase -> region search: (image id, x1, y1, x2, y2, score) in pixels.
+        A query's earlier results for the same model are replaced."""
+        with self.transaction():
+            self.con.execute("DELETE FROM regions WHERE model_id = ? AND query = ?", [model_id, query])
+            first, now = self._next_id("regions"), utc_now()
+            rows = [(first + r, model_id, query, int(image_id), r + 1, x1, y1, x2, y2, score, run_id, now)
+                    for r, (image_id, x1, y1, x2, y2, score) in enumerate(regions)]
+            self._insert("regions", rows, _REGIONS)
+        return len(regions)
+
+    def regions(self, query: str | None = None, model_id: str | None = None, limit: int = 100
+                ) -> list[dict[str, Any]]:
+        """Stored regions, newest query first, by rank."""
+        keys = ("id", "model_id", "query", "image_id", "rank", "x1", "y1", "x2", "y2", "score", "run_id",
+                "created_at")
+        sql, params = f"SELECT {', '.join(keys)} FROM regions WHERE 1 = 1", []
+        for column, value in (("query", query), ("model_id", model_id)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        rows = self.con.execute(sql + " ORDER BY created_at DESC, query, rank LIMIT ?", [*params, limit]).fetchall()
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -493,4 +559,9 @@ _EMBEDDINGS = pa.schema([
 _REJECTS = pa.schema([
     ("id", pa.int64()), ("run_id", pa.int64()), ("path", pa.string()), ("line", pa.int32()),
     ("reason", pa.string()), ("rejected_at", pa.timestamp("us")),
+])
+_REGIONS = pa.schema([
+    ("id", pa.int64()), ("model_id", pa.string()), ("query", pa.string()), ("image_id", pa.int64()),
+    ("rank", pa.int32()), ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
+    ("score", pa.float32()), ("run_id", pa.int64()), ("created_at", pa.timestamp("us")),
 ])

@@ -7,6 +7,7 @@
       models/          checkpoints (safetensors + JSON config), named by content hash
       embeddings/      float16 embedding shards, by model hash
       indexes/         FAISS index files, by model hash
+      grounding/       per model: the heatmap-to-box parameters chosen on val (<model hash>.json)
       cache/           decoded, resized pixels for training and embedding (rebuilt when missing)
 
 Every path another package needs comes from here; nothing else builds workdir paths by hand.
@@ -87,6 +88,10 @@ class Workdir:
     @property
     def indexes_dir(self) -> Path:
         return self.root / "indexes"
+
+    def grounding_config_path(self, model_id: str) -> Path:
+        """Where the grounding parameters tuned for a model live."""
+        return self.root / "grounding" / f"{model_id}.json"
 
     @property
     def cache_dir(self) -> Path:

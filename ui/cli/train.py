@@ -31,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--patch-dropout", type=float, default=d.patch_dropout,
                    help="fraction of image tokens dropped while training (default: %(default)s)")
+    p.add_argument("--grounding-weight", type=float, default=d.grounding_weight,
+                   help="weight of the phrase-region objective that teaches patches to match the phrases of their "
+                        "boxes (needs phrases with boxes: Flickr30k Entities, synthetic scenes); 0: global "
+                        "contrastive only (default: %(default)s)")
+    p.add_argument("--grounding-phrases", type=int, default=d.grounding_phrases,
+                   help="entities sampled per image per step for that objective (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=d.precision,
                    help="auto: bf16 autocast where the CPU or GPU runs it fast (default: auto)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -52,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs if args.epochs is not None else (10_000 if args.minutes else TrainConfig.epochs),
         minutes=args.minutes, batch_size=args.batch_size, accumulate=args.accumulate,
         captions_per_image=args.captions_per_image, lr=args.lr, weight_decay=args.weight_decay,
-        patch_dropout=args.patch_dropout, precision=args.precision,
+        patch_dropout=args.patch_dropout, precision=args.precision, grounding_weight=args.grounding_weight,
+        grounding_phrases=args.grounding_phrases,
         train_split=args.train_split, val_split=None if args.val_split in (None, "none") else args.val_split,
         seed=args.seed, device=args.device, progress=not args.no_progress)
     result = train(workdir_of(args), config, resume=args.resume)
@@ -63,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     val = best.get("val")
     summary = (f"val text->image R@1/5/10 {val['text_to_image']['R@1']:.1f}/{val['text_to_image']['R@5']:.1f}/"
                f"{val['text_to_image']['R@10']:.1f}" if val else "no validation split")
+    if val and "pointing_game" in val:
+        summary += f", pointing game {val['pointing_game']:.1f} (patch cells)"
     print(f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds:.0f} s); best epoch {best['epoch']}: "
           f"{summary}")
     print(f"model {result.model_id} -> {result.model_path} ({result.trainable_params:,} of "

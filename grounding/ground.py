@@ -1,0 +1,142 @@
+"""Grounding a phrase: in one image, or across the whole collection (phrase -> region search).
+
+Collection search is two-stage: the image index shortlists the `shortlist` images nearest to the
+phrase (with the `where` filter applied inside FAISS), then every patch of those images is scored
+against the phrase from the stored patch embeddings, and the k images whose best patch scores
+highest are grounded (heatmap, point, boxes). The alternative, one FAISS index over every patch
+vector, is measured against this in `benchmarks/region_search.py` (docs/grounding.md): two-stage
+costs one image-index query plus shortlist x P dot products, and its memory is the image index's,
+where a patch index holds P vectors per image (64 for `tiny`, 49 for ViT-B/32).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from indexer.embed import load_embeddings
+from indexer.models import GroundexModel
+from indexer.search import Searcher
+from warehouse import Catalog, Workdir, load_image, recorded_run
+
+from .evaluate import load_config
+from .heatmap import Box, GroundingConfig, boxes_from_map, points, score_maps
+
+_logger = logging.getLogger(__name__)
+DEFAULT_SHORTLIST = 200
+
+
+@dataclass
+class Grounding:
+    """A phrase grounded in one image; coordinates in the image's pixels."""
+
+    phrase: str
+    image_id: int | None          # None for an image that is not in the catalog
+    width: int
+    height: int
+    score: float                  # best patch cosine similarity in the image
+    point: tuple[float, float]    # where the heatmap peaks (the pointing game's answer)
+    boxes: list[Box]              # best first
+    heatmap: np.ndarray           # (gh, gw) raw cosine similarities on the patch grid
+    path: str | None = None
+    split: str | None = None
+    captions: list[str] = field(default_factory=list)
+
+    def as_dict(self, heatmap: bool = False) -> dict[str, Any]:
+        out = {"phrase": self.phrase, "image_id": self.image_id, "path": self.path, "split": self.split,
+               "width": self.width, "height": self.height, "score": round(self.score, 4),
+               "point": [round(v, 1) for v in self.point],
+               "boxes": [{"x1": round(b.x1, 1), "y1": round(b.y1, 1), "x2": round(b.x2, 1), "y2": round(b.y2, 1),
+                          "score": round(b.score, 4)} for b in self.boxes],
+               "captions": self.captions}
+        if heatmap:
+            out["heatmap"] = np.round(self.heatmap, 4).tolist()
+        return out
+
+
+class Grounder:
+    """Loads a model (and, for collection search, its image index) once; grounds phrases on demand."""
+
+    def __init__(self, workdir: Workdir, model_id: str | None = None, device: str | None = None,
+                 config: GroundingConfig | None = None):
+        self.workdir = workdir
+        self.searcher = Searcher(workdir, model_id, device)
+        self.model_id = self.searcher.model_id
+        self.config = config or load_config(workdir, self.model_id)
+
+    @property
+    def model(self) -> GroundexModel:
+        return self.searcher.model
+
+    # -- one image --------------------------------------------------------------------------------
+
+    def ground(self, phrase: str, image: Image.Image | str | Path | int) -> Grounding:
+        """Ground `phrase` in a catalog image (by id), an image file, or a PIL image."""
+        vector = self.searcher.text_vector(phrase)
+        if isinstance(image, (int, np.integer)):
+            image_id = int(image)
+            with Catalog.open(self.workdir, read_only=True) as catalog:
+                details = catalog.image_details([image_id]).get(image_id)
+            if details is None:
+                raise ValueError(f"image id {image_id} is not in the catalog")
+            try:
+                _, patches = load_embeddings(self.workdir, self.model_id, "patch", [image_id])
+            except KeyError:  # not indexed yet: embed it now
+                patches = self._patches(load_image(details["path"]))
+            return self._grounding(phrase, vector, patches[0], image_id, details)
+        pil = image if isinstance(image, Image.Image) else load_image(image)
+        details = {"width": pil.width, "height": pil.height, "path": None if isinstance(image, Image.Image)
+                   else str(image), "split": None, "captions": []}
+        return self._grounding(phrase, vector, self._patches(pil)[0], None, details)
+
+    @torch.no_grad()
+    def _patches(self, image: Image.Image) -> np.ndarray:
+        return self.model.encode_patches(self.model.pixels_from_images([image])).float().cpu().numpy()
+
+    def _grounding(self, phrase: str, vector: np.ndarray, patches: np.ndarray, image_id: int | None,
+                   details: dict[str, Any]) -> Grounding:
+        grid = self.model.patch_grid
+        heatmap = (patches @ vector).reshape(grid).astype(np.float32)  # (gh, gw)
+        raw, scored = score_maps(heatmap[None], self.config)
+        width, height = int(details["width"]), int(details["height"])
+        px, py = points(scored)[0]
+        boxes = [b.scaled(width, height) for b in boxes_from_map(raw[0], scored[0], self.config)]
+        return Grounding(phrase, image_id, width, height, float(heatmap.max()), (px * width, py * height), boxes,
+                         heatmap, details.get("path"), details.get("split"), list(details.get("captions") or []))
+
+    # -- the collection ---------------------------------------------------------------------------
+
+    def search(self, phrase: str, k: int = 10, where: str | None = None,
+               shortlist: int = DEFAULT_SHORTLIST) -> list[Grounding]:
+        """The k images whose best patch matches `phrase` best, among the `shortlist` images nearest to it
+        (and matching `where`), each grounded."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if shortlist < k:
+            raise ValueError(f"the shortlist ({shortlist}) must hold at least k ({k}) images")
+        vector = self.searcher.text_vector(phrase)
+        candidates, _ = self.searcher.nearest_images(vector, shortlist, where)
+        if len(candidates) == 0:
+            return []
+        ids, patches = load_embeddings(self.workdir, self.model_id, "patch", candidates)  # (n, P, D)
+        best = (patches @ vector).max(axis=1)  # (n,)
+        top = np.argsort(-best, kind="stable")[:k]
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            details = catalog.image_details(ids[top])
+        return [self._grounding(phrase, vector, patches[t], int(ids[t]), details[int(ids[t])]) for t in top]
+
+    def save(self, phrase: str, results: list[Grounding]) -> int:
+        """Store a search's top boxes in the catalog's `regions` table (replacing the phrase's earlier ones)."""
+        regions = [(g.image_id, g.boxes[0].x1, g.boxes[0].y1, g.boxes[0].x2, g.boxes[0].y2, g.boxes[0].score)
+                   for g in results if g.image_id is not None]
+        with recorded_run(self.workdir, "ground", {"phrase": phrase, "k": len(results)}, self.model_id) as (run, rec):
+            with Catalog.open(self.workdir) as catalog:
+                n = catalog.add_regions(self.model_id, phrase, regions, run)
+            rec.update(regions=n)
+        return n

@@ -1,0 +1,159 @@
+"""From patch-phrase similarities to a heatmap, a point and boxes.
+
+The method (parameters in `GroundingConfig`, chosen on `val` by `grounding.tune`):
+
+1. **Heatmap.** The cosine similarity of the phrase embedding with every patch embedding, on the
+   model's patch grid (8 x 8 for `tiny`): (gh, gw).
+2. **Upsampling.** Bilinear, `upsample` times per side, in the image's normalized coordinates (the
+   encoder squashes the whole frame into its square input, so a cell maps linearly onto the image).
+3. **Centre prior.** Min-max normalize to [0, 1], then add `center_prior` times a Gaussian centred on the
+   image (sd `prior_sigma` of its size). People photograph what they talk about near the middle; the
+   weight says how much to believe that against the patches (0: off).
+4. **Point.** The maximum of that map (the pointing game's answer).
+5. **Boxes.** Cells at or above `threshold` (on the normalized map) form connected components; the
+   component holding the maximum gives the top box (its bounding box), further components the next
+   ones, by peak, up to `max_boxes`, ignoring those smaller than `min_box_area` of the image.
+   Each box's score is the highest raw cosine similarity inside it, so scores compare across images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+
+@dataclass
+class GroundingConfig:
+    upsample: int = 4            # heatmap cells per patch cell per side (bilinear)
+    center_prior: float = 0.0    # weight of the Gaussian centre prior added to the normalized heatmap (0: off)
+    prior_sigma: float = 0.3     # the prior's standard deviation, as a fraction of the image's width / height
+    threshold: float = 0.5       # box cells: normalized heat >= threshold (0..1)
+    max_boxes: int = 3           # boxes per phrase and image
+    min_box_area: float = 0.01   # extra boxes smaller than this fraction of the image are dropped
+    tuned_on: str | None = None  # the split the parameters were chosen on (None: defaults)
+
+    def __post_init__(self) -> None:
+        if self.upsample < 1 or self.max_boxes < 1:
+            raise ValueError(f"upsample and max_boxes must be >= 1, got {self.upsample} and {self.max_boxes}")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.center_prior < 0 or self.prior_sigma <= 0:
+            raise ValueError("center_prior must be >= 0 and prior_sigma > 0")
+
+    def save(self, path: Path) -> None:
+        from warehouse.workdir import atomic_write_json
+
+        atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> GroundingConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{path}: unreadable grounding config ({e})") from None
+
+
+@dataclass
+class Box:
+    """A box in [0, 1] of the image, with the best raw similarity inside it."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+
+    def scaled(self, width: int, height: int) -> Box:
+        return Box(self.x1 * width, self.y1 * height, self.x2 * width, self.y2 * height, self.score)
+
+
+def similarity_maps(patch_embeddings: np.ndarray | torch.Tensor, phrase_embeddings: np.ndarray | torch.Tensor,
+                    grid: tuple[int, int]) -> np.ndarray:
+    """patches (N, P, D) and phrases (N, D), L2-normalized -> cosine maps (N, gh, gw), float32."""
+    patches = torch.as_tensor(patch_embeddings, dtype=torch.float32)
+    phrases = torch.as_tensor(phrase_embeddings, dtype=torch.float32)
+    if patches.ndim != 3 or phrases.ndim != 2 or patches.shape[0] != phrases.shape[0] \
+            or patches.shape[2] != phrases.shape[1] or patches.shape[1] != grid[0] * grid[1]:
+        raise ValueError(f"shapes do not match: patches {tuple(patches.shape)}, phrases {tuple(phrases.shape)}, "
+                         f"grid {grid}")
+    return torch.einsum("npd,nd->np", patches, phrases).reshape(-1, *grid).numpy()
+
+
+def upsample(maps: np.ndarray, factor: int) -> np.ndarray:
+    """(N, gh, gw) -> (N, gh * factor, gw * factor), bilinear on cell centres."""
+    if factor == 1:
+        return maps
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    return F.interpolate(t, scale_factor=factor, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def _normalize(maps: np.ndarray) -> np.ndarray:
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    return (maps - low) / np.where(span > 0, span, 1)
+
+
+def center_prior(shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """A Gaussian bump (h, w) peaking at 1 in the middle; sigma as a fraction of each side."""
+    h, w = shape
+    y = (np.arange(h) + 0.5) / h - 0.5
+    x = (np.arange(w) + 0.5) / w - 0.5
+    return np.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma ** 2)).astype(np.float32)
+
+
+def score_maps(maps: np.ndarray, config: GroundingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Raw cosine maps (N, gh, gw) -> (upsampled raw maps, normalized maps with the prior), each (N, H, W)."""
+    raw = upsample(maps, config.upsample)
+    scored = _normalize(raw)
+    if config.center_prior > 0:
+        scored = _normalize(scored + config.center_prior * center_prior(raw.shape[1:], config.prior_sigma))
+    return raw, scored
+
+
+def points(scored: np.ndarray) -> np.ndarray:
+    """(N, H, W) -> (N, 2) x, y in [0, 1]: the centre of each map's maximal cell."""
+    n, h, w = scored.shape
+    flat = scored.reshape(n, -1).argmax(axis=1)
+    return np.stack([(flat % w + 0.5) / w, (flat // w + 0.5) / h], axis=1)
+
+
+def boxes_from_map(raw: np.ndarray, scored: np.ndarray, config: GroundingConfig) -> list[Box]:
+    """One upsampled map (H, W) -> boxes in [0, 1], the one around the maximum first."""
+    h, w = scored.shape
+    labels, n = ndimage.label(scored >= config.threshold)
+    if n == 0:  # a flat map: nothing stands out, the whole image is the answer
+        return [Box(0.0, 0.0, 1.0, 1.0, float(raw.max()))]
+    peak = np.unravel_index(int(scored.argmax()), scored.shape)
+    first = labels[peak]
+    slices = ndimage.find_objects(labels)
+    peaks = ndimage.maximum(scored, labels, index=np.arange(1, n + 1))
+    order = sorted(range(1, n + 1), key=lambda c: (c != first, -peaks[c - 1]))
+    out: list[Box] = []
+    for c in order:
+        ys, xs = slices[c - 1]
+        box = Box(xs.start / w, ys.start / h, xs.stop / w, ys.stop / h,
+                  float(raw[ys, xs][labels[ys, xs] == c].max()))
+        if out and (box.x2 - box.x1) * (box.y2 - box.y1) < config.min_box_area:
+            continue
+        out.append(box)
+        if len(out) == config.max_boxes:
+            break
+    return out
+
+
+def iou(box: tuple[float, float, float, float], boxes: np.ndarray) -> np.ndarray:
+    """IoU of one (x1, y1, x2, y2) box with each row of boxes (M, 4)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = ix * iy
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-12)
