@@ -1,10 +1,11 @@
 """Phrase -> region search: two-stage (image index shortlist, then patch scoring) vs one index over every patch.
 
-    python benchmarks/region_search.py --workdir W [--images 31783] [--queries 200] [--out docs/results/x.json]
+    python benchmarks/region_search.py --workdir W [--model M] [--images 31783] [--queries 200]
+                                       [--out docs/results/x.json]
 
-With --workdir (a workdir indexed by a model with patch embeddings; the newest model): the collection
-is that workdir's real image and patch embeddings, and the queries are its val phrases (with boxes)
-encoded by the model. --images N grows the collection to N images by repeating real images with small
+With --workdir (a workdir indexed by a model with patch embeddings): the collection is that workdir's
+real image and patch embeddings, and the queries are its val phrases (with boxes) encoded by the model
+(default: the newest). --images N grows the collection to N images by repeating real images with small
 Gaussian noise (0.02) on their global and patch vectors (the structure of real embeddings, more of them).
 Without --workdir, clustered synthetic vectors are used.
 
@@ -12,9 +13,12 @@ Ground truth: exact scoring of every patch of every image; an image's score is i
 Methods, each timed one query at a time (p50 / p99 ms) with its agreement (recall@10 of images vs exact):
 - two-stage S: the product's method (grounding/ground.py): the image index (the product's default type
   for N) shortlists S images, their patches (float16, as stored) are scored exactly;
-- patch IVF-PQ: all N x P patch vectors in IVF-PQ; the nearest 1,000 patch vectors give the images;
-- patch IVF-PQ + rerank: the same, then the (up to 100) images found are rescored exactly.
-With --workdir, the product's `Grounder.search` is also timed end to end (text encoding, DuckDB, shards).
+- patch index: all N x P patch vectors in the product's patch index (`patch_factory`: IVF-PQ above 100k
+  vectors, its search defaults); the images of the nearest 1,000 patch vectors, best first;
+- patch index + rerank: the product's method: the same, then the (up to 100) images found are rescored
+  exactly from their float16 patches.
+With --workdir, the product's `Grounder.search` is also timed end to end (text encoding, DuckDB, shards)
+with both methods.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _report import emit  # noqa: E402
 
-from indexer.index import build_index, configure_search, default_factory  # noqa: E402
+from indexer.index import build_index, configure_search, default_factory, patch_factory, patch_ids  # noqa: E402
 
 K = 10
 
@@ -41,7 +45,7 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def real_collection(workdir: Path, n_queries: int, rng: np.random.Generator):
+def real_collection(workdir: Path, model_id: str | None, n_queries: int, rng: np.random.Generator):
     """(global (N, D), patches (N, P, D), queries (Q, D), model id) from a workdir."""
     import torch
 
@@ -51,7 +55,7 @@ def real_collection(workdir: Path, n_queries: int, rng: np.random.Generator):
 
     w = Workdir(workdir)
     with Catalog.open(w, read_only=True) as catalog:
-        info = catalog.model()
+        info = catalog.model(model_id)
         phrases = sorted({r.text for r in catalog.grounding_rows("val") if r.boxes})
     _, image_vectors = load_embeddings(w, info["id"], "image")
     _, patch_vectors = load_embeddings(w, info["id"], "patch")
@@ -117,6 +121,7 @@ def agreement(found: list, truth: list) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--model", default=None, help="model hash or prefix (default: the newest)")
     parser.add_argument("--images", type=int, default=None, help="collection size (default: the workdir's)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--shortlists", type=int, nargs="+", default=[100, 200, 1000])
@@ -128,7 +133,7 @@ def main() -> None:
 
     texts = model_id = None
     if args.workdir is not None:
-        image_vectors, patches, queries, model_id, texts = real_collection(args.workdir, args.queries, rng)
+        image_vectors, patches, queries, model_id, texts = real_collection(args.workdir, args.model, args.queries, rng)
         source = f"real embeddings of {args.workdir} (model {model_id}), val phrases as queries"
     else:
         image_vectors, patches, queries = synthetic_collection(args.images or 7806, 64, 256, args.queries, rng)
@@ -166,32 +171,30 @@ def main() -> None:
             # the image vector (+ HNSW links: 2 x 32 neighbours x 4 bytes) and the float16 patches on disk
             "memory_bytes_per_image": d * 4 + (256 if "HNSW" in factory else 0) + p * d * 2, "build_s": build_s}
 
-    nlist = 1 << int(round(np.log2(4 * np.sqrt(n * p))))
-    pq = 32
+    patch_kind = patch_factory(n * p, d)
     t = time.perf_counter()
-    patch_index = faiss.index_factory(d, f"IVF{nlist},PQ{pq}", faiss.METRIC_INNER_PRODUCT)
-    patch_index.train(flat[rng.choice(len(flat), size=min(len(flat), 50 * nlist), replace=False)])
-    for s in range(0, len(flat), 262144):
-        patch_index.add(flat[s:s + 262144])
+    patch_index = build_index(flat, patch_ids(ids, p), patch_kind)
     patch_build_s = time.perf_counter() - t
-    patch_index.nprobe = 32
-    owner = np.repeat(ids, p)
+    configure_search(patch_index, 1000)
+    nprobe = getattr(faiss.try_extract_index_ivf(patch_index), "nprobe", None)
 
     def patch_search(q):
         scores, hits = patch_index.search(q[None, :], 1000)
         keep = hits[0] >= 0
-        return top_images(owner[hits[0][keep]], scores[0][keep], K)
+        return top_images(hits[0][keep] // p, scores[0][keep], K)
 
     def patch_rerank(q):
         scores, hits = patch_index.search(q[None, :], 1000)
         keep = hits[0] >= 0
-        cand = top_images(owner[hits[0][keep]], scores[0][keep], 100)
+        cand = top_images(hits[0][keep] // p, scores[0][keep], 100)
         best = (patches16[cand].astype(np.float32) @ q).max(axis=1)
         return cand[np.argsort(-best, kind="stable")[:K]]
 
-    memory = pq + 8  # PQ code + the id the inverted lists keep, per patch vector
-    for name, fn in ((f"patch IVF{nlist},PQ{pq} (nprobe 32)", patch_search),
-                     (f"patch IVF{nlist},PQ{pq} + exact rerank of 100 images", patch_rerank)):
+    code = d * 4 if patch_kind == "Flat" else d // 8
+    memory = code + 8  # code + the id kept per patch vector
+    label = f"patch {patch_kind}" + (f" (nprobe {nprobe})" if nprobe else "")
+    for name, fn in ((label, patch_search), (f"{label} + exact rerank of 100 images (product default)",
+                                             patch_rerank)):
         found, p50, p99 = timed(fn, queries)
         rows[name] = {"p50_ms": p50, "p99_ms": p99, "agreement@10": agreement(found, truth),
                       "memory_bytes_per_image": p * memory + (p * d * 2 if "rerank" in name else 0),
@@ -202,10 +205,12 @@ def main() -> None:
         from warehouse import Workdir
 
         grounder = Grounder(Workdir(args.workdir), model_id, device="cpu")
-        grounder.search(texts[0], K)  # load the model and index once
-        _, p50, p99 = timed(lambda text: grounder.search(text, K), texts)
-        rows["product: Grounder.search (S=200, text encoding + catalog + shards)"] = {
-            "p50_ms": p50, "p99_ms": p99, "agreement@10": None, "memory_bytes_per_image": None, "build_s": None}
+        for method in ("two-stage", "patch-index"):
+            grounder.search(texts[0], K, method=method)  # load the model and index once
+            _, p50, p99 = timed(lambda text, method=method: grounder.search(text, K, method=method), texts)
+            rows[f"product: Grounder.search, {method} (text encoding + catalog + shards + boxes)"] = {
+                "p50_ms": p50, "p99_ms": p99, "agreement@10": None, "memory_bytes_per_image": None,
+                "build_s": None}
 
     for row in rows.values():
         for key in ("p50_ms", "p99_ms", "build_s", "agreement@10"):

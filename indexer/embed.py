@@ -160,14 +160,18 @@ def embed_captions(workdir: Workdir, model: GroundexModel, model_id: str, rows: 
     return report
 
 
-def load_embeddings(workdir: Workdir, model_id: str, kind: str, ids: Sequence[int] | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def load_embeddings(workdir: Workdir, model_id: str, kind: str, ids: Sequence[int] | None = None,
+                    catalog: Catalog | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids (n,), float32 vectors) of this model's stored embeddings of `kind`, ordered by id.
 
-    `kind` is 'image', 'caption' or 'patch' (patches come back as (n, P, D))."""
+    `kind` is 'image', 'caption' or 'patch' (patches come back as (n, P, D)). `catalog`: an open one to
+    read the locations from (else one is opened)."""
     row_kind = "image" if kind == "patch" else kind
-    with Catalog.open(workdir, read_only=True) as catalog:
+    if catalog is not None:
         locations = catalog.embedding_locations(model_id, row_kind, ids)
+    else:
+        with Catalog.open(workdir, read_only=True) as opened:
+            locations = opened.embedding_locations(model_id, row_kind, ids)
     if ids is not None:
         wanted = {int(i) for i in ids}
         if len(locations) != len(wanted):

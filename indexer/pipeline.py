@@ -35,7 +35,7 @@ def index_workdir(workdir: Workdir, model_id: str | None = None, split: str | No
         embed_images(workdir, model, info["id"], images, config, report)
         embed_captions(workdir, model, info["id"], captions, config, report)
         indexes = {}
-        for kind in ("image", "caption"):
+        for kind in ("image", "caption", "patch") if config.patches else ("image", "caption"):
             built = update_index(workdir, info["id"], kind, factory, rebuild)
             if built is not None:
                 indexes[kind] = asdict(built)

@@ -9,6 +9,8 @@ matching items' stored embeddings. Hits carry the catalog's metadata (path, spli
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,10 +62,22 @@ class Searcher:
             self._model = load_checkpoint(Path(self.model_info["path"]), self._device)
         return self._model
 
-    def _index(self, kind: str) -> faiss.Index:
-        """The current version of the `kind` index, reloaded when a newer one was built."""
-        with Catalog.open(self.workdir, read_only=True) as catalog:
-            current = catalog.current_index(self.model_id, kind)
+    @contextmanager
+    def reading(self, catalog: Catalog | None = None) -> Iterator[Catalog]:
+        """A read-only catalog for one query: `catalog` when given, else one opened (and closed) here.
+        Opening costs ~25 ms, so a query opens one and passes it down; none is held between queries,
+        which would lock writers out."""
+        if catalog is not None:
+            yield catalog
+            return
+        with Catalog.open(self.workdir, read_only=True) as opened:
+            yield opened
+
+    def index(self, kind: str, catalog: Catalog | None = None) -> faiss.Index:
+        """The current FAISS index of `kind` ('image', 'caption', 'patch') for this model, reloaded when a
+        newer version was built."""
+        with self.reading(catalog) as c:
+            current = c.current_index(self.model_id, kind)
         if current is None:
             raise FileNotFoundError(f"no {kind} index for model {self.model_id}: run `groundex index`")
         cached = self._indexes.get(kind)
@@ -107,11 +121,10 @@ class Searcher:
                       ) -> list[Hit]:
         vector = self.image_vector(image)
         allowed = None
-        with Catalog.open(self.workdir, read_only=True) as catalog:
+        with self.reading() as catalog:
             if where:
                 allowed = np.array(catalog.caption_ids_of_images(catalog.image_ids_where(where)), dtype=np.int64)
-        ids, scores = self._search("caption", vector, k, allowed)
-        with Catalog.open(self.workdir, read_only=True) as catalog:
+            ids, scores = self._search("caption", vector, k, allowed, catalog)
             captions = catalog.caption_details(ids)
             images = catalog.image_details({c["image_id"] for c in captions.values()})
         hits = []
@@ -121,27 +134,36 @@ class Searcher:
             hits.append(Hit(i, s, c["image_id"], img["path"], img["split"], img["captions"], c["text"]))
         return hits
 
-    def nearest_images(self, vector: np.ndarray, k: int, where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def has_index(self, kind: str, catalog: Catalog | None = None) -> bool:
+        with self.reading(catalog) as c:
+            return c.current_index(self.model_id, kind) is not None
+
+    def allowed_images(self, where: str | None, catalog: Catalog | None = None) -> np.ndarray | None:
+        """Ids of the images matching `where` (None: no filter)."""
+        if not where:
+            return None
+        with self.reading(catalog) as c:
+            return np.array(c.image_ids_where(where), dtype=np.int64)
+
+    def nearest_images(self, vector: np.ndarray, k: int, where: str | None = None, catalog: Catalog | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) of the k images nearest to an embedding, among those matching `where`."""
-        allowed = None
-        if where:
-            with Catalog.open(self.workdir, read_only=True) as catalog:
-                allowed = np.array(catalog.image_ids_where(where), dtype=np.int64)
-        return self._search("image", vector, k, allowed)
+        with self.reading(catalog) as c:
+            return self._search("image", vector, k, self.allowed_images(where, c), c)
 
     def _image_hits(self, vector: np.ndarray, k: int, where: str | None) -> list[Hit]:
-        ids, scores = self.nearest_images(vector, k, where)
-        with Catalog.open(self.workdir, read_only=True) as catalog:
+        with self.reading() as catalog:
+            ids, scores = self.nearest_images(vector, k, where, catalog)
             details = catalog.image_details(ids)
         return [Hit(i, s, i, details[i]["path"], details[i]["split"], details[i]["captions"])
                 for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
 
-    def _search(self, kind: str, vector: np.ndarray, k: int, allowed: np.ndarray | None
+    def _search(self, kind: str, vector: np.ndarray, k: int, allowed: np.ndarray | None, catalog: Catalog
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, scores) in the `kind` index, restricted to `allowed` ids when given."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        index = self._index(kind)
+        index = self.index(kind, catalog)
         query = np.ascontiguousarray(vector, dtype=np.float32)[None, :]
         if allowed is not None:
             if len(allowed) == 0:
@@ -158,11 +180,12 @@ class Searcher:
         keep = ids >= 0
         ids, scores = ids[keep], scores[keep]
         if allowed is not None and len(ids) < k:  # an approximate index missed some: score them exactly
-            ids, scores = self._exact(kind, query[0], allowed, k)
+            ids, scores = self._exact(kind, query[0], allowed, k, catalog)
         return ids, scores
 
-    def _exact(self, kind: str, vector: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        ids, vectors = load_embeddings(self.workdir, self.model_id, kind, allowed)
+    def _exact(self, kind: str, vector: np.ndarray, allowed: np.ndarray, k: int, catalog: Catalog
+               ) -> tuple[np.ndarray, np.ndarray]:
+        ids, vectors = load_embeddings(self.workdir, self.model_id, kind, allowed, catalog)
         scores = vectors @ vector
         top = np.argsort(-scores)[:k]
         return ids[top], scores[top]

@@ -5,6 +5,10 @@ device (random resized crops in one `roi_align` call, mild brightness/contrast),
 the bottleneck. Each step pairs every image with one of its captions drawn at random (or several,
 `captions_per_image`, whose texts all count as positives of the image).
 
+With phrases and boxes (Flickr30k Entities, synthetic scenes) a second objective teaches the patch tokens to
+match the phrases of their boxes (`grounding_weight`, indexer/regions.py); the random crops move the boxes with
+the pixels, and patch dropout reports which cells it kept.
+
 The learning rate warms up then follows a cosine; with a time budget (`minutes`) the schedule runs on
 elapsed time instead of steps. After every epoch: val recall, a resumable state in
 `training/run-<id>/last/`, and, when val text->image R@10 improves, a content-addressed checkpoint
@@ -62,7 +66,8 @@ class TrainConfig:
     jitter: float = 0.2                # brightness/contrast jitter amplitude (0: off); no hue: captions name colours
     hflip: bool = False                # off by default: captions say "left" and "right"
     patch_dropout: float = 0.5         # FLIP: drop this fraction of image tokens while training (faster, regularizes)
-    grounding_weight: float = 0.0      # weight of the phrase-region objective (indexer/regions.py); 0: global only
+    grounding_weight: float = 1.0      # weight of the phrase-region objective (indexer/regions.py), used when the
+    #                                    split has phrases with boxes; 0: global only. docs/grounding.md measures it
     grounding_phrases: int = 4         # entities sampled per image per step for that objective
     precision: str = "auto"            # auto (bf16 where fast: AVX512-BF16/AMX CPUs, bf16 GPUs) | bf16 | fp32
     train_split: str = "train"
@@ -340,8 +345,9 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool = False) -> TrainR
         if config.grounding_weight > 0:
             regions = RegionTable(catalog.grounding_rows(config.train_split), model.tokenize)
     if regions is not None and not len(regions):
-        raise ValueError(f"--grounding-weight needs phrases with boxes, and split {config.train_split!r} "
-                         "has none (Flickr30k Entities or synthetic scenes have them)")
+        _logger.warning("split %r has no phrases with boxes: training the global objective only (the grounding "
+                        "objective needs Flickr30k Entities-style annotations)", config.train_split)
+        regions = None
     val_captions = CaptionTable(val_rows, model.tokenize) if val_rows else None
     train_images = np.array(sorted(train_captions.by_image), dtype=np.int64)[: config.max_train_images]
     val_images = None

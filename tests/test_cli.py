@@ -13,7 +13,8 @@ def test_demo_builds_trains_indexes_and_queries(tmp_path, capsys):
     workdir = tmp_path / "demo"
     assert main(["demo", "--workdir", str(workdir), "--n", "60", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
-    assert "[4/4] val retrieval over" in out and "sample query:" in out and "  1. " in out
+    assert "[4/5] val retrieval over" in out and "sample query:" in out and "  1. " in out
+    assert "[5/5] val grounding over" in out and "sample phrase -> region: 'a black dog'" in out
     assert "60 images, 300 captions" in out
     assert main(["info", "--workdir", str(workdir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -111,6 +111,9 @@ def test_region_search_agrees_with_exact_patch_scoring_and_single_image_groundin
         assert [r["rank"] for r in catalog.regions("a black dog")] == [1, 2, 3]
     assert main(["ground", "--workdir", str(workdir.root), "a dog", "--image-id", "999999"]) == 2
     assert "not in the catalog" in capsys.readouterr().err
+    assert main(["eval", "grounding", "--workdir", str(workdir.root), "--split", "val", "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "pointing" in table and "\n  people " in table and "\n  all " in table
 
 
 def test_new_split_ingested_after_training_is_indexed_and_evaluated(trained, tmp_path):

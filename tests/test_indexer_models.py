@@ -49,6 +49,16 @@ def test_every_preset_encodes_normalized_images_patches_and_text(preset, tokeniz
     assert model.encode_image(torch.randint(0, 256, (1, 3, s + 17, s + 17), dtype=torch.uint8)).shape == (1, 256)
 
 
+def test_text_tower_on_the_shortest_prefix_matches_the_full_context(tokenizer):
+    model = create_model("tiny", tokenizer=tokenizer, device="cpu")
+    tokens = tokenizer(["a red dog", "Two dogs run on the grass .", "red"])
+    assert int((tokens != 0).sum(dim=1).max()) < tokens.shape[1]  # there is padding to leave out
+    with torch.no_grad():
+        trimmed = model.encode_text(tokens)
+        full = torch.nn.functional.normalize(model.clip.encode_text(tokens), dim=-1)
+    assert torch.allclose(trimmed, full, atol=1e-5)
+
+
 def test_checkpoint_round_trip_and_content_hash(tmp_path, tokenizer):
     torch.manual_seed(0)
     model = create_model("tiny", tokenizer=tokenizer, device="cpu")

@@ -37,3 +37,27 @@ def test_sample_boxes_live_in_the_128px_stored_images(sample_workdir):
 def test_sample_ingest_again_adds_nothing(sample_workdir):
     report = warehouse.ingest_flickr30k(sample_workdir, SAMPLE_ROOT, config=IngestConfig(progress=False))
     assert (report.added, report.already_present, report.rejected) == (0, 7806, 0)
+
+
+@pytest.mark.slow
+def test_sample_grounding_pipeline_and_protocol(sample_workdir, capsys):
+    """Train briefly with the grounding objective on real phrases and boxes, then evaluate, ground and search.
+    The baselines check the protocol on the real annotations (the issue's figures: ~55% and ~19%)."""
+    from grounding import Grounder, evaluate_grounding
+    from indexer.pipeline import index_workdir
+    from indexer.train import TrainConfig, train
+    from ui.cli import main
+
+    result = train(sample_workdir, TrainConfig(epochs=1, batch_size=64, max_train_images=512, progress=False))
+    assert 0 <= result.best["val"]["pointing_game"] <= 100
+    metrics = evaluate_grounding(sample_workdir, "val", tune_params=True, progress=False)
+    assert metrics["phrases"] == 3239 and metrics["images"] == 247
+    assert 50 < metrics["baselines"]["center"]["pointing_game"] < 60
+    assert 15 < metrics["baselines"]["whole_image"]["box_acc@0.5"] < 23
+    assert sum(t["phrases"] for t in metrics["by_type"].values()) >= metrics["phrases"]
+    index_workdir(sample_workdir, split="val")
+    hits = Grounder(sample_workdir).search("a man in a red shirt", k=3, where="split = 'val'")
+    assert len(hits) == 3 and all(h.width == 128 and h.height == 128 for h in hits)
+    assert main(["eval", "grounding", "--workdir", str(sample_workdir.root), "--split", "val", "--json",
+                 "--no-progress"]) == 0
+    assert '"pointing_game"' in capsys.readouterr().out

@@ -12,53 +12,68 @@ from ._common import add_workdir, workdir_of
 from .ingest import add_synthetic_options, synthetic_config
 
 DEMO_QUERY = "two dogs on the sand"
+DEMO_PHRASE = "a black dog"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="build a demo workdir from the embedded synthetic scenes",
         description="Generate the synthetic scenes dataset (Flickr30k Entities format), ingest it, train the tiny "
-                    "CLIP on its train split, index everything, evaluate retrieval on val and run a sample query. "
-                    "Safe to run again: finished steps are skipped.")
+                    "CLIP on its train split (global and phrase-region objectives), index everything, evaluate "
+                    "retrieval on val, choose the grounding parameters on val and evaluate grounding, and run a "
+                    "sample query and a sample phrase -> region search. Safe to run again: finished steps are "
+                    "skipped.")
     add_workdir(p)
     add_synthetic_options(p)
     p.add_argument("--epochs", type=int, default=25, help="training epochs (default: %(default)s)")
     p.add_argument("--query", default=DEMO_QUERY, help="the sample text query")
+    p.add_argument("--phrase", default=DEMO_PHRASE, help="the sample phrase to ground")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from grounding import Grounder, evaluate_grounding
     from indexer.pipeline import evaluate_retrieval, index_workdir
     from indexer.search import Searcher
     from indexer.train import TrainConfig, train
 
     workdir = workdir_of(args)
     started = time.perf_counter()
-    print(f"[1/4] synthetic scenes: {args.n} images, seed {args.seed} -> {workdir.root}")
+    print(f"[1/5] synthetic scenes: {args.n} images, seed {args.seed} -> {workdir.root}")
     report = warehouse.ingest_synthetic(workdir, synthetic_config(args), IngestConfig())
     print(f"      {report.added:,} added, {report.already_present:,} already present, {report.rejected:,} rejected")
     with Catalog.open(workdir, read_only=True) as catalog:
         counts = catalog.counts()
         trained = [m for m in catalog.models() if m["metrics"] and m["mode"] == "full"]
     if trained:
-        print(f"[2/4] model {trained[0]['id']} already trained; skipping (delete models/ to retrain)")
+        print(f"[2/5] model {trained[0]['id']} already trained; skipping (delete models/ to retrain)")
     else:
-        print(f"[2/4] training the tiny CLIP for {args.epochs} epochs on {counts['splits'].get('train', 0):,} images")
+        print(f"[2/5] training the tiny CLIP for {args.epochs} epochs on {counts['splits'].get('train', 0):,} images")
         result = train(workdir, TrainConfig(epochs=args.epochs, seed=args.seed))
         print(f"      model {result.model_id}: best epoch {result.best['epoch']}, {result.seconds:.0f} s")
-    print("[3/4] embedding and indexing every image and caption")
+    print("[3/5] embedding and indexing every image and caption")
     indexed = index_workdir(workdir)
     print(f"      {indexed['embedded_images']:,} images and {indexed['embedded_captions']:,} captions embedded")
     metrics = evaluate_retrieval(workdir, "val")
     chance = 100 * min(10, metrics["images"]) / metrics["images"]
-    print(f"[4/4] val retrieval over {metrics['images']} images: text->image R@1/5/10 = "
+    print(f"[4/5] val retrieval over {metrics['images']} images: text->image R@1/5/10 = "
           + "/".join(f"{v:.1f}" for v in metrics["text_to_image"].values())
           + f" (chance R@10 = {chance:.1f}); image->text R@10 = {metrics['image_to_text']['R@10']:.1f}")
+    grounding = evaluate_grounding(workdir, "val", tune_params=True, progress=False)
+    print(f"[5/5] val grounding over {grounding['phrases']:,} phrases (parameters chosen on val): pointing game "
+          f"{grounding['pointing_game']:.1f} (centre baseline {grounding['baselines']['center']['pointing_game']:.1f})"
+          f", box acc@0.5 {grounding['box_acc@0.5']:.1f} (whole image "
+          f"{grounding['baselines']['whole_image']['box_acc@0.5']:.1f})")
     print(f"\nsample query: {args.query!r}")
     for rank, hit in enumerate(Searcher(workdir).text_to_image(args.query, k=5), 1):
         print(f"  {rank}. {hit.score:.3f}  image {hit.id} [{hit.split}]  {hit.captions[0] if hit.captions else ''}")
+    print(f"\nsample phrase -> region: {args.phrase!r}")
+    for rank, g in enumerate(Grounder(workdir).search(args.phrase, k=3), 1):
+        b = g.boxes[0]
+        print(f"  {rank}. {g.score:.3f}  image {g.image_id} [{g.split}]  box ({b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, "
+              f"{b.y2:.0f}) of {g.width}x{g.height}")
     print(f"\ndemo workdir ready in {time.perf_counter() - started:.0f} s: {counts['images']:,} images, "
           f"{counts['captions']:,} captions, {counts['phrases']:,} phrases, {counts['boxes']:,} boxes")
-    print(f"next: groundex search --workdir {workdir.root} \"a kid in a red sweater\"   |   groundex info --workdir "
-          f"{workdir.root}")
+    print(f"next: groundex search --workdir {workdir.root} \"a kid in a red sweater\"   |   groundex ground --workdir "
+          f"{workdir.root} \"a yellow car\" -k 5   |   groundex info --workdir {workdir.root}")
     return 0
