@@ -162,6 +162,8 @@ class Grounder:
         hits = min(PATCH_HITS, index.ntotal)
         params = configure_search(index, hits) or faiss.SearchParameters()
         if allowed is not None:
+            allowed = np.array([i for i, _, _ in catalog.embedding_locations(self.model_id, "image", allowed)],
+                               dtype=np.int64)  # only images this model has embedded can be scored
             if len(allowed) <= RERANK_IMAGES:  # few enough to score them all exactly
                 return allowed
             params.sel = faiss.IDSelectorBatch(patch_ids(allowed, cells))

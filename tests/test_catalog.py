@@ -36,6 +36,17 @@ def test_newer_schema_is_refused(tmp_path):
         Catalog.open(workdir)
 
 
+def test_an_older_catalog_is_upgraded_even_when_opened_to_read(tmp_path):
+    workdir = Workdir(tmp_path / "w")
+    Catalog.open(workdir).close()
+    con = duckdb.connect(str(workdir.catalog_path))  # make it look like a catalog from before `regions`
+    con.execute("DROP TABLE regions")
+    con.execute("DELETE FROM schema_version WHERE version = 3")
+    con.close()
+    with Catalog.open(workdir, read_only=True) as catalog:
+        assert catalog.schema_version == SCHEMA_VERSION and catalog.regions() == []
+
+
 def test_read_only_open_of_missing_workdir_explains(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a groundex workdir"):
         Catalog.open(Workdir(tmp_path / "nothing"), read_only=True)

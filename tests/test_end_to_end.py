@@ -93,11 +93,15 @@ def test_region_search_agrees_with_exact_patch_scoring_and_single_image_groundin
     assert [g.score for g in results] == sorted((g.score for g in results), reverse=True)
     for g in results:
         assert all(0 <= b.x1 < b.x2 <= g.width and 0 <= b.y1 < b.y2 <= g.height for b in g.boxes)
-    # with a shortlist of every image, two-stage is exact: the images whose best patch scores highest
+    # the exact answer: the images whose best patch scores highest; the patch index (exact at this size)
+    # finds it, and so does two-stage with a shortlist of every image
     ids, patches = load_embeddings(workdir, grounder.model_id, "patch")
     best = (patches @ grounder.searcher.text_vector("a black dog")).max(axis=1)
-    everything = grounder.search("a black dog", k=5, shortlist=len(ids))
-    assert [g.image_id for g in everything] == ids[np.argsort(-best, kind="stable")[:5]].tolist()
+    exact = ids[np.argsort(-best, kind="stable")[:5]].tolist()
+    assert [g.image_id for g in grounder.search("a black dog", k=5, method="patch-index")] == exact
+    assert [g.image_id for g in grounder.search("a black dog", k=5, method="two-stage", shortlist=len(ids))] == exact
+    two_stage = grounder.search("a black dog", k=5, where="split = 'val'", method="two-stage")
+    assert {g.split for g in two_stage} == {"val"} and len(two_stage) == 5
     # one image by id gives the same grounding as the search did
     single = grounder.ground("a black dog", results[0].image_id)
     assert single.boxes == results[0].boxes and single.point == results[0].point

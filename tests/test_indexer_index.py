@@ -3,7 +3,7 @@ import pytest
 
 import warehouse
 from indexer.embed import load_embeddings, shard_dir
-from indexer.index import build_index, configure_search, default_factory, update_index
+from indexer.index import build_index, configure_search, default_factory, patch_factory, patch_ids, update_index
 from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir
 from warehouse.workdir import atomic_write_npy
 
@@ -74,3 +74,35 @@ def test_index_updates_incrementally_and_drops_removed_images(tmp_path):
     assert kept == ["image-v2.faiss", "image-v3.faiss"]  # current and previous only
     hnsw = update_index(workdir, "m1", "image", factory="HNSW32")
     assert hnsw.rebuilt and hnsw.factory == "HNSW32" and hnsw.n == 37
+
+
+def _fake_patches(workdir: Workdir, model_id: str, image_ids: list[int], seed: int, cells: int = 4) -> None:
+    """Image and patch shards (patches row-aligned with the image shard), recorded like `embed_images` does."""
+    for kind, shape in (("image", (len(image_ids), 16)), ("patch", (len(image_ids), cells, 16))):
+        folder = shard_dir(workdir, model_id, kind)
+        folder.mkdir(parents=True, exist_ok=True)
+        vectors = clustered(int(np.prod(shape[:-1])), 16, seed).reshape(shape)
+        atomic_write_npy(folder / f"shard-{seed:05d}.npy", vectors.astype(np.float16))
+    with Catalog.open(workdir) as catalog:
+        catalog.add_embedding_rows(model_id, "image", image_ids, f"shard-{seed:05d}.npy")
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat"])
+def test_patch_index_holds_every_cell_and_follows_the_catalog(tmp_path, factory):
+    workdir = Workdir(tmp_path / "w")
+    warehouse.ingest_synthetic(workdir, SyntheticConfig(n=40), config=IngestConfig(progress=False))
+    _fake_patches(workdir, "m1", list(range(1, 31)), seed=0)
+    first = update_index(workdir, "m1", "patch", factory=factory)
+    assert (first.n, first.added, first.factory) == (30 * 4, 30, factory)
+    _fake_patches(workdir, "m1", list(range(31, 41)), seed=1)
+    with Catalog.open(workdir) as catalog:
+        catalog.remove_images([3])
+    second = update_index(workdir, "m1", "patch")
+    assert (second.version, second.n, second.added, second.removed) == (2, 39 * 4, 10, 1)
+    import faiss
+    index = faiss.read_index(second.path)
+    ids, patches = load_embeddings(workdir, "m1", "patch")
+    configure_search(index, 1, nprobe=4)
+    _, found = index.search(patches[:, 2], 1)  # cell 2 of every image finds itself
+    assert found[:, 0].tolist() == patch_ids(ids, 4)[2::4].tolist()
+    assert patch_factory(50_000, 256) == "Flat" and patch_factory(500_000, 256) == "IVF2048,PQ32"

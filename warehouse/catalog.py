@@ -80,13 +80,12 @@ class Catalog:
                 "upgrade groundex to read it"
             )
         if version < SCHEMA_VERSION:
-            if read_only:
+            if read_only:  # an older groundex built it: upgrade in place (migrations only add), then read
                 self.con.close()
-                raise CatalogError(
-                    f"{self.path} has schema version {version} < {SCHEMA_VERSION}; open it once for "
-                    "writing (any ingest) to upgrade it"
-                )
-            self._migrate(version)
+                Catalog(self.path).close()
+                self.con = duckdb.connect(str(self.path), read_only=True)
+            else:
+                self._migrate(version)
 
     @classmethod
     def open(cls, workdir: Workdir, read_only: bool = False) -> Catalog:

@@ -11,7 +11,7 @@ from warehouse import Catalog, IngestConfig
 from ._common import add_workdir, workdir_of
 from .ingest import add_synthetic_options, synthetic_config
 
-DEMO_QUERY = "two dogs on the sand"
+DEMO_QUERY = "a black dog on the grass"
 DEMO_PHRASE = "a black dog"
 
 

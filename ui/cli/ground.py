@@ -12,10 +12,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ground", help="find the region that shows a phrase (one image or the whole collection)",
         description="With --image-id or --image: the phrase's heatmap, point and boxes in that image (--out saves "
-                    "an overlay PNG). Without: phrase -> region search over the collection: the image index "
-                    "shortlists images near the phrase (--where filters them), their patches are scored, and the "
-                    "top k (image, box, score) come back (--out DIR saves one overlay per hit, --save stores them "
-                    "in the catalog's regions table). Boxes are in the stored image's pixels. The heatmap-to-box "
+                    "an overlay PNG). Without: phrase -> region search over the collection: candidate images come "
+                    "from the index of all patch vectors (or, with --method two-stage, from the image index), "
+                    "--where filters them, every patch of each candidate is scored exactly, and the top k (image, "
+                    "box, score) come back (--out DIR saves one overlay per hit, --save stores them in the "
+                    "catalog's regions table). Boxes are in the stored image's pixels. The heatmap-to-box "
                     "parameters are those chosen on val by `groundex eval grounding --split val --tune`.")
     add_workdir(p)
     p.add_argument("phrase", help='the phrase to ground, e.g. "the man in the red jacket"')
@@ -23,8 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", type=Path, help="ground in this image file")
     p.add_argument("-k", type=int, default=10, help="collection search: number of regions (default: 10)")
     p.add_argument("--where", default=None, help="collection search: SQL condition on images, e.g. \"split = 'val'\"")
+    p.add_argument("--method", choices=("auto", "patch-index", "two-stage"), default="auto",
+                   help="collection search: where candidates come from; auto: the patch index when `groundex index` "
+                        "built one (default: auto)")
     p.add_argument("--shortlist", type=int, default=None,
-                   help="collection search: images shortlisted by the image index (default: 200)")
+                   help="two-stage: images shortlisted by the image index (default: 200)")
     p.add_argument("--out", type=Path, default=None,
                    help="overlay PNG (one image), or a folder of overlays (collection search)")
     p.add_argument("--save", action="store_true", help="collection search: store the regions in the catalog")
@@ -40,13 +44,15 @@ def run(args: argparse.Namespace) -> int:
     if args.image_id is not None and args.image is not None:
         raise UserError("give at most one of --image-id and --image")
     single = args.image_id is not None or args.image is not None
-    if single and (args.where or args.save or args.shortlist is not None):
-        raise UserError("--where, --shortlist and --save are for collection search (without --image/--image-id)")
+    if single and (args.where or args.save or args.shortlist is not None or args.method != "auto"):
+        raise UserError("--where, --method, --shortlist and --save are for collection search (without --image or "
+                        "--image-id)")
     grounder = Grounder(workdir_of(args), args.model)
     if single:
         results = [grounder.ground(args.phrase, args.image_id if args.image_id is not None else args.image)]
     else:
-        results = grounder.search(args.phrase, args.k, args.where, args.shortlist or max(DEFAULT_SHORTLIST, args.k))
+        results = grounder.search(args.phrase, args.k, args.where, args.shortlist or max(DEFAULT_SHORTLIST, args.k),
+                                  args.method)
     if args.out is not None:
         _write_overlays(results, args.out, single, args.image)
     saved = grounder.save(args.phrase, results) if args.save else 0
