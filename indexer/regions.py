@@ -29,6 +29,9 @@ import torch.nn.functional as F
 
 from warehouse import GroundingRow
 
+from .data import PixelCache
+from .models import GroundexModel
+
 WHOLE_FRAME = (0.0, 0.0, 1.0, 1.0)
 
 
@@ -148,7 +151,8 @@ def _multi_positive(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def pointing_for_eval(model, cache, rows: Sequence[GroundingRow], batch_size: int = 256) -> float:
+def pointing_for_eval(model: GroundexModel, cache: PixelCache, rows: Sequence[GroundingRow],
+                      batch_size: int = 256) -> float:
     """A quick validation figure while training: the percentage of phrases (with boxes) whose most
     similar patch cell has its centre inside one of the phrase's boxes. `groundex eval grounding`
     is the full evaluation (upsampled heatmaps, boxes, baselines)."""
