@@ -153,6 +153,7 @@ def update_index(workdir: Workdir, model_id: str, kind: str, factory: str | None
     folder = workdir.indexes_dir / model_id
     folder.mkdir(parents=True, exist_ok=True)
     index, held = None, np.zeros(0, dtype=np.int64)
+    chosen = factory
     if current is not None and not rebuild and (factory is None or factory == current["factory"]):
         index = faiss.read_index(current["path"])
         held = np.load(Path(current["path"]).with_suffix(".ids.npy"))
@@ -161,6 +162,11 @@ def update_index(workdir: Workdir, model_id: str, kind: str, factory: str | None
     added = np.setdiff1d(embedded, held)
     if index is not None and not len(removed) and not len(added):
         return IndexReport(kind, current["version"], factory, int(index.ntotal), 0, 0, False, current["path"])
+    if index is not None and kind == "patch" and chosen is None and factory == "Flat" and len(added):
+        cells = index.ntotal // max(1, len(held))
+        if (len(held) - len(removed) + len(added)) * cells >= PATCH_EXACT_MAX:  # outgrew exact: IVF-PQ now
+            _logger.info("the exact patch index of %s outgrew %d vectors: rebuilding it", model_id, PATCH_EXACT_MAX)
+            index, factory = None, None
     rebuilt = index is None
     if index is not None and len(removed):
         cells = index.ntotal // max(1, len(held)) if kind == "patch" else 1

@@ -106,3 +106,16 @@ def test_patch_index_holds_every_cell_and_follows_the_catalog(tmp_path, factory)
     _, found = index.search(patches[:, 2], 1)  # cell 2 of every image finds itself
     assert found[:, 0].tolist() == patch_ids(ids, 4)[2::4].tolist()
     assert patch_factory(50_000, 256) == "Flat" and patch_factory(500_000, 256) == "IVF2048,PQ32"
+
+
+def test_an_exact_patch_index_that_outgrows_its_size_is_rebuilt_compressed(tmp_path, monkeypatch):
+    import indexer.index
+
+    monkeypatch.setattr(indexer.index, "PATCH_EXACT_MAX", 500)
+    workdir = Workdir(tmp_path / "w")
+    warehouse.ingest_synthetic(workdir, SyntheticConfig(n=40), config=IngestConfig(progress=False))
+    _fake_patches(workdir, "m1", list(range(1, 31)), seed=0, cells=16)
+    assert update_index(workdir, "m1", "patch").factory == "Flat"  # 480 vectors
+    _fake_patches(workdir, "m1", list(range(31, 41)), seed=1, cells=16)
+    grown = update_index(workdir, "m1", "patch")  # 640 vectors
+    assert grown.rebuilt and grown.factory.startswith("IVF") and grown.n == 640

@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"       also ({b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, {b.y2:.0f}) {b.score:.3f}")
     if saved:
         print(f"stored {saved} regions in the catalog")
+    if grounder.config.tuned_on is None:
+        print("note: default heatmap-to-box parameters; choose them for this model with "
+              f"`groundex eval grounding --workdir {args.workdir} --split val --tune`")
     return 0
 
 
