@@ -10,7 +10,7 @@ stored float16 patch embeddings) and grounds the k images whose best patch match
 - `two-stage`: the image index shortlists the `shortlist` images whose global embedding is nearest.
 
 `benchmarks/region_search.py` compares both with exact scoring of every patch (docs/grounding.md): on the
-real sample, patch IVF-PQ + re-ranking agrees 0.92 with exact top-10 in 3.5 ms, two-stage with a
+real sample, patch IVF-PQ + re-ranking agrees 0.935 with exact top-10 in 5.5 ms, two-stage with a
 shortlist of 200 only 0.49 (a small region rarely dominates the global embedding). The patch index costs
 P x (code + id) bytes per image in RAM (P = 64 cells for `tiny`, 40 bytes each with PQ32).
 """

@@ -66,6 +66,8 @@ class TrainConfig:
     jitter: float = 0.2                # brightness/contrast jitter amplitude (0: off); no hue: captions name colours
     hflip: bool = False                # off by default: captions say "left" and "right"
     patch_dropout: float = 0.5         # FLIP: drop this fraction of image tokens while training (faster, regularizes)
+    unmasked_fraction: float = 0.0     # the last fraction of the schedule trains without patch dropout (FLIP's
+    #                                    unmasked tuning: evaluation sees every patch)
     grounding_weight: float = 1.0      # weight of the phrase-region objective (indexer/regions.py), used when the
     #                                    split has phrases with boxes; 0: global only. docs/grounding.md measures it
     grounding_phrases: int = 4         # entities sampled per image per step for that objective
@@ -91,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"minutes must be > 0, got {self.minutes}")
         if not 0 <= self.patch_dropout < 1:
             raise ValueError(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if not 0 <= self.unmasked_fraction <= 1:
+            raise ValueError(f"unmasked_fraction must be in [0, 1], got {self.unmasked_fraction}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0 < self.crop_scale <= 1:
@@ -420,7 +424,11 @@ def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer
                    disable=not config.progress, dynamic_ncols=True)
         seen, t0, losses, region_losses_seen = 0, time.perf_counter(), [], []
         for k in bar:
-            factor = lr_factor(progress_now(), config.warmup_fraction, config.min_lr_ratio)
+            progress = progress_now()
+            factor = lr_factor(progress, config.warmup_fraction, config.min_lr_ratio)
+            dropout = model.clip.visual.patch_dropout
+            if isinstance(dropout, TrackedPatchDropout):
+                dropout.prob = 0.0 if progress >= 1 - config.unmasked_fraction else config.patch_dropout
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * factor
             optimizer.zero_grad(set_to_none=True)

@@ -58,6 +58,10 @@ def test_config_is_validated():
         TrainConfig(mode="half")
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="grounding_weight must be >= 0"):
+        TrainConfig(grounding_weight=-1)
+    with pytest.raises(ValueError, match="unmasked_fraction"):
+        TrainConfig(unmasked_fraction=1.5)
 
 
 def test_recall_at_k_on_known_rankings():
