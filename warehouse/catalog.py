@@ -162,7 +162,8 @@ class Catalog:
         return {r[0] for r in rows}
 
     def counts(self) -> dict[str, Any]:
-        """Row counts: images, captions (human), phrases, boxes, entities, rejects, runs, and images per split."""
+        """Row counts: images, captions (human and generated), phrases, boxes, entities, stored regions, rejects,
+        runs, and images per split and dataset."""
         def one(sql: str) -> int:
             return int(self._scalar(sql))
 
@@ -176,6 +177,7 @@ class Catalog:
             "phrases": one("SELECT count(*) FROM phrases"),
             "boxes": one("SELECT count(*) FROM boxes"),
             "entities": one("SELECT count(*) FROM entities"),
+            "regions": one("SELECT count(*) FROM regions"),
             "rejects": one("SELECT count(*) FROM rejects"),
             "runs": one("SELECT count(*) FROM runs"),
             "splits": {name: int(n) for name, n in splits},
