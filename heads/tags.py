@@ -1,0 +1,77 @@
+"""Multi-label keyword tagging: scores, thresholds and metrics shared by every tagger.
+
+A tagger turns images into scores (N, V) in [0, 1] over the vocabulary. Here: the kNN tagger
+(similarity-weighted votes of the nearest training images' labels) and the prior baseline (every tag
+at its training frequency). Thresholds are chosen on val (`best_threshold`); metrics are micro-F1,
+macro-F1 (over tags with at least one positive) and mAP (mean over those tags of average precision).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+KNN_KS = (1, 3, 5, 7, 11, 21)  # the K swept on val
+
+
+def knn_scores(queries: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray, k: int,
+               exclude: np.ndarray | None = None, batch_size: int = 1024) -> np.ndarray:
+    """Similarity-weighted label votes of the k nearest gallery images (cosine; vectors L2-normalized).
+
+    queries (N, D), gallery (M, D), gallery_labels (M, V) bool; `exclude` (N,): for each query a gallery
+    row to leave out (its own image), or -1. Returns (N, V) in [0, 1]: the weighted share of neighbours
+    that carry each tag (weights: similarities shifted to be positive)."""
+    if k < 1 or k > len(gallery):
+        raise ValueError(f"k must be in [1, {len(gallery)}], got {k}")
+    labels = gallery_labels.astype(np.float32)
+    out = np.empty((len(queries), labels.shape[1]), dtype=np.float32)
+    for s in range(0, len(queries), batch_size):
+        sims = queries[s:s + batch_size] @ gallery.T  # (b, M)
+        if exclude is not None:
+            rows = np.arange(len(sims))
+            own = exclude[s:s + batch_size]
+            sims[rows[own >= 0], own[own >= 0]] = -np.inf
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (b, k)
+        weights = np.take_along_axis(sims, top, axis=1) + 1.0  # cosine in [-1, 1] -> [0, 2]
+        weights = np.clip(weights, 1e-6, None)
+        out[s:s + len(sims)] = np.einsum("bk,bkv->bv", weights, labels[top]) / weights.sum(axis=1, keepdims=True)
+    return out
+
+
+def prior_scores(prior: np.ndarray, n: int) -> np.ndarray:
+    """The baseline: every image gets each tag's training frequency as its score."""
+    return np.broadcast_to(np.asarray(prior, dtype=np.float32), (n, len(prior))).copy()
+
+
+def f1_scores(predicted: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(micro-F1, macro-F1) in percent; macro over tags with at least one positive label."""
+    tp = (predicted & labels).sum(axis=0).astype(np.float64)
+    fp = (predicted & ~labels).sum(axis=0).astype(np.float64)
+    fn = (~predicted & labels).sum(axis=0).astype(np.float64)
+    micro = 2 * tp.sum() / max(1e-12, 2 * tp.sum() + fp.sum() + fn.sum())
+    present = labels.any(axis=0)
+    per_tag = 2 * tp / np.maximum(1e-12, 2 * tp + fp + fn)
+    macro = float(per_tag[present].mean()) if present.any() else 0.0
+    return round(100 * float(micro), 2), round(100 * macro, 2)
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over tags with at least one positive of the average precision of their scores, in percent."""
+    present = np.flatnonzero(labels.any(axis=0))
+    if len(present) == 0:
+        return 0.0
+    ap = [average_precision_score(labels[:, t], scores[:, t]) for t in present]
+    return round(100 * float(np.mean(ap)), 2)
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray, grid: np.ndarray | None = None) -> tuple[float, float]:
+    """The global threshold maximizing micro-F1 on (val) `scores`, and that F1."""
+    grid = np.round(np.arange(0.05, 1.0, 0.05), 2) if grid is None else grid
+    best = max(((f1_scores(scores >= t, labels)[0], float(t)) for t in grid), key=lambda x: (x[0], -x[1]))
+    return best[1], best[0]
+
+
+def tag_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    micro, macro = f1_scores(scores >= threshold, labels)
+    return {"micro_f1": micro, "macro_f1": macro, "mAP": mean_average_precision(scores, labels),
+            "threshold": threshold}

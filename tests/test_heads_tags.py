@@ -1,0 +1,44 @@
+"""Tag scores, thresholds and metrics (issue 6's taggers) on tiny synthetic data."""
+
+import numpy as np
+import pytest
+
+from heads.tags import best_threshold, f1_scores, knn_scores, mean_average_precision, prior_scores, tag_metrics
+
+
+def unit(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_knn_votes_follow_the_nearest_neighbours_and_can_leave_an_image_out():
+    gallery = unit([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]])
+    labels = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=bool)
+    scores = knn_scores(unit([[1, 0.05], [0.05, 1]]), gallery, labels, k=2)
+    assert scores.argmax(axis=1).tolist() == [0, 1] and np.allclose(scores.sum(axis=1), 1)
+    assert np.allclose(scores[0], [1, 0])
+    # leaving image 0 out of its own query: its next neighbour votes instead
+    own = knn_scores(gallery[:1], gallery, labels, k=1, exclude=np.array([0]))
+    assert np.allclose(own, [[1, 0]])
+    with pytest.raises(ValueError, match="k must be"):
+        knn_scores(gallery, gallery, labels, k=5)
+
+
+def test_f1_map_and_threshold_on_known_cases():
+    labels = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], dtype=bool)
+    assert f1_scores(labels.copy(), labels) == (100.0, 100.0)
+    predicted = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0]], dtype=bool)  # tag 0 right, tag 1 missed
+    micro, macro = f1_scores(predicted, labels)
+    assert micro == pytest.approx(100 * 4 / 6, abs=0.01) and macro == 50.0  # tag 2 has no positives: left out
+    scores = np.array([[0.9, 0.2, 0.1], [0.1, 0.8, 0.1], [0.7, 0.6, 0.3]])
+    assert mean_average_precision(scores, labels) == 100.0
+    threshold, f1 = best_threshold(scores, labels)
+    assert 0.3 < threshold <= 0.6 and f1 == 100.0
+    assert tag_metrics(scores, labels, threshold)["micro_f1"] == 100.0
+
+
+def test_the_prior_baseline_scores_every_image_alike():
+    scores = prior_scores(np.array([0.5, 0.1]), 3)
+    assert scores.shape == (3, 2) and np.allclose(scores, [[0.5, 0.1]] * 3)
+    labels = np.array([[1, 0], [1, 1], [0, 0]], dtype=bool)
+    assert mean_average_precision(scores, labels) < 100  # it cannot rank images
