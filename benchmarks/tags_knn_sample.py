@@ -1,10 +1,11 @@
-"""A first look at keyword tagging on a workdir: the kNN tagger against the prior, per K.
+"""A first look at keyword tagging on a workdir: the kNN tagger per K and the linear probe, against the prior.
 
     python benchmarks/tags_knn_sample.py --workdir /tmp/gw-sample [--model M]
 
 Vocabulary from the train split's phrases (captions when there are none); labels from the captions.
-Gallery: the train images' stored embeddings (`groundex index`). K and the threshold are chosen
-leave-one-out on every 7th train image; the figures are on val. `groundex eval tags` (to come) replaces this.
+Gallery: the train images' stored embeddings (`groundex index`). K and the thresholds are chosen on
+every 7th train image (leave-one-out for kNN; the probe trains on the other train images); the figures
+are on val. `groundex eval tags` (to come) replaces this.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from heads import KNN_KS, best_threshold, knn_scores, mine_vocabulary, prior_scores, tag_metrics  # noqa: E402
+from heads.tags import train_probe  # noqa: E402
 from indexer.embed import load_embeddings  # noqa: E402
 from warehouse import Catalog, Workdir  # noqa: E402
 
@@ -51,6 +53,11 @@ def main() -> None:
                                                        exclude=held), train_labels[held])
         metrics = tag_metrics(knn_scores(val_vectors, train_vectors, train_labels, k), val_labels, threshold)
         print(f"kNN K={k:<3} held-out micro-F1 {held_f1:5.1f} | val {metrics}")
+    rest = np.setdiff1d(np.arange(len(train_ids)), held)
+    probe = train_probe(train_vectors[rest], train_labels[rest])
+    threshold, held_f1 = best_threshold(probe.scores(train_vectors[held]), train_labels[held])
+    metrics = tag_metrics(probe.scores(val_vectors), val_labels, threshold)
+    print(f"probe      held-out micro-F1 {held_f1:5.1f} | val {metrics}")
     threshold, _ = best_threshold(prior_scores(vocab.prior(), len(held)), train_labels[held])
     print(f"prior      val {tag_metrics(prior_scores(vocab.prior(), len(val_ids)), val_labels, threshold)}")
 

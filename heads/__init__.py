@@ -2,11 +2,12 @@
 
     mine_vocabulary   keyword vocabulary from the training phrases or captions, with counts
     Vocabulary        the vocabulary; `labels` gives each image's keyword labels from its captions
-    knn_scores        the kNN tagger's scores; prior_scores the baseline; tag_metrics micro/macro-F1, mAP
+    knn_scores        the kNN tagger's scores; train_probe the linear probe; prior_scores the baseline
+    tag_metrics       micro/macro-F1 and mAP; best_threshold chooses a threshold on held-out data
 """
 
-from .tags import KNN_KS, best_threshold, knn_scores, prior_scores, tag_metrics
+from .tags import KNN_KS, LinearProbe, ProbeConfig, best_threshold, knn_scores, prior_scores, tag_metrics, train_probe
 from .vocabulary import Vocabulary, VocabularyConfig, keywords, lemma, mine_vocabulary
 
-__all__ = ["best_threshold", "keywords", "KNN_KS", "knn_scores", "lemma", "mine_vocabulary", "prior_scores",
-           "tag_metrics", "Vocabulary", "VocabularyConfig"]
+__all__ = ["best_threshold", "keywords", "KNN_KS", "knn_scores", "lemma", "LinearProbe", "mine_vocabulary",
+           "prior_scores", "ProbeConfig", "tag_metrics", "train_probe", "Vocabulary", "VocabularyConfig"]

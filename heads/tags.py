@@ -1,14 +1,21 @@
 """Multi-label keyword tagging: scores, thresholds and metrics shared by every tagger.
 
 A tagger turns images into scores (N, V) in [0, 1] over the vocabulary. Here: the kNN tagger
-(similarity-weighted votes of the nearest training images' labels) and the prior baseline (every tag
-at its training frequency). Thresholds are chosen on val (`best_threshold`); metrics are micro-F1,
+(similarity-weighted votes of the nearest training images' labels), the linear probe (a multi-label
+linear classifier on frozen embeddings, BCE with rare tags up-weighted) and the prior baseline (every
+tag at its training frequency). Thresholds are chosen on val (`best_threshold`); metrics are micro-F1,
 macro-F1 (over tags with at least one positive) and mAP (mean over those tags of average precision).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from sklearn.metrics import average_precision_score
 
 KNN_KS = (1, 3, 5, 7, 11, 21)  # the K swept on val
@@ -75,3 +82,65 @@ def tag_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dic
     micro, macro = f1_scores(scores >= threshold, labels)
     return {"micro_f1": micro, "macro_f1": macro, "mAP": mean_average_precision(scores, labels),
             "threshold": threshold}
+
+
+# -- linear probe ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ProbeConfig:
+    epochs: int = 300            # full-batch passes (a probe on a few thousand 256-d vectors trains in seconds)
+    lr: float = 1e-2             # AdamW
+    weight_decay: float = 1e-4
+    pos_weight_cap: float = 10.0  # rare tags: positives weigh sqrt(negatives / positives), at most this
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.lr <= 0 or self.pos_weight_cap < 1:
+            raise ValueError("epochs must be >= 1, lr > 0 and pos_weight_cap >= 1")
+
+
+class LinearProbe:
+    """A multi-label linear classifier on frozen embeddings: scores = sigmoid(x W + b)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        self.weight, self.bias = weight, bias  # (D, V), (V,)
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)) @ self.weight + self.bias
+        return torch.sigmoid(logits).numpy()
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> LinearProbe:
+        try:
+            state = load_file(str(path))
+            return cls(state["weight"], state["bias"])
+        except Exception as e:  # safetensors raises its own error types; a missing key is a KeyError
+            raise ValueError(f"{path}: not a readable probe ({e})") from None
+
+
+def train_probe(features: np.ndarray, labels: np.ndarray, config: ProbeConfig | None = None) -> LinearProbe:
+    """Binary cross-entropy with positives of rare tags up-weighted (sqrt of the class ratio, capped)."""
+    config = config or ProbeConfig()
+    if len(features) != len(labels) or len(features) == 0:
+        raise ValueError(f"{len(features)} feature rows for {len(labels)} label rows")
+    generator = torch.Generator().manual_seed(config.seed)
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    y = torch.from_numpy(labels.astype(np.float32))
+    positives = y.sum(dim=0).clamp(min=1)
+    pos_weight = ((len(y) - positives) / positives).sqrt().clamp(1, config.pos_weight_cap)
+    weight = (torch.randn(x.shape[1], y.shape[1], generator=generator) * 0.01).requires_grad_(True)
+    prior = (y.mean(dim=0) * (1 - 2e-3) + 1e-3)
+    bias = torch.log(prior / (1 - prior)).clone().requires_grad_(True)  # start at the prior
+    optimizer = torch.optim.AdamW([weight, bias], lr=config.lr, weight_decay=config.weight_decay)
+    for _ in range(config.epochs):
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(x @ weight + bias, y, pos_weight=pos_weight)
+        loss.backward()
+        optimizer.step()
+    return LinearProbe(weight.detach(), bias.detach())

@@ -42,3 +42,25 @@ def test_the_prior_baseline_scores_every_image_alike():
     assert scores.shape == (3, 2) and np.allclose(scores, [[0.5, 0.1]] * 3)
     labels = np.array([[1, 0], [1, 1], [0, 0]], dtype=bool)
     assert mean_average_precision(scores, labels) < 100  # it cannot rank images
+
+
+def test_linear_probe_learns_separable_tags_and_round_trips(tmp_path):
+    from heads.tags import LinearProbe, ProbeConfig, train_probe
+
+    rng = np.random.default_rng(0)
+    centres = unit(rng.normal(size=(3, 16)))
+    which = rng.integers(3, size=300)
+    features = unit(centres[which] + 0.2 * rng.normal(size=(300, 16)))
+    labels = np.stack([which == 0, which == 1, (which == 2) & (rng.random(300) < 0.1)], axis=1)  # tag 2 is rare
+    probe = train_probe(features[:200], labels[:200], ProbeConfig(epochs=200))
+    scores = probe.scores(features[200:])
+    assert scores.shape == (100, 3) and scores.min() >= 0 and scores.max() <= 1
+    assert mean_average_precision(scores[:, :2], labels[200:, :2]) > 95
+    probe.save(tmp_path / "probe.safetensors")
+    again = LinearProbe.load(tmp_path / "probe.safetensors")
+    assert np.allclose(again.scores(features[:5]), probe.scores(features[:5]))
+    (tmp_path / "bad.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        LinearProbe.load(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="feature rows"):
+        train_probe(features[:3], labels[:2])
