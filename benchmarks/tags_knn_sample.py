@@ -1,4 +1,4 @@
-"""A first look at keyword tagging on a workdir: the kNN tagger per K and the linear probe, against the prior.
+"""A first look at keyword tagging on a workdir: kNN per K, the linear probe and zero-shot prompts, vs the prior.
 
     python benchmarks/tags_knn_sample.py --workdir /tmp/gw-sample [--model M]
 
@@ -19,8 +19,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from heads import KNN_KS, best_threshold, knn_scores, mine_vocabulary, prior_scores, tag_metrics  # noqa: E402
-from heads.tags import train_probe  # noqa: E402
+from heads.tags import prompts, train_probe, zeroshot_scores  # noqa: E402
 from indexer.embed import load_embeddings  # noqa: E402
+from indexer.models import load_checkpoint  # noqa: E402
 from warehouse import Catalog, Workdir  # noqa: E402
 
 
@@ -38,7 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Workdir(args.workdir)
     with Catalog.open(workdir, read_only=True) as catalog:
-        model_id = catalog.model(args.model)["id"]
+        info = catalog.model(args.model)
+        model_id = info["id"]
         train, val = catalog.caption_rows("train"), catalog.caption_rows("val")
         phrases = [(r.image_id, r.text) for r in catalog.grounding_rows("train") if r.entity_id != 0]
     vocab = mine_vocabulary([(i, t) for _, i, t in train], phrases)
@@ -58,6 +60,14 @@ def main() -> None:
     threshold, held_f1 = best_threshold(probe.scores(train_vectors[held]), train_labels[held])
     metrics = tag_metrics(probe.scores(val_vectors), val_labels, threshold)
     print(f"probe      held-out micro-F1 {held_f1:5.1f} | val {metrics}")
+    import torch
+
+    with torch.no_grad():
+        prompt_vectors = load_checkpoint(Path(info["path"]), "cpu").encode_text(prompts(vocab.words)).numpy()
+    threshold, held_f1 = best_threshold(zeroshot_scores(train_vectors[held], prompt_vectors, train_vectors),
+                                        train_labels[held])
+    metrics = tag_metrics(zeroshot_scores(val_vectors, prompt_vectors, train_vectors), val_labels, threshold)
+    print(f"zero-shot  held-out micro-F1 {held_f1:5.1f} | val {metrics}")
     threshold, _ = best_threshold(prior_scores(vocab.prior(), len(held)), train_labels[held])
     print(f"prior      val {tag_metrics(prior_scores(vocab.prior(), len(val_ids)), val_labels, threshold)}")
 

@@ -144,3 +144,27 @@ def train_probe(features: np.ndarray, labels: np.ndarray, config: ProbeConfig | 
         loss.backward()
         optimizer.step()
     return LinearProbe(weight.detach(), bias.detach())
+
+
+# -- zero-shot ------------------------------------------------------------------------------------
+
+PROMPT = "a photo of a {}"
+
+
+def prompts(words: list[str], template: str = PROMPT) -> list[str]:
+    """One text per tag, e.g. 'a photo of a dog'."""
+    if "{}" not in template:
+        raise ValueError(f"the prompt template needs a '{{}}' for the tag: {template!r}")
+    return [template.format(w) for w in words]
+
+
+def zeroshot_scores(image_vectors: np.ndarray, prompt_vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Prompt embeddings (V, D) against image embeddings (N, D), no labels used.
+
+    Raw cosines of different prompts live on different scales, so each tag's cosine is standardized
+    with its mean and spread over `reference` images (e.g. the unlabelled training images) and squashed
+    with a sigmoid: (N, V) in [0, 1], comparable across tags for one threshold."""
+    reference_cos = reference @ prompt_vectors.T  # (M, V)
+    mean, spread = reference_cos.mean(axis=0), reference_cos.std(axis=0) + 1e-6
+    z = (image_vectors @ prompt_vectors.T - mean) / spread
+    return (1 / (1 + np.exp(-z))).astype(np.float32)

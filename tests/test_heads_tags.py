@@ -64,3 +64,20 @@ def test_linear_probe_learns_separable_tags_and_round_trips(tmp_path):
         LinearProbe.load(tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="feature rows"):
         train_probe(features[:3], labels[:2])
+
+
+def test_zeroshot_scores_rank_images_by_their_prompt_and_share_one_scale():
+    from heads.tags import prompts, zeroshot_scores
+
+    assert prompts(["dog", "red car"]) == ["a photo of a dog", "a photo of a red car"]
+    with pytest.raises(ValueError, match="needs a"):
+        prompts(["dog"], "a photo")
+    rng = np.random.default_rng(0)
+    prompt_vectors = unit(rng.normal(size=(2, 8)))
+    images = unit(np.concatenate([prompt_vectors[0] + 0.3 * rng.normal(size=(20, 8)),
+                                  prompt_vectors[1] + 0.3 * rng.normal(size=(20, 8))]))
+    scores = zeroshot_scores(images, prompt_vectors, reference=images)
+    labels = np.zeros((40, 2), dtype=bool)
+    labels[:20, 0], labels[20:, 1] = True, True
+    assert mean_average_precision(scores, labels) > 95 and scores.min() > 0 and scores.max() < 1
+    assert abs(np.median(scores[:, 0]) - np.median(scores[:, 1])) < 0.2  # standardized: one threshold fits both
