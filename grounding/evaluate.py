@@ -16,14 +16,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from indexer.data import pixel_cache
 from indexer.models import GroundexModel, load_checkpoint
+from indexer.regions import phrase_maps
 from warehouse import Catalog, GroundingRow, Workdir, recorded_run
 
-from .heatmap import GroundingConfig, boxes_from_map, iou, points, score_maps, similarity_maps
+from .heatmap import GroundingConfig, boxes_from_map, iou, points, score_maps
 
 _logger = logging.getLogger(__name__)
 
@@ -40,33 +39,16 @@ class SplitMaps:
     maps: np.ndarray
 
 
-@torch.no_grad()
-def split_maps(workdir: Workdir, model: GroundexModel, split: str, batch_size: int = 256,
-               progress: bool = True) -> SplitMaps:
+def split_maps(workdir: Workdir, model: GroundexModel, split: str, progress: bool = True) -> SplitMaps:
     """Embed the split's images (patches) and phrases with `model` and score every phrase on its image."""
     with Catalog.open(workdir, read_only=True) as catalog:
         rows = [r for r in catalog.grounding_rows(split) if r.boxes]
-        image_ids = sorted({r.image_id for r in rows})
-        items = catalog.image_rows(ids=image_ids)
+        items = catalog.image_rows(ids=sorted({r.image_id for r in rows}))
     if not rows:
         raise ValueError(f"split {split!r} has no phrases with boxes to evaluate grounding on "
                          "(it needs Flickr30k Entities annotations; `groundex info` shows the splits)")
     cache = pixel_cache(workdir.cache_dir, items, model.image_size, progress=progress)
-    patches = []
-    for s in tqdm(range(0, len(image_ids), batch_size), desc="embed patches", unit="batch", disable=not progress):
-        patches.append(model.encode_patches(torch.from_numpy(cache.get(image_ids[s:s + batch_size]))).cpu())
-    patch_embeddings = torch.cat(patches)  # (I, P, D)
-    texts = sorted({r.text for r in rows})
-    phrase_embeddings = torch.cat([model.encode_text(texts[s:s + batch_size]).cpu()
-                                   for s in range(0, len(texts), batch_size)])  # (T, D)
-    image_row = {i: k for k, i in enumerate(image_ids)}
-    text_row = {t: k for k, t in enumerate(texts)}
-    maps = []
-    for s in range(0, len(rows), 4096):  # (chunk, P, D) at a time: the whole split's would not fit
-        chunk = rows[s:s + 4096]
-        maps.append(similarity_maps(patch_embeddings[[image_row[r.image_id] for r in chunk]],
-                                    phrase_embeddings[[text_row[r.text] for r in chunk]], model.patch_grid))
-    return SplitMaps(rows, np.concatenate(maps))
+    return SplitMaps(rows, phrase_maps(model, cache, rows))
 
 
 def _hits(rows: Sequence[GroundingRow], maps: np.ndarray, config: GroundingConfig, with_boxes: bool = True

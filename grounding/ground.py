@@ -92,13 +92,15 @@ class Grounder:
         vector = self.searcher.text_vector(phrase)
         if isinstance(image, (int, np.integer)):
             image_id = int(image)
-            with Catalog.open(self.workdir, read_only=True) as catalog:
+            with self.searcher.reading() as catalog:
                 details = catalog.image_details([image_id]).get(image_id)
-            if details is None:
-                raise ValueError(f"image id {image_id} is not in the catalog")
-            try:
-                _, patches = load_embeddings(self.workdir, self.model_id, "patch", [image_id])
-            except (KeyError, FileNotFoundError):  # not indexed (or indexed without patches): embed it now
+                if details is None:
+                    raise ValueError(f"image id {image_id} is not in the catalog")
+                try:
+                    _, patches = load_embeddings(self.workdir, self.model_id, "patch", [image_id], catalog)
+                except (KeyError, FileNotFoundError):  # not indexed (or indexed without patches): embed it now
+                    patches = None
+            if patches is None:
                 patches = self._patches(load_image(details["path"]))
             return self._grounding(phrase, vector, patches[0], image_id, details)
         pil = image if isinstance(image, Image.Image) else load_image(image)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from warehouse.workdir import atomic_write_json
+
 
 @dataclass
 class GroundingConfig:
@@ -47,8 +49,6 @@ class GroundingConfig:
             raise ValueError("center_prior must be >= 0 and prior_sigma > 0")
 
     def save(self, path: Path) -> None:
-        from warehouse.workdir import atomic_write_json
-
         atomic_write_json(path, asdict(self))
 
     @classmethod
@@ -72,18 +72,6 @@ class Box:
 
     def scaled(self, width: int, height: int) -> Box:
         return Box(self.x1 * width, self.y1 * height, self.x2 * width, self.y2 * height, self.score)
-
-
-def similarity_maps(patch_embeddings: np.ndarray | torch.Tensor, phrase_embeddings: np.ndarray | torch.Tensor,
-                    grid: tuple[int, int]) -> np.ndarray:
-    """patches (N, P, D) and phrases (N, D), L2-normalized -> cosine maps (N, gh, gw), float32."""
-    patches = torch.as_tensor(patch_embeddings, dtype=torch.float32)
-    phrases = torch.as_tensor(phrase_embeddings, dtype=torch.float32)
-    if patches.ndim != 3 or phrases.ndim != 2 or patches.shape[0] != phrases.shape[0] \
-            or patches.shape[2] != phrases.shape[1] or patches.shape[1] != grid[0] * grid[1]:
-        raise ValueError(f"shapes do not match: patches {tuple(patches.shape)}, phrases {tuple(phrases.shape)}, "
-                         f"grid {grid}")
-    return torch.einsum("npd,nd->np", patches, phrases).reshape(-1, *grid).numpy()
 
 
 def upsample(maps: np.ndarray, factor: int) -> np.ndarray:

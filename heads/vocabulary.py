@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from warehouse.workdir import atomic_write_json
+
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 IRREGULAR = {"men": "man", "women": "woman", "children": "child", "feet": "foot", "teeth": "tooth",
              "mice": "mouse", "geese": "goose", "people": "people", "police": "police", "knives": "knife",
@@ -112,8 +114,6 @@ class Vocabulary:
         return np.array(self.image_counts, dtype=np.float64) / max(1, self.images)
 
     def save(self, path: Path) -> None:
-        from warehouse.workdir import atomic_write_json
-
         atomic_write_json(path, {"words": self.words, "image_counts": self.image_counts, "images": self.images,
                                  "source": self.source, "config": self.config})
 

@@ -151,30 +151,45 @@ def _multi_positive(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def pointing_for_eval(model: GroundexModel, cache: PixelCache, rows: Sequence[GroundingRow],
-                      batch_size: int = 256) -> float:
+def phrase_maps(model: GroundexModel, cache: PixelCache, rows: Sequence[GroundingRow], batch_size: int = 256
+                ) -> np.ndarray:
+    """Cosine similarity of each row's phrase with every patch of its image: (N, gh, gw) float32.
+
+    Images and distinct phrase texts are embedded once each; the model's train/eval modes are restored."""
+    if not rows:
+        return np.zeros((0, *model.patch_grid), dtype=np.float32)
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    image_ids = sorted({r.image_id for r in rows})
+    patches = torch.cat([model.encode_patches(torch.from_numpy(cache.get(image_ids[s:s + batch_size]))).float()
+                         for s in range(0, len(image_ids), batch_size)])  # (I, P, D)
+    texts = sorted({r.text for r in rows})
+    phrases = torch.cat([model.encode_text(texts[s:s + batch_size]).float()
+                         for s in range(0, len(texts), batch_size)])  # (T, D)
+    for module, mode in zip(model.modules(), modes, strict=True):
+        module.training = mode
+    image_row = {i: k for k, i in enumerate(image_ids)}
+    text_row = {t: k for k, t in enumerate(texts)}
+    out = np.empty((len(rows), *model.patch_grid), dtype=np.float32)
+    for s in range(0, len(rows), 4096):  # (chunk, P, D) at a time: a whole split's would not fit
+        chunk = rows[s:s + 4096]
+        sims = torch.einsum("rpd,rd->rp", patches[[image_row[r.image_id] for r in chunk]],
+                            phrases[[text_row[r.text] for r in chunk]])
+        out[s:s + len(chunk)] = sims.reshape(len(chunk), *model.patch_grid).cpu().numpy()
+    return out
+
+
+def pointing_for_eval(model: GroundexModel, cache: PixelCache, rows: Sequence[GroundingRow]) -> float:
     """A quick validation figure while training: the percentage of phrases (with boxes) whose most
     similar patch cell has its centre inside one of the phrase's boxes. `groundex eval grounding`
     is the full evaluation (upsampled heatmaps, boxes, baselines)."""
     rows = [r for r in rows if r.boxes]
     if not rows:
         return 0.0
-    modes = [m.training for m in model.modules()]
-    model.eval()
-    image_ids = sorted({r.image_id for r in rows})
-    patches = torch.cat([model.encode_patches(torch.from_numpy(cache.get(image_ids[s:s + batch_size])))
-                         for s in range(0, len(image_ids), batch_size)])  # (N, P, D)
-    texts = sorted({r.text for r in rows})
-    phrase_features = torch.cat([model.encode_text(texts[s:s + batch_size]) for s in range(0, len(texts), batch_size)])
-    for module, mode in zip(model.modules(), modes, strict=True):
-        module.training = mode
-    row_of_image = {i: k for k, i in enumerate(image_ids)}
-    row_of_text = {t: k for k, t in enumerate(texts)}
+    maps = phrase_maps(model, cache, rows)
     gh, gw = model.patch_grid
-    image_rows = torch.tensor([row_of_image[r.image_id] for r in rows], device=patches.device)
-    text_rows = torch.tensor([row_of_text[r.text] for r in rows], device=patches.device)
-    best = torch.einsum("rpd,rd->rp", patches[image_rows], phrase_features[text_rows]).argmax(dim=1).cpu()
-    x, y = ((best % gw).float() + 0.5) / gw, ((best // gw).float() + 0.5) / gh
+    best = maps.reshape(len(rows), -1).argmax(axis=1)
+    x, y = (best % gw + 0.5) / gw, (best // gw + 0.5) / gh
     hits = [any(b[0] <= px <= b[2] and b[1] <= py <= b[3] for b in r.boxes)
             for r, px, py in zip(rows, x.tolist(), y.tolist(), strict=True)]
     return round(100.0 * sum(hits) / len(hits), 2)

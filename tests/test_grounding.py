@@ -11,7 +11,7 @@ import warehouse
 from grounding import Box, GroundingConfig, metrics, tune
 from grounding.evaluate import SplitMaps
 from grounding.ground import Grounding
-from grounding.heatmap import boxes_from_map, center_prior, iou, points, score_maps, similarity_maps
+from grounding.heatmap import boxes_from_map, center_prior, iou, points, score_maps
 from grounding.overlay import render_overlay
 from indexer.models import TrackedPatchDropout
 from indexer.regions import RegionTable, patch_coverage, region_losses
@@ -85,6 +85,27 @@ def test_region_losses_reward_patches_that_match_their_phrase():
     assert patches.grad.abs().sum() > 0
 
 
+def test_phrase_maps_score_each_phrase_on_its_own_image_and_keep_the_training_mode():
+    from indexer.data import PixelCache
+    from indexer.models import create_model
+    from indexer.regions import phrase_maps, pointing_for_eval
+    from indexer.tokenizer import WordTokenizer
+
+    model = create_model("tiny", tokenizer=WordTokenizer.build(["a red dog", "a blue car"], min_count=1),
+                         device="cpu").train()
+    pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8).numpy()
+    cache = PixelCache(np.array([10, 20]), pixels)
+    rows = [row(1, 20, 1, "a red dog", [(0, 0, 0.5, 0.5)]), row(2, 10, 2, "a blue car", [(0.5, 0.5, 1, 1)]),
+            row(3, 20, 2, "a blue car", [(0, 0, 1, 1)])]
+    maps = phrase_maps(model, cache, rows)
+    assert maps.shape == (3, 8, 8) and model.training  # the caller's mode is back
+    with torch.no_grad():
+        model.eval()
+        direct = model.encode_patches(torch.from_numpy(pixels[1:])) @ model.encode_text(["a red dog"])[0]
+    assert np.allclose(maps[0].ravel(), direct[0].numpy(), atol=1e-5)
+    assert pointing_for_eval(model, cache, rows[2:]) == 100.0  # a box over the whole image is always hit
+
+
 def test_tracked_patch_dropout_reports_the_kept_cells():
     dropout = TrackedPatchDropout(0.5).train()
     x = torch.arange(17, dtype=torch.float)[None, :, None].repeat(3, 1, 2)  # token value = position (0 is CLS)
@@ -103,14 +124,6 @@ def blob_map(centres, size=8, width=0.6):
     for cx, cy, height in centres:
         out += height * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * width ** 2))
     return out
-
-
-def test_similarity_maps_check_shapes():
-    patches = F.normalize(torch.randn(2, 16, 8), dim=-1)
-    maps = similarity_maps(patches, patches[:, 5], (4, 4))
-    assert maps.shape == (2, 4, 4) and np.allclose(maps.reshape(2, -1)[:, 5], 1, atol=1e-5)
-    with pytest.raises(ValueError, match="shapes do not match"):
-        similarity_maps(patches, patches[:, 5], (4, 5))
 
 
 def test_point_and_boxes_find_the_blobs_best_first():
