@@ -1,10 +1,12 @@
 """Multi-label keyword tagging: scores, thresholds and metrics shared by every tagger.
 
-A tagger turns images into scores (N, V) in [0, 1] over the vocabulary. Here: the kNN tagger
-(similarity-weighted votes of the nearest training images' labels), the linear probe (a multi-label
-linear classifier on frozen embeddings, BCE with rare tags up-weighted) and the prior baseline (every
-tag at its training frequency). Thresholds are chosen on val (`best_threshold`); metrics are micro-F1,
-macro-F1 (over tags with at least one positive) and mAP (mean over those tags of average precision).
+A tagger turns images into scores (N, V) in [0, 1] over the vocabulary. Here: the kNN tagger (similarity-weighted
+votes of the nearest training images' labels), the linear probe (a multi-label linear classifier on
+frozen embeddings, BCE with rare tags up-weighted; the fusion tagger is the same probe on image +
+caption features), zero-shot prompts, and the prior baseline (every tag at its training frequency).
+`heads.tagging` fits them on a workdir. Thresholds are chosen on val (`best_threshold`); metrics are
+micro-F1, macro-F1 (over tags with at least one positive) and mAP (mean over those tags of average
+precision).
 """
 
 from __future__ import annotations
@@ -21,28 +23,19 @@ from sklearn.metrics import average_precision_score
 KNN_KS = (1, 3, 5, 7, 11, 21)  # the K swept on val
 
 
-def knn_scores(queries: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray, k: int,
-               exclude: np.ndarray | None = None, batch_size: int = 1024) -> np.ndarray:
-    """Similarity-weighted label votes of the k nearest gallery images (cosine; vectors L2-normalized).
+def knn_scores(neighbour_rows: np.ndarray, neighbour_sims: np.ndarray, gallery_labels: np.ndarray, k: int
+               ) -> np.ndarray:
+    """Similarity-weighted label votes of each query's k nearest gallery images.
 
-    queries (N, D), gallery (M, D), gallery_labels (M, V) bool; `exclude` (N,): for each query a gallery
-    row to leave out (its own image), or -1. Returns (N, V) in [0, 1]: the weighted share of neighbours
-    that carry each tag (weights: similarities shifted to be positive)."""
-    if k < 1 or k > len(gallery):
-        raise ValueError(f"k must be in [1, {len(gallery)}], got {k}")
-    labels = gallery_labels.astype(np.float32)
-    out = np.empty((len(queries), labels.shape[1]), dtype=np.float32)
-    for s in range(0, len(queries), batch_size):
-        sims = queries[s:s + batch_size] @ gallery.T  # (b, M)
-        if exclude is not None:
-            rows = np.arange(len(sims))
-            own = exclude[s:s + batch_size]
-            sims[rows[own >= 0], own[own >= 0]] = -np.inf
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (b, k)
-        weights = np.take_along_axis(sims, top, axis=1) + 1.0  # cosine in [-1, 1] -> [0, 2]
-        weights = np.clip(weights, 1e-6, None)
-        out[s:s + len(sims)] = np.einsum("bk,bkv->bv", weights, labels[top]) / weights.sum(axis=1, keepdims=True)
-    return out
+    neighbour_rows / neighbour_sims (N, K >= k): gallery rows by decreasing cosine (-1: none), as
+    `heads.neighbours` returns them; gallery_labels (M, V) bool. Returns (N, V) in [0, 1]: the weighted
+    share of the k neighbours that carry each tag (weights: cosines shifted to [0, 2])."""
+    if not 1 <= k <= neighbour_rows.shape[1]:
+        raise ValueError(f"k must be in [1, {neighbour_rows.shape[1]}] (the neighbours searched), got {k}")
+    rows, sims = neighbour_rows[:, :k], neighbour_sims[:, :k]
+    weights = np.where(rows >= 0, np.clip(sims + 1.0, 1e-6, None), 0.0).astype(np.float32)  # (N, k)
+    votes = gallery_labels[np.maximum(rows, 0)].astype(np.float32)  # (N, k, V)
+    return np.einsum("nk,nkv->nv", weights, votes) / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
 
 
 def prior_scores(prior: np.ndarray, n: int) -> np.ndarray:

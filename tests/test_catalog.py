@@ -39,12 +39,45 @@ def test_newer_schema_is_refused(tmp_path):
 def test_an_older_catalog_is_upgraded_even_when_opened_to_read(tmp_path):
     workdir = Workdir(tmp_path / "w")
     Catalog.open(workdir).close()
-    con = duckdb.connect(str(workdir.catalog_path))  # make it look like a catalog from before `regions`
+    con = duckdb.connect(str(workdir.catalog_path))  # make it look like a catalog from before `regions`, `tags`
     con.execute("DROP TABLE regions")
-    con.execute("DELETE FROM schema_version WHERE version = 3")
+    con.execute("DROP TABLE tags")
+    con.execute("DELETE FROM schema_version WHERE version >= 3")
     con.close()
     with Catalog.open(workdir, read_only=True) as catalog:
         assert catalog.schema_version == SCHEMA_VERSION and catalog.regions() == []
+        assert catalog.tags_of([1]) == {}
+
+
+def test_tags_replace_per_method_and_filter_searches(tmp_path):
+    with Catalog.open(Workdir(tmp_path / "w")) as catalog:
+        catalog.add_samples([_prepared("a"), _prepared("b"), _prepared("c")])
+        catalog.replace_tags("m", "knn", [1, 2, 3], [(1, "dog", 0.9), (1, "grass", 0.6), (2, "dog", 0.7),
+                                                     (3, "cat", 0.8)])
+        catalog.replace_tags("m", "probe", [3], [(3, "grass", 0.5)])
+        assert catalog.image_ids_where("tag = 'dog'") == [1, 2]
+        assert catalog.image_ids_where("list_has_all(tags, ['dog', 'grass'])") == [1]
+        assert catalog.image_ids_where("tag = 'grass' AND id > 1") == [3]  # any method's tags
+        assert catalog.image_ids_where("key = 'b'") == [2]  # conditions without tags still work
+        catalog.replace_tags("m", "knn", [1], [(1, "cat", 0.4)])  # a new run replaces that method's rows
+        assert [t["keyword"] for t in catalog.tags_of([1])[1]] == ["cat"]
+        assert catalog.tag_counts() == [("cat", 2), ("dog", 1), ("grass", 1)]
+        with pytest.raises(ValueError, match="unknown tag method"):
+            catalog.replace_tags("m", "guess", [1], [])
+        assert catalog.remove_images([3]) == 1 and catalog.tags_of([3]) == {}
+
+
+def test_generated_captions_replace_per_captioner_and_stay_apart_from_human_ones(tmp_path):
+    with Catalog.open(Workdir(tmp_path / "w")) as catalog:
+        catalog.add_samples([_prepared("a"), _prepared("b")])
+        humans = catalog.caption_rows()
+        catalog.replace_generated_captions("cap1", [(1, "a dog"), (2, "a cat")])
+        catalog.replace_generated_captions("cap1", [(1, "a brown dog")])
+        catalog.replace_generated_captions("cap2", [(1, "a thing")])
+        assert catalog.caption_rows() == humans  # training and indexing read human captions only
+        assert [c["text"] for c in catalog.generated_captions([1])[1]] == ["a thing", "a brown dog"]
+        assert catalog.generated_captions([2], model_id="cap1")[2] == [{"text": "a cat", "model_id": "cap1"}]
+        assert catalog.counts()["generated_captions"] == 3
 
 
 def test_read_only_open_of_missing_workdir_explains(tmp_path):

@@ -12,16 +12,21 @@ def unit(x):
 
 
 def test_knn_votes_follow_the_nearest_neighbours_and_can_leave_an_image_out():
+    from heads.neighbours import exact_neighbours
+
     gallery = unit([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]])
     labels = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=bool)
-    scores = knn_scores(unit([[1, 0.05], [0.05, 1]]), gallery, labels, k=2)
+    rows, sims = exact_neighbours(unit([[1, 0.05], [0.05, 1]]), gallery, 2)
+    scores = knn_scores(rows, sims, labels, k=2)
     assert scores.argmax(axis=1).tolist() == [0, 1] and np.allclose(scores.sum(axis=1), 1)
     assert np.allclose(scores[0], [1, 0])
     # leaving image 0 out of its own query: its next neighbour votes instead
-    own = knn_scores(gallery[:1], gallery, labels, k=1, exclude=np.array([0]))
-    assert np.allclose(own, [[1, 0]])
+    rows, sims = exact_neighbours(gallery[:1], gallery, 1, exclude_rows=np.array([0]))
+    assert rows.tolist() == [[1]] and np.allclose(knn_scores(rows, sims, labels, k=1), [[1, 0]])
+    # a missing neighbour (-1) does not vote
+    assert np.allclose(knn_scores(np.array([[2, -1]]), np.array([[0.5, -np.inf]]), labels, k=2), [[0, 1]])
     with pytest.raises(ValueError, match="k must be"):
-        knn_scores(gallery, gallery, labels, k=5)
+        knn_scores(rows, sims, labels, k=5)
 
 
 def test_f1_map_and_threshold_on_known_cases():

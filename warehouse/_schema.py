@@ -151,6 +151,21 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    # 4: keyword tags predicted by the heads (generated captions go in `captions` with source 'generated').
+    [
+        """
+        CREATE TABLE tags (
+            image_id    BIGINT NOT NULL,
+            keyword     VARCHAR NOT NULL,  -- a word of the keyword vocabulary mined from the training captions
+            score       REAL NOT NULL,     -- the tagger's score in [0, 1]; stored only at or above its threshold
+            method      VARCHAR NOT NULL,  -- 'probe', 'knn', 'zeroshot' or 'fusion'
+            model_id    VARCHAR NOT NULL,  -- content hash of the embedding model the tagger reads
+            run_id      BIGINT,            -- the `groundex tag` run that stored it
+            created_at  TIMESTAMP NOT NULL,
+            PRIMARY KEY (image_id, keyword, method, model_id)
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

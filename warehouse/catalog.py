@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from ._catalog_heads import CAPTIONS_SCHEMA as _CAPTIONS
+from ._catalog_heads import HeadsRows
 from ._schema import MIGRATIONS, SCHEMA_VERSION
 from .records import Box, Reject, Sample
 from .workdir import Workdir, utc_now
@@ -62,7 +65,7 @@ class GroundingRow:
     boxes: list[tuple[float, float, float, float]]  # (x1, y1, x2, y2) in [0, 1] of the image; may be empty
 
 
-class Catalog:
+class Catalog(HeadsRows):
     def __init__(self, path: Path | str, read_only: bool = False):
         self.path = Path(path)
         self.read_only = read_only
@@ -178,6 +181,7 @@ class Catalog:
             "boxes": one("SELECT count(*) FROM boxes"),
             "entities": one("SELECT count(*) FROM entities"),
             "regions": one("SELECT count(*) FROM regions"),
+            "tags": one("SELECT count(*) FROM tags"),
             "rejects": one("SELECT count(*) FROM rejects"),
             "runs": one("SELECT count(*) FROM runs"),
             "splits": {name: int(n) for name, n in splits},
@@ -212,11 +216,21 @@ class Catalog:
         return self.con.execute(sql + " ORDER BY c.image_id, c.ordinal", params).fetchall()
 
     def image_ids_where(self, where: str) -> list[int]:
-        """Ids of images matching a user's SQL condition over the `images` columns (e.g. "split = 'val'")."""
+        """Ids of images matching a user's SQL condition over the `images` columns (e.g. "split = 'val'").
+
+        Two more columns come from the stored tags: `tag` (one of the image's tags: "tag = 'dog'" keeps
+        images tagged dog) and `tags` (all of them, a list: "list_has_all(tags, ['dog', 'grass'])")."""
         if ";" in where:
             raise ValueError(f"--where takes one condition, not statements: {where!r}")
+        source = "images"
+        if _MENTIONS_TAGS.search(where):  # the join only when the condition reads tags
+            source = ("(SELECT i.*, t.keyword AS tag, coalesce(a.tags, []) AS tags FROM images i "
+                      "LEFT JOIN (SELECT DISTINCT image_id, keyword FROM tags) t ON t.image_id = i.id "
+                      "LEFT JOIN (SELECT image_id, list(DISTINCT keyword ORDER BY keyword) AS tags FROM tags "
+                      "GROUP BY 1) a ON a.image_id = i.id)")
         try:
-            return [r[0] for r in self.con.execute(f"SELECT id FROM images WHERE ({where}) ORDER BY id").fetchall()]
+            return [r[0] for r in self.con.execute(
+                f"SELECT DISTINCT id FROM {source} WHERE ({where}) ORDER BY id").fetchall()]
         except duckdb.Error as e:
             raise ValueError(f"bad --where condition {where!r}: {str(e).splitlines()[0]}") from None
 
@@ -277,6 +291,7 @@ class Catalog:
                 "DELETE FROM boxes WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
                 "DELETE FROM entities WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
                 "DELETE FROM regions WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
+                "DELETE FROM tags WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
             ):
                 self.con.execute(sql, [ids])
             n = self.con.execute("DELETE FROM images WHERE id IN (SELECT unnest(?::BIGINT[]))", [ids]).fetchall()
@@ -532,14 +547,11 @@ def recorded_run(workdir: Workdir, command: str, config: dict[str, Any] | None =
         catalog.finish_run(run_id, "ok", result)
 
 
+_MENTIONS_TAGS = re.compile(r"\btags?\b", re.IGNORECASE)
 _IMAGES = pa.schema([
     ("id", pa.int64()), ("key", pa.string()), ("dataset", pa.string()), ("path", pa.string()),
     ("width", pa.int32()), ("height", pa.int32()), ("split", pa.string()), ("sha256", pa.string()),
     ("format", pa.string()), ("mode", pa.string()), ("added_at", pa.timestamp("us")),
-])
-_CAPTIONS = pa.schema([
-    ("id", pa.int64()), ("image_id", pa.int64()), ("ordinal", pa.int32()), ("text", pa.string()),
-    ("source", pa.string()), ("model_id", pa.string()),
 ])
 _PHRASES = pa.schema([
     ("id", pa.int64()), ("caption_id", pa.int64()), ("image_id", pa.int64()), ("entity_id", pa.int64()),

@@ -8,6 +8,8 @@
       embeddings/      float16 embedding shards, by model hash
       indexes/         FAISS index files, by model hash
       grounding/       per model: the heatmap-to-box parameters chosen on val (<model hash>.json)
+      heads/           per embedding model: the keyword vocabulary and the fitted taggers
+      captioners/      retrieval-augmented caption decoders (transformers format), named by content hash
       cache/           decoded, resized pixels for training and embedding (rebuilt when missing)
 
 Every path another package needs comes from here; nothing else builds workdir paths by hand.
@@ -65,6 +67,9 @@ def utc_now() -> datetime:
 class Workdir:
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # a str is fine too
+
     @property
     def catalog_path(self) -> Path:
         return self.root / "catalog.duckdb"
@@ -92,6 +97,15 @@ class Workdir:
     def grounding_config_path(self, model_id: str) -> Path:
         """Where the grounding parameters tuned for a model live."""
         return self.root / "grounding" / f"{model_id}.json"
+
+    def heads_dir(self, model_id: str) -> Path:
+        """The keyword vocabulary and taggers fitted on a model's embeddings."""
+        return self.root / "heads" / model_id
+
+    @property
+    def captioners_dir(self) -> Path:
+        """Trained caption decoders (one folder per content hash) and their training checkpoints."""
+        return self.root / "captioners"
 
     @property
     def cache_dir(self) -> Path:

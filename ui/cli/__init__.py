@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from . import demo, evaluate, ground, index, info, ingest, remove, search, train
+from . import caption, demo, evaluate, ground, index, info, ingest, remove, search, tag, train
 from ._common import UserError, known_user_errors
 
-COMMANDS = (demo, ingest, info, remove, train, index, search, ground, evaluate)
+COMMANDS = (demo, ingest, info, remove, train, index, search, ground, tag, caption, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_workdir, print_json, workdir_of
+from ._common import UserError, add_workdir, print_json, workdir_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +33,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--json", action="store_true")
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(run=run_grounding)
+    t = tasks.add_parser(
+        "tags", help="micro-F1, macro-F1 and mAP of every tagger against the prior",
+        description="Fits each tagger on train, chooses kNN's K and every threshold on val, and scores the split's "
+                    "captioned images against their labels (the vocabulary words their captions mention), in "
+                    "percent; with the prior baseline (each tag at its training frequency). fusion reads the "
+                    "images' own captions, which the labels come from; fusion_uncaptioned hides them.")
+    add_workdir(t)
+    t.add_argument("--split", required=True)
+    t.add_argument("--model", default=None, help="model hash or prefix (default: the newest)")
+    t.add_argument("--methods", default=",".join(("knn", "probe", "zeroshot", "fusion")),
+                   help="comma-separated taggers to evaluate (default: all)")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(run=run_tags)
+    c = tasks.add_parser(
+        "captions", help="BLEU-1..4, ROUGE-L and CIDEr of the captioner against its baselines",
+        description="Captions the split's images with the captioner (its retrieved captions), the same model without "
+                    "retrieved captions, and the nearest-neighbour-caption baseline (the caption of the nearest "
+                    "training image), and scores them against the split's human captions, in percent; also the "
+                    "captioner at each k of --ks.")
+    add_workdir(c)
+    c.add_argument("--split", required=True)
+    c.add_argument("--captioner", default=None, help="captioner hash or prefix (default: the newest)")
+    c.add_argument("--ks", default="0,1,2,4", help="comma-separated numbers of retrieved captions (default: 0,1,2,4)")
+    c.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(run=run_captions)
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
@@ -67,4 +93,44 @@ def run_grounding(args: argparse.Namespace) -> int:
               v["whole_image_box_acc@0.5"]) for t, v in result["by_type"].items()]
     for name, n, pointing, centre, box, whole in rows:
         print(f"  {name:<12} {n:>8,} {pointing:>9.1f} {centre:>7.1f} {box:>8.1f} {whole:>6.1f}")
+    return 0
+
+
+def run_tags(args: argparse.Namespace) -> int:
+    from heads.tagging import evaluate_tags
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    result = evaluate_tags(workdir_of(args), args.split, args.model, methods)
+    if args.json:
+        print_json(result)
+        return 0
+    print(f"split {result['split']}: {result['images']:,} captioned images, {result['vocabulary']} keywords "
+          f"({result['labels_per_image']} labels per image), model {result['model_id']}")
+    print(f"  {'method':<20} {'micro-F1':>9} {'macro-F1':>9} {'mAP':>6} {'threshold':>10}")
+    for name, m in result["methods"].items():
+        k = f" (K={m['k']})" if m.get("k") else ""
+        print(f"  {name + k:<20} {m['micro_f1']:>9.1f} {m['macro_f1']:>9.1f} {m['mAP']:>6.1f} {m['threshold']:>10.2f}")
+    return 0
+
+
+def run_captions(args: argparse.Namespace) -> int:
+    from heads.captioning import evaluate_captions
+
+    try:
+        ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
+    except ValueError:
+        raise UserError(f"--ks takes comma-separated integers, got {args.ks!r}") from None
+    if any(k < 0 for k in ks):
+        raise UserError("--ks must be >= 0")
+    result = evaluate_captions(workdir_of(args), args.split, args.captioner, ks, args.limit)
+    if args.json:
+        print_json(result)
+        return 0
+    print(f"split {result['split']}: {result['images']:,} images, captioner {result['captioner_id']} "
+          f"(k={result['k']}), embedding model {result['model_id']}")
+    names = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr")
+    print(f"  {'':<22}" + "".join(f"{n:>9}" for n in names))
+    rows = list(result["methods"].items()) + [(f"k={k}", m) for k, m in result["by_k"].items()]
+    for name, m in rows:
+        print(f"  {name:<22}" + "".join(f"{m[n]:>9.1f}" for n in names))
     return 0

@@ -1,0 +1,252 @@
+"""A retrieval-augmented caption decoder: BLIP's text decoder reading CLIP image features and the
+captions of the image's nearest training images (SmallCap-style).
+
+    input   [pad..] [BOS] retrieved 1 [SEP] retrieved 2 [SEP] .. retrieved k [SEP] [PRM] caption [EOS]
+    cross   the image's CLIP embedding and patch embeddings (1 + P tokens of the embedding model, frozen)
+
+The decoder is `transformers`' BlipTextLMHeadModel (BERT layers with causal self-attention and
+cross-attention to the image tokens) in a small configuration that trains on CPU, with a WordPiece
+tokenizer trained on the training captions (`tokenizers`) and saved with it. Prompts are left-padded and
+positions count real tokens only, so a caption is decoded the same whatever the batch. The loss covers the
+caption only. A share of training examples gets no retrieved captions (`retrieval_dropout`), so the same
+model also captions without retrieval: that is the ablation `groundex eval captions` reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import BlipTextConfig, PreTrainedTokenizerFast
+from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel
+
+from warehouse.workdir import atomic_write_json
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[PRM]")  # ids 0..5, in this order
+
+
+@dataclass
+class CaptionerConfig:
+    # decoder (BlipTextConfig); the default trains at a useful speed on 2 CPU cores
+    hidden_size: int = 256
+    layers: int = 3
+    heads: int = 4
+    intermediate_size: int = 1024
+    vocab_size: int = 4000           # WordPiece vocabulary learned from the training captions (at most)
+    dropout: float = 0.1
+    # retrieval augmentation
+    k: int = 4                       # retrieved captions in the prompt (the captions of the k nearest training images)
+    retrieval_dropout: float = 0.2   # share of training examples without retrieved captions (so k = 0 works too)
+    max_caption_tokens: int = 32     # target captions are cut to this many tokens
+    max_retrieved_tokens: int = 20   # each retrieved caption is cut to this many tokens in the prompt
+    # training (Hugging Face Trainer); an epoch shows each training image once, with one of its captions
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    seed: int = 0
+    precision: str = "auto"          # auto (bf16 where fast: AVX512-BF16/AMX CPUs, GPUs) | bf16 | fp32
+    # decoding
+    beams: int = 3
+    max_new_tokens: int = 30
+    min_new_tokens: int = 3
+    length_penalty: float = 1.0      # > 1 favours longer captions in beam search
+
+    def __post_init__(self) -> None:
+        if self.k < 0 or not 0 <= self.retrieval_dropout < 1:
+            raise ValueError(f"k must be >= 0 and retrieval_dropout in [0, 1), got {self.k}, {self.retrieval_dropout}")
+        if min(self.hidden_size, self.layers, self.heads, self.epochs, self.batch_size, self.beams) < 1:
+            raise ValueError("hidden_size, layers, heads, epochs, batch_size and beams must be >= 1")
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of heads {self.heads}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError("min_new_tokens must be <= max_new_tokens")
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A lowercasing WordPiece tokenizer learned from `texts`, with the special tokens above."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), min_frequency=2,
+                                         show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
+                                   bos_token="[BOS]", eos_token="[EOS]", sep_token="[SEP]",
+                                   additional_special_tokens=["[PRM]"])
+
+
+class RACaptioner(nn.Module):
+    """The decoder with a LayerNorm on the (frozen, L2-normalized) image tokens it cross-attends to."""
+
+    def __init__(self, config: CaptionerConfig, vocab_size: int, image_dim: int):
+        super().__init__()
+        self.captioner_config, self.image_dim = config, image_dim
+        self.text_config = BlipTextConfig(
+            vocab_size=vocab_size, hidden_size=config.hidden_size, encoder_hidden_size=image_dim,
+            intermediate_size=config.intermediate_size, num_hidden_layers=config.layers,
+            num_attention_heads=config.heads, max_position_embeddings=512, hidden_dropout_prob=config.dropout,
+            attention_probs_dropout_prob=config.dropout, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+            sep_token_id=4, tie_word_embeddings=False, label_smoothing=0.0)
+        self.image_norm = nn.LayerNorm(image_dim)
+        self.decoder = BlipTextLMHeadModel(self.text_config)
+
+    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
+        # image_features (B, T, D): global + patch embeddings; input_ids (B, L)
+        return self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            encoder_hidden_states=self.image_norm(image_features), labels=labels)
+
+    @torch.no_grad()
+    def generate(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 beams: int = 3, max_new_tokens: int = 30, min_new_tokens: int = 3, length_penalty: float = 1.0
+                 ) -> torch.Tensor:
+        """Beam search from left-padded prompts; returns the new tokens (B, <= max_new_tokens)."""
+        encoder = self.image_norm(image_features)
+        out = self.decoder.generate(
+            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=encoder,
+            encoder_attention_mask=torch.ones(encoder.shape[:2], dtype=torch.long, device=encoder.device),
+            num_beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+            length_penalty=length_penalty, no_repeat_ngram_size=3, eos_token_id=3, pad_token_id=0,
+            bos_token_id=2, do_sample=False)
+        return out[:, input_ids.shape[1]:]
+
+
+def encode_batch(tokenizer: PreTrainedTokenizerFast, retrieved: list[list[str]], captions: list[str] | None,
+                 config: CaptionerConfig) -> dict[str, torch.Tensor]:
+    """Token tensors for a batch: prompts left-padded, captions (when given) right-padded, labels -100
+    outside the caption, positions counting real tokens only."""
+    bos, eos, sep, prm = (tokenizer.convert_tokens_to_ids(t) for t in ("[BOS]", "[EOS]", "[SEP]", "[PRM]"))
+    flat = [c for texts in retrieved for c in texts]
+    encoded = iter(tokenizer(flat, add_special_tokens=False, truncation=True,
+                             max_length=config.max_retrieved_tokens)["input_ids"] if flat else [])
+    prompts = []
+    for texts in retrieved:
+        ids = [bos]
+        for _ in texts:
+            ids += next(encoded) + [sep]
+        prompts.append(ids + [prm])
+    targets = [[] for _ in prompts]
+    if captions is not None:
+        targets = [ids + [eos] for ids in tokenizer(captions, add_special_tokens=False, truncation=True,
+                                                    max_length=config.max_caption_tokens - 1)["input_ids"]]
+    prompt_len = max(map(len, prompts))
+    target_len = max(map(len, targets))
+    n = len(prompts)
+    input_ids = torch.zeros((n, prompt_len + target_len), dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for row, (p, t) in enumerate(zip(prompts, targets, strict=True)):
+        start = prompt_len - len(p)
+        input_ids[row, start:prompt_len + len(t)] = torch.tensor(p + t)
+        mask[row, start:prompt_len + len(t)] = 1
+        if t:
+            labels[row, prompt_len:prompt_len + len(t)] = torch.tensor(t)
+    batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+    if captions is not None:
+        batch["labels"] = labels
+    else:  # generation: the prompt only
+        batch = {k: v[:, :prompt_len] for k, v in batch.items()}
+    return batch
+
+
+class CaptionExamples(torch.utils.data.Dataset):
+    """Training examples by image: each time an image is drawn, one of its captions (at random) is the
+    target and the others' retrieved captions are the prompt."""
+
+    def __init__(self, captions: list[list[str]], retrieved: list[list[str]], seed: int = 0):
+        self.captions, self.retrieved = captions, retrieved
+        self.random = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, row: int) -> tuple[int, str, list[str]]:
+        return row, self.random.choice(self.captions[row]), self.retrieved[row]
+
+
+class CaptionCollator:
+    """Batches of (image row, caption, retrieved captions) examples for the Trainer; drops the retrieved
+    captions of a `retrieval_dropout` share of examples (deterministically per seed)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, features: np.ndarray, config: CaptionerConfig,
+                 train: bool):
+        self.tokenizer, self.features, self.config, self.train = tokenizer, features, config, train
+        self.random = random.Random(config.seed)
+
+    def __call__(self, examples: list[tuple[int, str, list[str]]]) -> dict[str, torch.Tensor]:
+        retrieved = []
+        for _, _, texts in examples:
+            drop = self.train and self.random.random() < self.config.retrieval_dropout
+            retrieved.append([] if drop else texts[: self.config.k])
+        batch = encode_batch(self.tokenizer, retrieved, [c for _, c, _ in examples], self.config)
+        rows = [r for r, _, _ in examples]
+        batch["image_features"] = torch.from_numpy(self.features[rows].astype(np.float32))
+        return batch
+
+
+# -- saving and loading ---------------------------------------------------------------------------
+
+
+def save_captioner(model: RACaptioner, tokenizer: PreTrainedTokenizerFast, folder_root: Path,
+                   extra: dict[str, Any]) -> tuple[str, Path]:
+    """Save to `folder_root/<content hash>/` (weights, tokenizer, captioner.json); returns (hash, folder)."""
+    staging = folder_root / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(staging / "model.safetensors"))
+    tokenizer.save_pretrained(str(staging))
+    meta = {"config": asdict(model.captioner_config), "image_dim": model.image_dim,
+            "vocab_size": model.text_config.vocab_size, **extra}
+    atomic_write_json(staging / "captioner.json", meta)
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "tokenizer.json", "captioner.json"):
+        digest.update((staging / name).read_bytes())
+    captioner_id = digest.hexdigest()[:16]
+    folder = folder_root / captioner_id
+    if folder.exists():  # the same bytes were saved before
+        for f in staging.iterdir():
+            f.unlink()
+        staging.rmdir()
+    else:
+        staging.rename(folder)
+    return captioner_id, folder
+
+
+def load_captioner(folder: Path) -> tuple[RACaptioner, PreTrainedTokenizerFast, dict[str, Any]]:
+    """A captioner saved by `save_captioner`: (model in eval mode, tokenizer, its captioner.json)."""
+    meta_path = folder / "captioner.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        config = CaptionerConfig(**meta["config"])
+        model = RACaptioner(config, meta["vocab_size"], meta["image_dim"])
+        weights_path = folder / "model.safetensors"
+        if not weights_path.is_file():
+            raise FileNotFoundError(2, "missing", str(weights_path))
+        try:
+            weights = load_file(str(weights_path))
+        except Exception as e:  # safetensors raises its own error types for a damaged file
+            raise ValueError(f"{weights_path.name}: {e}") from None
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{folder}: not a captioner folder ({e.filename} is missing)") from None
+    except (ValueError, KeyError, TypeError, RuntimeError, OSError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{folder}: unreadable captioner ({e})") from None
+    return model.eval(), tokenizer, meta

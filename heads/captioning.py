@@ -1,0 +1,311 @@
+"""Train, evaluate and apply the retrieval-augmented captioner on a workdir.
+
+Retrieval: for an image, its k nearest training images in the embedding model's FAISS image index
+(the image itself left out), and of each the caption nearest to the image in the joint embedding
+space. Training examples are every (train image, human caption) pair; validation is the val split's
+pairs (loss each epoch). `groundex eval captions` compares the captioner with its retrieved captions,
+the same model without them, and the nearest-neighbour-caption baseline (the first retrieved caption).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from indexer.embed import load_embeddings
+from indexer.index import load_index
+from warehouse import Catalog, Workdir, recorded_run
+
+from .caption_metrics import caption_metrics
+from .captioner import (
+    CaptionCollator,
+    CaptionerConfig,
+    CaptionExamples,
+    RACaptioner,
+    encode_batch,
+    load_captioner,
+    save_captioner,
+    train_tokenizer,
+)
+from .neighbours import training_neighbours
+
+_logger = logging.getLogger(__name__)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer runs inside the training loop
+MAX_K = 8  # retrieved captions kept per image (the k swept by the evaluation go up to this)
+
+
+class CaptionData:
+    """What the captioner reads of a workdir for one embedding model: image tokens (global + patch
+    embeddings) and the retrieved captions of any image."""
+
+    def __init__(self, workdir: Workdir, model_id: str | None = None):
+        self.workdir = workdir
+        with Catalog.open(workdir, read_only=True) as catalog:
+            self.model_id = catalog.model(model_id)["id"]
+            current = catalog.current_index(self.model_id, "image")
+            if current is None:
+                raise FileNotFoundError(f"no image index for model {self.model_id}: run `groundex index` first")
+            train_rows = catalog.caption_rows("train")
+        if not train_rows:
+            raise ValueError("the train split has no captions to retrieve from or learn on")
+        self.index = load_index(current["path"])
+        caption_ids, caption_vectors = load_embeddings(workdir, self.model_id, "caption", [r[0] for r in train_rows])
+        by_id = {c: (i, t) for c, i, t in train_rows}
+        self.train_ids = np.array(sorted({i for _, i, _ in train_rows}), dtype=np.int64)
+        _, self.train_vectors = load_embeddings(workdir, self.model_id, "image", self.train_ids)
+        # each training image's captions: texts and embeddings, grouped by gallery row
+        self.captions_of: list[list[str]] = [[] for _ in self.train_ids]
+        self.caption_vectors_of: list[list[np.ndarray]] = [[] for _ in self.train_ids]
+        rows = np.searchsorted(self.train_ids, [by_id[int(c)][0] for c in caption_ids])
+        for row, c, vector in zip(rows.tolist(), caption_ids.tolist(), caption_vectors, strict=True):
+            self.captions_of[row].append(by_id[c][1])
+            self.caption_vectors_of[row].append(vector)
+        self.caption_vectors_of = [np.stack(v) for v in self.caption_vectors_of]
+
+    def image_tokens(self, image_ids: np.ndarray) -> np.ndarray:
+        """(N, 1 + P, D) float16: each image's embedding followed by its patch embeddings."""
+        _, vectors = load_embeddings(self.workdir, self.model_id, "image", image_ids)
+        _, patches = load_embeddings(self.workdir, self.model_id, "patch", image_ids)
+        return np.concatenate([vectors[:, None, :], patches], axis=1).astype(np.float16)
+
+    def retrieve(self, vectors: np.ndarray, image_ids: np.ndarray | None, k: int = MAX_K) -> list[list[str]]:
+        """The captions of each image's k nearest training images (never its own), one per neighbour: the
+        neighbour's caption nearest to the image."""
+        rows, _ = training_neighbours(self.index, vectors, self.train_ids, k, exclude_ids=image_ids,
+                                      gallery_vectors=self.train_vectors)
+        out = []
+        for vector, neighbours in zip(vectors, rows, strict=True):
+            texts = []
+            for row in neighbours[neighbours >= 0].tolist():
+                texts.append(self.captions_of[row][int(np.argmax(self.caption_vectors_of[row] @ vector))])
+            out.append(texts)
+        return out
+
+    def split_examples(self, split: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """(image ids of the split's captioned images, [(row into those ids, caption)])."""
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            rows = catalog.caption_rows(split)
+        image_ids = np.array(sorted({i for _, i, _ in rows}), dtype=np.int64)
+        positions = np.searchsorted(image_ids, [i for _, i, _ in rows])
+        return image_ids, [(int(p), t) for p, (_, _, t) in zip(positions, rows, strict=True)]
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, model_id: str | None = None,
+                    resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Fit the tokenizer and the decoder with the Hugging Face Trainer (eval and a checkpoint each epoch;
+    `resume` continues from the last checkpoint); the best epoch by val loss is saved as the captioner.
+    An epoch draws each training image once with one of its captions as the target."""
+    from transformers import Trainer, TrainingArguments
+
+    config = config or CaptionerConfig()
+    data = CaptionData(workdir, model_id)
+    train_ids, train_examples = data.split_examples("train")
+    val_ids, val_examples = data.split_examples("val")
+    if not val_examples:
+        raise ValueError("the val split has no captions: the captioner is evaluated and chosen on val each epoch")
+    torch.manual_seed(config.seed)
+    tokenizer = train_tokenizer([t for _, t in train_examples], config.vocab_size)
+    with recorded_run(workdir, "caption train", asdict(config), data.model_id) as (_, result):
+        features, retrieved = {}, {}
+        for name, ids in (("train", train_ids), ("val", val_ids)):
+            _logger.info("retrieving captions for %d %s images", len(ids), name)
+            _, vectors = load_embeddings(workdir, data.model_id, "image", ids)
+            retrieved[name] = data.retrieve(vectors, ids, config.k)
+            features[name] = data.image_tokens(ids)
+        captions_by_row: list[list[str]] = [[] for _ in train_ids]
+        for row, caption in train_examples:
+            captions_by_row[row].append(caption)
+        train_dataset = CaptionExamples(captions_by_row, retrieved["train"], config.seed)
+        val_dataset = [(row, caption, retrieved["val"][row]) for row, caption in val_examples]  # every pair
+        model = RACaptioner(config, len(tokenizer), features["train"].shape[-1])
+        output_dir = workdir.captioners_dir / "training" / data.model_id
+        has_checkpoint = resume and any(output_dir.glob("checkpoint-*"))
+        args = TrainingArguments(
+            output_dir=str(output_dir), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+            per_device_eval_batch_size=config.batch_size, learning_rate=config.lr, weight_decay=config.weight_decay,
+            warmup_steps=config.warmup_ratio,  # a float below 1: a share of the steps
+ lr_scheduler_type="cosine", eval_strategy="epoch",
+            save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+            greater_is_better=False, logging_strategy="epoch", report_to=[], seed=config.seed,
+            dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
+            use_cpu=not torch.cuda.is_available(), bf16=_use_bf16(config))
+        trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=val_dataset,
+                          data_collator=CaptionCollator(tokenizer, features["train"], config, train=True),
+                          processing_class=tokenizer)
+        trainer.get_eval_dataloader = _eval_loader(trainer, CaptionCollator(tokenizer, features["val"], config,
+                                                                            train=False))
+        started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+        seconds = time.perf_counter() - started
+        losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+        captioner_id, folder = save_captioner(model.cpu(), tokenizer, workdir.captioners_dir,
+                                              {"model_id": data.model_id, "train_images": int(len(train_ids))})
+        result.update({"captioner_id": captioner_id, "path": str(folder), "model_id": data.model_id,
+                       "train_images": len(train_dataset), "val_examples": len(val_dataset),
+                       "vocab_size": len(tokenizer), "val_loss_by_epoch": [round(x, 4) for x in losses],
+                       "best_val_loss": round(min(losses), 4) if losses else None,
+                       "train_seconds": round(seconds, 1), "resumed": has_checkpoint})
+    return result
+
+
+def _use_bf16(config: CaptionerConfig) -> bool:
+    from indexer.models import bf16_is_fast
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(device))
+
+
+def _eval_loader(trainer: Any, collator: CaptionCollator) -> Any:
+    """The Trainer's eval loader with the val features' collator (the train one indexes train features)."""
+    from torch.utils.data import DataLoader
+
+    def loader(eval_dataset: Any = None) -> DataLoader:
+        dataset = trainer.eval_dataset if eval_dataset is None else eval_dataset
+        return DataLoader(dataset, batch_size=trainer.args.per_device_eval_batch_size, collate_fn=collator)
+    return loader
+
+
+# -- using a trained captioner --------------------------------------------------------------------
+
+
+def find_captioner(workdir: Workdir, captioner_id: str | None = None) -> Path:
+    """The folder of a captioner by hash (a unique prefix is enough), or of the newest one."""
+    root = workdir.captioners_dir
+    folders = sorted((f for f in root.glob("*") if (f / "captioner.json").is_file()),
+                     key=lambda f: (f / "captioner.json").stat().st_mtime, reverse=True) if root.is_dir() else []
+    if captioner_id is None:
+        if not folders:
+            raise FileNotFoundError(f"no captioner in {workdir.root}: run `groundex caption train` first")
+        return folders[0]
+    matches = [f for f in folders if f.name.startswith(captioner_id)]
+    if len(matches) != 1:
+        known = ", ".join(f.name for f in folders) or "none"
+        raise ValueError(f"captioner {captioner_id!r} {'is ambiguous' if matches else 'not found'}; known: {known}")
+    return matches[0]
+
+
+class Captioner:
+    """A trained captioner with the data it retrieves from: captions for catalog images or new ones."""
+
+    def __init__(self, workdir: Workdir, captioner_id: str | None = None, device: str | None = None):
+        self.folder = find_captioner(workdir, captioner_id)
+        self.id = self.folder.name
+        self.model, self.tokenizer, self.meta = load_captioner(self.folder)
+        self.config: CaptionerConfig = self.model.captioner_config
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self.data = CaptionData(workdir, self.meta["model_id"])
+
+    def caption_tokens(self, tokens: np.ndarray, retrieved: list[list[str]], beams: int | None = None,
+                       max_new_tokens: int | None = None, min_new_tokens: int | None = None,
+                       length_penalty: float | None = None, batch_size: int = 32, progress: bool = False
+                       ) -> list[str]:
+        """Captions of images given their tokens (N, 1 + P, D) and retrieved captions (already cut to k)."""
+        c = self.config
+        out: list[str] = []
+        for s in tqdm(range(0, len(tokens), batch_size), desc="caption", unit="batch", disable=not progress):
+            batch = encode_batch(self.tokenizer, retrieved[s:s + batch_size], None, c)
+            new = self.model.generate(
+                torch.from_numpy(tokens[s:s + batch_size].astype(np.float32)).to(self.device),
+                batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
+                beams=beams or c.beams, max_new_tokens=max_new_tokens or c.max_new_tokens,
+                min_new_tokens=c.min_new_tokens if min_new_tokens is None else min_new_tokens,
+                length_penalty=c.length_penalty if length_penalty is None else length_penalty)
+            out += [t.strip() for t in self.tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)]
+        return out
+
+    def caption_images(self, image_ids: np.ndarray, k: int | None = None, progress: bool = False, **decoding: Any
+                       ) -> tuple[list[str], list[list[str]]]:
+        """(captions, retrieved captions) of catalog images from their stored embeddings."""
+        k = self.config.k if k is None else k
+        tokens = self.data.image_tokens(image_ids)
+        retrieved = self.data.retrieve(tokens[:, 0].astype(np.float32), image_ids, max(k, 1))
+        retrieved = [r[:k] for r in retrieved]
+        return self.caption_tokens(tokens, retrieved, progress=progress, **decoding), retrieved
+
+    def caption_file(self, path: str | Path, k: int | None = None, **decoding: Any) -> tuple[str, list[str]]:
+        """(caption, retrieved captions) of an image file that need not be in the catalog."""
+        from indexer.models import load_checkpoint
+        from warehouse import load_image
+
+        with Catalog.open(self.data.workdir, read_only=True) as catalog:
+            model = load_checkpoint(Path(catalog.model(self.data.model_id)["path"]), "cpu")
+        with torch.no_grad():
+            pixels = model.pixels_from_images([load_image(path)])
+            vector, patches = model.encode_image_and_patches(pixels)
+        tokens = torch.cat([vector[:, None, :], patches], dim=1).numpy()
+        k = self.config.k if k is None else k
+        retrieved = [self.data.retrieve(tokens[:, 0], None, max(k, 1))[0][:k]]
+        return self.caption_tokens(tokens, retrieved, **decoding)[0], retrieved[0]
+
+
+def caption_workdir(workdir: Workdir, captioner_id: str | None = None, split: str | None = None,
+                    k: int | None = None, **decoding: Any) -> dict[str, Any]:
+    """`groundex caption generate`: caption the split's images (all when None) and store the captions."""
+    captioner = Captioner(workdir, captioner_id)
+    with Catalog.open(workdir, read_only=True) as catalog:
+        image_ids = np.array(catalog.embedded_ids(captioner.data.model_id, "image"), dtype=np.int64)
+        if split is not None:
+            image_ids = np.intersect1d(image_ids, [i for i, _ in catalog.image_rows(split)])
+    with recorded_run(workdir, "caption generate", {"split": split, "k": k, **decoding}, captioner.id) as (_, result):
+        captions, _ = captioner.caption_images(image_ids, k, progress=True, **decoding)
+        with Catalog.open(workdir) as catalog:
+            stored = catalog.replace_generated_captions(captioner.id, list(zip(image_ids.tolist(), captions,
+                                                                               strict=True)))
+        result.update({"captioner_id": captioner.id, "images": int(len(image_ids)), "stored": stored,
+                       "examples": [{"image_id": int(i), "caption": c}
+                                    for i, c in zip(image_ids[:3], captions[:3], strict=True)]})
+    return result
+
+
+def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = None,
+                      ks: tuple[int, ...] | None = None, limit: int | None = None) -> dict[str, Any]:
+    """`groundex eval captions`: BLEU-1..4, ROUGE-L and CIDEr on the split's human captions for the
+    captioner (its k), the same model with no retrieved captions, the nearest-neighbour caption, and the
+    captioner at each k of `ks`."""
+    if split == "train":
+        raise ValueError("the captioner learns on train: evaluate on val or test")
+    captioner = Captioner(workdir, captioner_id)
+    image_ids, examples = captioner.data.split_examples(split)
+    if limit is not None:
+        image_ids = image_ids[:limit]
+    if len(image_ids) == 0:
+        raise ValueError(f"split {split!r} has no captioned images to evaluate captions on")
+    references: list[list[str]] = [[] for _ in image_ids]
+    for row, text in examples:
+        if row < len(image_ids):
+            references[row].append(text)
+    k_model = captioner.config.k
+    ks = tuple(sorted({0, 1, k_model, *(ks or (0, 1, 2, k_model))}))
+    with recorded_run(workdir, "eval captions", {"split": split, "ks": list(ks)}, captioner.id) as (_, result):
+        tokens = captioner.data.image_tokens(image_ids)
+        retrieved = captioner.data.retrieve(tokens[:, 0].astype(np.float32), image_ids, max(max(ks), 1))
+        by_k, samples = {}, {}
+        for k in ks:
+            captions = captioner.caption_tokens(tokens, [r[:k] for r in retrieved], progress=True)
+            by_k[str(k)] = caption_metrics(captions, references)
+            samples[str(k)] = captions[:3]
+        nearest = [r[0] if r else "" for r in retrieved]
+        result.update({
+            "split": split, "captioner_id": captioner.id, "model_id": captioner.data.model_id,
+            "images": int(len(image_ids)), "k": k_model,
+            "methods": {"retrieval_augmented": by_k[str(k_model)], "no_retrieval": by_k["0"],
+                        "nearest_caption": caption_metrics(nearest, references)},
+            "by_k": by_k,
+            "examples": [{"image_id": int(image_ids[i]), "references": references[i][:2],
+                          "retrieval_augmented": samples[str(k_model)][i], "no_retrieval": samples["0"][i],
+                          "nearest_caption": nearest[i]} for i in range(min(3, len(image_ids)))],
+        })
+    return result
+

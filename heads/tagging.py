@@ -1,0 +1,351 @@
+"""Fit, evaluate and apply the keyword taggers on a workdir, for one embedding model.
+
+Every tagger is fitted on the train split and its free choices (kNN's K, the threshold) are made on
+val, so `groundex eval tags --split val` reports figures with that choice's (small) optimism and
+`--split test` none. The vocabulary comes from the training captions (heads.vocabulary); an image's
+labels are the words its human captions mention.
+
+    knn       similarity-weighted votes of the K nearest training images (FAISS, own image left out)
+    probe     linear probe on the image embedding
+    zeroshot  "a photo of a {tag}" prompts against the image embedding; no labels used but the threshold
+    fusion    linear probe on [image embedding ; caption embedding]: the mean embedding of the image's own
+              human captions where it has some, else of its nearest training images' captions. The labels
+              of a captioned image come from the same captions, so `fusion` on captioned images measures
+              keyword extraction; `fusion_uncaptioned` in the evaluation hides them and is the figure
+              comparable with the other taggers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from indexer.embed import load_embeddings
+from indexer.index import load_index
+from indexer.models import load_checkpoint
+from warehouse import Catalog, Workdir, recorded_run
+from warehouse.workdir import atomic_write_json
+
+from .neighbours import training_neighbours
+from .tags import (
+    KNN_KS,
+    PROMPT,
+    LinearProbe,
+    ProbeConfig,
+    best_threshold,
+    knn_scores,
+    prior_scores,
+    prompts,
+    tag_metrics,
+    train_probe,
+    zeroshot_scores,
+)
+from .vocabulary import Vocabulary, VocabularyConfig, mine_vocabulary
+
+_logger = logging.getLogger(__name__)
+METHODS = ("knn", "probe", "zeroshot", "fusion")
+
+
+@dataclass
+class TaggingConfig:
+    vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # also the fusion tagger's
+    prompt: str = PROMPT          # zero-shot template; '{}' is the tag
+    caption_neighbours: int = 5   # fusion: an image without captions reads those of this many nearest training images
+    max_tags: int = 20            # stored per image at most: its best tags at or above the threshold
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vocabulary, dict):
+            self.vocabulary = VocabularyConfig(**self.vocabulary)
+        if isinstance(self.probe, dict):
+            self.probe = ProbeConfig(**self.probe)
+        if self.caption_neighbours < 1 or self.max_tags < 1:
+            raise ValueError("caption_neighbours and max_tags must be >= 1")
+        prompts(["x"], self.prompt)  # validates the template
+
+
+@dataclass
+class Labelled:
+    """The captioned images of a split: ids (N,), labels (N, V) bool, image vectors (N, D)."""
+
+    image_ids: np.ndarray
+    labels: np.ndarray
+    vectors: np.ndarray
+
+
+class TagData:
+    """What the taggers read of a workdir for one model: its FAISS image index, the training gallery
+    (captioned train images with labels and vectors) and the keyword vocabulary (mined from the training
+    captions, or the one saved when the taggers were fitted)."""
+
+    def __init__(self, workdir: Workdir, model_id: str | None = None, config: TaggingConfig | None = None,
+                 vocabulary: Vocabulary | None = None):
+        self.workdir, self.config = workdir, config or TaggingConfig()
+        with Catalog.open(workdir, read_only=True) as catalog:
+            self.model_info = catalog.model(model_id)
+            self.model_id = self.model_info["id"]
+            current = catalog.current_index(self.model_id, "image")
+            if current is None:
+                raise FileNotFoundError(f"no image index for model {self.model_id}: run `groundex index` first")
+            if vocabulary is None:
+                train_captions = [(i, t) for _, i, t in catalog.caption_rows("train")]
+                phrases = [(r.image_id, r.text) for r in catalog.grounding_rows("train") if r.entity_id != 0]
+                vocabulary = mine_vocabulary(train_captions, phrases, self.config.vocabulary)
+        self.vocabulary = vocabulary
+        self.index = load_index(current["path"])
+        self.train = self.split("train")
+        if len(self.train.image_ids) == 0:
+            raise ValueError("the train split has no captioned images to fit taggers on")
+        self._own_train_captions: np.ndarray | None = None
+
+    def split(self, name: str) -> Labelled:
+        """The split's captioned images with labels and stored image embeddings."""
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            rows = catalog.caption_rows(name)
+        texts: dict[int, list[str]] = {}
+        for _, image_id, text in rows:
+            texts.setdefault(image_id, []).append(text)
+        image_ids, labels = self.vocabulary.labels(texts)
+        _, vectors = self.image_vectors(image_ids)
+        return Labelled(image_ids, labels, vectors)
+
+    def image_vectors(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(image_ids) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.index.d), dtype=np.float32)
+        return load_embeddings(self.workdir, self.model_id, "image", image_ids)
+
+    def neighbours(self, vectors: np.ndarray, image_ids: np.ndarray | None, k: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest training images of each vector (rows into `self.train`), never the image itself."""
+        return training_neighbours(self.index, vectors, self.train.image_ids, k, exclude_ids=image_ids,
+                                   gallery_vectors=self.train.vectors)
+
+    def own_caption_vectors(self, image_ids: np.ndarray) -> np.ndarray:
+        """(N, D) the normalized mean embedding of each image's human captions (zeros where it has none)."""
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            rows = catalog.caption_rows(image_ids=image_ids.tolist())
+        out = np.zeros((len(image_ids), self.index.d), dtype=np.float32)
+        if not rows:
+            return out
+        caption_ids, vectors = load_embeddings(self.workdir, self.model_id, "caption", [r[0] for r in rows])
+        image_of = {c: i for c, i, _ in rows}
+        position = {int(i): p for p, i in enumerate(image_ids.tolist())}
+        np.add.at(out, [position[image_of[int(c)]] for c in caption_ids], vectors)
+        return _normalized(out)
+
+    def retrieved_caption_vectors(self, vectors: np.ndarray, image_ids: np.ndarray | None) -> np.ndarray:
+        """(N, D) the normalized mean caption embedding of each image's nearest training images (not its own)."""
+        if self._own_train_captions is None:
+            self._own_train_captions = self.own_caption_vectors(self.train.image_ids)
+        rows, _ = self.neighbours(vectors, image_ids, self.config.caption_neighbours)
+        gathered = self._own_train_captions[np.maximum(rows, 0)] * (rows >= 0)[..., None]  # (N, k, D)
+        return _normalized(gathered.sum(axis=1))
+
+    def has_captions(self, image_ids: np.ndarray | None, n: int) -> np.ndarray:
+        """(N,) bool: which images have human captions."""
+        if image_ids is None:
+            return np.zeros(n, dtype=bool)
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            captioned = {i for _, i, _ in catalog.caption_rows(image_ids=image_ids.tolist())}
+        return np.array([int(i) in captioned for i in image_ids], dtype=bool)
+
+    def fusion_features(self, vectors: np.ndarray, image_ids: np.ndarray | None, own_captions: bool) -> np.ndarray:
+        """[image ; caption] features: own captions where the image has some (when `own_captions`), else
+        the retrieved ones."""
+        captions = self.retrieved_caption_vectors(vectors, image_ids)
+        if own_captions and image_ids is not None:
+            own = self.own_caption_vectors(image_ids)
+            has = np.linalg.norm(own, axis=1) > 0
+            captions[has] = own[has]
+        return np.concatenate([vectors, captions], axis=1)
+
+
+def _normalized(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+# -- one fitted tagger ------------------------------------------------------------------------------
+
+
+@dataclass
+class Tagger:
+    """A tagger fitted on train with its choices made on val; `scores` works on any image vectors."""
+
+    method: str
+    model_id: str
+    threshold: float
+    captioned_threshold: float | None = None  # fusion: for images read with their own captions
+    k: int | None = None                  # knn: neighbours that vote
+    probe: LinearProbe | None = None      # probe, fusion
+    prompt_vectors: np.ndarray | None = None  # zeroshot: (V, D)
+    val: dict[str, Any] = field(default_factory=dict)  # val figures at the chosen K / threshold
+
+    def scores(self, data: TagData, vectors: np.ndarray, image_ids: np.ndarray | None = None,
+               own_captions: bool = True) -> np.ndarray:
+        """(N, V) tag scores in [0, 1]. `image_ids` (catalog ids of the vectors, None for new images) keep an
+        image out of its own neighbours and give fusion the image's captions."""
+        if self.method == "knn":
+            rows, sims = data.neighbours(vectors, image_ids, self.k)
+            return knn_scores(rows, sims, data.train.labels, self.k)
+        if self.method == "probe":
+            return self.probe.scores(vectors)
+        if self.method == "fusion":
+            return self.probe.scores(data.fusion_features(vectors, image_ids, own_captions))
+        return zeroshot_scores(vectors, self.prompt_vectors, data.train.vectors)
+
+    def predict(self, data: TagData, vectors: np.ndarray, image_ids: np.ndarray | None = None,
+                max_tags: int = 20) -> list[list[tuple[str, float]]]:
+        """Per image its tags, best first: those at or above the threshold (fusion: the captioned threshold
+        for images that have captions), at most `max_tags`."""
+        scores = self.scores(data, vectors, image_ids)
+        thresholds = np.full(len(scores), self.threshold)
+        if self.captioned_threshold is not None:
+            thresholds[data.has_captions(image_ids, len(scores))] = self.captioned_threshold
+        words, out = data.vocabulary.words, []
+        for row, threshold in zip(scores, thresholds, strict=True):
+            order = np.argsort(-row)[:max_tags]
+            out.append([(words[t], float(row[t])) for t in order if row[t] >= threshold])
+        return out
+
+    def save(self, folder: Path, data: TagData) -> None:
+        data.vocabulary.save(folder / "vocabulary.json")
+        if self.probe is not None:
+            self.probe.save(folder / f"{self.method}.safetensors")
+        atomic_write_json(folder / f"{self.method}.json",
+                          {"method": self.method, "model_id": self.model_id, "threshold": self.threshold,
+                           "captioned_threshold": self.captioned_threshold, "k": self.k, "val": self.val,
+                           "config": asdict(data.config)})
+
+
+def fit_tagger(data: TagData, method: str, val: Labelled) -> Tagger:
+    """Fit `method` on the training gallery and choose its K (knn) and threshold on `val`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown tagging method {method!r}; choose one of {', '.join(METHODS)}")
+    if len(val.image_ids) == 0:
+        raise ValueError("the val split has no captioned images: the taggers choose their threshold on val")
+    train = data.train
+    tagger = Tagger(method, data.model_id, threshold=0.5)
+    if method == "knn":
+        ks = [k for k in KNN_KS if k <= len(train.image_ids)]
+        rows, sims = data.neighbours(val.vectors, val.image_ids, max(ks))
+        sweep = {}
+        for k in ks:
+            threshold, f1 = best_threshold(knn_scores(rows, sims, train.labels, k), val.labels)
+            sweep[k] = (f1, threshold)
+        tagger.k = max(ks, key=lambda k: (sweep[k][0], -k))
+        tagger.threshold = sweep[tagger.k][1]
+        tagger.val["micro_f1_by_k"] = {str(k): f1 for k, (f1, _) in sweep.items()}
+    elif method == "probe":
+        tagger.probe = train_probe(train.vectors, train.labels, data.config.probe)
+    elif method == "fusion":  # each training image twice: with its own captions and with retrieved ones
+        own = data.fusion_features(train.vectors, train.image_ids, own_captions=True)
+        retrieved = data.fusion_features(train.vectors, train.image_ids, own_captions=False)
+        tagger.probe = train_probe(np.concatenate([own, retrieved]), np.concatenate([train.labels] * 2),
+                                   data.config.probe)
+    else:
+        model = load_checkpoint(Path(data.model_info["path"]), "cpu")
+        with torch.no_grad():
+            tagger.prompt_vectors = model.encode_text(prompts(data.vocabulary.words, data.config.prompt)).numpy()
+    if method != "knn":
+        tagger.threshold, _ = best_threshold(tagger.scores(data, val.vectors, val.image_ids, own_captions=False),
+                                             val.labels)
+    if method == "fusion":
+        tagger.captioned_threshold, _ = best_threshold(tagger.scores(data, val.vectors, val.image_ids), val.labels)
+    tagger.val.update(tag_metrics(tagger.scores(data, val.vectors, val.image_ids, own_captions=False), val.labels,
+                                  tagger.threshold))
+    return tagger
+
+
+def load_tagger(workdir: Workdir, method: str, model_id: str | None = None) -> tuple[Tagger, TagData]:
+    """A tagger fitted by `groundex tag`, with the data it reads (for tagging new images, e.g. uploads)."""
+    with Catalog.open(workdir, read_only=True) as catalog:
+        model_id = catalog.model(model_id)["id"]
+    folder = workdir.heads_dir(model_id)
+    path = folder / f"{method}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {method} tagger for model {model_id}: run `groundex tag --method {method}`")
+    saved = json.loads(path.read_text())
+    data = TagData(workdir, model_id, TaggingConfig(**saved["config"]),
+                   vocabulary=Vocabulary.load(folder / "vocabulary.json"))
+    tagger = Tagger(method, model_id, saved["threshold"], saved["captioned_threshold"], saved["k"], val=saved["val"])
+    if method in ("probe", "fusion"):
+        tagger.probe = LinearProbe.load(folder / f"{method}.safetensors")
+    elif method == "zeroshot":
+        model = load_checkpoint(Path(data.model_info["path"]), "cpu")
+        with torch.no_grad():
+            tagger.prompt_vectors = model.encode_text(prompts(data.vocabulary.words, data.config.prompt)).numpy()
+    return tagger, data
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def tag_workdir(workdir: Workdir, method: str = "knn", model_id: str | None = None, split: str | None = None,
+                config: TaggingConfig | None = None, batch_size: int = 4096) -> dict[str, Any]:
+    """`groundex tag`: fit `method` (choices on val), save it, then tag the split's images (all images when
+    `split` is None, captioned or not) and store each image's tags in the catalog, replacing the method's
+    earlier tags of those images."""
+    data = TagData(workdir, model_id, config)
+    with recorded_run(workdir, "tag", {"method": method, "split": split, **asdict(data.config)},
+                      data.model_id) as (run_id, result):
+        tagger = fit_tagger(data, method, data.split("val"))
+        tagger.save(workdir.heads_dir(data.model_id), data)
+        with Catalog.open(workdir, read_only=True) as catalog:
+            image_ids = np.array([i for i, _ in catalog.image_rows(split)], dtype=np.int64)
+        ids, vectors = data.image_vectors(image_ids)
+        if len(ids) < len(image_ids):
+            _logger.warning("%d images have no embedding yet and are not tagged; run `groundex index`",
+                            len(image_ids) - len(ids))
+        rows: list[tuple[int, str, float]] = []
+        for s in tqdm(range(0, len(ids), batch_size), desc=f"tag ({method})", unit="batch"):
+            tags = tagger.predict(data, vectors[s:s + batch_size], ids[s:s + batch_size], data.config.max_tags)
+            for image_id, image_tags in zip(ids[s:s + batch_size].tolist(), tags, strict=True):
+                rows += [(image_id, word, score) for word, score in image_tags]
+        with Catalog.open(workdir) as catalog:
+            stored = catalog.replace_tags(data.model_id, method, ids.tolist(), rows, run_id)
+        result.update({"method": method, "model_id": data.model_id, "images": int(len(ids)), "tags": stored,
+                       "vocabulary": len(data.vocabulary), "k": tagger.k, "threshold": tagger.threshold,
+                       "val": tagger.val})
+    return result
+
+
+def evaluate_tags(workdir: Workdir, split: str, model_id: str | None = None, methods: tuple[str, ...] = METHODS,
+                  config: TaggingConfig | None = None) -> dict[str, Any]:
+    """`groundex eval tags`: micro-F1, macro-F1 and mAP (percent) of each method on the split's captioned
+    images, with K and thresholds chosen on val, and the prior baseline (each tag at its training
+    frequency, threshold chosen on val)."""
+    if split == "train":
+        raise ValueError("the taggers are fitted on train: evaluate on val or test")
+    data = TagData(workdir, model_id, config)
+    with recorded_run(workdir, "eval tags", {"split": split, "methods": list(methods), **asdict(data.config)},
+                      data.model_id) as (_, result):
+        val = data.split("val")
+        target = val if split == "val" else data.split(split)
+        if len(target.image_ids) == 0:
+            raise ValueError(f"split {split!r} has no captioned images to evaluate tags on")
+        prior = data.vocabulary.prior()
+        threshold, _ = best_threshold(prior_scores(prior, len(val.image_ids)), val.labels)
+        report: dict[str, Any] = {"prior": tag_metrics(prior_scores(prior, len(target.image_ids)), target.labels,
+                                                       threshold)}
+        for method in methods:
+            tagger = fit_tagger(data, method, val)
+            scores = tagger.scores(data, target.vectors, target.image_ids, own_captions=False)
+            report[method if method != "fusion" else "fusion_uncaptioned"] = {
+                **tag_metrics(scores, target.labels, tagger.threshold), "k": tagger.k}
+            if method == "knn":
+                report["knn"]["micro_f1_by_k_on_val"] = tagger.val["micro_f1_by_k"]
+            if method == "fusion":
+                scores = tagger.scores(data, target.vectors, target.image_ids, own_captions=True)
+                report["fusion"] = tag_metrics(scores, target.labels, tagger.captioned_threshold)
+        result.update({"split": split, "model_id": data.model_id, "images": int(len(target.image_ids)),
+                       "vocabulary": len(data.vocabulary), "vocabulary_source": data.vocabulary.source,
+                       "labels_per_image": round(float(target.labels.sum(axis=1).mean()), 2),
+                       "methods": report})
+    return result

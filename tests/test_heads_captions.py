@@ -1,0 +1,129 @@
+"""Caption metrics, the captioner's tokenizer, batches, decoding and files, on tiny invented data."""
+
+import numpy as np
+import pytest
+import torch
+
+from heads.caption_metrics import bleu, caption_metrics, cider_d, rouge_l, words
+from heads.captioner import (
+    CaptionerConfig,
+    RACaptioner,
+    encode_batch,
+    load_captioner,
+    save_captioner,
+    train_tokenizer,
+)
+
+REFERENCES = [["a black dog runs on the grass", "a dog runs across a green lawn"],
+              ["two men ride bikes down a street", "two cyclists on a city street"],
+              ["a child in a red shirt plays in the sand", "a little girl plays on the beach"]]
+TEXTS = [t for refs in REFERENCES for t in refs] * 5
+
+
+def test_metrics_on_known_cases():
+    exact = [refs[0] for refs in REFERENCES]
+    scores = caption_metrics(exact, REFERENCES)
+    assert scores["BLEU-1"] == pytest.approx(100) and scores["BLEU-4"] == pytest.approx(100, abs=0.01)
+    assert scores["ROUGE-L"] == pytest.approx(100)
+    wrong = ["an airplane over the ocean"] * 3
+    bad = caption_metrics(wrong, REFERENCES)
+    assert bad["BLEU-1"] < 10 and bad["CIDEr"] < scores["CIDEr"] / 10 and bad["ROUGE-L"] < 15
+    # a partly right caption sits in between on every metric
+    partial = caption_metrics(["a dog runs on the grass", "two men on a street", "a child plays"], REFERENCES)
+    assert all(bad[k] < partial[k] < scores[k] for k in scores)
+    assert words("A Dog's toy, OK?") == ["a", "dog's", "toy", "ok"]
+    # brevity penalty: a one-word candidate has perfect unigram precision but is penalized
+    assert bleu(["dog"], [["a black dog runs"]])[0] < 40
+    assert rouge_l(["dog runs"], [["a dog runs"]]) > rouge_l(["dog"], [["a dog runs"]])
+    # CIDEr weighs n-grams by rarity across the evaluated images: with one image every weight is 0
+    assert cider_d(["a black dog"], [["a black dog"]]) == 0
+    assert cider_d(["a black dog", "a cat"], [["a black dog"], ["a cat"]]) > cider_d(["a cat", "a black dog"],
+                                                                                    [["a black dog"], ["a cat"]])
+    with pytest.raises(ValueError, match="candidates"):
+        caption_metrics(["x"], REFERENCES)
+
+
+def test_tokenizer_learns_the_captions_and_decodes_back():
+    tokenizer = train_tokenizer(TEXTS, 300)
+    assert [tokenizer.convert_tokens_to_ids(t) for t in ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[PRM]")] == \
+        list(range(6))
+    ids = tokenizer("A black dog runs", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == "a black dog runs"
+    assert tokenizer.unk_token_id not in ids
+
+
+def test_batches_left_pad_prompts_and_train_on_the_caption_only():
+    tokenizer = train_tokenizer(TEXTS, 300)
+    config = CaptionerConfig()
+    batch = encode_batch(tokenizer, [["a dog runs", "two men"], []], ["a black dog", "two cyclists on a street"],
+                         config)
+    ids, mask, labels, positions = (batch[k] for k in ("input_ids", "attention_mask", "labels", "position_ids"))
+    assert ids.shape == mask.shape == labels.shape == positions.shape
+    prm = tokenizer.convert_tokens_to_ids("[PRM]")
+    prompt_end = int((ids[0] == prm).nonzero()[0, 0])
+    assert int((ids[1] == prm).nonzero()[0, 0]) == prompt_end  # prompts end at the same column
+    assert mask[1, 0] == 0 and ids[1, 0] == 0  # the short prompt is padded on the left
+    assert positions[1][mask[1] == 1].tolist() == list(range(int(mask[1].sum())))  # positions count real tokens
+    assert (labels[:, : prompt_end + 1] == -100).all()  # no loss on the prompt
+    caption = labels[0][labels[0] != -100].tolist()
+    assert tokenizer.decode(caption[:-1]) == "a black dog" and caption[-1] == tokenizer.eos_token_id
+    prompt_only = encode_batch(tokenizer, [["a dog runs"], []], None, config)
+    assert "labels" not in prompt_only and prompt_only["input_ids"][0, -1] == prm  # ends where decoding starts
+    assert prompt_only["attention_mask"][0].all() and prompt_only["input_ids"].shape[1] == 6  # BOS a dog runs SEP PRM
+
+
+def test_decoding_ignores_padding_and_the_saved_captioner_round_trips(tmp_path):
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(TEXTS, 300)
+    config = CaptionerConfig(hidden_size=64, layers=2, heads=2, intermediate_size=128, dropout=0.0, beams=2,
+                             max_new_tokens=6, min_new_tokens=2)
+    model = RACaptioner(config, len(tokenizer), image_dim=16).eval()
+    features = torch.randn(2, 5, 16)
+    prompts = [["a black dog runs on the grass", "two men"], ["a dog"]]
+    batch = encode_batch(tokenizer, prompts, None, config)
+    together = model.generate(features, batch["input_ids"], batch["attention_mask"], beams=2, max_new_tokens=6)
+    alone = encode_batch(tokenizer, prompts[1:], None, config)  # no left padding when decoded alone
+    single = model.generate(features[1:], alone["input_ids"], alone["attention_mask"], beams=2, max_new_tokens=6)
+    assert together[1, : single.shape[1]].tolist() == single[0].tolist()
+    captioner_id, folder = save_captioner(model, tokenizer, tmp_path / "captioners", {"model_id": "m"})
+    assert folder.name == captioner_id and len(captioner_id) == 16
+    again, tokenizer_again, meta = load_captioner(folder)
+    assert meta["model_id"] == "m" and len(tokenizer_again) == len(tokenizer)
+    assert again.generate(features, batch["input_ids"], batch["attention_mask"], beams=2,
+                          max_new_tokens=6).tolist() == together.tolist()
+    assert save_captioner(model, tokenizer, tmp_path / "captioners", {"model_id": "m"})[0] == captioner_id
+    (folder / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="unreadable captioner"):
+        load_captioner(folder)
+    with pytest.raises(FileNotFoundError, match="not a captioner folder"):
+        load_captioner(tmp_path)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="multiple of heads"):
+        CaptionerConfig(hidden_size=100, heads=3)
+    with pytest.raises(ValueError, match="retrieval_dropout"):
+        CaptionerConfig(retrieval_dropout=1.0)
+    with pytest.raises(ValueError, match="precision"):
+        CaptionerConfig(precision="fp8")
+
+
+def test_training_neighbours_leave_the_query_out_and_match_exact_search():
+    import faiss
+
+    from heads.neighbours import exact_neighbours, training_neighbours
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(100, 150, dtype=np.int64)
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(8))
+    index.add_with_ids(vectors, ids)
+    gallery = ids[::2]  # the "training" images
+    rows, sims = training_neighbours(index, vectors[:6], gallery, k=3, exclude_ids=ids[:6])
+    exact_rows, exact_sims = exact_neighbours(vectors[:6], vectors[::2], 3,
+                                              exclude_rows=np.array([0, -1, 1, -1, 2, -1]))
+    assert rows.tolist() == exact_rows.tolist() and np.allclose(sims, exact_sims, atol=1e-5)
+    assert all(gallery[r] != ids[q] for q in range(6) for r in rows[q])  # never itself
+    with pytest.raises(ValueError, match="sorted"):
+        training_neighbours(index, vectors[:2], gallery[::-1], k=3)

@@ -1,0 +1,48 @@
+"""`groundex tag`: keyword tags for the collection's images, stored in the catalog."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_workdir, print_json, workdir_of
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from heads.tagging import METHODS
+
+    p = sub.add_parser(
+        "tag", help="predict keyword tags for the images and store them in the catalog",
+        description="Mines the keyword vocabulary from the training captions, fits the tagger on the train split's "
+                    "image embeddings and chooses its threshold (and kNN's K among 1, 3, 5, 7, 11, 21) on val, then "
+                    "tags every image of --split (default: all, captioned or not) and stores the tags at or above "
+                    "the threshold in the catalog (earlier tags of the same method and images are replaced). "
+                    "Search filters read them: --where \"tag = 'dog'\". Needs `groundex index` first.")
+    add_workdir(p)
+    p.add_argument("--method", choices=METHODS, default="knn",
+                   help="knn: votes of the nearest training images; probe: linear probe on the image embedding; "
+                        "zeroshot: 'a photo of a {tag}' prompts; fusion: probe on image + caption embeddings "
+                        "(own captions where the image has them, else its neighbours') (default: knn)")
+    p.add_argument("--split", default=None, help="tag only this split's images (default: all)")
+    p.add_argument("--model", default=None, help="embedding model hash or prefix (default: the newest)")
+    p.add_argument("--min-images", type=int, default=20,
+                   help="vocabulary: keep words that at least this many training images mention (default: 20)")
+    p.add_argument("--max-tags", type=int, default=20, help="store at most this many tags per image (default: 20)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from heads.tagging import TaggingConfig, tag_workdir
+    from heads.vocabulary import VocabularyConfig
+
+    config = TaggingConfig(vocabulary=VocabularyConfig(min_images=args.min_images), max_tags=args.max_tags)
+    result = tag_workdir(workdir_of(args), args.method, args.model, args.split, config)
+    if args.json:
+        print_json(result)
+        return 0
+    choice = f"K={result['k']}, " if result["k"] else ""
+    val = result["val"]
+    print(f"{result['method']}: {result['tags']:,} tags stored for {result['images']:,} images "
+          f"({result['vocabulary']} keywords; {choice}threshold {result['threshold']:.2f} chosen on val: "
+          f"micro-F1 {val['micro_f1']:.1f}, macro-F1 {val['macro_f1']:.1f}, mAP {val['mAP']:.1f})")
+    return 0
