@@ -42,12 +42,17 @@ class CaptionerConfig:
     intermediate_size: int = 1024
     vocab_size: int = 4000           # WordPiece vocabulary learned from the training captions (at most)
     dropout: float = 0.1
+    image_tokens: str = "patches"    # patches: the image embedding and its patch embeddings (1 + P tokens);
+                                     # global: the image embedding only (1 token: cheaper, and the decoder leans
+                                     # on the retrieved captions more)
     # retrieval augmentation
     k: int = 4                       # retrieved captions in the prompt (the captions of the k nearest training images)
     retrieval_dropout: float = 0.2   # share of training examples without retrieved captions (so k = 0 works too)
     max_caption_tokens: int = 32     # target captions are cut to this many tokens
     max_retrieved_tokens: int = 20   # each retrieved caption is cut to this many tokens in the prompt
     # training (Hugging Face Trainer); an epoch shows each training image once, with one of its captions
+    max_train_images: int | None = None  # train the decoder on at most this many train images (a seeded random
+                                         # subset); retrieval always reads every captioned train image
     epochs: int = 10
     batch_size: int = 64
     lr: float = 5e-4
@@ -68,6 +73,8 @@ class CaptionerConfig:
             raise ValueError("hidden_size, layers, heads, epochs, batch_size and beams must be >= 1")
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of heads {self.heads}")
+        if self.image_tokens not in ("patches", "global"):
+            raise ValueError(f"image_tokens must be patches or global, got {self.image_tokens!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.min_new_tokens > self.max_new_tokens:
@@ -116,14 +123,37 @@ class RACaptioner(nn.Module):
                  beams: int = 3, max_new_tokens: int = 30, min_new_tokens: int = 3, length_penalty: float = 1.0
                  ) -> torch.Tensor:
         """Beam search from left-padded prompts; returns the new tokens (B, <= max_new_tokens)."""
+        from transformers import LogitsProcessorList
+
         encoder = self.image_norm(image_features)
         out = self.decoder.generate(
             input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=encoder,
             encoder_attention_mask=torch.ones(encoder.shape[:2], dtype=torch.long, device=encoder.device),
             num_beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-            length_penalty=length_penalty, no_repeat_ngram_size=3, eos_token_id=3, pad_token_id=0,
-            bos_token_id=2, do_sample=False)
+            length_penalty=length_penalty, eos_token_id=3, pad_token_id=0, bos_token_id=2, do_sample=False,
+            logits_processor=LogitsProcessorList([NoRepeatInCaption(3, input_ids.shape[1])]))
         return out[:, input_ids.shape[1]:]
+
+
+class NoRepeatInCaption:
+    """Bans a token that would repeat an n-gram of the caption being generated ("a skateboard on a
+    skateboard"). Unlike `no_repeat_ngram_size`, the prompt does not count: copying a phrase of a
+    retrieved caption is what retrieval augmentation is for."""
+
+    def __init__(self, n: int, prompt_length: int):
+        self.n, self.prompt_length = n, prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length:].tolist()  # (B * beams, new tokens so far)
+        for row, tokens in enumerate(generated):
+            if len(tokens) < self.n:
+                continue
+            prefix = tuple(tokens[len(tokens) - self.n + 1:])
+            banned = {tokens[i + self.n - 1] for i in range(len(tokens) - self.n + 1)
+                      if tuple(tokens[i:i + self.n - 1]) == prefix}
+            if banned:
+                scores[row, list(banned)] = -float("inf")
+        return scores
 
 
 def encode_batch(tokenizer: PreTrainedTokenizerFast, retrieved: list[list[str]], captions: list[str] | None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -70,9 +71,12 @@ class CaptionData:
             self.caption_vectors_of[row].append(vector)
         self.caption_vectors_of = [np.stack(v) for v in self.caption_vectors_of]
 
-    def image_tokens(self, image_ids: np.ndarray) -> np.ndarray:
-        """(N, 1 + P, D) float16: each image's embedding followed by its patch embeddings."""
+    def image_tokens(self, image_ids: np.ndarray, kind: str = "patches") -> np.ndarray:
+        """(N, 1 + P, D) float16: each image's embedding followed by its patch embeddings (kind 'patches'),
+        or (N, 1, D) the embedding alone (kind 'global')."""
         _, vectors = load_embeddings(self.workdir, self.model_id, "image", image_ids)
+        if kind == "global":
+            return vectors[:, None, :].astype(np.float16)
         _, patches = load_embeddings(self.workdir, self.model_id, "patch", image_ids)
         return np.concatenate([vectors[:, None, :], patches], axis=1).astype(np.float16)
 
@@ -111,6 +115,12 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
     config = config or CaptionerConfig()
     data = CaptionData(workdir, model_id)
     train_ids, train_examples = data.split_examples("train")
+    if config.max_train_images is not None and config.max_train_images < len(train_ids):
+        rng = np.random.default_rng(config.seed)
+        keep = np.sort(rng.choice(len(train_ids), config.max_train_images, replace=False))
+        position = {int(old): new for new, old in enumerate(keep)}
+        train_ids = train_ids[keep]
+        train_examples = [(position[row], text) for row, text in train_examples if row in position]
     val_ids, val_examples = data.split_examples("val")
     if not val_examples:
         raise ValueError("the val split has no captions: the captioner is evaluated and chosen on val each epoch")
@@ -122,7 +132,7 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
             _logger.info("retrieving captions for %d %s images", len(ids), name)
             _, vectors = load_embeddings(workdir, data.model_id, "image", ids)
             retrieved[name] = data.retrieve(vectors, ids, config.k)
-            features[name] = data.image_tokens(ids)
+            features[name] = data.image_tokens(ids, config.image_tokens)
         captions_by_row: list[list[str]] = [[] for _ in train_ids]
         for row, caption in train_examples:
             captions_by_row[row].append(caption)
@@ -131,6 +141,10 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
         model = RACaptioner(config, len(tokenizer), features["train"].shape[-1])
         output_dir = workdir.captioners_dir / "training" / data.model_id
         has_checkpoint = resume and any(output_dir.glob("checkpoint-*"))
+        if not resume and output_dir.exists():  # a fresh run: earlier checkpoints must not mix into --resume later
+            shutil.rmtree(output_dir)
+        if resume and not has_checkpoint:
+            _logger.warning("no checkpoint in %s to resume from; training from the start", output_dir)
         args = TrainingArguments(
             output_dir=str(output_dir), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
             per_device_eval_batch_size=config.batch_size, learning_rate=config.lr, weight_decay=config.weight_decay,
@@ -229,7 +243,7 @@ class Captioner:
                        ) -> tuple[list[str], list[list[str]]]:
         """(captions, retrieved captions) of catalog images from their stored embeddings."""
         k = self.config.k if k is None else k
-        tokens = self.data.image_tokens(image_ids)
+        tokens = self.data.image_tokens(image_ids, self.config.image_tokens)
         retrieved = self.data.retrieve(tokens[:, 0].astype(np.float32), image_ids, max(k, 1))
         retrieved = [r[:k] for r in retrieved]
         return self.caption_tokens(tokens, retrieved, progress=progress, **decoding), retrieved
@@ -244,7 +258,10 @@ class Captioner:
         with torch.no_grad():
             pixels = model.pixels_from_images([load_image(path)])
             vector, patches = model.encode_image_and_patches(pixels)
-        tokens = torch.cat([vector[:, None, :], patches], dim=1).numpy()
+        tokens = vector[:, None, :]  # (1, 1, D), then the patches (1, P, D) unless it reads the embedding only
+        if self.config.image_tokens == "patches":
+            tokens = torch.cat([tokens, patches], dim=1)
+        tokens = tokens.numpy()
         k = self.config.k if k is None else k
         retrieved = [self.data.retrieve(tokens[:, 0], None, max(k, 1))[0][:k]]
         return self.caption_tokens(tokens, retrieved, **decoding)[0], retrieved[0]
@@ -289,7 +306,7 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
     k_model = captioner.config.k
     ks = tuple(sorted({0, 1, k_model, *(ks or (0, 1, 2, k_model))}))
     with recorded_run(workdir, "eval captions", {"split": split, "ks": list(ks)}, captioner.id) as (_, result):
-        tokens = captioner.data.image_tokens(image_ids)
+        tokens = captioner.data.image_tokens(image_ids, captioner.config.image_tokens)
         retrieved = captioner.data.retrieve(tokens[:, 0].astype(np.float32), image_ids, max(max(ks), 1))
         by_k, samples = {}, {}
         for k in ks:

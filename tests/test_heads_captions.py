@@ -127,3 +127,37 @@ def test_training_neighbours_leave_the_query_out_and_match_exact_search():
     assert all(gallery[r] != ids[q] for q in range(6) for r in rows[q])  # never itself
     with pytest.raises(ValueError, match="sorted"):
         training_neighbours(index, vectors[:2], gallery[::-1], k=3)
+
+
+def test_the_decoder_reads_the_retrieved_captions():
+    """When the image tokens say nothing and the retrieved caption is the answer, a few hundred steps teach the
+    decoder to copy it: the prompt reaches the decoder and the loss covers the caption only."""
+    import random
+
+    random.seed(0)
+    torch.manual_seed(0)
+    words = ["red", "blue", "green", "dog", "cat", "man", "woman", "car", "tree", "ball", "runs", "sits", "jumps",
+             "on", "under", "near", "the", "a", "big", "small"]
+    captions = [" ".join(random.choice(words) for _ in range(6)) for _ in range(400)]
+    tokenizer = train_tokenizer(captions, 200)
+    config = CaptionerConfig(hidden_size=64, layers=2, heads=2, intermediate_size=128, dropout=0.0)
+    model = RACaptioner(config, len(tokenizer), image_dim=16)
+    optimizer = torch.optim.AdamW(model.parameters(), 2e-3)
+    noise = torch.randn(400, 1, 16)  # uninformative image tokens
+    for _ in range(200):
+        rows = random.sample(range(400), 32)
+        batch = encode_batch(tokenizer, [[captions[r]] for r in rows], [captions[r] for r in rows], config)
+        loss = model(noise[rows], **batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    rows = list(range(32))
+    with torch.no_grad():
+        losses = [model(noise[rows], **encode_batch(tokenizer, [prompt(r) for r in rows], [captions[r] for r in rows],
+                                                    config)).loss.item()
+                  for prompt in (lambda r: [captions[r]], lambda r: [])]
+    assert losses[0] < 0.1 < 2.0 < losses[1], losses
+    batch = encode_batch(tokenizer, [[captions[0]]], None, config)
+    new = model.generate(noise[:1], batch["input_ids"], batch["attention_mask"], beams=2, max_new_tokens=8)
+    assert tokenizer.decode(new[0], skip_special_tokens=True) == captions[0]

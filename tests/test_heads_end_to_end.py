@@ -1,12 +1,17 @@
-"""Synthetic scenes -> tiny CLIP -> index -> taggers, for real: tags far above the prior, stored and
-usable in search filters; the CLI commands."""
+"""Synthetic scenes -> tiny CLIP -> index -> taggers and the retrieval-augmented captioner, for real:
+tags far above the prior, stored and usable in search filters; captions that beat the same model without
+retrieved captions, stored in the catalog; the CLI commands."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
 
 import warehouse
+from heads.caption_metrics import caption_metrics
+from heads.captioner import CaptionerConfig
+from heads.captioning import evaluate_captions, train_captioner
 from heads.tagging import evaluate_tags, load_tagger
 from indexer.pipeline import index_workdir
 from indexer.search import Searcher
@@ -58,3 +63,46 @@ def test_tags_are_stored_filter_searches_and_the_fitted_tagger_reloads(workdir, 
     with pytest.raises(SystemExit):  # argparse names the choices
         main(["tag", "--workdir", str(workdir.root), "--method", "nonsense"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_retrieval_augmented_captions_beat_the_same_model_without_retrieval(workdir, capsys):
+    config = CaptionerConfig(hidden_size=128, layers=2, heads=4, intermediate_size=512, epochs=20, batch_size=32,
+                             lr=1e-3, k=2)
+    trained = train_captioner(workdir, config, progress=False)
+    losses = trained["val_loss_by_epoch"]
+    assert len(losses) == 20 and losses[-1] < 0.6 * losses[0]
+    result = evaluate_captions(workdir, "val", ks=(0, 1, 2))
+    ra, plain, nearest = (result["methods"][m] for m in ("retrieval_augmented", "no_retrieval", "nearest_caption"))
+    assert ra["BLEU-4"] > plain["BLEU-4"] + 2, result["methods"]  # the retrieved captions' phrases get copied
+    with Catalog.open(workdir, read_only=True) as catalog:  # far above one fixed caption for every image
+        common = Counter(text for _, _, text in catalog.caption_rows("train")).most_common(1)[0][0]
+    constant = caption_metrics([common] * result["images"], _references(workdir))
+    assert ra["CIDEr"] > 3 * constant["CIDEr"] and ra["BLEU-4"] > 3 * max(constant["BLEU-4"], 1), (ra, constant)
+    assert set(result["by_k"]) == {"0", "1", "2"} and nearest["CIDEr"] > 0
+    # resume: one more epoch from the last checkpoint
+    resumed = train_captioner(workdir, CaptionerConfig(**{**config.__dict__, "epochs": 21}), resume=True,
+                              progress=False)
+    assert resumed["resumed"] and len(resumed["val_loss_by_epoch"]) == 21
+    # generate through the CLI: stored in the catalog under the captioner's hash
+    assert main(["caption", "generate", "--workdir", str(workdir.root), "--split", "val", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    with Catalog.open(workdir, read_only=True) as catalog:
+        stored = catalog.generated_captions([out["examples"][0]["image_id"]], model_id=resumed["captioner_id"])
+    assert out["stored"] == result["images"]
+    assert next(iter(stored.values()))[0]["text"] == out["examples"][0]["caption"]
+    with Catalog.open(workdir, read_only=True) as catalog:
+        path = catalog.image_rows("val")[0][1]
+    assert main(["caption", "generate", "--workdir", str(workdir.root), "--image", path, "-k", "0"]) == 0
+    assert len(capsys.readouterr().out.split()) >= 3
+    assert main(["caption", "generate", "--workdir", str(workdir.root), "--image", path, "--beams", "0"]) == 2
+    assert "--beams must be" in capsys.readouterr().err
+
+
+def _references(workdir):
+    """The val images' human captions, by image id (the order `evaluate_captions` uses)."""
+    with Catalog.open(workdir, read_only=True) as catalog:
+        rows = catalog.caption_rows("val")
+    by_image = {}
+    for _, image_id, text in rows:
+        by_image.setdefault(image_id, []).append(text)
+    return [by_image[i] for i in sorted(by_image)]

@@ -7,58 +7,48 @@ import argparse
 from ._common import UserError, add_workdir, print_json, workdir_of
 
 
+def _task(tasks: argparse._SubParsersAction, name: str, help: str, description: str, run,
+          model_help: str | None = "model hash or prefix (default: the newest)") -> argparse.ArgumentParser:
+    """A `groundex eval` task with the options every task takes."""
+    t = tasks.add_parser(name, help=help, description=description)
+    add_workdir(t)
+    t.add_argument("--split", required=True)
+    if model_help:
+        t.add_argument("--model", default=None, help=model_help)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(run=run)
+    return t
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate on a split", description="Built-in evaluation on held-out data.")
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
-    r = tasks.add_parser(
-        "retrieval", help="recall@K, text->image and image->text",
-        description="Standard Flickr30k protocol on the split's images (gallery) and their captions (queries). "
-                    "Uses the embeddings stored by `groundex index`.")
-    add_workdir(r)
-    r.add_argument("--split", required=True)
-    r.add_argument("--model", default=None, help="model hash or prefix (default: the newest)")
-    r.add_argument("--json", action="store_true")
-    r.set_defaults(run=run_retrieval)
-    g = tasks.add_parser(
-        "grounding", help="pointing game and box accuracy on Flickr30k Entities phrases",
-        description="Every phrase occurrence of the split whose entity has a box, given its image: pointing game "
-                    "(the heatmap's maximum inside one of its boxes) and box_acc@0.5 (the top box has IoU >= 0.5 "
-                    "with one of them), overall and by phrase type, with the centre-point and whole-image "
-                    "baselines, in percent. --tune first chooses the heatmap-to-box parameters on this split "
-                    "(val) and saves them for the model; `groundex ground` then uses them.")
-    add_workdir(g)
-    g.add_argument("--split", required=True)
-    g.add_argument("--model", default=None, help="model hash or prefix (default: the newest)")
+    _task(tasks, "retrieval", "recall@K, text->image and image->text",
+          "Standard Flickr30k protocol on the split's images (gallery) and their captions (queries). "
+          "Uses the embeddings stored by `groundex index`.", run_retrieval)
+    g = _task(tasks, "grounding", "pointing game and box accuracy on Flickr30k Entities phrases",
+              "Every phrase occurrence of the split whose entity has a box, given its image: pointing game "
+              "(the heatmap's maximum inside one of its boxes) and box_acc@0.5 (the top box has IoU >= 0.5 "
+              "with one of them), overall and by phrase type, with the centre-point and whole-image "
+              "baselines, in percent. --tune first chooses the heatmap-to-box parameters on this split "
+              "(val) and saves them for the model; `groundex ground` then uses them.", run_grounding)
     g.add_argument("--tune", action="store_true", help="choose the parameters on this split first (not on test)")
-    g.add_argument("--json", action="store_true")
     g.add_argument("--no-progress", action="store_true")
-    g.set_defaults(run=run_grounding)
-    t = tasks.add_parser(
-        "tags", help="micro-F1, macro-F1 and mAP of every tagger against the prior",
-        description="Fits each tagger on train, chooses kNN's K and every threshold on val, and scores the split's "
-                    "captioned images against their labels (the vocabulary words their captions mention), in "
-                    "percent; with the prior baseline (each tag at its training frequency). fusion reads the "
-                    "images' own captions, which the labels come from; fusion_uncaptioned hides them.")
-    add_workdir(t)
-    t.add_argument("--split", required=True)
-    t.add_argument("--model", default=None, help="model hash or prefix (default: the newest)")
+    t = _task(tasks, "tags", "micro-F1, macro-F1 and mAP of every tagger against the prior",
+              "Fits each tagger on train, chooses kNN's K and every threshold on val, and scores the split's "
+              "captioned images against their labels (the vocabulary words their captions mention), in "
+              "percent; with the prior baseline (each tag at its training frequency). fusion reads the "
+              "images' own captions, which the labels come from; fusion_uncaptioned hides them.", run_tags)
     t.add_argument("--methods", default=",".join(("knn", "probe", "zeroshot", "fusion")),
                    help="comma-separated taggers to evaluate (default: all)")
-    t.add_argument("--json", action="store_true")
-    t.set_defaults(run=run_tags)
-    c = tasks.add_parser(
-        "captions", help="BLEU-1..4, ROUGE-L and CIDEr of the captioner against its baselines",
-        description="Captions the split's images with the captioner (its retrieved captions), the same model without "
-                    "retrieved captions, and the nearest-neighbour-caption baseline (the caption of the nearest "
-                    "training image), and scores them against the split's human captions, in percent; also the "
-                    "captioner at each k of --ks.")
-    add_workdir(c)
-    c.add_argument("--split", required=True)
+    c = _task(tasks, "captions", "BLEU-1..4, ROUGE-L and CIDEr of the captioner against its baselines",
+              "Captions the split's images with the captioner (its retrieved captions), the same model without "
+              "retrieved captions, and the nearest-neighbour-caption baseline (the caption of the nearest "
+              "training image), and scores them against the split's human captions, in percent; also the "
+              "captioner at each k of --ks.", run_captions, model_help=None)
     c.add_argument("--captioner", default=None, help="captioner hash or prefix (default: the newest)")
     c.add_argument("--ks", default="0,1,2,4", help="comma-separated numbers of retrieved captions (default: 0,1,2,4)")
     c.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(run=run_captions)
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
