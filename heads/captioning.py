@@ -157,6 +157,7 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
         trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=val_dataset,
                           data_collator=CaptionCollator(tokenizer, features["train"], config, train=True),
                           processing_class=tokenizer)
+        _quiet_logs(trainer, progress)
         trainer.get_eval_dataloader = _eval_loader(trainer, CaptionCollator(tokenizer, features["val"], config,
                                                                             train=False))
         started = time.perf_counter()
@@ -171,6 +172,33 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
                        "best_val_loss": round(min(losses), 4) if losses else None,
                        "train_seconds": round(seconds, 1), "resumed": has_checkpoint})
     return result
+
+
+def _quiet_logs(trainer: Any, progress: bool) -> None:
+    """The Trainer prints each log dict to stdout (its progress bar's `write`, or PrinterCallback without a
+    bar), which would corrupt `--json` output: keep the bars on stderr, and send the val loss to the logger
+    (and stderr, with progress)."""
+    import sys
+
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+
+    class EpochLog(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if logs and "eval_loss" in logs:
+                message = f"captioner epoch {state.epoch:.0f}: val loss {logs['eval_loss']:.4f}"
+                _logger.info(message)
+                if progress:
+                    tqdm.write(message, file=sys.stderr)
+
+    class BarsOnly(ProgressCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            pass
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress:
+        trainer.add_callback(BarsOnly)
+    trainer.add_callback(EpochLog)
 
 
 def _use_bf16(config: CaptionerConfig) -> bool:
