@@ -1,26 +1,25 @@
-"""heads: what can be said of an image beyond its embedding (issue 6, in progress).
+"""heads: what can be said of an image beyond its embedding: keyword tags and captions.
 
-    mine_vocabulary   keyword vocabulary from the training phrases or captions, with counts
-    Vocabulary        the vocabulary; `labels` gives each image's keyword labels from its captions
-    knn_scores        the kNN tagger's scores; train_probe the linear probe; zeroshot_scores prompts;
-                      prior_scores the baseline
-    tag_metrics       micro/macro-F1 and mAP; best_threshold chooses a threshold on held-out data
+    mine_vocabulary    keyword vocabulary from the training phrases or captions, with counts
+    Vocabulary         the vocabulary; `labels` gives each image's keyword labels from its captions
+    tag_workdir        fit a tagger (knn, probe, zeroshot, fusion; choices on val) and store tags in the catalog
+    evaluate_tags      micro/macro-F1 and mAP of every tagger against the prior
+    load_tagger        a fitted tagger and its data, to tag new images
+    train_captioner    the retrieval-augmented BLIP decoder, trained with the Hugging Face Trainer
+    Captioner          a trained captioner: captions for catalog images or image files
+    caption_workdir    caption images and store the captions in the catalog
+    evaluate_captions  BLEU-1..4, ROUGE-L, CIDEr: with retrieval, without, and the nearest caption
+    caption_metrics    the metrics alone
 """
 
-from .tags import (
-    KNN_KS,
-    LinearProbe,
-    ProbeConfig,
-    best_threshold,
-    knn_scores,
-    prior_scores,
-    prompts,
-    tag_metrics,
-    train_probe,
-    zeroshot_scores,
-)
+from .caption_metrics import caption_metrics
+from .captioner import CaptionerConfig
+from .captioning import Captioner, caption_workdir, evaluate_captions, train_captioner
+from .tagging import METHODS, Tagger, TaggingConfig, evaluate_tags, load_tagger, tag_workdir
+from .tags import KNN_KS, LinearProbe, ProbeConfig, best_threshold, knn_scores, prior_scores, tag_metrics
 from .vocabulary import Vocabulary, VocabularyConfig, keywords, lemma, mine_vocabulary
 
-__all__ = ["best_threshold", "keywords", "KNN_KS", "knn_scores", "lemma", "LinearProbe", "mine_vocabulary",
-           "prior_scores", "ProbeConfig", "prompts", "tag_metrics", "train_probe", "Vocabulary", "VocabularyConfig",
-           "zeroshot_scores"]
+__all__ = ["best_threshold", "caption_metrics", "caption_workdir", "Captioner", "CaptionerConfig", "evaluate_captions",
+           "evaluate_tags", "keywords", "KNN_KS", "knn_scores", "lemma", "LinearProbe", "load_tagger", "METHODS",
+           "mine_vocabulary", "prior_scores", "ProbeConfig", "tag_metrics", "tag_workdir", "Tagger", "TaggingConfig",
+           "train_captioner", "Vocabulary", "VocabularyConfig"]

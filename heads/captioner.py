@@ -81,17 +81,27 @@ class CaptionerConfig:
             raise ValueError("min_new_tokens must be <= max_new_tokens")
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A lowercasing WordPiece tokenizer learned from `texts`, with the special tokens above."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+def train_tokenizer(texts: list[str], vocab_size: int, min_count: int = 2) -> PreTrainedTokenizerFast:
+    """A lowercasing WordPiece tokenizer (`tokenizers`) whose vocabulary is learned from `texts`: the special
+    tokens, every character seen (alone and as a '##' continuation, so no word is ever unknown), then the
+    words seen at least `min_count` times, most frequent first, up to `vocab_size`.
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), min_frequency=2,
-                                         show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer)
+    Built by counting rather than with `tokenizers`' WordPiece trainer, whose merges break ties in hash
+    order: the same captions gave a different vocabulary in each process, and so a different captioner."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    words = sorted((w for w, n in counts.items() if n >= min_count and len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += words[: max(0, vocab_size - len(vocab))]
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer, tokenizer.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
                                    bos_token="[BOS]", eos_token="[EOS]", sep_token="[SEP]",
                                    additional_special_tokens=["[PRM]"])

@@ -83,6 +83,8 @@ class CaptionData:
     def retrieve(self, vectors: np.ndarray, image_ids: np.ndarray | None, k: int = MAX_K) -> list[list[str]]:
         """The captions of each image's k nearest training images (never its own), one per neighbour: the
         neighbour's caption nearest to the image."""
+        if k == 0:
+            return [[] for _ in vectors]
         rows, _ = training_neighbours(self.index, vectors, self.train_ids, k, exclude_ids=image_ids,
                                       gallery_vectors=self.train_vectors)
         out = []

@@ -98,6 +98,9 @@ class TagData:
                 train_captions = [(i, t) for _, i, t in catalog.caption_rows("train")]
                 phrases = [(r.image_id, r.text) for r in catalog.grounding_rows("train") if r.entity_id != 0]
                 vocabulary = mine_vocabulary(train_captions, phrases, self.config.vocabulary)
+        if len(vocabulary) == 0:
+            raise ValueError(f"no keyword is mentioned for at least {self.config.vocabulary.min_images} training "
+                             "images: lower --min-images")
         self.vocabulary = vocabulary
         self.index = load_index(current["path"])
         self.train = self.split("train")
