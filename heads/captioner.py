@@ -215,26 +215,26 @@ class CaptionExamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.captions)
 
-    def __getitem__(self, row: int) -> tuple[int, str, list[str]]:
-        return row, self.random.choice(self.captions[row]), self.retrieved[row]
+    def __getitem__(self, row: int) -> tuple[int, str, list[str], bool]:
+        return row, self.random.choice(self.captions[row]), self.retrieved[row], True
 
 
 class CaptionCollator:
-    """Batches of (image row, caption, retrieved captions) examples for the Trainer; drops the retrieved
-    captions of a `retrieval_dropout` share of examples (deterministically per seed)."""
+    """Batches of (row of `features`, caption, retrieved captions, may drop) examples for the Trainer (training
+    and evaluation alike); drops the retrieved captions of a `retrieval_dropout` share of the examples that
+    may drop (training ones; deterministically per seed)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, features: np.ndarray, config: CaptionerConfig,
-                 train: bool):
-        self.tokenizer, self.features, self.config, self.train = tokenizer, features, config, train
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, features: np.ndarray, config: CaptionerConfig):
+        self.tokenizer, self.features, self.config = tokenizer, features, config
         self.random = random.Random(config.seed)
 
-    def __call__(self, examples: list[tuple[int, str, list[str]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: list[tuple[int, str, list[str], bool]]) -> dict[str, torch.Tensor]:
         retrieved = []
-        for _, _, texts in examples:
-            drop = self.train and self.random.random() < self.config.retrieval_dropout
+        for _, _, texts, may_drop in examples:
+            drop = may_drop and self.random.random() < self.config.retrieval_dropout
             retrieved.append([] if drop else texts[: self.config.k])
-        batch = encode_batch(self.tokenizer, retrieved, [c for _, c, _ in examples], self.config)
-        rows = [r for r, _, _ in examples]
+        batch = encode_batch(self.tokenizer, retrieved, [c for _, c, _, _ in examples], self.config)
+        rows = [r for r, _, _, _ in examples]
         batch["image_features"] = torch.from_numpy(self.features[rows].astype(np.float32))
         return batch
 

@@ -132,14 +132,14 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
         features, retrieved = {}, {}
         for name, ids in (("train", train_ids), ("val", val_ids)):
             _logger.info("retrieving captions for %d %s images", len(ids), name)
-            _, vectors = load_embeddings(workdir, data.model_id, "image", ids)
-            retrieved[name] = data.retrieve(vectors, ids, config.k)
-            features[name] = data.image_tokens(ids, config.image_tokens)
+            features[name] = data.image_tokens(ids, config.image_tokens)  # token 0 is the image embedding
+            retrieved[name] = data.retrieve(features[name][:, 0].astype(np.float32), ids, config.k)
         captions_by_row: list[list[str]] = [[] for _ in train_ids]
         for row, caption in train_examples:
             captions_by_row[row].append(caption)
         train_dataset = CaptionExamples(captions_by_row, retrieved["train"], config.seed)
-        val_dataset = [(row, caption, retrieved["val"][row]) for row, caption in val_examples]  # every pair
+        offset = len(train_ids)  # val rows follow the train rows in the one feature array the collator reads
+        val_dataset = [(offset + row, caption, retrieved["val"][row], False) for row, caption in val_examples]
         model = RACaptioner(config, len(tokenizer), features["train"].shape[-1])
         output_dir = workdir.captioners_dir / "training" / data.model_id
         has_checkpoint = resume and any(output_dir.glob("checkpoint-*"))
@@ -157,11 +157,10 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
             use_cpu=not torch.cuda.is_available(), bf16=_use_bf16(config))
         trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=val_dataset,
-                          data_collator=CaptionCollator(tokenizer, features["train"], config, train=True),
+                          data_collator=CaptionCollator(tokenizer, np.concatenate([features["train"],
+                                                                                   features["val"]]), config),
                           processing_class=tokenizer)
         _quiet_logs(trainer, progress)
-        trainer.get_eval_dataloader = _eval_loader(trainer, CaptionCollator(tokenizer, features["val"], config,
-                                                                            train=False))
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
         seconds = time.perf_counter() - started
@@ -210,16 +209,6 @@ def _use_bf16(config: CaptionerConfig) -> bool:
     return config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(device))
 
 
-def _eval_loader(trainer: Any, collator: CaptionCollator) -> Any:
-    """The Trainer's eval loader with the val features' collator (the train one indexes train features)."""
-    from torch.utils.data import DataLoader
-
-    def loader(eval_dataset: Any = None) -> DataLoader:
-        dataset = trainer.eval_dataset if eval_dataset is None else eval_dataset
-        return DataLoader(dataset, batch_size=trainer.args.per_device_eval_batch_size, collate_fn=collator)
-    return loader
-
-
 # -- using a trained captioner --------------------------------------------------------------------
 
 
@@ -250,6 +239,17 @@ class Captioner:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
         self.data = CaptionData(workdir, self.meta["model_id"])
+        self._encoder: Any = None  # the embedding model, loaded on the first caption_file
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from indexer.models import load_checkpoint
+
+            with Catalog.open(self.data.workdir, read_only=True) as catalog:
+                path = Path(catalog.model(self.data.model_id)["path"])
+            self._encoder = load_checkpoint(path, self.device)
+        return self._encoder
 
     def caption_tokens(self, tokens: np.ndarray, retrieved: list[list[str]], beams: int | None = None,
                        max_new_tokens: int | None = None, min_new_tokens: int | None = None,
@@ -280,18 +280,15 @@ class Captioner:
 
     def caption_file(self, path: str | Path, k: int | None = None, **decoding: Any) -> tuple[str, list[str]]:
         """(caption, retrieved captions) of an image file that need not be in the catalog."""
-        from indexer.models import load_checkpoint
         from warehouse import load_image
 
-        with Catalog.open(self.data.workdir, read_only=True) as catalog:
-            model = load_checkpoint(Path(catalog.model(self.data.model_id)["path"]), "cpu")
         with torch.no_grad():
-            pixels = model.pixels_from_images([load_image(path)])
-            vector, patches = model.encode_image_and_patches(pixels)
+            pixels = self.encoder.pixels_from_images([load_image(path)])
+            vector, patches = self.encoder.encode_image_and_patches(pixels)
         tokens = vector[:, None, :]  # (1, 1, D), then the patches (1, P, D) unless it reads the embedding only
         if self.config.image_tokens == "patches":
             tokens = torch.cat([tokens, patches], dim=1)
-        tokens = tokens.numpy()
+        tokens = tokens.cpu().numpy()
         k = self.config.k if k is None else k
         retrieved = [self.data.retrieve(tokens[:, 0], None, max(k, 1))[0][:k]]
         return self.caption_tokens(tokens, retrieved, **decoding)[0], retrieved[0]
@@ -334,7 +331,7 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
         if row < len(image_ids):
             references[row].append(text)
     k_model = captioner.config.k
-    ks = tuple(sorted({0, 1, k_model, *(ks or (0, 1, 2, k_model))}))
+    ks = tuple(sorted({0, k_model, *(ks or (1, 2))}))  # 0 and the captioner's own k are always reported
     with recorded_run(workdir, "eval captions", {"split": split, "ks": list(ks)}, captioner.id) as (_, result):
         tokens = captioner.data.image_tokens(image_ids, captioner.config.image_tokens)
         retrieved = captioner.data.retrieve(tokens[:, 0].astype(np.float32), image_ids, max(max(ks), 1))

@@ -161,12 +161,15 @@ class TagData:
 
     def fusion_features(self, vectors: np.ndarray, image_ids: np.ndarray | None, own_captions: bool) -> np.ndarray:
         """[image ; caption] features: own captions where the image has some (when `own_captions`), else
-        the retrieved ones."""
-        captions = self.retrieved_caption_vectors(vectors, image_ids)
+        the retrieved ones (searched only for the images that need them)."""
+        captions = np.zeros_like(vectors)
+        retrieve = np.ones(len(vectors), dtype=bool)
         if own_captions and image_ids is not None:
-            own = self.own_caption_vectors(image_ids)
-            has = np.linalg.norm(own, axis=1) > 0
-            captions[has] = own[has]
+            captions = self.own_caption_vectors(image_ids)
+            retrieve = np.linalg.norm(captions, axis=1) == 0
+        if retrieve.any():
+            captions[retrieve] = self.retrieved_caption_vectors(
+                vectors[retrieve], None if image_ids is None else image_ids[retrieve])
         return np.concatenate([vectors, captions], axis=1)
 
 
