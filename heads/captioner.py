@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import BlipTextConfig, PreTrainedTokenizerFast
+from transformers import BlipTextConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel
 
 from warehouse.workdir import atomic_write_json
@@ -65,12 +66,19 @@ class CaptionerConfig:
     max_new_tokens: int = 30
     min_new_tokens: int = 3
     length_penalty: float = 1.0      # > 1 favours longer captions in beam search
+    # a pretrained BLIP in place of the small decoder
+    pretrained: str | None = None    # a BlipForConditionalGeneration checkpoint: a Hugging Face name or a local folder.
+                                     # Its vision tower reads the pixels (not the stored CLIP tokens) and its own
+                                     # tokenizer replaces the learned vocabulary; the decoder settings above are unused
+    freeze_vision: bool = True       # fine-tune the pretrained text decoder only (its vision tower stays as it is)
 
     def __post_init__(self) -> None:
+        if self.epochs < (0 if self.pretrained else 1):  # a pretrained BLIP may be used as it is (epochs 0)
+            raise ValueError(f"epochs must be >= 1 (or 0 with a pretrained checkpoint), got {self.epochs}")
         if self.k < 0 or not 0 <= self.retrieval_dropout < 1:
             raise ValueError(f"k must be >= 0 and retrieval_dropout in [0, 1), got {self.k}, {self.retrieval_dropout}")
-        if min(self.hidden_size, self.layers, self.heads, self.epochs, self.batch_size, self.beams) < 1:
-            raise ValueError("hidden_size, layers, heads, epochs, batch_size and beams must be >= 1")
+        if min(self.hidden_size, self.layers, self.heads, self.batch_size, self.beams) < 1:
+            raise ValueError("hidden_size, layers, heads, batch_size and beams must be >= 1")
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of heads {self.heads}")
         if self.image_tokens not in ("patches", "global"):
@@ -107,12 +115,63 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_count: int = 2) -> Pr
                                    additional_special_tokens=["[PRM]"])
 
 
-class RACaptioner(nn.Module):
-    """The decoder with a LayerNorm on the (frozen, L2-normalized) image tokens it cross-attends to."""
+@dataclass(frozen=True)
+class TokenIds:
+    """The special tokens of a decoder's input (see the module docstring). `prompt` is None where the last
+    separator marks the caption's start (BLIP: with no retrieved captions its input is then its native
+    `[DEC] caption [SEP]`)."""
+
+    bos: int
+    eos: int
+    sep: int
+    pad: int
+    prompt: int | None
+
+
+LEARNED_VOCABULARY_IDS = TokenIds(bos=2, eos=3, sep=4, pad=0, prompt=5)  # SPECIAL_TOKENS of `train_tokenizer`
+
+
+class CaptionDecoder(nn.Module):
+    """A text decoder cross-attending to image tokens; subclasses say how images become those tokens."""
+
+    decoder: BlipTextLMHeadModel
+    token_ids: TokenIds
+    captioner_config: CaptionerConfig
+
+    def encode_images(self, image_inputs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, image_inputs: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
+        return self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            encoder_hidden_states=self.encode_images(image_inputs), labels=labels)
+
+    @torch.no_grad()
+    def generate(self, image_inputs: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 beams: int = 3, max_new_tokens: int = 30, min_new_tokens: int = 3, length_penalty: float = 1.0
+                 ) -> torch.Tensor:
+        """Beam search from left-padded prompts; returns the new tokens (B, <= max_new_tokens)."""
+        from transformers import LogitsProcessorList
+
+        encoder = self.encode_images(image_inputs)
+        ids = self.token_ids
+        out = self.decoder.generate(
+            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=encoder,
+            encoder_attention_mask=torch.ones(encoder.shape[:2], dtype=torch.long, device=encoder.device),
+            num_beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+            length_penalty=length_penalty, eos_token_id=ids.eos, pad_token_id=ids.pad, bos_token_id=ids.bos,
+            do_sample=False, logits_processor=LogitsProcessorList([NoRepeatInCaption(3, input_ids.shape[1])]))
+        return out[:, input_ids.shape[1]:]
+
+
+class RACaptioner(CaptionDecoder):
+    """The small decoder trained from scratch, with a LayerNorm on the (frozen, L2-normalized) CLIP image
+    tokens it cross-attends to."""
 
     def __init__(self, config: CaptionerConfig, vocab_size: int, image_dim: int):
         super().__init__()
         self.captioner_config, self.image_dim = config, image_dim
+        self.token_ids = LEARNED_VOCABULARY_IDS
         self.text_config = BlipTextConfig(
             vocab_size=vocab_size, hidden_size=config.hidden_size, encoder_hidden_size=image_dim,
             intermediate_size=config.intermediate_size, num_hidden_layers=config.layers,
@@ -122,27 +181,40 @@ class RACaptioner(nn.Module):
         self.image_norm = nn.LayerNorm(image_dim)
         self.decoder = BlipTextLMHeadModel(self.text_config)
 
-    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
-        # image_features (B, T, D): global + patch embeddings; input_ids (B, L)
-        return self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            encoder_hidden_states=self.image_norm(image_features), labels=labels)
+    def encode_images(self, image_inputs: torch.Tensor) -> torch.Tensor:
+        # image_inputs (B, T, D): the CLIP image embedding and its patch embeddings
+        return self.image_norm(image_inputs)
 
-    @torch.no_grad()
-    def generate(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 beams: int = 3, max_new_tokens: int = 30, min_new_tokens: int = 3, length_penalty: float = 1.0
-                 ) -> torch.Tensor:
-        """Beam search from left-padded prompts; returns the new tokens (B, <= max_new_tokens)."""
-        from transformers import LogitsProcessorList
 
-        encoder = self.image_norm(image_features)
-        out = self.decoder.generate(
-            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=encoder,
-            encoder_attention_mask=torch.ones(encoder.shape[:2], dtype=torch.long, device=encoder.device),
-            num_beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-            length_penalty=length_penalty, eos_token_id=3, pad_token_id=0, bos_token_id=2, do_sample=False,
-            logits_processor=LogitsProcessorList([NoRepeatInCaption(3, input_ids.shape[1])]))
-        return out[:, input_ids.shape[1]:]
+class BlipCaptioner(CaptionDecoder):
+    """A pretrained BlipForConditionalGeneration: its vision tower reads pixels, its text decoder the same
+    prompts as the small decoder (retrieved captions, each closed by [SEP], after [DEC]).
+
+    The output layer is untied from the input embeddings (and its bias from the head's) so the weights save
+    as plain safetensors."""
+
+    def __init__(self, blip: Any, config: CaptionerConfig):
+        super().__init__()
+        self.captioner_config, self.blip = config, blip
+        text = blip.config.text_config
+        self.token_ids = TokenIds(bos=text.bos_token_id, eos=text.sep_token_id, sep=text.sep_token_id,
+                                  pad=text.pad_token_id, prompt=None)
+        head = blip.text_decoder.cls.predictions
+        if head.decoder.weight is blip.text_decoder.get_input_embeddings().weight:
+            head.decoder.weight = nn.Parameter(head.decoder.weight.detach().clone())
+        if head.decoder.bias is head.bias:
+            head.decoder.bias = nn.Parameter(head.bias.detach().clone())
+        if config.freeze_vision:
+            blip.vision_model.requires_grad_(False)
+
+    @property
+    def decoder(self) -> BlipTextLMHeadModel:  # a property: a second attribute would save its weights twice
+        return self.blip.text_decoder
+
+    def encode_images(self, image_inputs: torch.Tensor) -> torch.Tensor:
+        # image_inputs (B, 3, H, W): pixels from the checkpoint's image processor
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.captioner_config.freeze_vision):
+            return self.blip.vision_model(pixel_values=image_inputs)[0]
 
 
 class NoRepeatInCaption:
@@ -166,28 +238,29 @@ class NoRepeatInCaption:
         return scores
 
 
-def encode_batch(tokenizer: PreTrainedTokenizerFast, retrieved: list[list[str]], captions: list[str] | None,
-                 config: CaptionerConfig) -> dict[str, torch.Tensor]:
+def encode_batch(tokenizer: PreTrainedTokenizerBase, retrieved: list[list[str]], captions: list[str] | None,
+                 config: CaptionerConfig, ids: TokenIds | None = None) -> dict[str, torch.Tensor]:
     """Token tensors for a batch: prompts left-padded, captions (when given) right-padded, labels -100
-    outside the caption, positions counting real tokens only."""
-    bos, eos, sep, prm = (tokenizer.convert_tokens_to_ids(t) for t in ("[BOS]", "[EOS]", "[SEP]", "[PRM]"))
+    outside the caption, positions counting real tokens only. `ids`: the decoder's special tokens (default:
+    those of a learned vocabulary, `SPECIAL_TOKENS`)."""
+    ids = ids or LEARNED_VOCABULARY_IDS
     flat = [c for texts in retrieved for c in texts]
     encoded = iter(tokenizer(flat, add_special_tokens=False, truncation=True,
                              max_length=config.max_retrieved_tokens)["input_ids"] if flat else [])
     prompts = []
     for texts in retrieved:
-        ids = [bos]
+        prompt = [ids.bos]
         for _ in texts:
-            ids += next(encoded) + [sep]
-        prompts.append(ids + [prm])
+            prompt += next(encoded) + [ids.sep]
+        prompts.append(prompt + ([] if ids.prompt is None else [ids.prompt]))
     targets = [[] for _ in prompts]
     if captions is not None:
-        targets = [ids + [eos] for ids in tokenizer(captions, add_special_tokens=False, truncation=True,
-                                                    max_length=config.max_caption_tokens - 1)["input_ids"]]
+        targets = [t + [ids.eos] for t in tokenizer(captions, add_special_tokens=False, truncation=True,
+                                                     max_length=config.max_caption_tokens - 1)["input_ids"]]
     prompt_len = max(map(len, prompts))
     target_len = max(map(len, targets))
     n = len(prompts)
-    input_ids = torch.zeros((n, prompt_len + target_len), dtype=torch.long)
+    input_ids = torch.full((n, prompt_len + target_len), ids.pad, dtype=torch.long)
     mask = torch.zeros_like(input_ids)
     labels = torch.full_like(input_ids, -100)
     for row, (p, t) in enumerate(zip(prompts, targets, strict=True)):
@@ -219,13 +292,38 @@ class CaptionExamples(torch.utils.data.Dataset):
         return row, self.random.choice(self.captions[row]), self.retrieved[row], True
 
 
-class CaptionCollator:
-    """Batches of (row of `features`, caption, retrieved captions, may drop) examples for the Trainer (training
-    and evaluation alike); drops the retrieved captions of a `retrieval_dropout` share of the examples that
-    may drop (training ones; deterministically per seed)."""
+class PixelSource:
+    """Image pixels by row, loaded from the files when a batch asks for them (a pretrained BLIP reads pixels;
+    a whole split of them would not fit in memory): `source[rows]` -> float32 (n, 3, H, W)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, features: np.ndarray, config: CaptionerConfig):
-        self.tokenizer, self.features, self.config = tokenizer, features, config
+    def __init__(self, paths: list[str], image_processor: Any):
+        self.paths, self.image_processor = list(paths), image_processor
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        from warehouse import load_image
+
+        rows = range(len(self.paths))[rows] if isinstance(rows, slice) else rows
+        images = [load_image(self.paths[int(r)]) for r in rows]
+        return np.asarray(self.image_processor(images=images, return_tensors="np")["pixel_values"], dtype=np.float32)
+
+    def __add__(self, other: PixelSource) -> PixelSource:
+        return PixelSource(self.paths + other.paths, self.image_processor)
+
+
+ImageInputs = np.ndarray | PixelSource  # what a decoder's images are: CLIP tokens (N, T, D) or pixels by row
+
+
+class CaptionCollator:
+    """Batches of (row of `image_inputs`, caption, retrieved captions, may drop) examples for the Trainer
+    (training and evaluation alike); drops the retrieved captions of a `retrieval_dropout` share of the
+    examples that may drop (training ones; deterministically per seed)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_inputs: ImageInputs, config: CaptionerConfig,
+                 ids: TokenIds | None = None):
+        self.tokenizer, self.image_inputs, self.config, self.ids = tokenizer, image_inputs, config, ids
         self.random = random.Random(config.seed)
 
     def __call__(self, examples: list[tuple[int, str, list[str], bool]]) -> dict[str, torch.Tensor]:
@@ -233,25 +331,47 @@ class CaptionCollator:
         for _, _, texts, may_drop in examples:
             drop = may_drop and self.random.random() < self.config.retrieval_dropout
             retrieved.append([] if drop else texts[: self.config.k])
-        batch = encode_batch(self.tokenizer, retrieved, [c for _, c, _, _ in examples], self.config)
+        batch = encode_batch(self.tokenizer, retrieved, [c for _, c, _, _ in examples], self.config, self.ids)
         rows = [r for r, _, _, _ in examples]
-        batch["image_features"] = torch.from_numpy(self.features[rows].astype(np.float32))
+        batch["image_inputs"] = torch.from_numpy(np.asarray(self.image_inputs[rows], dtype=np.float32))
         return batch
 
 
 # -- saving and loading ---------------------------------------------------------------------------
 
 
-def save_captioner(model: RACaptioner, tokenizer: PreTrainedTokenizerFast, folder_root: Path,
-                   extra: dict[str, Any]) -> tuple[str, Path]:
-    """Save to `folder_root/<content hash>/` (weights, tokenizer, captioner.json); returns (hash, folder)."""
+def load_pretrained_blip(name_or_path: str, config: CaptionerConfig) -> tuple[BlipCaptioner, Any, Any]:
+    """(captioner, tokenizer, image processor) from a BlipForConditionalGeneration checkpoint: a local folder
+    (as written by `save_pretrained`) or a Hugging Face name (from the local cache, or downloaded where the
+    hub is reachable)."""
+    from transformers import AutoTokenizer, BlipForConditionalGeneration, BlipImageProcessor
+
+    try:
+        blip = BlipForConditionalGeneration.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        image_processor = BlipImageProcessor.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load the BLIP checkpoint {name_or_path!r}: {str(e).splitlines()[0]}") from None
+    return BlipCaptioner(blip, config), tokenizer, image_processor
+
+
+def save_captioner(model: CaptionDecoder, tokenizer: PreTrainedTokenizerBase, folder_root: Path,
+                   extra: dict[str, Any], image_processor: Any = None) -> tuple[str, Path]:
+    """Save to `folder_root/<content hash>/` (weights, tokenizer, captioner.json, and a pretrained BLIP's
+    image processor); returns (hash, folder)."""
     staging = folder_root / ".staging"
-    staging.mkdir(parents=True, exist_ok=True)
+    if staging.exists():  # left by a crash
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(staging / "model.safetensors"))
     tokenizer.save_pretrained(str(staging))
-    meta = {"config": asdict(model.captioner_config), "image_dim": model.image_dim,
-            "vocab_size": model.text_config.vocab_size, **extra}
+    meta = {"config": asdict(model.captioner_config), **extra}
+    if isinstance(model, BlipCaptioner):
+        meta["blip_config"] = model.blip.config.to_dict()
+        image_processor.save_pretrained(str(staging))
+    else:
+        meta.update({"image_dim": model.image_dim, "vocab_size": model.text_config.vocab_size})
     atomic_write_json(staging / "captioner.json", meta)
     digest = hashlib.sha256()
     for name in ("model.safetensors", "tokenizer.json", "captioner.json"):
@@ -259,21 +379,30 @@ def save_captioner(model: RACaptioner, tokenizer: PreTrainedTokenizerFast, folde
     captioner_id = digest.hexdigest()[:16]
     folder = folder_root / captioner_id
     if folder.exists():  # the same bytes were saved before
-        for f in staging.iterdir():
-            f.unlink()
-        staging.rmdir()
+        shutil.rmtree(staging)
     else:
         staging.rename(folder)
     return captioner_id, folder
 
 
-def load_captioner(folder: Path) -> tuple[RACaptioner, PreTrainedTokenizerFast, dict[str, Any]]:
-    """A captioner saved by `save_captioner`: (model in eval mode, tokenizer, its captioner.json)."""
+def load_captioner(folder: Path) -> tuple[CaptionDecoder, PreTrainedTokenizerBase, dict[str, Any], Any]:
+    """A captioner saved by `save_captioner`: (model in eval mode, tokenizer, its captioner.json, and the image
+    processor of a pretrained BLIP or None)."""
     meta_path = folder / "captioner.json"
+    image_processor = None
     try:
         meta = json.loads(meta_path.read_text())
         config = CaptionerConfig(**meta["config"])
-        model = RACaptioner(config, meta["vocab_size"], meta["image_dim"])
+        model: CaptionDecoder
+        if "blip_config" in meta:
+            from transformers import AutoTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor
+
+            model = BlipCaptioner(BlipForConditionalGeneration(BlipConfig.from_dict(meta["blip_config"])), config)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            image_processor = BlipImageProcessor.from_pretrained(str(folder))
+        else:
+            model = RACaptioner(config, meta["vocab_size"], meta["image_dim"])
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
         weights_path = folder / "model.safetensors"
         if not weights_path.is_file():
             raise FileNotFoundError(2, "missing", str(weights_path))
@@ -284,9 +413,8 @@ def load_captioner(folder: Path) -> tuple[RACaptioner, PreTrainedTokenizerFast, 
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise ValueError(f"weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{folder}: not a captioner folder ({e.filename} is missing)") from None
     except (ValueError, KeyError, TypeError, RuntimeError, OSError) as e:  # JSONDecodeError is a ValueError
         raise ValueError(f"{folder}: unreadable captioner ({e})") from None
-    return model.eval(), tokenizer, meta
+    return model.eval(), tokenizer, meta, image_processor

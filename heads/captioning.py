@@ -28,11 +28,15 @@ from warehouse import Catalog, Workdir, recorded_run
 from .caption_metrics import caption_metrics
 from .captioner import (
     CaptionCollator,
+    CaptionDecoder,
     CaptionerConfig,
     CaptionExamples,
+    ImageInputs,
+    PixelSource,
     RACaptioner,
     encode_batch,
     load_captioner,
+    load_pretrained_blip,
     save_captioner,
     train_tokenizer,
 )
@@ -70,6 +74,19 @@ class CaptionData:
             self.captions_of[row].append(by_id[c][1])
             self.caption_vectors_of[row].append(vector)
         self.caption_vectors_of = [np.stack(v) for v in self.caption_vectors_of]
+
+    def image_vectors(self, image_ids: np.ndarray) -> np.ndarray:
+        """(N, D) float32: the images' embeddings (what retrieval searches with)."""
+        return load_embeddings(self.workdir, self.model_id, "image", image_ids)[1].astype(np.float32)
+
+    def image_inputs(self, image_ids: np.ndarray, config: CaptionerConfig, image_processor: Any = None
+                     ) -> ImageInputs:
+        """What the decoder reads of these images: their CLIP tokens, or a pretrained BLIP's pixels."""
+        if config.pretrained is None:
+            return self.image_tokens(image_ids, config.image_tokens)
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            path_of = dict(catalog.image_rows(ids=image_ids.tolist()))
+        return PixelSource([path_of[int(i)] for i in image_ids], image_processor)
 
     def image_tokens(self, image_ids: np.ndarray, kind: str = "patches") -> np.ndarray:
         """(N, 1 + P, D) float16: each image's embedding followed by its patch embeddings (kind 'patches'),
@@ -127,20 +144,26 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
     if not val_examples:
         raise ValueError("the val split has no captions: the captioner is evaluated and chosen on val each epoch")
     torch.manual_seed(config.seed)
-    tokenizer = train_tokenizer([t for _, t in train_examples], config.vocab_size)
+    model: CaptionDecoder | None = None  # the small decoder is built once the image tokens' width is known
+    image_processor = None
+    if config.pretrained is None:
+        tokenizer = train_tokenizer([t for _, t in train_examples], config.vocab_size)
+    else:
+        model, tokenizer, image_processor = load_pretrained_blip(config.pretrained, config)
     with recorded_run(workdir, "caption train", asdict(config), data.model_id) as (_, result):
-        features, retrieved = {}, {}
+        inputs, retrieved = {}, {}
         for name, ids in (("train", train_ids), ("val", val_ids)):
             _logger.info("retrieving captions for %d %s images", len(ids), name)
-            features[name] = data.image_tokens(ids, config.image_tokens)  # token 0 is the image embedding
-            retrieved[name] = data.retrieve(features[name][:, 0].astype(np.float32), ids, config.k)
+            inputs[name] = data.image_inputs(ids, config, image_processor)
+            retrieved[name] = data.retrieve(data.image_vectors(ids), ids, config.k)
         captions_by_row: list[list[str]] = [[] for _ in train_ids]
         for row, caption in train_examples:
             captions_by_row[row].append(caption)
         train_dataset = CaptionExamples(captions_by_row, retrieved["train"], config.seed)
         offset = len(train_ids)  # val rows follow the train rows in the one feature array the collator reads
         val_dataset = [(offset + row, caption, retrieved["val"][row], False) for row, caption in val_examples]
-        model = RACaptioner(config, len(tokenizer), features["train"].shape[-1])
+        if model is None:
+            model = RACaptioner(config, len(tokenizer), inputs["train"].shape[-1])
         output_dir = workdir.captioners_dir / "training" / data.model_id
         has_checkpoint = resume and any(output_dir.glob("checkpoint-*"))
         if not resume and output_dir.exists():  # a fresh run: earlier checkpoints must not mix into --resume later
@@ -157,22 +180,30 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
             use_cpu=not torch.cuda.is_available(), bf16=_use_bf16(config))
         trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=val_dataset,
-                          data_collator=CaptionCollator(tokenizer, np.concatenate([features["train"],
-                                                                                   features["val"]]), config),
+                          data_collator=CaptionCollator(tokenizer, _join(inputs["train"], inputs["val"]), config,
+                                                        model.token_ids),
                           processing_class=tokenizer)
         _quiet_logs(trainer, progress)
         started = time.perf_counter()
-        trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+        if config.epochs:
+            trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+        else:  # a pretrained BLIP as it is: its val loss only
+            trainer.evaluate()
         seconds = time.perf_counter() - started
         losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
         captioner_id, folder = save_captioner(model.cpu(), tokenizer, workdir.captioners_dir,
-                                              {"model_id": data.model_id, "train_images": int(len(train_ids))})
+                                              {"model_id": data.model_id, "train_images": int(len(train_ids))},
+                                              image_processor)
         result.update({"captioner_id": captioner_id, "path": str(folder), "model_id": data.model_id,
                        "train_images": len(train_dataset), "val_examples": len(val_dataset),
                        "vocab_size": len(tokenizer), "val_loss_by_epoch": [round(x, 4) for x in losses],
                        "best_val_loss": round(min(losses), 4) if losses else None,
                        "train_seconds": round(seconds, 1), "resumed": has_checkpoint})
     return result
+
+
+def _join(a: ImageInputs, b: ImageInputs) -> ImageInputs:
+    return a + b if isinstance(a, PixelSource) else np.concatenate([a, b])
 
 
 def _quiet_logs(trainer: Any, progress: bool) -> None:
@@ -234,7 +265,7 @@ class Captioner:
     def __init__(self, workdir: Workdir, captioner_id: str | None = None, device: str | None = None):
         self.folder = find_captioner(workdir, captioner_id)
         self.id = self.folder.name
-        self.model, self.tokenizer, self.meta = load_captioner(self.folder)
+        self.model, self.tokenizer, self.meta, self.image_processor = load_captioner(self.folder)
         self.config: CaptionerConfig = self.model.captioner_config
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
@@ -251,17 +282,18 @@ class Captioner:
             self._encoder = load_checkpoint(path, self.device)
         return self._encoder
 
-    def caption_tokens(self, tokens: np.ndarray, retrieved: list[list[str]], beams: int | None = None,
+    def caption_inputs(self, image_inputs: ImageInputs, retrieved: list[list[str]], beams: int | None = None,
                        max_new_tokens: int | None = None, min_new_tokens: int | None = None,
                        length_penalty: float | None = None, batch_size: int = 32, progress: bool = False
                        ) -> list[str]:
-        """Captions of images given their tokens (N, 1 + P, D) and retrieved captions (already cut to k)."""
+        """Captions of images given what the decoder reads of them (`CaptionData.image_inputs`) and their
+        retrieved captions (already cut to k)."""
         c = self.config
         out: list[str] = []
-        for s in tqdm(range(0, len(tokens), batch_size), desc="caption", unit="batch", disable=not progress):
-            batch = encode_batch(self.tokenizer, retrieved[s:s + batch_size], None, c)
+        for s in tqdm(range(0, len(image_inputs), batch_size), desc="caption", unit="batch", disable=not progress):
+            batch = encode_batch(self.tokenizer, retrieved[s:s + batch_size], None, c, self.model.token_ids)
             new = self.model.generate(
-                torch.from_numpy(tokens[s:s + batch_size].astype(np.float32)).to(self.device),
+                torch.from_numpy(np.asarray(image_inputs[s:s + batch_size], dtype=np.float32)).to(self.device),
                 batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
                 beams=beams or c.beams, max_new_tokens=max_new_tokens or c.max_new_tokens,
                 min_new_tokens=c.min_new_tokens if min_new_tokens is None else min_new_tokens,
@@ -273,25 +305,27 @@ class Captioner:
                        ) -> tuple[list[str], list[list[str]]]:
         """(captions, retrieved captions) of catalog images from their stored embeddings."""
         k = self.config.k if k is None else k
-        tokens = self.data.image_tokens(image_ids, self.config.image_tokens)
-        retrieved = self.data.retrieve(tokens[:, 0].astype(np.float32), image_ids, max(k, 1))
-        retrieved = [r[:k] for r in retrieved]
-        return self.caption_tokens(tokens, retrieved, progress=progress, **decoding), retrieved
+        inputs = self.data.image_inputs(image_ids, self.config, self.image_processor)
+        retrieved = [r[:k] for r in self.data.retrieve(self.data.image_vectors(image_ids), image_ids, max(k, 1))]
+        return self.caption_inputs(inputs, retrieved, progress=progress, **decoding), retrieved
 
     def caption_file(self, path: str | Path, k: int | None = None, **decoding: Any) -> tuple[str, list[str]]:
         """(caption, retrieved captions) of an image file that need not be in the catalog."""
         from warehouse import load_image
 
+        image = load_image(path)
         with torch.no_grad():
-            pixels = self.encoder.pixels_from_images([load_image(path)])
-            vector, patches = self.encoder.encode_image_and_patches(pixels)
-        tokens = vector[:, None, :]  # (1, 1, D), then the patches (1, P, D) unless it reads the embedding only
-        if self.config.image_tokens == "patches":
-            tokens = torch.cat([tokens, patches], dim=1)
-        tokens = tokens.cpu().numpy()
+            vector, patches = self.encoder.encode_image_and_patches(self.encoder.pixels_from_images([image]))
+        inputs: ImageInputs
+        if self.image_processor is not None:  # a pretrained BLIP reads the pixels
+            inputs = np.asarray(self.image_processor(images=[image], return_tensors="np")["pixel_values"])
+        elif self.config.image_tokens == "patches":  # the embedding (1, 1, D), then the patches (1, P, D)
+            inputs = torch.cat([vector[:, None, :], patches], dim=1).cpu().numpy()
+        else:
+            inputs = vector[:, None, :].cpu().numpy()
         k = self.config.k if k is None else k
-        retrieved = [self.data.retrieve(tokens[:, 0], None, max(k, 1))[0][:k]]
-        return self.caption_tokens(tokens, retrieved, **decoding)[0], retrieved[0]
+        retrieved = [self.data.retrieve(vector.float().cpu().numpy(), None, max(k, 1))[0][:k]]
+        return self.caption_inputs(inputs, retrieved, **decoding)[0], retrieved[0]
 
 
 def caption_workdir(workdir: Workdir, captioner_id: str | None = None, split: str | None = None,
@@ -333,11 +367,11 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
     k_model = captioner.config.k
     ks = tuple(sorted({0, k_model, *(ks or (1, 2))}))  # 0 and the captioner's own k are always reported
     with recorded_run(workdir, "eval captions", {"split": split, "ks": list(ks)}, captioner.id) as (_, result):
-        tokens = captioner.data.image_tokens(image_ids, captioner.config.image_tokens)
-        retrieved = captioner.data.retrieve(tokens[:, 0].astype(np.float32), image_ids, max(max(ks), 1))
+        inputs = captioner.data.image_inputs(image_ids, captioner.config, captioner.image_processor)
+        retrieved = captioner.data.retrieve(captioner.data.image_vectors(image_ids), image_ids, max(max(ks), 1))
         by_k, samples = {}, {}
         for k in ks:
-            captions = captioner.caption_tokens(tokens, [r[:k] for r in retrieved], progress=True)
+            captions = captioner.caption_inputs(inputs, [r[:k] for r in retrieved], progress=True)
             by_k[str(k)] = caption_metrics(captions, references)
             samples[str(k)] = captions[:3]
         nearest = [r[0] if r else "" for r in retrieved]

@@ -91,3 +91,29 @@ def karpathy_entry(filename: str, split: str, raws: list[str], imgid: int = 0) -
 def write_results_csv(path: Path, rows: list[str]) -> Path:
     path.write_text("image_name| comment_number| comment\n" + "\n".join(rows) + "\n")
     return path
+
+
+def write_tiny_blip(folder: Path, texts: list[str]) -> Path:
+    """A randomly initialised BlipForConditionalGeneration in the layout of a real checkpoint
+    (`save_pretrained` of the model and of a BlipProcessor: BERT WordPiece tokenizer with [DEC] as its
+    bos token, 32 px image processor); its vocabulary holds the words of `texts`."""
+    import re
+
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, "[DEC]"]
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True,
+                              bos_token="[DEC]")
+    processor = BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+    config = BlipConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "intermediate_size": 128, "bos_token_id": len(vocab) - 1, "sep_token_id": 3, "pad_token_id": 0},
+        vision_config={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
+                       "image_size": 32, "patch_size": 8})
+    torch.manual_seed(0)
+    BlipForConditionalGeneration(config).save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    return folder

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from heads.caption_metrics import bleu, caption_metrics, cider_d, rouge_l, words
 from heads.captioner import (
@@ -87,7 +88,7 @@ def test_decoding_ignores_padding_and_the_saved_captioner_round_trips(tmp_path):
     assert together[1, : single.shape[1]].tolist() == single[0].tolist()
     captioner_id, folder = save_captioner(model, tokenizer, tmp_path / "captioners", {"model_id": "m"})
     assert folder.name == captioner_id and len(captioner_id) == 16
-    again, tokenizer_again, meta = load_captioner(folder)
+    again, tokenizer_again, meta, _ = load_captioner(folder)
     assert meta["model_id"] == "m" and len(tokenizer_again) == len(tokenizer)
     assert again.generate(features, batch["input_ids"], batch["attention_mask"], beams=2,
                           max_new_tokens=6).tolist() == together.tolist()
@@ -161,3 +162,42 @@ def test_the_decoder_reads_the_retrieved_captions():
     batch = encode_batch(tokenizer, [[captions[0]]], None, config)
     new = model.generate(noise[:1], batch["input_ids"], batch["attention_mask"], beams=2, max_new_tokens=8)
     assert tokenizer.decode(new[0], skip_special_tokens=True) == captions[0]
+
+
+def test_a_pretrained_blip_reads_prompts_in_its_native_layout_and_round_trips(tmp_path):
+    from transformers import BlipForConditionalGeneration
+
+    from heads.captioner import load_pretrained_blip
+    from tests.helpers import write_tiny_blip
+
+    folder = write_tiny_blip(tmp_path / "blip", TEXTS)
+    config = CaptionerConfig(pretrained=str(folder), epochs=0, beams=2, max_new_tokens=5, min_new_tokens=2)
+    model, tokenizer, image_processor = load_pretrained_blip(str(folder), config)
+    ids = model.token_ids
+    assert ids.bos == tokenizer.convert_tokens_to_ids("[DEC]") and ids.eos == ids.sep == tokenizer.sep_token_id
+    # no retrieved captions: exactly BLIP's own training input, [DEC] caption [SEP] (its processor's
+    # [CLS] caption [SEP] with the first token replaced by [DEC])
+    plain = encode_batch(tokenizer, [[]], ["a black dog"], config, ids)
+    native = tokenizer(["a black dog"])["input_ids"][0]
+    assert plain["input_ids"][0].tolist() == [ids.bos, *native[1:]]
+    # with retrieved captions: each closed by [SEP], then the caption
+    with_retrieved = encode_batch(tokenizer, [["two men"]], ["a black dog"], config, ids)["input_ids"][0].tolist()
+    assert with_retrieved == [ids.bos, *tokenizer("two men")["input_ids"][1:], *native[1:]]
+    # the weights are the checkpoint's (the output layer untied, with the same values)
+    reference = BlipForConditionalGeneration.from_pretrained(str(folder)).state_dict()
+    state = model.blip.state_dict()
+    assert all(torch.equal(state[name], tensor) for name, tensor in reference.items())
+    pixels = torch.from_numpy(image_processor(images=[Image.new("RGB", (50, 40), (200, 30, 30))],
+                                              return_tensors="np")["pixel_values"])
+    prompt = encode_batch(tokenizer, [["two men"]], None, config, ids)
+    captions = model.eval().generate(pixels, prompt["input_ids"], prompt["attention_mask"], beams=2, max_new_tokens=5)
+    captioner_id, saved = save_captioner(model, tokenizer, tmp_path / "captioners", {"model_id": "m"}, image_processor)
+    again, tokenizer_again, meta, processor_again = load_captioner(saved)
+    assert meta["config"]["pretrained"] == str(folder) and len(tokenizer_again) == len(tokenizer)
+    assert processor_again is not None and again.token_ids == ids
+    assert again.generate(pixels, prompt["input_ids"], prompt["attention_mask"], beams=2,
+                          max_new_tokens=5).tolist() == captions.tolist()
+    with pytest.raises(ValueError, match="cannot load the BLIP checkpoint"):
+        load_pretrained_blip(str(tmp_path / "nothing-here"), config)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        CaptionerConfig(epochs=0)

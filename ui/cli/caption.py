@@ -21,13 +21,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          description="Needs `groundex index` first (image, patch and caption embeddings).")
     add_workdir(t)
     t.add_argument("--model", default=None, help="embedding model hash or prefix (default: the newest)")
-    t.add_argument("--epochs", type=int, default=10, help="passes over the training images (default: 10)")
+    t.add_argument("--epochs", type=int, default=10,
+                   help="passes over the training images (default: 10; 0 with --pretrained: no fine-tuning)")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=5e-4)
     t.add_argument("-k", type=int, default=4, help="retrieved captions in the prompt (default: 4)")
     t.add_argument("--layers", type=int, default=3, help="decoder layers (default: 3)")
     t.add_argument("--hidden-size", type=int, default=256, help="decoder width (default: 256)")
     t.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    t.add_argument("--pretrained", default=None, metavar="NAME_OR_PATH",
+                   help="fine-tune a pretrained BLIP (BlipForConditionalGeneration: a Hugging Face name such as "
+                        "Salesforce/blip-image-captioning-base, or a local folder) in place of the small decoder: its "
+                        "vision tower reads the pixels and its tokenizer is kept; --epochs 0 stores it as it is")
+    t.add_argument("--train-vision", action="store_true",
+                   help="with --pretrained: fine-tune the vision tower too (default: the text decoder only)")
     t.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint of this model")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--json", action="store_true")
@@ -52,7 +59,8 @@ def run_train(args: argparse.Namespace) -> int:
     from heads.captioning import train_captioner
 
     config = CaptionerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, k=args.k, layers=args.layers,
-                             hidden_size=args.hidden_size, precision=args.precision)
+                             hidden_size=args.hidden_size, precision=args.precision, pretrained=args.pretrained,
+                             freeze_vision=not args.train_vision)
     result = train_captioner(workdir_of(args), config, args.model, resume=args.resume, progress=not args.no_progress)
     if args.json:
         print_json(result)
