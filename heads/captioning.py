@@ -313,7 +313,10 @@ class Captioner:
         """(caption, retrieved captions) of an image file that need not be in the catalog."""
         from warehouse import load_image
 
-        image = load_image(path)
+        return self.caption_image(load_image(path), k, **decoding)
+
+    def caption_image(self, image: Any, k: int | None = None, **decoding: Any) -> tuple[str, list[str]]:
+        """(caption, retrieved captions) of a PIL image (RGB)."""
         with torch.no_grad():
             vector, patches = self.encoder.encode_image_and_patches(self.encoder.pixels_from_images([image]))
         inputs: ImageInputs

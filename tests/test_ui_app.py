@@ -1,0 +1,176 @@
+"""The Streamlit app through `streamlit.testing.v1.AppTest`: every page on a small built workdir (search
+hits and filters, the image page, phrase -> region, explore, evaluation, the SQL console's refusals), the
+page shown without a workdir, uploads' checks, and `groundex ui`'s command line."""
+
+import argparse
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import warehouse
+from heads.captioner import CaptionerConfig
+from heads.captioning import train_captioner
+from heads.tagging import tag_workdir
+from indexer.pipeline import evaluate_retrieval, index_workdir
+from indexer.train import TrainConfig, train
+from ui.app.console import SqlConsole
+from ui.app.data import decode_upload
+from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir
+
+APP = str(Path(__file__).resolve().parents[1] / "ui" / "app" / "main.py")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    workdir = Workdir(tmp_path_factory.mktemp("ui") / "work")
+    warehouse.ingest_synthetic(workdir, SyntheticConfig(n=300), config=IngestConfig(progress=False))
+    train(workdir, TrainConfig(epochs=2, batch_size=64, progress=False))
+    index_workdir(workdir)
+    evaluate_retrieval(workdir, "val")
+    tag_workdir(workdir, "knn")
+    train_captioner(workdir, CaptionerConfig(hidden_size=64, layers=1, heads=2, intermediate_size=128, epochs=1),
+                    progress=False)
+    return workdir
+
+
+@pytest.fixture
+def app(workdir, monkeypatch):
+    monkeypatch.setenv("GROUNDEX_WORKDIR", str(workdir.root))
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_search_returns_hits_filters_apply_and_more_like_this_switches_mode(app, workdir):
+    app.text_input(key="search_query").input("a red circle").run()
+    _ok(app)
+    assert len(app.get("image")) == 12  # the default k
+    assert "12 images" in app.caption[0].value
+    app.slider(key="search_k").set_value(5).run()
+    app.selectbox(key="search_split").set_value("val").run()
+    _ok(app)
+    with Catalog.open(workdir, read_only=True) as catalog:
+        val_ids = {i for i, _ in catalog.image_rows("val")}
+    shown = [int(m.value.split("image ")[1].split(" ")[0]) for m in app.markdown if " · image " in m.value]
+    assert len(shown) == 5 and set(shown) <= val_ids
+    assert all("· val" in m.value for m in app.markdown if " · image " in m.value)
+    app.text_input(key="search_where").input("id < 0").run()
+    assert any("No image matches" in i.value for i in _ok(app).info)
+    app.text_input(key="search_where").input("no_such_column = 1").run()
+    assert "bad --where condition" in _ok(app).error[0].value
+    app.text_input(key="search_where").input("").run()
+    like = next(b for b in _ok(app).button if b.label == "more like this")
+    like.click().run()
+    _ok(app)
+    assert app.radio(key="search_mode").value == "image → image"
+    assert int(app.number_input(key="search_image_id").value) == shown[0]
+    app.radio(key="search_mode").set_value("image → text").run()
+    assert len(_ok(app).dataframe) == 1
+
+
+def test_image_page_shows_captions_boxes_tags_and_grounds_a_phrase(app, workdir):
+    with Catalog.open(workdir, read_only=True) as catalog:
+        image_id, _ = catalog.image_rows("val")[0]
+        captions = [t for _, _, t in catalog.caption_rows(image_ids=[image_id])]
+        tags = catalog.tags_of([image_id])[image_id]
+    app.switch_page("pages/image.py").run()
+    app.number_input(key="image_page_id").set_value(image_id).run()
+    _ok(app)
+    text = " ".join(m.value for m in app.markdown)
+    assert all(c.split()[-2] in text for c in captions)  # each caption shown (phrases wrapped in spans)
+    assert len(app.dataframe) == 1 and len(app.dataframe[0].value) == len(tags)  # tags with score and method
+    app.text_input(key="image_phrase").input("a red circle").run()
+    _ok(app)
+    assert any("best patch" in (img.proto.imgs[0].caption if img.proto.imgs else "") for img in app.get("image"))
+    app.number_input(key="image_page_id").set_value(10**9).run()
+    assert "not in the catalog" in _ok(app).error[0].value
+
+
+def test_phrase_region_explore_evaluation_pages_render(app, workdir):
+    app.switch_page("pages/regions.py").run()
+    app.text_input(key="regions_phrase").input("a blue square").run()
+    _ok(app)
+    assert len(app.get("image")) == 12 and "12 images" in app.caption[0].value
+    app.switch_page("pages/explore.py").run()
+    _ok(app)
+    with Catalog.open(workdir, read_only=True) as catalog:
+        counts = catalog.counts()
+    assert app.metric[0].value == f"{counts['images']:,}" and app.metric[2].value == f"{counts['phrases']:,}"
+    assert len(app.get("vega_lite_chart")) >= 4  # splits, types, lengths, tags, the map
+    app.switch_page("pages/evaluation.py").run()
+    _ok(app)
+    assert [h.value for h in app.header] == ["Retrieval (recall@K, %)"]  # the fixture ran this evaluation only
+    with Catalog.open(workdir, read_only=True) as catalog:
+        measured = catalog.runs("eval retrieval", limit=1)[0]["result"]["text_to_image"]["R@10"]
+    assert measured in app.dataframe[0].value.to_numpy()
+
+
+def test_sql_console_reads_and_refuses_writes_attach_and_files(app, workdir):
+    app.switch_page("pages/sql.py").run()
+    _ok(app)
+    assert len(app.dataframe) == 1  # the example query
+    for query, message in [("DELETE FROM images", "read-only"), ("CREATE TABLE x (a INT)", "read-only"),
+                           ("SELECT * FROM read_csv('/etc/passwd')", "disabled"),
+                           (f"ATTACH '{workdir.root / 'other.duckdb'}'", "disabled"),
+                           ("COPY images TO '/tmp/groundex-leak.csv'", "disabled"),
+                           ("SET enable_external_access = true", "configuration")]:
+        app.text_area(key="sql_query").input(query).run()
+        assert app.error and message in app.error[0].value.lower(), (query, [e.value for e in app.error])
+    assert not Path("/tmp/groundex-leak.csv").exists() and not (workdir.root / "other.duckdb").exists()
+    with Catalog.open(workdir, read_only=True) as catalog:
+        assert catalog.counts()["images"] == 300  # nothing was deleted
+
+
+def test_console_limits_rows_and_time(workdir):
+    console = SqlConsole(workdir.catalog_path, max_rows=10, time_limit_s=0.5)
+    result = console.run("SELECT id FROM images ORDER BY id;")
+    assert len(result.rows) == 10 and result.truncated and result.columns == ["id"]
+    with pytest.raises(TimeoutError, match="past 0.5 s"):
+        console.run("SELECT count(*) FROM range(100000000000) a")
+    assert console.run("SELECT 1").rows == [(1,)]  # usable after a stopped query
+    with pytest.raises(ValueError, match="empty"):
+        console.run("  ;")
+
+
+def test_without_a_built_workdir_the_app_explains_how_to_build_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("GROUNDEX_WORKDIR", str(tmp_path / "nothing"))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception and "holds no catalog" in at.warning[0].value
+    assert "groundex demo" in " ".join(m.value for m in at.markdown)
+
+
+def test_uploads_are_checked():
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(buffer, format="PNG")
+    assert decode_upload("ok.png", buffer.getvalue()).size == (40, 30)
+    with pytest.raises(ValueError, match="big.png is .* limited to"):
+        decode_upload("big.png", buffer.getvalue(), max_bytes=10)
+    with pytest.raises(ValueError, match="empty.png is empty"):
+        decode_upload("empty.png", b"")
+    with pytest.raises(ValueError, match="notes.txt"):
+        decode_upload("notes.txt", b"not an image at all")
+    with pytest.raises(ValueError, match="bomb.png"):
+        decode_upload("bomb.png", buffer.getvalue(), max_pixels=100)
+
+
+def test_groundex_ui_builds_the_streamlit_command():
+    from ui.cli import build_parser
+    from ui.cli.ui import command
+
+    args = build_parser().parse_args(["ui", "--workdir", "/w", "--port", "8600", "--headless", "--",
+                                      "--server.address", "127.0.0.1"])
+    cmd = command(args)
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("ui/app/main.py")
+    assert cmd[cmd.index("--server.port") + 1] == "8600" and cmd[cmd.index("--server.headless") + 1] == "true"
+    assert cmd[-2:] == ["--server.address", "127.0.0.1"]
+    assert isinstance(args, argparse.Namespace)

@@ -1,0 +1,69 @@
+"""Image: one image with its captions (phrases highlighted), Entities boxes, generated caption, tags,
+nearest neighbours, and grounding a phrase on it."""
+
+import streamlit as st
+
+from grounding.overlay import render_overlay
+from ui.app import data, resources
+from ui.app.views import hit_grid
+from warehouse import Catalog, load_image
+
+workdir = resources.workdir()
+root = str(workdir.root)
+st.title("Image")
+if "open_image_id" in st.session_state:  # "open" on another page
+    st.session_state["image_page_id"] = st.session_state.pop("open_image_id")
+elif "image_page_id" not in st.session_state:
+    st.session_state["image_page_id"] = data.first_image_id(workdir) or 0
+image_id = int(st.number_input("image id", min_value=0, step=1, key="image_page_id"))
+info = resources.details(root, [image_id]).get(image_id)
+if info is None:
+    st.stop()
+with Catalog.open(workdir, read_only=True) as catalog:
+    phrases = catalog.grounding_rows(image_ids=[image_id])
+    generated = catalog.generated_captions([image_id]).get(image_id, [])
+    tags = catalog.tags_of([image_id]).get(image_id, [])
+    captions = catalog.caption_rows(image_ids=[image_id])
+image = load_image(info["path"])
+left, right = st.columns([3, 2])
+with left:
+    st.image(data.boxes_overlay(image, phrases), width="stretch",
+             caption=f"image {image_id} · {info['split'] or 'no split'} · {info['width']}×{info['height']} · "
+                     f"{info['dataset']} {info['key']}")
+    if phrases:
+        legend = sorted({p.types[0] for p in phrases if p.types and p.boxes})
+        st.markdown(" ".join(f'<span style="color:{data.type_colour([t])}">■ {t}</span>' for t in legend),
+                    unsafe_allow_html=True)
+with right:
+    st.subheader("Captions")
+    by_caption: dict[int, list] = {}
+    for p in phrases:
+        by_caption.setdefault(p.caption_id, []).append(p)
+    for caption_id, _, text in captions:
+        st.markdown(data.highlighted_caption(text, by_caption.get(caption_id, [])), unsafe_allow_html=True)
+    if not captions:
+        st.caption("no human captions")
+    for g in generated:
+        st.markdown(f"**generated** ({g['model_id'][:8]}): {g['text']}")
+    if tags:
+        st.subheader("Tags")
+        st.dataframe([{"tag": t["keyword"], "score": round(t["score"], 3), "method": t["method"]} for t in tags],
+                     hide_index=True, width="stretch", height=min(300, 38 + 35 * len(tags)))
+
+st.subheader("Ground a phrase")
+phrase = st.text_input("phrase", key="image_phrase", placeholder="the man in the red jacket")
+if phrase.strip():
+    try:
+        grounding = resources.grounder(root).ground(phrase, image_id)
+    except ValueError as e:
+        st.error(str(e))
+    else:
+        st.image(render_overlay(image, grounding, max_side=512),
+                 caption=f"“{phrase}”: best patch {grounding.score:.3f}, {len(grounding.boxes)} boxes", width=420)
+
+st.subheader("Nearest neighbours")
+k, where = resources.filters_sidebar(root, "image")
+try:
+    hit_grid(resources.searcher(root).image_to_image(image_id, k=k, where=where), key="neighbours")
+except (ValueError, FileNotFoundError) as e:
+    st.error(str(e))

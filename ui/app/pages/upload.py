@@ -1,0 +1,65 @@
+"""Upload: any image -> similar images, predicted tags, a generated caption, and grounding a typed phrase."""
+
+import streamlit as st
+
+from grounding.overlay import render_overlay
+from ui.app import resources
+from ui.app.data import MAX_UPLOAD_BYTES, decode_upload
+from ui.app.views import hit_grid
+
+workdir = resources.workdir()
+root = str(workdir.root)
+k, where = resources.filters_sidebar(root, "upload")
+st.title("Upload")
+uploaded = st.file_uploader("An image (JPEG, PNG, WebP, GIF, BMP, TIFF)", key="upload_file",
+                            type=["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"])
+if uploaded is None:
+    st.stop()
+try:
+    if uploaded.size > MAX_UPLOAD_BYTES:  # before reading it
+        raise ValueError(f"{uploaded.name} is {uploaded.size / 2**20:.1f} MB; uploads are limited to "
+                         f"{MAX_UPLOAD_BYTES / 2**20:g} MB")
+    image = decode_upload(uploaded.name, uploaded.getvalue())
+except ValueError as e:
+    st.error(str(e))
+    st.stop()
+
+left, right = st.columns([2, 3])
+with left:
+    st.image(image, caption=f"{uploaded.name} · {image.width}×{image.height}", width="stretch")
+with right:
+    searcher = resources.searcher(root)
+    vector = searcher.image_vector(image)
+    st.subheader("Tags")
+    shown = False
+    for method in ("probe", "knn", "zeroshot"):
+        fitted = resources.tagger(root, method)
+        if fitted is None:
+            continue
+        tagger, tag_data = fitted
+        tags = tagger.predict(tag_data, vector[None, :])[0]
+        st.markdown(f"**{method}**: " + (", ".join(f"{w} ({s:.2f})" for w, s in tags) or "none above threshold"))
+        shown = True
+    if not shown:
+        st.caption("no tagger fitted yet: `groundex tag --method knn`")
+    st.subheader("Caption")
+    captioner = resources.captioner(root)
+    if captioner is None:
+        st.caption("no captioner trained yet: `groundex caption train`")
+    else:
+        caption, retrieved = captioner.caption_image(image)
+        st.markdown(f"**{caption}**")
+        with st.expander("retrieved captions (the prompt)"):
+            for text in retrieved:
+                st.write(text)
+    phrase = st.text_input("Ground a phrase", key="upload_phrase", placeholder="a dog")
+    if phrase.strip():
+        try:
+            grounding = resources.grounder(root).ground(phrase, image)
+            st.image(render_overlay(image, grounding, max_side=512), width=420,
+                     caption=f"“{phrase}”: best patch {grounding.score:.3f}")
+        except ValueError as e:
+            st.error(str(e))
+
+st.subheader("Similar images")
+hit_grid(searcher.image_to_image(image, k=k, where=where), key="upload")

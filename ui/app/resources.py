@@ -1,0 +1,136 @@
+"""What the pages share: the workdir, and models, indexes and captioner loaded once per process
+(`st.cache_resource`); thumbnails cached by path (`st.cache_data`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import streamlit as st
+
+from warehouse import Catalog, Workdir
+
+from . import data
+from .console import SqlConsole
+
+WORKDIR_ENV = "GROUNDEX_WORKDIR"
+BUILD_HELP = """This app browses a **built workdir**. Build one with either of:
+
+```
+groundex demo --workdir WORKDIR          # the embedded synthetic scenes, about 8 minutes on 2 cores
+make demo                                # the same, in the README's /tmp/groundex-demo
+```
+or, for your own data, `groundex ingest ...`, `groundex train`, `groundex index` (see the README). Then start
+the app on it: `groundex ui --workdir WORKDIR`."""
+
+
+def workdir() -> Workdir:
+    """The workdir named by `groundex ui` (environment variable GROUNDEX_WORKDIR); when it is not built, the
+    page explains how to build one and stops."""
+    built, why = data.workdir_state(os.environ.get(WORKDIR_ENV))
+    if built is None:
+        st.warning(f"No workdir to show: {why}.")
+        st.markdown(BUILD_HELP)
+        st.stop()
+    return built
+
+
+def where_clause(split: str | None, tags: list[str], free: str) -> str | None:
+    """One `--where` condition from the sidebar's filters (tags must all be present)."""
+    parts = []
+    if split:
+        parts.append("split = '" + split.replace("'", "''") + "'")
+    if tags:
+        parts.append("list_has_all(tags, [" + ", ".join("'" + t.replace("'", "''") + "'" for t in tags) + "])")
+    if free.strip():
+        parts.append(f"({free.strip()})")
+    return " AND ".join(parts) or None
+
+
+@st.cache_resource(show_spinner="loading the model and its indexes")
+def searcher(root: str, model_id: str | None = None) -> Any:
+    from indexer.search import Searcher
+
+    return Searcher(Workdir(root), model_id)
+
+
+@st.cache_resource(show_spinner="loading the grounder")
+def grounder(root: str, model_id: str | None = None) -> Any:
+    from grounding.ground import Grounder
+
+    return Grounder(Workdir(root), model_id)
+
+
+@st.cache_resource(show_spinner="loading the captioner")
+def captioner(root: str) -> Any:
+    """The newest captioner, or None when none was trained."""
+    from heads.captioning import Captioner
+
+    try:
+        return Captioner(Workdir(root))
+    except FileNotFoundError:
+        return None
+
+
+@st.cache_resource(show_spinner="loading the tagger")
+def tagger(root: str, method: str) -> Any:
+    """(tagger, its data) of a fitted tagger, or None when `groundex tag --method` was never run."""
+    from heads.tagging import load_tagger
+
+    try:
+        return load_tagger(Workdir(root), method)
+    except FileNotFoundError:
+        return None
+
+
+@st.cache_resource
+def console(root: str) -> SqlConsole:
+    return SqlConsole(Workdir(root).catalog_path)
+
+
+@st.cache_data(max_entries=5000, show_spinner=False)
+def thumbnail(path: str, side: int = data.THUMB_SIDE) -> bytes:
+    return data.thumbnail(path, side)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def filter_choices(root: str) -> tuple[list[str], list[str]]:
+    """(splits, the most frequent tags) for the filter widgets."""
+    with Catalog.open(Workdir(root), read_only=True) as catalog:
+        splits = [r[0] for r in catalog.query("SELECT DISTINCT split FROM images WHERE split IS NOT NULL ORDER BY 1")]
+        tags = [t for t, _ in catalog.tag_counts(limit=200)]
+    return splits, tags
+
+
+def filters_sidebar(root: str, key: str) -> tuple[int, str | None]:
+    """The sidebar's k and filters; returns (k, where)."""
+    splits, tags = filter_choices(root)
+    with st.sidebar:
+        k = st.slider("results (k)", 1, 60, 12, key=f"{key}_k")
+        split = st.selectbox("split", ["any", *splits], key=f"{key}_split")
+        chosen = st.multiselect("tags (all of)", tags, key=f"{key}_tags")
+        free = st.text_input("SQL condition on images", key=f"{key}_where",
+                             help="e.g. width > 300, or tag = 'dog'; columns of the images table, tag and tags")
+    return k, where_clause(None if split == "any" else split, chosen, free)
+
+
+def tags_of(root: str, ids: tuple[int, ...]) -> dict[int, list[dict[str, Any]]]:
+    """The stored tags of these images (every method), best first."""
+    with Catalog.open(Workdir(root), read_only=True) as catalog:
+        return catalog.tags_of(ids)
+
+
+def details(root: str, ids: list[int]) -> dict[int, dict[str, Any]]:
+    """`Catalog.image_details` of these ids; says so on the page when one is not in the catalog."""
+    with Catalog.open(Workdir(root), read_only=True) as catalog:
+        found = catalog.image_details(ids)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        st.error(f"image id {missing[0]} is not in the catalog")
+    return found
+
+
+def open_image(image_id: int) -> None:
+    """Show one image on the Image page."""
+    st.session_state["open_image_id"] = int(image_id)
+    st.switch_page("pages/image.py")
