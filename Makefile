@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test gpu lint
+.PHONY: demo test gpu lint browser screenshots
 
 # Reinstalled whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -15,8 +15,16 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/groundex demo
 
-test: $(VENV)/.installed
+# The browser test drives Debian's chromium (installed here with apt-get when missing).
+test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest
+
+browser:
+	bash .ci/install-browser
+
+# The README's screenshots of the app, from the demo workdir (never from the real sample).
+screenshots: $(VENV)/.installed browser
+	$(BIN)/python docs/screenshots.py --workdir $${GROUNDEX_WORKDIR:-groundex-work}
 
 # faiss-gpu-cu12 provides the same `faiss` module as faiss-cpu, so it replaces it rather than sitting beside it.
 gpu: $(VENV)/.installed

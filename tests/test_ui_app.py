@@ -69,7 +69,7 @@ def test_search_returns_hits_filters_apply_and_more_like_this_switches_mode(app,
     app.text_input(key="search_where").input("no_such_column = 1").run()
     assert "bad --where condition" in _ok(app).error[0].value
     app.text_input(key="search_where").input("").run()
-    like = next(b for b in _ok(app).button if b.label == "more like this")
+    like = next(b for b in _ok(app).button if b.label == "similar")
     like.click().run()
     _ok(app)
     assert app.radio(key="search_mode").value == "image → image"

@@ -35,6 +35,32 @@ def workdir() -> Workdir:
     return built
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def indexed_models(root: str) -> list[tuple[str, str]]:
+    """(model id, label) of the models that have an image index, newest first."""
+    with Catalog.open(Workdir(root), read_only=True) as catalog:
+        return [(m["id"], f"{m['id'][:12]} · {m['name']} · {str(m['created_at'])[:16]}") for m in catalog.models()
+                if catalog.current_index(m["id"], "image") is not None]
+
+
+def model_id(root: str) -> str:
+    """The embedding model the pages search with: chosen in the sidebar among the indexed ones (default:
+    the newest). Stops the page with the command to run when no model has an index."""
+    models = indexed_models(root)
+    if not models:
+        st.warning("No model of this workdir has an index yet.")
+        st.markdown("Run `groundex index --workdir WORKDIR` (after `groundex train`), then reload.")
+        st.stop()
+    labels = dict(models)
+    chosen = st.session_state.get("chosen_model")  # kept across pages (a widget's own state is not)
+    st.session_state["model_select"] = chosen if chosen in labels else models[0][0]
+    with st.sidebar:
+        st.session_state["chosen_model"] = st.selectbox("model", list(labels), format_func=labels.get,
+                                                        key="model_select",
+                                                        help="embedding models with an index, newest first")
+    return st.session_state["chosen_model"]
+
+
 def where_clause(split: str | None, tags: list[str], free: str) -> str | None:
     """One `--where` condition from the sidebar's filters (tags must all be present)."""
     parts = []
@@ -73,12 +99,12 @@ def captioner(root: str) -> Any:
 
 
 @st.cache_resource(show_spinner="loading the tagger")
-def tagger(root: str, method: str) -> Any:
+def tagger(root: str, method: str, model_id: str | None = None) -> Any:
     """(tagger, its data) of a fitted tagger, or None when `groundex tag --method` was never run."""
     from heads.tagging import load_tagger
 
     try:
-        return load_tagger(Workdir(root), method)
+        return load_tagger(Workdir(root), method, model_id)
     except FileNotFoundError:
         return None
 

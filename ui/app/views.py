@@ -12,8 +12,8 @@ COLUMNS = 4
 
 
 def hit_grid(hits: list[Any], key: str) -> None:
-    """Search hits as a grid of thumbnails with score, first caption and tags; each with "more like this"
-    and "open" buttons."""
+    """Search hits as a grid of thumbnails with score, first caption and tags; each with "similar" (more
+    like this: image -> image search) and "open" (the Image page) buttons."""
     if not hits:
         st.info("No image matches.")
         return
@@ -29,7 +29,7 @@ def hit_grid(hits: list[Any], key: str) -> None:
                 if words:
                     st.caption("tags: " + ", ".join(dict.fromkeys(t["keyword"] for t in words[:8])))
                 left, right = st.columns(2)
-                if left.button("more like this", key=f"{key}_like_{start}_{hit.image_id}"):
+                if left.button("similar", key=f"{key}_like_{start}_{hit.image_id}"):
                     st.session_state["like_id"] = hit.image_id
                     st.switch_page("pages/search.py")
                 if right.button("open", key=f"{key}_open_{start}_{hit.image_id}"):

@@ -30,7 +30,8 @@ def command(args: argparse.Namespace) -> list[str]:
     headless = args.headless or not (os.environ.get("DISPLAY") or sys.platform == "darwin")
     extra = [a for a in args.streamlit_args if a != "--"]
     return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
-            "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false", *extra]
+            "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "viewer", *extra]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,12 +24,13 @@ def latest_by(rows: list[dict], key: str) -> list[dict]:
     return out
 
 
+DIRECTIONS = {"text_to_image": "text → image", "image_to_text": "image → text"}
 retrieval = latest_by(runs["eval retrieval"], "model_id")
 if retrieval:
     st.header("Retrieval (recall@K, %)")
-    rows = [{"model": r["result"]["model_id"], "split": r["result"]["split"], "direction": d.replace("_", " → "),
+    rows = [{"model": r["result"]["model_id"], "split": r["result"]["split"], "direction": DIRECTIONS[d],
              "K": int(k[2:]), "recall": v}
-            for r in retrieval for d in ("text_to_image", "image_to_text") for k, v in r["result"][d].items()]
+            for r in retrieval for d in DIRECTIONS for k, v in r["result"][d].items()]
     table = pd.DataFrame(rows)
     st.dataframe(table.pivot_table(index=["model", "split", "direction"], columns="K", values="recall"),
                  width="stretch")

@@ -9,6 +9,7 @@ from ui.app import data, resources
 
 workdir = resources.workdir()
 root = str(workdir.root)
+model = resources.model_id(root)
 st.title("Explore")
 
 
@@ -30,6 +31,21 @@ columns = st.columns(6)
 for column, (name, value) in zip(columns, [(n, counts[n]) for n in ("images", "captions", "phrases", "boxes", "tags",
                                                                     "generated_captions")], strict=True):
     column.metric(name.replace("_", " "), f"{value:,}")
+st.subheader("Embedding map")
+method = st.radio("projection", ["pca", "tsne"], horizontal=True, key="explore_method",
+                  format_func={"pca": "PCA", "tsne": "t-SNE"}.get)
+limit = st.slider("images (a random sample)", 100, 5000, 1000, step=100, key="explore_limit")
+try:
+    points = embedding_map(root, model, method, limit)
+except ValueError as e:
+    st.error(str(e))
+else:
+    chart = alt.Chart(points).mark_circle(size=40, opacity=0.7).encode(
+        x=alt.X("x", axis=None), y=alt.Y("y", axis=None), color="split:N",
+        tooltip=["id", "split", "caption", "image"]).interactive()
+    st.altair_chart(chart, width="stretch")
+    st.caption("Hover a point for its thumbnail and first caption; scroll to zoom.")
+
 left, middle, right = st.columns(3)
 with left:
     st.subheader("Images by split")
@@ -48,20 +64,7 @@ with right:
                         width="stretch")
 if stats["tags"]:
     st.subheader("Most frequent tags")
-    st.bar_chart(pd.DataFrame(stats["tags"], columns=["tag", "images"]), x="tag", y="images", horizontal=True)
+    tags = pd.DataFrame(stats["tags"][:20], columns=["tag", "images"])
+    st.altair_chart(alt.Chart(tags).mark_bar().encode(x="images:Q", y=alt.Y("tag:N", sort="-x", title=None)),
+                    width="stretch")
 
-st.subheader("Embedding map")
-method = st.radio("projection", ["pca", "tsne"], horizontal=True, key="explore_method",
-                  format_func={"pca": "PCA", "tsne": "t-SNE"}.get)
-limit = st.slider("images (a random sample)", 100, 5000, 1000, step=100, key="explore_limit")
-model_id = resources.searcher(root).model_id
-try:
-    points = embedding_map(root, model_id, method, limit)
-except ValueError as e:
-    st.error(str(e))
-    st.stop()
-chart = alt.Chart(points).mark_circle(size=40, opacity=0.7).encode(
-    x=alt.X("x", axis=None), y=alt.Y("y", axis=None), color="split:N",
-    tooltip=["id", "split", "caption", "image"]).interactive()
-st.altair_chart(chart, width="stretch")
-st.caption("Hover a point for its thumbnail and first caption.")

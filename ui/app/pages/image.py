@@ -10,6 +10,7 @@ from warehouse import Catalog, load_image
 
 workdir = resources.workdir()
 root = str(workdir.root)
+model = resources.model_id(root)
 st.title("Image")
 if "open_image_id" in st.session_state:  # "open" on another page
     st.session_state["image_page_id"] = st.session_state.pop("open_image_id")
@@ -25,8 +26,8 @@ with Catalog.open(workdir, read_only=True) as catalog:
     tags = catalog.tags_of([image_id]).get(image_id, [])
     captions = catalog.caption_rows(image_ids=[image_id])
 image = load_image(info["path"])
-left, right = st.columns([3, 2])
-with left:
+boxes_column, ground_column, text_column = st.columns([4, 4, 5])
+with boxes_column:
     st.image(data.boxes_overlay(image, phrases), width="stretch",
              caption=f"image {image_id} · {info['split'] or 'no split'} · {info['width']}×{info['height']} · "
                      f"{info['dataset']} {info['key']}")
@@ -34,7 +35,19 @@ with left:
         legend = sorted({p.types[0] for p in phrases if p.types and p.boxes})
         st.markdown(" ".join(f'<span style="color:{data.type_colour([t])}">■ {t}</span>' for t in legend),
                     unsafe_allow_html=True)
-with right:
+with ground_column:
+    phrase = st.text_input("Ground a phrase", key="image_phrase", placeholder="the man in the red jacket")
+    if phrase.strip():
+        try:
+            grounding = resources.grounder(root, model).ground(phrase, image_id)
+        except ValueError as e:
+            st.error(str(e))
+        else:
+            st.image(render_overlay(image, grounding, max_side=512), width="stretch",
+                     caption=f"“{phrase}”: best patch {grounding.score:.3f}, {len(grounding.boxes)} boxes")
+    else:
+        st.caption("Type a phrase to see where the model finds it: a heatmap of patch similarities and boxes.")
+with text_column:
     st.subheader("Captions")
     by_caption: dict[int, list] = {}
     for p in phrases:
@@ -48,22 +61,11 @@ with right:
     if tags:
         st.subheader("Tags")
         st.dataframe([{"tag": t["keyword"], "score": round(t["score"], 3), "method": t["method"]} for t in tags],
-                     hide_index=True, width="stretch", height=min(300, 38 + 35 * len(tags)))
-
-st.subheader("Ground a phrase")
-phrase = st.text_input("phrase", key="image_phrase", placeholder="the man in the red jacket")
-if phrase.strip():
-    try:
-        grounding = resources.grounder(root).ground(phrase, image_id)
-    except ValueError as e:
-        st.error(str(e))
-    else:
-        st.image(render_overlay(image, grounding, max_side=512),
-                 caption=f"“{phrase}”: best patch {grounding.score:.3f}, {len(grounding.boxes)} boxes", width=420)
+                     hide_index=True, width="stretch", height=min(240, 38 + 35 * len(tags)))
 
 st.subheader("Nearest neighbours")
 k, where = resources.filters_sidebar(root, "image")
 try:
-    hit_grid(resources.searcher(root).image_to_image(image_id, k=k, where=where), key="neighbours")
+    hit_grid(resources.searcher(root, model).image_to_image(image_id, k=k, where=where), key="neighbours")
 except (ValueError, FileNotFoundError) as e:
     st.error(str(e))

@@ -8,13 +8,14 @@ from warehouse import load_image
 
 workdir = resources.workdir()
 root = str(workdir.root)
+model = resources.model_id(root)
 k, where = resources.filters_sidebar(root, "regions")
 st.title("Phrase → region")
 phrase = st.text_input("Which part of which image shows…", key="regions_phrase",
                        placeholder="the man in the red jacket")
 if phrase.strip():
     try:
-        results = resources.grounder(root).search(phrase, k=k, where=where)
+        results = resources.grounder(root, model).search(phrase, k=k, where=where)
     except (ValueError, FileNotFoundError) as e:
         st.error(str(e))
         st.stop()

@@ -7,8 +7,9 @@ from ui.app.views import hit_grid
 
 workdir = resources.workdir()
 root = str(workdir.root)
+model = resources.model_id(root)
 k, where = resources.filters_sidebar(root, "search")
-searcher = resources.searcher(root)
+searcher = resources.searcher(root, model)
 
 st.title("Search")
 modes = ["text → image", "image → image", "image → text"]

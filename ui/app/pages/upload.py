@@ -9,6 +9,7 @@ from ui.app.views import hit_grid
 
 workdir = resources.workdir()
 root = str(workdir.root)
+model = resources.model_id(root)
 k, where = resources.filters_sidebar(root, "upload")
 st.title("Upload")
 uploaded = st.file_uploader("An image (JPEG, PNG, WebP, GIF, BMP, TIFF)", key="upload_file",
@@ -28,12 +29,12 @@ left, right = st.columns([2, 3])
 with left:
     st.image(image, caption=f"{uploaded.name} · {image.width}×{image.height}", width="stretch")
 with right:
-    searcher = resources.searcher(root)
+    searcher = resources.searcher(root, model)
     vector = searcher.image_vector(image)
     st.subheader("Tags")
     shown = False
     for method in ("probe", "knn", "zeroshot"):
-        fitted = resources.tagger(root, method)
+        fitted = resources.tagger(root, method, model)
         if fitted is None:
             continue
         tagger, tag_data = fitted
@@ -55,7 +56,7 @@ with right:
     phrase = st.text_input("Ground a phrase", key="upload_phrase", placeholder="a dog")
     if phrase.strip():
         try:
-            grounding = resources.grounder(root).ground(phrase, image)
+            grounding = resources.grounder(root, model).ground(phrase, image)
             st.image(render_overlay(image, grounding, max_side=512), width=420,
                      caption=f"“{phrase}”: best patch {grounding.score:.3f}")
         except ValueError as e:
