@@ -46,6 +46,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True, help="a workdir built by `groundex demo`")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--check-only", action="store_true",
+                        help="drive every page in the browser and save nothing (allowed on any workdir, e.g. one "
+                             "built from the real sample)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -55,7 +58,7 @@ def main() -> None:
         datasets = catalog.counts()["datasets"]
         image_id, image_path = catalog.image_rows("val")[3]
         phrase = next(r.text for r in catalog.grounding_rows(image_ids=[image_id]) if r.boxes)
-    if not datasets or any(not name.startswith("synthetic") for name in datasets):
+    if not args.check_only and (not datasets or any(not name.startswith("synthetic") for name in datasets)):
         raise SystemExit(f"{args.workdir} holds {sorted(datasets)}: only the synthetic demo is photographed")
     args.out.mkdir(parents=True, exist_ok=True)
     with socket.socket() as s:
@@ -71,6 +74,12 @@ def main() -> None:
 
             def shot(name: str) -> None:
                 _settle(page)
+                errors = page.locator("[data-testid='stException'], [data-testid='stAlertContentError']")
+                if errors.count():
+                    raise SystemExit(f"the {name} page shows an error: {errors.first.inner_text()[:300]}")
+                if args.check_only:
+                    print(f"{name}: ok")
+                    return
                 page.screenshot(path=str(args.out / f"ui-{name}.png"))
                 print(args.out / f"ui-{name}.png")
 
@@ -106,11 +115,10 @@ def main() -> None:
             point = page.locator("[data-testid='stVegaLiteChart'] g.mark-symbol path").nth(200)
             point.hover(force=True)  # its tooltip: thumbnail, id, split and first caption
             page.wait_for_timeout(800)
-            page.screenshot(path=str(args.out / "ui-explore.png"))
-            print(args.out / "ui-explore.png")
+            shot("explore")
 
             page.goto(f"{url}/evaluation")
-            page.get_by_text("Retrieval (recall@K, %)").wait_for(timeout=60_000)
+            page.get_by_role("heading", name="Evaluation").wait_for(timeout=60_000)
             shot("evaluation")
 
             page.goto(f"{url}/sql")

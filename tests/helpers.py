@@ -117,3 +117,16 @@ def write_tiny_blip(folder: Path, texts: list[str]) -> Path:
     BlipForConditionalGeneration(config).save_pretrained(str(folder))
     processor.save_pretrained(str(folder))
     return folder
+
+
+def built_workdir(root: Path, n: int, epochs: int, **train_options):
+    """A synthetic workdir of `n` scenes with a tiny CLIP trained for `epochs` (for real) and indexed."""
+    import warehouse
+    from indexer.pipeline import index_workdir
+    from indexer.train import TrainConfig, train
+
+    workdir = warehouse.Workdir(root)
+    warehouse.ingest_synthetic(workdir, warehouse.SyntheticConfig(n=n), config=warehouse.IngestConfig(progress=False))
+    train(workdir, TrainConfig(epochs=epochs, batch_size=64, progress=False, **train_options))
+    index_workdir(workdir)
+    return workdir

@@ -9,26 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-import warehouse
 from heads.caption_metrics import caption_metrics
 from heads.captioner import CaptionerConfig
 from heads.captioning import evaluate_captions, train_captioner
 from heads.tagging import evaluate_tags, load_tagger
-from indexer.pipeline import index_workdir
 from indexer.search import Searcher
-from indexer.train import TrainConfig, train
+from tests.helpers import built_workdir
 from ui.cli import main
-from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir
+from warehouse import Catalog
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    workdir = Workdir(tmp_path_factory.mktemp("heads") / "work")
-    warehouse.ingest_synthetic(workdir, SyntheticConfig(n=600), config=IngestConfig(progress=False))
-    train(workdir, TrainConfig(epochs=6, batch_size=64, progress=False))
-    index_workdir(workdir)
+    workdir = built_workdir(tmp_path_factory.mktemp("heads") / "work", n=600, epochs=6)
     return workdir
 
 

@@ -10,15 +10,14 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import warehouse
 from heads.captioner import CaptionerConfig
 from heads.captioning import train_captioner
 from heads.tagging import tag_workdir
-from indexer.pipeline import evaluate_retrieval, index_workdir
-from indexer.train import TrainConfig, train
+from indexer.pipeline import evaluate_retrieval
+from tests.helpers import built_workdir
 from ui.app.console import SqlConsole
 from ui.app.data import decode_upload
-from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir
+from warehouse import Catalog
 
 APP = str(Path(__file__).resolve().parents[1] / "ui" / "app" / "main.py")
 pytestmark = pytest.mark.slow
@@ -26,10 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    workdir = Workdir(tmp_path_factory.mktemp("ui") / "work")
-    warehouse.ingest_synthetic(workdir, SyntheticConfig(n=300), config=IngestConfig(progress=False))
-    train(workdir, TrainConfig(epochs=2, batch_size=64, progress=False))
-    index_workdir(workdir)
+    workdir = built_workdir(tmp_path_factory.mktemp("ui") / "work", n=300, epochs=2)
     evaluate_retrieval(workdir, "val")
     tag_workdir(workdir, "knn")
     train_captioner(workdir, CaptionerConfig(hidden_size=64, layers=1, heads=2, intermediate_size=128, epochs=1),

@@ -14,10 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import warehouse
-from indexer.pipeline import index_workdir
-from indexer.train import TrainConfig, train
-from warehouse import IngestConfig, SyntheticConfig, Workdir
+from tests.helpers import built_workdir
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.slow
@@ -46,10 +43,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     _need_browser()
-    workdir = Workdir(tmp_path_factory.mktemp("browser") / "work")
-    warehouse.ingest_synthetic(workdir, SyntheticConfig(n=200), config=IngestConfig(progress=False))
-    train(workdir, TrainConfig(epochs=1, batch_size=64, progress=False))
-    index_workdir(workdir)
+    workdir = built_workdir(tmp_path_factory.mktemp("browser") / "work", n=200, epochs=1)
     port = _free_port()
     log = open(tmp_path_factory.mktemp("logs") / "streamlit.log", "w")  # noqa: SIM115 (open while it serves)
     server = subprocess.Popen([sys.executable, "-m", "ui.cli", "ui", "--workdir", str(workdir.root), "--port",
