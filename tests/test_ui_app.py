@@ -170,3 +170,21 @@ def test_groundex_ui_builds_the_streamlit_command():
     assert cmd[cmd.index("--server.port") + 1] == "8600" and cmd[cmd.index("--server.headless") + 1] == "true"
     assert cmd[-2:] == ["--server.address", "127.0.0.1"]
     assert isinstance(args, argparse.Namespace)
+
+
+def test_upload_page_tags_captions_grounds_and_finds_similar_images(app, workdir):
+    with Catalog.open(workdir, read_only=True) as catalog:
+        _, path = catalog.image_rows("val")[0]
+    app.switch_page("pages/upload.py").run()
+    app.file_uploader(key="upload_file").upload("mine.jpg", Path(path).read_bytes(), "image/jpeg").run()
+    _ok(app)
+    text = " ".join(m.value for m in app.markdown)
+    assert "**knn**:" in text  # the fitted kNN tagger's tags
+    assert len(app.get("image")) == 1 + 12  # the upload and its 12 most similar images
+    scores = [float(m.value.split("**")[1]) for m in app.markdown if " · image " in m.value]
+    assert len(scores) == 12 and scores == sorted(scores, reverse=True)
+    assert scores[0] > 0.99  # the file is in the catalog, so an image at least as near as itself (cosine ~1) leads
+    app.text_input(key="upload_phrase").input("a red circle").run()
+    assert any("best patch" in (img.proto.imgs[0].caption if img.proto.imgs else "") for img in _ok(app).get("image"))
+    app.file_uploader(key="upload_file").set_value(("broken.png", b"\x89PNG not really", "image/png")).run()
+    assert "broken.png" in _ok(app).error[0].value
