@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # Reinstalled whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,scale]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -29,7 +29,7 @@ screenshots: $(VENV)/.installed browser
 # faiss-gpu-cu12 provides the same `faiss` module as faiss-cpu, so it replaces it rather than sitting beside it.
 gpu: $(VENV)/.installed
 	$(BIN)/pip uninstall -y faiss-cpu
-	$(BIN)/pip install -e '.[dev,gpu]'
+	$(BIN)/pip install -e '.[dev,scale,gpu]'
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -1,10 +1,13 @@
-"""Embedding throughput: the pipeline vs the model's bare forward pass vs a naive per-image loop.
+"""Embedding throughput: the pipeline (local and as a Ray Data job) vs the model's bare forward pass vs a
+naive per-image loop.
 
     python benchmarks/embed_throughput.py --workdir W [--images 2000] [--out docs/results/embed_throughput.json]
 
 All three use the same model (the workdir's newest) on the same images in one process:
 - bare forward: pixels already decoded and resized in memory, batches of 256 through the model (the ceiling);
 - pipeline: `indexer.embed.embed_images` from files (decode on worker processes, batches, float16 shards);
+- ray: `indexer.distributed.ray_embed_images` on a local Ray with this machine's cores (Ray Data: decode
+  tasks, one encoder actor, Parquet shards, then imported), timed with Ray's start-up and without it;
 - naive: for each image, PIL open + resize + forward one at a time.
 Figures are images/s and ratios to the bare forward pass.
 """
@@ -35,6 +38,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--naive-images", type=int, default=300, help="the naive loop is slow: time fewer")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray engine (needs the [scale] extra)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     workdir = Workdir(args.workdir)
@@ -65,6 +69,17 @@ def main() -> None:
         report = embed_images(scratch, model, f"bench-{info['id']}", items, EmbedConfig(progress=False))
         assert report.images == n, f"embedded {report.images} of {n}"
         pipeline = n / (time.perf_counter() - t)
+        ray_figures = None
+        if not args.no_ray:
+            from indexer.distributed import RayEmbedConfig, ray_embed_images
+
+            t = time.perf_counter()
+            ray_report = ray_embed_images(scratch, Path(info["path"]), f"bench-ray-{info['id']}", model.image_size,
+                                          items, RayEmbedConfig(progress=False))
+            assert ray_report.images == n, f"Ray embedded {ray_report.images} of {n}"
+            ray_total = n / (time.perf_counter() - t)
+            ray_figures = {"with_startup": round(ray_total, 1),
+                           "job_only": round(n / ray_report.stage_seconds["ray_job"], 1)}
     finally:
         shutil.rmtree(scratch.root, ignore_errors=True)
 
@@ -78,8 +93,11 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, device {device}",
         "model": info["id"], "model_name": info["name"], "images": n,
-        "images_per_s": {"bare_forward": round(bare, 1), "pipeline": round(pipeline, 1), "naive_loop": round(naive, 1)},
-        "ratio_to_bare": {"pipeline": round(pipeline / bare, 3), "naive_loop": round(naive / bare, 3)},
+        "images_per_s": {"bare_forward": round(bare, 1), "pipeline": round(pipeline, 1), "naive_loop": round(naive, 1),
+                         **({"ray": ray_figures} if ray_figures else {})},
+        "ratio_to_bare": {"pipeline": round(pipeline / bare, 3), "naive_loop": round(naive / bare, 3),
+                          **({"ray_with_startup": round(ray_figures["with_startup"] / bare, 3),
+                              "ray_job_only": round(ray_figures["job_only"] / bare, 3)} if ray_figures else {})},
         "pipeline_stage_seconds": {k: round(v, 2) for k, v in report.stage_seconds.items()},
     }
     emit(result, args.out)

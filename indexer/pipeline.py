@@ -17,9 +17,14 @@ from .models import load_checkpoint
 
 def index_workdir(workdir: Workdir, model_id: str | None = None, split: str | None = None,
                   factory: str | None = None, rebuild: bool = False, config: EmbedConfig | None = None,
-                  device: str | None = None) -> dict[str, Any]:
+                  device: str | None = None, engine: str = "local", ray_config: Any = None) -> dict[str, Any]:
     """Embed the images (global + patches) and captions of `split` (None: all) not yet embedded by the
-    model (default: the newest), then bring its FAISS indexes up to date."""
+    model (default: the newest), then bring its FAISS indexes up to date.
+
+    `engine`: 'local' (this process and its decoding workers) or 'ray' (images as a Ray Data job,
+    `indexer.distributed`, with `ray_config` a RayEmbedConfig; captions stay local, they are cheap)."""
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be local or ray, got {engine!r}")
     config = config or EmbedConfig()
     with Catalog.open(workdir, read_only=True) as catalog:
         info = catalog.model(model_id)
@@ -28,11 +33,18 @@ def index_workdir(workdir: Workdir, model_id: str | None = None, split: str | No
     if not images:
         raise ValueError(f"no images in split {split!r}" if split else "the workdir has no images; ingest some first")
     model = load_checkpoint(Path(info["path"]), device)
-    run_config = {"model_id": info["id"], "split": split, "factory": factory, "embed": asdict(config)}
+    run_config = {"model_id": info["id"], "split": split, "factory": factory, "embed": asdict(config),
+                  "engine": engine}
     with recorded_run(workdir, "index", run_config, info["id"]) as (_, result):
         started = time.perf_counter()
         report = EmbedReport()
-        embed_images(workdir, model, info["id"], images, config, report)
+        if engine == "ray":
+            from .distributed import RayEmbedConfig, ray_embed_images
+
+            ray_config = ray_config or RayEmbedConfig(batch_size=config.batch_size, patches=config.patches)
+            ray_embed_images(workdir, Path(info["path"]), info["id"], model.image_size, images, ray_config, report)
+        else:
+            embed_images(workdir, model, info["id"], images, config, report)
         embed_captions(workdir, model, info["id"], captions, config, report)
         indexes = {}
         for kind in ("image", "caption", "patch") if config.patches else ("image", "caption"):

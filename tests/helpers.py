@@ -119,8 +119,9 @@ def write_tiny_blip(folder: Path, texts: list[str]) -> Path:
     return folder
 
 
-def built_workdir(root: Path, n: int, epochs: int, **train_options):
-    """A synthetic workdir of `n` scenes with a tiny CLIP trained for `epochs` (for real) and indexed."""
+def built_workdir(root: Path, n: int, epochs: int, index: bool = True, **train_options):
+    """A synthetic workdir of `n` scenes with a tiny CLIP trained for `epochs` (for real) and indexed
+    (unless `index` is False)."""
     import warehouse
     from indexer.pipeline import index_workdir
     from indexer.train import TrainConfig, train
@@ -128,5 +129,6 @@ def built_workdir(root: Path, n: int, epochs: int, **train_options):
     workdir = warehouse.Workdir(root)
     warehouse.ingest_synthetic(workdir, warehouse.SyntheticConfig(n=n), config=warehouse.IngestConfig(progress=False))
     train(workdir, TrainConfig(epochs=epochs, batch_size=64, progress=False, **train_options))
-    index_workdir(workdir)
+    if index:
+        index_workdir(workdir)
     return workdir

@@ -21,6 +21,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rebuild", action="store_true", help="build the indexes from scratch")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None)
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="embed images in this process (local) or as a Ray Data job (ray: needs the [scale] extra; "
+                        "Parquet shards under embeddings/<model>/ray/, then imported)")
+    p.add_argument("--address", default=None,
+                   help="with --engine ray: a Ray cluster's address ('auto', 'ray://HOST:10001'); default: a local "
+                        "Ray on this machine's cores")
+    p.add_argument("--actors", type=int, default=1, help="with --engine ray: encoder actors (default: 1)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
@@ -32,8 +39,23 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    ray_config = None
+    if args.engine == "ray":
+        try:
+            import ray  # noqa: F401
+
+            from indexer.distributed import RayEmbedConfig
+        except ImportError:
+            raise ValueError("--engine ray needs Ray: pip install -e '.[scale]'") from None
+        if args.actors < 1:
+            raise ValueError(f"--actors must be >= 1, got {args.actors}")
+        ray_config = RayEmbedConfig(address=args.address, actors=args.actors, batch_size=args.batch_size,
+                                    progress=not args.no_progress)
+    elif args.address is not None:
+        raise ValueError("--address is for --engine ray")
     result = index_workdir(workdir_of(args), args.model, args.split, args.factory, args.rebuild,
-                           EmbedConfig(batch_size=args.batch_size, progress=not args.no_progress), args.device)
+                           EmbedConfig(batch_size=args.batch_size, progress=not args.no_progress), args.device,
+                           args.engine, ray_config)
     if args.json:
         print_json(result)
         return 0
