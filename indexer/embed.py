@@ -193,3 +193,51 @@ def load_embeddings(workdir: Workdir, model_id: str, kind: str, ids: Sequence[in
     if out is None:
         out = np.zeros((0, 0), dtype=np.float32)
     return ids_out, out
+
+
+def iter_embeddings(workdir: Workdir, model_id: str, kind: str, ids: Sequence[int] | None = None,
+                    chunk: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, float32 vectors) of this model's stored embeddings of `kind` in chunks of at most `chunk`
+    items, shard by shard (memory-mapped), so a collection larger than RAM can be read through."""
+    row_kind = "image" if kind == "patch" else kind
+    with Catalog.open(workdir, read_only=True) as catalog:
+        locations = catalog.embedding_locations(model_id, row_kind, ids)
+    by_shard: dict[str, list[tuple[int, int]]] = {}
+    for item, shard, row in locations:
+        by_shard.setdefault(shard, []).append((item, row))
+    folder = shard_dir(workdir, model_id, kind)
+    for shard in sorted(by_shard):
+        pairs = by_shard[shard]
+        data = np.load(folder / shard, mmap_mode="r")
+        for s in range(0, len(pairs), chunk):
+            part = pairs[s:s + chunk]
+            rows = np.array([r for _, r in part], dtype=np.int64)
+            yield np.array([i for i, _ in part], dtype=np.int64), np.asarray(data[rows], dtype=np.float32)
+
+
+def sample_embeddings(workdir: Workdir, model_id: str, kind: str, n: int, seed: int = 0) -> np.ndarray:
+    """About `n` float32 vectors drawn at random from this model's stored embeddings of `kind` (patch
+    vectors flattened), read shard by shard: the training sample of an IVF-PQ index."""
+    row_kind = "image" if kind == "patch" else kind
+    with Catalog.open(workdir, read_only=True) as catalog:
+        locations = catalog.embedding_locations(model_id, row_kind)
+    if not locations:
+        return np.zeros((0, 0), dtype=np.float32)
+    folder = shard_dir(workdir, model_id, kind)
+    cells = 1
+    if kind == "patch":
+        cells = int(np.load(folder / locations[0][1], mmap_mode="r").shape[1])
+    rng = np.random.default_rng(seed)
+    items = max(1, min(len(locations), -(-n // cells)))  # items whose vectors make up the sample
+    chosen = sorted(rng.choice(len(locations), items, replace=False).tolist(), key=lambda r: locations[r][1:])
+    out, by_shard = [], {}
+    for r in chosen:
+        by_shard.setdefault(locations[r][1], []).append(locations[r][2])
+    for shard, rows in by_shard.items():
+        data = np.load(folder / shard, mmap_mode="r")
+        out.append(np.asarray(data[np.array(rows)], dtype=np.float32))
+    vectors = np.concatenate(out)
+    vectors = vectors.reshape(-1, vectors.shape[-1])
+    if len(vectors) > n:
+        vectors = vectors[rng.choice(len(vectors), n, replace=False)]
+    return np.ascontiguousarray(vectors)

@@ -25,12 +25,14 @@ import numpy as np
 from warehouse import Catalog, Workdir
 from warehouse.workdir import atomic_write_npy
 
-from .embed import load_embeddings
+from .embed import iter_embeddings, sample_embeddings
 
 _logger = logging.getLogger(__name__)
 EXACT_MAX = 50_000     # below this many vectors, exact search is fast enough and needs no training
 HNSW_MAX = 2_000_000   # up to here HNSW (recall ~0.99, fits in RAM); above, IVF-PQ for memory
 PATCH_EXACT_MAX = 100_000  # patch vectors (images x cells); above, IVF-PQ with exact re-ranking by the caller
+TRAIN_SAMPLE = 100_000     # vectors an IVF index is trained on (a random sample of the collection)
+ADD_CHUNK = 65_536         # vectors read and added at a time (patch kind: images x cells) from the shards
 
 
 def default_factory(n: int, d: int) -> str:
@@ -82,21 +84,55 @@ def create_index(d: int, factory: str) -> faiss.Index:
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str) -> faiss.Index:
+    """An index over vectors in memory (trained on a sample of at most TRAIN_SAMPLE of them)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     index = create_index(vectors.shape[1], factory)
-    if not index.is_trained:
-        train = vectors
-        if len(train) > 100_000:
-            train = train[np.random.default_rng(0).choice(len(train), 100_000, replace=False)]
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None and len(train) < ivf.nlist:
-            raise ValueError(f"{factory}: {ivf.nlist} lists need at least that many vectors, have {len(train)}")
-        if gpu_available() and ivf is not None:
-            _train_on_gpu(index, train)
-        else:
-            index.train(train)
+    train = vectors
+    if len(train) > TRAIN_SAMPLE:
+        train = train[np.random.default_rng(0).choice(len(train), TRAIN_SAMPLE, replace=False)]
+    _train(index, train, factory)
     index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
     return index
+
+
+def build_index_from_shards(workdir: Workdir, model_id: str, kind: str, factory: str | None = None,
+                            chunk: int = ADD_CHUNK) -> tuple[faiss.Index, np.ndarray, str]:
+    """(index, item ids, factory) over this model's stored embeddings of `kind`, without loading them all:
+    an IVF index is trained on a random sample of at most TRAIN_SAMPLE vectors, then the shards are read
+    (memory-mapped) and added about `chunk` vectors at a time."""
+    with Catalog.open(workdir, read_only=True) as catalog:
+        n_items = len(catalog.embedded_ids(model_id, "image" if kind == "patch" else kind))
+    first = next(iter_embeddings(workdir, model_id, kind, chunk=1), None)
+    if first is None:
+        raise ValueError(f"no {kind} embeddings for model {model_id}")
+    shape = first[1].shape[1:]  # (D,) or (P, D)
+    d, cells = shape[-1], (shape[0] if kind == "patch" else 1)
+    if factory is None:
+        factory = patch_factory(n_items * cells, d) if kind == "patch" else default_factory(n_items, d)
+    index = create_index(d, factory)
+    if not index.is_trained:
+        _train(index, sample_embeddings(workdir, model_id, kind, TRAIN_SAMPLE), factory)
+    held = []
+    for ids, vectors in iter_embeddings(workdir, model_id, kind, chunk=max(1, chunk // cells)):
+        if kind == "patch":
+            vectors, vector_ids = vectors.reshape(-1, d), patch_ids(ids, cells)
+        else:
+            vector_ids = ids
+        index.add_with_ids(np.ascontiguousarray(vectors), vector_ids)
+        held.append(ids)
+    return index, np.sort(np.concatenate(held)), factory
+
+
+def _train(index: faiss.Index, train: np.ndarray, factory: str) -> None:
+    if index.is_trained:
+        return
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and len(train) < ivf.nlist:
+        raise ValueError(f"{factory}: {ivf.nlist} lists need at least that many vectors, have {len(train)}")
+    if gpu_available() and ivf is not None:
+        _train_on_gpu(index, train)
+    else:
+        index.train(train)
 
 
 def _train_on_gpu(index: faiss.Index, train: np.ndarray) -> None:
@@ -174,19 +210,12 @@ def update_index(workdir: Workdir, model_id: str, kind: str, factory: str | None
             index.remove_ids(faiss.IDSelectorBatch(patch_ids(removed, cells) if kind == "patch" else removed))
         except RuntimeError:  # e.g. HNSW cannot remove: rebuild from the embeddings
             index, rebuilt = None, True
-    if index is None:
-        ids, vectors = load_embeddings(workdir, model_id, kind)
-        if kind == "patch":
-            factory = factory or patch_factory(vectors.shape[0] * vectors.shape[1], vectors.shape[2])
-            index = build_index(vectors.reshape(-1, vectors.shape[2]), patch_ids(ids, vectors.shape[1]), factory)
-        else:
-            factory = factory or default_factory(len(ids), vectors.shape[1])
-            index = build_index(vectors, ids, factory)
-        held = ids
+    if index is None:  # built from the shards: trained on a sample, added chunk by chunk
+        index, held, factory = build_index_from_shards(workdir, model_id, kind, factory)
     else:
         held = np.setdiff1d(held, removed)
-        if len(added):
-            ids, vectors = load_embeddings(workdir, model_id, kind, added)
+        cells = index.ntotal // max(1, len(held)) if kind == "patch" and len(held) else 1
+        for ids, vectors in iter_embeddings(workdir, model_id, kind, added, chunk=max(1, ADD_CHUNK // cells)):
             vector_ids = ids
             if kind == "patch":
                 vectors, vector_ids = vectors.reshape(-1, vectors.shape[2]), patch_ids(ids, vectors.shape[1])

@@ -119,3 +119,35 @@ def test_an_exact_patch_index_that_outgrows_its_size_is_rebuilt_compressed(tmp_p
     _fake_patches(workdir, "m1", list(range(31, 41)), seed=1, cells=16)
     grown = update_index(workdir, "m1", "patch")  # 640 vectors
     assert grown.rebuilt and grown.factory.startswith("IVF") and grown.n == 640
+
+
+def test_building_from_shards_reads_chunks_and_trains_on_a_sample(tmp_path, monkeypatch):
+    import indexer.embed
+    import indexer.index
+    from indexer.index import build_index_from_shards
+
+    workdir = Workdir(tmp_path / "w")
+    warehouse.ingest_synthetic(workdir, SyntheticConfig(n=40), config=IngestConfig(progress=False))
+    _fake_patches(workdir, "m1", list(range(1, 21)), seed=0)  # two shards
+    _fake_patches(workdir, "m1", list(range(21, 41)), seed=1)
+    ids, vectors = load_embeddings(workdir, "m1", "image")
+    reads = []
+    real_iter = indexer.embed.iter_embeddings
+
+    def counting(*args, **kwargs):
+        for chunk_ids, chunk in real_iter(*args, **kwargs):
+            reads.append(len(chunk_ids))
+            yield chunk_ids, chunk
+
+    monkeypatch.setattr(indexer.index, "iter_embeddings", counting)
+    streamed, held, factory = build_index_from_shards(workdir, "m1", "image", "Flat", chunk=7)
+    assert factory == "Flat" and held.tolist() == ids.tolist() and max(reads) <= 7 and sum(reads) >= 40
+    in_memory = build_index(vectors, ids, "Flat")
+    assert streamed.search(vectors[:10], 5)[1].tolist() == in_memory.search(vectors[:10], 5)[1].tolist()
+    # an IVF index is trained on a sample of at most TRAIN_SAMPLE vectors, drawn across the shards
+    monkeypatch.setattr(indexer.index, "TRAIN_SAMPLE", 60)
+    trained_on = []
+    monkeypatch.setattr(indexer.index, "_train", lambda index, train, f: (trained_on.append(len(train)),
+                                                                          index.train(train)))
+    patches, held, factory = build_index_from_shards(workdir, "m1", "patch", "IVF4,Flat", chunk=9)
+    assert trained_on == [60] and patches.ntotal == 40 * 4 and held.tolist() == ids.tolist()
