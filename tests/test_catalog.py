@@ -3,7 +3,8 @@ import json
 import duckdb
 import pytest
 
-from warehouse import Catalog, CatalogError, Workdir
+import warehouse
+from warehouse import Catalog, CatalogError, IngestConfig, SyntheticConfig, Workdir
 from warehouse._schema import SCHEMA_VERSION
 from warehouse.catalog import ImageInfo, PreparedSample
 from warehouse.records import Box, Caption, Entity, Phrase, Reject, Sample
@@ -144,3 +145,20 @@ def test_manifest_is_written_and_merged(tmp_path):
     assert not list(workdir.root.glob(".manifest.json.*"))  # no temp files left behind
     for d in ("models", "embeddings", "indexes", "datasets"):
         assert (workdir.root / d).is_dir()
+
+
+def test_user_conditions_cannot_reach_files_or_other_databases(tmp_path):
+    workdir = Workdir(tmp_path / "w")
+    warehouse.ingest_synthetic(workdir, SyntheticConfig(n=4), config=IngestConfig(progress=False))
+    secret = tmp_path / "secret.csv"
+    secret.write_text("42\n")
+    for read_only in (True, False):  # `remove --where` runs on a writable connection
+        with Catalog.open(workdir, read_only=read_only) as catalog:
+            assert len(catalog.image_ids_where("split IS NOT NULL OR split IS NULL")) == 4
+            for condition in (f"id = (SELECT CAST(content AS INT) FROM read_text('{secret}'))",
+                              f"id IN (SELECT 1 FROM read_csv('{secret}'))",
+                              f"id IN (SELECT 1 FROM '{secret}')"):
+                with pytest.raises(ValueError, match="Permission Error"):
+                    catalog.image_ids_where(condition)
+            with pytest.raises(duckdb.Error):  # nor can a statement turn that off
+                catalog.con.execute("SET enable_external_access = true")

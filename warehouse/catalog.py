@@ -65,6 +65,13 @@ class GroundingRow:
     boxes: list[tuple[float, float, float, float]]  # (x1, y1, x2, y2) in [0, 1] of the image; may be empty
 
 
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A connection to the catalog file alone: no other file, database or extension is reachable from its SQL
+    (user conditions such as `--where` run on it), and no statement can change that."""
+    return duckdb.connect(str(path), read_only=read_only,
+                          config={"enable_external_access": False, "lock_configuration": True})
+
+
 class Catalog(HeadsRows):
     def __init__(self, path: Path | str, read_only: bool = False):
         self.path = Path(path)
@@ -72,7 +79,7 @@ class Catalog(HeadsRows):
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"no catalog at {self.path}")
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
+            self.con = _connect(self.path, read_only)
         except duckdb.IOException as e:
             raise CatalogError(f"cannot open catalog {self.path}: {e}") from None
         version = self._stored_version()
@@ -86,7 +93,7 @@ class Catalog(HeadsRows):
             if read_only:  # an older groundex built it: upgrade in place (migrations only add), then read
                 self.con.close()
                 Catalog(self.path).close()
-                self.con = duckdb.connect(str(self.path), read_only=True)
+                self.con = _connect(self.path, True)
             else:
                 self._migrate(version)
 

@@ -18,7 +18,7 @@ BUILD_HELP = """This app browses a **built workdir**. Build one with either of:
 
 ```
 groundex demo --workdir WORKDIR          # the embedded synthetic scenes, about 8 minutes on 2 cores
-make demo                                # the same, in the README's /tmp/groundex-demo
+make demo                                # the same, into ./groundex-work (from the repository)
 ```
 or, for your own data, `groundex ingest ...`, `groundex train`, `groundex index` (see the README). Then start
 the app on it: `groundex ui --workdir WORKDIR`."""

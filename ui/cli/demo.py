@@ -106,4 +106,5 @@ def run(args: argparse.Namespace) -> int:
     root = workdir.root
     print(f"next: groundex search --workdir {root} \"a kid in a red sweater\" --where \"tag = 'dog'\"   |   "
           f"groundex ground --workdir {root} \"a yellow car\" -k 5   |   groundex info --workdir {root}")
+    print(f"browse it: groundex ui --workdir {root}")
     return 0
