@@ -150,6 +150,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     seeds = real_seeds(args.workdir) if args.workdir else None
     d = args.dim or (seeds.shape[1] if seeds is not None else 256)
+    lifted = ""
+    if seeds is not None and d != seeds.shape[1]:
+        lifted = f", lifted from d={seeds.shape[1]} by an orthonormal map"
     noise = args.noise
     if seeds is not None and d != seeds.shape[1]:
         if d < seeds.shape[1]:
@@ -159,8 +162,8 @@ def main() -> None:
     args.noise = noise
     machine = f"{platform.machine()}, {faiss.omp_get_max_threads()} faiss threads, faiss {faiss.__version__}"
     result = {"machine": machine,
-              "vectors": (f"{len(seeds):,} real embeddings (lifted to d={d} by an orthonormal map when above their own "
-                          f"dimension) + N(0, {args.noise:.4f}^2) noise" if seeds is not None
+              "vectors": (f"{len(seeds):,} real embeddings (d={d}{lifted}) + N(0, {args.noise:.4f}^2) noise"
+                          if seeds is not None
                           else f"mixture of tight clusters (d={d})"),
               "queries": args.queries, "single": args.single, "nprobe": args.nprobe, "ef_search": args.ef_search,
               "sizes": {}}

@@ -1,0 +1,72 @@
+"""Every benchmark in one command, then one report: JSON per benchmark and a markdown report with plots.
+
+    python benchmarks/run_all.py --demo-workdir groundex-work [--sample-workdir W] [--full]
+                                 [--out docs/results/suite]
+
+- embedding throughput: bare forward, the local pipeline, Ray (local), a naive loop (demo workdir);
+- search latency, recall@10 and bytes per vector for Flat, HNSW32 and IVF-PQ against numpy brute force,
+  at 10k and 100k vectors (--full: also 1M and 5M), d = 256 (--full: also 512), on the demo's real
+  embeddings;
+- phrase -> region search at 31,783 images (the sample workdir's real patch embeddings when given, else
+  the demo's);
+- the app's pages (sample workdir when given, else the demo).
+Each benchmark runs in its own process (`python benchmarks/<name>.py ... --out OUT/<name>.json`); a failed
+one is reported and the others still run. `benchmarks/report.py OUT` (run at the end) writes OUT/REPORT.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo-workdir", type=Path, required=True, help="a workdir built by `groundex demo`")
+    parser.add_argument("--sample-workdir", type=Path, default=None,
+                        help="a workdir built from the real Flickr30k sample (optional)")
+    parser.add_argument("--sample-model", default=None,
+                        help="the sample workdir's model for region search and the app (default: the newest)")
+    parser.add_argument("--full", action="store_true", help="1M and 5M vectors and d = 512 too (hours on 2 cores)")
+    parser.add_argument("--only", nargs="+", default=None, help="run only these benchmarks (names below)")
+    parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "results" / "suite")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    real = args.sample_workdir or args.demo_workdir
+    sizes = ["10000", "100000", *(["1000000", "5000000"] if args.full else [])]
+    jobs: dict[str, list[str]] = {
+        "embed_throughput": ["embed_throughput.py", "--workdir", str(args.demo_workdir)],
+        "search_latency_d256": ["search_latency.py", "--workdir", str(args.demo_workdir), "--sizes", *sizes],
+        "region_search": ["region_search.py", "--workdir", str(real), "--images", "31783"],
+        "ui_pages": ["ui_pages.py", "--workdir", str(real)],
+    }
+    if args.sample_workdir and args.sample_model:
+        for name in ("region_search", "ui_pages"):
+            jobs[name] += ["--model", args.sample_model]
+    if args.full:
+        jobs["search_latency_d512"] = ["search_latency.py", "--workdir", str(args.demo_workdir), "--dim", "512",
+                                       "--sizes", *sizes]
+    failed = []
+    for name, command in jobs.items():
+        if args.only and name not in args.only:
+            continue
+        out = args.out / f"{name}.json"
+        flag = "--json" if name == "ui_pages" else "--out"
+        print(f"== {name}", flush=True)
+        started = time.perf_counter()
+        code = subprocess.call([sys.executable, str(HERE / command[0]), *command[1:], flag, str(out)])
+        print(f"== {name}: exit {code} in {time.perf_counter() - started:.0f} s", flush=True)
+        if code:
+            failed.append(name)
+    subprocess.check_call([sys.executable, str(HERE / "report.py"), str(args.out)])
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)} (the report covers the others)")
+
+
+if __name__ == "__main__":
+    main()
