@@ -11,13 +11,13 @@ from . import resources
 COLUMNS = 4
 
 
-def hit_grid(hits: list[Any], key: str) -> None:
+def hit_grid(hits: list[Any], key: str, root: str) -> None:
     """Search hits as a grid of thumbnails with score, first caption and tags; each with "similar" (more
     like this: image -> image search) and "open" (the Image page) buttons."""
     if not hits:
         st.info("No image matches.")
         return
-    tags = resources.tags_of(str(resources.workdir().root), tuple(h.image_id for h in hits))
+    tags = resources.tags_of(root, tuple(h.image_id for h in hits))
     for start in range(0, len(hits), COLUMNS):
         for column, hit in zip(st.columns(COLUMNS), hits[start:start + COLUMNS], strict=False):
             with column:

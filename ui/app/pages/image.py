@@ -66,6 +66,6 @@ with text_column:
 st.subheader("Nearest neighbours")
 k, where = resources.filters_sidebar(root, "image")
 try:
-    hit_grid(resources.searcher(root, model).image_to_image(image_id, k=k, where=where), key="neighbours")
+    hit_grid(resources.searcher(root, model).image_to_image(image_id, k=k, where=where), key="neighbours", root=root)
 except (ValueError, FileNotFoundError) as e:
     st.error(str(e))

@@ -25,7 +25,7 @@ try:
         if query.strip():
             hits = searcher.text_to_image(query, k=k, where=where)
             st.caption(f"{len(hits)} images for “{query}”" + (f" where {where}" if where else ""))
-            hit_grid(hits, key="text")
+            hit_grid(hits, key="text", root=root)
     else:
         image_id = st.number_input("image id", min_value=0, step=1, key="search_image_id")
         query_image = resources.details(root, [int(image_id)]).get(int(image_id))
@@ -35,7 +35,7 @@ try:
         if mode == modes[1]:
             hits = searcher.image_to_image(int(image_id), k=k, where=where)
             st.caption(f"{len(hits)} images most like image {int(image_id)}")
-            hit_grid(hits, key="image")
+            hit_grid(hits, key="image", root=root)
         else:
             hits = searcher.image_to_text(int(image_id), k=k, where=where)
             st.dataframe([{"score": round(h.score, 3), "caption": h.text, "of image": h.image_id, "split": h.split}

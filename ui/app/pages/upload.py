@@ -63,4 +63,4 @@ with right:
             st.error(str(e))
 
 st.subheader("Similar images")
-hit_grid(searcher.image_to_image(image, k=k, where=where), key="upload")
+hit_grid(searcher.image_to_image(image, k=k, where=where), key="upload", root=root)
