@@ -75,23 +75,20 @@ class CaptionData:
             self.caption_vectors_of[row].append(vector)
         self.caption_vectors_of = [np.stack(v) for v in self.caption_vectors_of]
 
-    def image_vectors(self, image_ids: np.ndarray) -> np.ndarray:
-        """(N, D) float32: the images' embeddings (what retrieval searches with)."""
-        return load_embeddings(self.workdir, self.model_id, "image", image_ids)[1].astype(np.float32)
-
     def image_inputs(self, image_ids: np.ndarray, config: CaptionerConfig, image_processor: Any = None
-                     ) -> ImageInputs:
-        """What the decoder reads of these images: their CLIP tokens, or a pretrained BLIP's pixels."""
+                     ) -> tuple[np.ndarray, ImageInputs]:
+        """(the images' embeddings (N, D) float32, which retrieval searches with; what the decoder reads of
+        them: their CLIP tokens, or a pretrained BLIP's pixels)."""
+        _, vectors = load_embeddings(self.workdir, self.model_id, "image", image_ids)
         if config.pretrained is None:
-            return self.image_tokens(image_ids, config.image_tokens)
+            return vectors, self.image_tokens(image_ids, vectors, config.image_tokens)
         with Catalog.open(self.workdir, read_only=True) as catalog:
             path_of = dict(catalog.image_rows(ids=image_ids.tolist()))
-        return PixelSource([path_of[int(i)] for i in image_ids], image_processor)
+        return vectors, PixelSource([path_of[int(i)] for i in image_ids], image_processor)
 
-    def image_tokens(self, image_ids: np.ndarray, kind: str = "patches") -> np.ndarray:
-        """(N, 1 + P, D) float16: each image's embedding followed by its patch embeddings (kind 'patches'),
-        or (N, 1, D) the embedding alone (kind 'global')."""
-        _, vectors = load_embeddings(self.workdir, self.model_id, "image", image_ids)
+    def image_tokens(self, image_ids: np.ndarray, vectors: np.ndarray, kind: str = "patches") -> np.ndarray:
+        """(N, 1 + P, D) float16: each image's embedding (`vectors`) followed by its patch embeddings (kind
+        'patches'), or (N, 1, D) the embedding alone (kind 'global')."""
         if kind == "global":
             return vectors[:, None, :].astype(np.float16)
         _, patches = load_embeddings(self.workdir, self.model_id, "patch", image_ids)
@@ -154,8 +151,8 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
         inputs, retrieved = {}, {}
         for name, ids in (("train", train_ids), ("val", val_ids)):
             _logger.info("retrieving captions for %d %s images", len(ids), name)
-            inputs[name] = data.image_inputs(ids, config, image_processor)
-            retrieved[name] = data.retrieve(data.image_vectors(ids), ids, config.k)
+            vectors, inputs[name] = data.image_inputs(ids, config, image_processor)
+            retrieved[name] = data.retrieve(vectors, ids, config.k)
         captions_by_row: list[list[str]] = [[] for _ in train_ids]
         for row, caption in train_examples:
             captions_by_row[row].append(caption)
@@ -305,8 +302,8 @@ class Captioner:
                        ) -> tuple[list[str], list[list[str]]]:
         """(captions, retrieved captions) of catalog images from their stored embeddings."""
         k = self.config.k if k is None else k
-        inputs = self.data.image_inputs(image_ids, self.config, self.image_processor)
-        retrieved = [r[:k] for r in self.data.retrieve(self.data.image_vectors(image_ids), image_ids, max(k, 1))]
+        vectors, inputs = self.data.image_inputs(image_ids, self.config, self.image_processor)
+        retrieved = [r[:k] for r in self.data.retrieve(vectors, image_ids, max(k, 1))]
         return self.caption_inputs(inputs, retrieved, progress=progress, **decoding), retrieved
 
     def caption_file(self, path: str | Path, k: int | None = None, **decoding: Any) -> tuple[str, list[str]]:
@@ -370,8 +367,8 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
     k_model = captioner.config.k
     ks = tuple(sorted({0, k_model, *(ks or (1, 2))}))  # 0 and the captioner's own k are always reported
     with recorded_run(workdir, "eval captions", {"split": split, "ks": list(ks)}, captioner.id) as (_, result):
-        inputs = captioner.data.image_inputs(image_ids, captioner.config, captioner.image_processor)
-        retrieved = captioner.data.retrieve(captioner.data.image_vectors(image_ids), image_ids, max(max(ks), 1))
+        vectors, inputs = captioner.data.image_inputs(image_ids, captioner.config, captioner.image_processor)
+        retrieved = captioner.data.retrieve(vectors, image_ids, max(max(ks), 1))
         by_k, samples = {}, {}
         for k in ks:
             captions = captioner.caption_inputs(inputs, [r[:k] for r in retrieved], progress=True)

@@ -158,10 +158,11 @@ def import_parquet_shards(workdir: Workdir, model_id: str, folder: Path, patches
         keep = np.array([int(i) not in done for i in ids])
         if not keep.any():
             continue
-        vectors = _tensor_column(table, "embedding")[keep]
+        vectors = _tensor_column(table, "embedding")[keep]  # (n, D)
         name = _next_shard_name(image_dir)
-        if patches:
-            atomic_write_npy(patch_dir / name, _tensor_column(table, "patches")[keep])
+        if patches:  # (n, P, D)
+            atomic_write_npy(patch_dir / name, _tensor_column(table, "patches")[keep].reshape(len(vectors), -1,
+                                                                                            vectors.shape[1]))
         atomic_write_npy(image_dir / name, vectors)
         with Catalog.open(workdir) as catalog:
             catalog.add_embedding_rows(model_id, "image", ids[keep].tolist(), name)
@@ -170,13 +171,12 @@ def import_parquet_shards(workdir: Workdir, model_id: str, folder: Path, patches
 
 
 def _tensor_column(table: Any, name: str) -> np.ndarray:
-    """A Ray tensor column (Arrow tensor extension type, or nested fixed-size lists) as float16 numpy."""
+    """A tensor column as float16 (rows, values per row). Ray stores each row's tensor flattened in a list
+    (with its shape in an extension type that plain pyarrow does not know), so the flat values are read
+    whatever the type says, and the caller restores the shape."""
+    import pyarrow as pa
+
     column = table.column(name).combine_chunks()
-    if hasattr(column.type, "to_pandas_dtype") and hasattr(column, "to_numpy_ndarray"):
-        return np.asarray(column.to_numpy_ndarray(), dtype=np.float16)
-    if hasattr(column, "to_numpy"):
-        try:
-            return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float16)
-        except (TypeError, ValueError):
-            pass
-    return np.asarray(np.stack([np.asarray(v) for v in column.to_pylist()]), dtype=np.float16)
+    if isinstance(column, pa.ExtensionArray):
+        column = column.storage
+    return np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float16).reshape(len(column), -1)

@@ -2,7 +2,6 @@
 hits and filters, the image page, phrase -> region, explore, evaluation, the SQL console's refusals), the
 page shown without a workdir, uploads' checks, and `groundex ui`'s command line."""
 
-import argparse
 import io
 from pathlib import Path
 
@@ -169,7 +168,6 @@ def test_groundex_ui_builds_the_streamlit_command():
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("ui/app/main.py")
     assert cmd[cmd.index("--server.port") + 1] == "8600" and cmd[cmd.index("--server.headless") + 1] == "true"
     assert cmd[-2:] == ["--server.address", "127.0.0.1"]
-    assert isinstance(args, argparse.Namespace)
 
 
 def test_upload_page_tags_captions_grounds_and_finds_similar_images(app, workdir):
