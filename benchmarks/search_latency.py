@@ -27,14 +27,24 @@ from _report import emit  # noqa: E402
 
 from indexer.index import build_index, configure_search, default_factory  # noqa: E402
 
+GEN_CHUNK = 250_000  # rows generated (and added to an index) at a time: 5M x 512 float64 noise would not fit
 
-def structured(n: int, d: int, rng: np.random.Generator, seeds: np.ndarray | None, noise: float) -> np.ndarray:
-    if seeds is not None:
-        x = seeds[rng.integers(len(seeds), size=n)] + noise * rng.normal(size=(n, d)).astype(np.float32)
-    else:
-        centres = rng.normal(size=(max(100, n // 200), d)).astype(np.float32)
-        x = centres[rng.integers(len(centres), size=n)] + 0.35 * rng.normal(size=(n, d)).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+def structured(n: int, d: int, rng: np.random.Generator, seeds: np.ndarray | None, noise: float,
+               dtype=np.float32) -> np.ndarray:
+    """n unit vectors with the structure of real embeddings (a seed + noise each), built GEN_CHUNK at a time."""
+    centres = None
+    if seeds is None:
+        centres = rng.standard_normal(size=(max(100, n // 200), d), dtype=np.float32)
+    out = np.empty((n, d), dtype=dtype)
+    for s in range(0, n, GEN_CHUNK):
+        m = min(GEN_CHUNK, n - s)
+        if seeds is not None:
+            x = seeds[rng.integers(len(seeds), size=m)] + noise * rng.standard_normal(size=(m, d), dtype=np.float32)
+        else:
+            x = centres[rng.integers(len(centres), size=m)] + 0.35 * rng.standard_normal(size=(m, d), dtype=np.float32)
+        out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
 
 
 def real_seeds(workdir: Path) -> np.ndarray:
@@ -79,34 +89,60 @@ def lift(seeds: np.ndarray, d: int, rng: np.random.Generator) -> np.ndarray:
     return (seeds @ q.T).astype(np.float32)
 
 
+def index_bytes(index: faiss.Index) -> int:
+    """The serialized size of an index, counted as it streams out (serialize_index would copy 10 GB at 5M x 512)."""
+    total = 0
+
+    def count(chunk: bytes) -> int:
+        nonlocal total
+        total += len(chunk)
+        return len(chunk)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(count))
+    return total
+
+
+def factory_name(factory: str, n: int, d: int) -> str:
+    """auto-ivfpq / auto-ivfflat: groundex's IVF shape at any size (about 4 sqrt(n) lists; PQ with d/4 bytes)."""
+    nlist = 2 ** int(round(np.log2(4 * np.sqrt(n))))
+    if factory == "auto-ivfpq":
+        name = default_factory(n, d)
+        return name if name.startswith("IVF") else f"IVF{nlist},PQ{d // 4}"
+    if factory == "auto-ivfflat":
+        return f"IVF{nlist},Flat"
+    return factory
+
+
 def bench_size(n: int, d: int, rng, seeds, args) -> dict:
-    base = structured(n, d, rng, seeds, args.noise)
+    """Rows for one size. The base set is kept in float16 (as groundex's shards store it; 5 GB at 5M x 512);
+    numpy and every index see the same float16-rounded vectors in float32."""
+    base16 = structured(n, d, rng, seeds, args.noise, dtype=np.float16)
     queries = structured(args.queries, d, rng, seeds, args.noise)
-    ids = np.arange(n, dtype=np.int64)
     k = 10
+    single = args.single if n < 1_000_000 else min(args.single, args.single_large)
+    base = base16.astype(np.float32)
     t = time.perf_counter()
     truth = numpy_search(base, queries, k)
     numpy_batched_s = time.perf_counter() - t
-    np_p50, np_p99 = timed_single(lambda q: numpy_search(base, q, k), queries[: args.single])
+    np_p50, np_p99 = timed_single(lambda q, base=base: numpy_search(base, q, k), queries[:single])
+    del base
     rows = {"numpy": {"build_s": 0.0, "p50_ms": round(np_p50, 3), "p99_ms": round(np_p99, 3),
                       "batched_qps": round(len(queries) / numpy_batched_s, 1), "recall@10": 1.0,
-                      "bytes_per_vector": float(d * 4)}}
+                      "bytes_per_vector": float(d * 4), "single_queries": single}}
+    print(f"  {n:>9,} {'numpy':<16} {rows['numpy']}", flush=True)
     for factory in args.factories:
-        name = default_factory(n, d) if factory == "auto-ivfpq" else factory
-        if factory == "auto-ivfpq" and not name.startswith("IVF"):  # groundex's IVF-PQ shape at any size
-            nlist = 2 ** int(round(np.log2(4 * np.sqrt(n))))
-            name = f"IVF{nlist},PQ{d // 4}"
+        name = factory_name(factory, n, d)
         t = time.perf_counter()
-        index = build_index(base, ids, name)
+        index = build_index(base16, np.arange(n, dtype=np.int64), name)
         build_s = time.perf_counter() - t
         configure_search(index, k, nprobe=args.nprobe, ef_search=args.ef_search)
         t = time.perf_counter()
         _, found = index.search(queries, k)
         batched_s = time.perf_counter() - t
-        p50, p99 = timed_single(lambda q, index=index: index.search(q, k), queries[: args.single])
+        p50, p99 = timed_single(lambda q, index=index: index.search(q, k), queries[:single])
         rows[name] = {"build_s": round(build_s, 2), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
                       "batched_qps": round(len(queries) / batched_s, 1), "recall@10": round(recall(found, truth), 4),
-                      "bytes_per_vector": round(len(faiss.serialize_index(index)) / n, 1)}
+                      "bytes_per_vector": round(index_bytes(index) / n, 1), "single_queries": single}
         print(f"  {n:>9,} {name:<16} {rows[name]}", flush=True)
         del index
     for row in rows.values():
@@ -117,7 +153,8 @@ def bench_size(n: int, d: int, rng, seeds, args) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"Machine: {result['machine']}. Vectors: {result['vectors']}. {result['queries']} queries "
-             f"(one-at-a-time latency over {result['single']}), k = 10, "
+             f"(one-at-a-time latency over {result['single']}; over {result.get('single_large', result['single'])} "
+             "from 1M vectors on), k = 10, "
              f"nprobe {result['nprobe'] or 'max(16, nlist/16)'}, "
              f"HNSW efSearch {result['ef_search'] or 'max(128, 4k)'}.", "",
              "| vectors | index | build s | p50 ms | p99 ms | batched q/s | recall@10 | bytes / vector "
@@ -135,7 +172,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, help="use this workdir's real embeddings as the structure")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--factories", nargs="+", default=["Flat", "HNSW32", "auto-ivfpq"])
+    parser.add_argument("--factories", nargs="+", default=["Flat", "HNSW32", "auto-ivfflat", "auto-ivfpq"],
+                        help="FAISS factory strings; auto-ivfflat / auto-ivfpq: groundex's IVF shape for the size")
     parser.add_argument("--dim", type=int, default=None,
                         help="dimension (default: the workdir's, else 256); above the workdir's, its embeddings are "
                              "lifted by a random orthonormal map, which keeps their structure")
@@ -143,6 +181,8 @@ def main() -> None:
                         help="per-dimension noise std added to real embeddings (0.02 in 256-d: norm ~0.3)")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--single", type=int, default=200, help="queries timed one at a time")
+    parser.add_argument("--single-large", type=int, default=50,
+                        help="queries timed one at a time from 1M vectors on (a numpy query reads the whole base)")
     parser.add_argument("--nprobe", type=int, default=None, help="default: groundex's (max(16, nlist / 16))")
     parser.add_argument("--ef-search", type=int, default=None, help="default: groundex's (max(128, 4k))")
     parser.add_argument("--out", type=Path, help="write JSON here, and the markdown table next to it (.md)")
@@ -165,7 +205,8 @@ def main() -> None:
               "vectors": (f"{len(seeds):,} real embeddings (d={d}{lifted}) + N(0, {args.noise:.4f}^2) noise"
                           if seeds is not None
                           else f"mixture of tight clusters (d={d})"),
-              "queries": args.queries, "single": args.single, "nprobe": args.nprobe, "ef_search": args.ef_search,
+              "queries": args.queries, "single": args.single, "single_large": args.single_large,
+              "nprobe": args.nprobe, "ef_search": args.ef_search,
               "sizes": {}}
     for n in args.sizes:
         result["sizes"][str(n)] = bench_size(n, d, rng, seeds, args)
