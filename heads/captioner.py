@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -281,15 +280,17 @@ class CaptionExamples(torch.utils.data.Dataset):
     """Training examples by image: each time an image is drawn, one of its captions (at random) is the
     target and the others' retrieved captions are the prompt."""
 
-    def __init__(self, captions: list[list[str]], retrieved: list[list[str]], seed: int = 0):
+    def __init__(self, captions: list[list[str]], retrieved: list[list[str]]):
         self.captions, self.retrieved = captions, retrieved
-        self.random = random.Random(seed)
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, row: int) -> tuple[int, str, list[str], bool]:
-        return row, self.random.choice(self.captions[row]), self.retrieved[row], True
+        # torch's global generator, which the Trainer seeds and saves with each checkpoint: a resumed run draws
+        # the captions the uninterrupted one would have.
+        choice = int(torch.randint(len(self.captions[row]), ()).item())
+        return row, self.captions[row][choice], self.retrieved[row], True
 
 
 class PixelSource:
@@ -319,17 +320,16 @@ ImageInputs = np.ndarray | PixelSource  # what a decoder's images are: CLIP toke
 class CaptionCollator:
     """Batches of (row of `image_inputs`, caption, retrieved captions, may drop) examples for the Trainer
     (training and evaluation alike); drops the retrieved captions of a `retrieval_dropout` share of the
-    examples that may drop (training ones; deterministically per seed)."""
+    examples that may drop (training ones; from torch's generator, which the Trainer seeds and checkpoints)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, image_inputs: ImageInputs, config: CaptionerConfig,
                  ids: TokenIds | None = None):
         self.tokenizer, self.image_inputs, self.config, self.ids = tokenizer, image_inputs, config, ids
-        self.random = random.Random(config.seed)
 
     def __call__(self, examples: list[tuple[int, str, list[str], bool]]) -> dict[str, torch.Tensor]:
         retrieved = []
         for _, _, texts, may_drop in examples:
-            drop = may_drop and self.random.random() < self.config.retrieval_dropout
+            drop = may_drop and float(torch.rand(())) < self.config.retrieval_dropout  # torch's: see above
             retrieved.append([] if drop else texts[: self.config.k])
         batch = encode_batch(self.tokenizer, retrieved, [c for _, c, _, _ in examples], self.config, self.ids)
         rows = [r for r, _, _, _ in examples]
@@ -373,16 +373,24 @@ def save_captioner(model: CaptionDecoder, tokenizer: PreTrainedTokenizerBase, fo
     else:
         meta.update({"image_dim": model.image_dim, "vocab_size": model.text_config.vocab_size})
     atomic_write_json(staging / "captioner.json", meta)
-    digest = hashlib.sha256()
-    for name in ("model.safetensors", "tokenizer.json", "captioner.json"):
-        digest.update((staging / name).read_bytes())
-    captioner_id = digest.hexdigest()[:16]
+    captioner_id = captioner_hash(staging)
     folder = folder_root / captioner_id
     if folder.exists():  # the same bytes were saved before
         shutil.rmtree(staging)
     else:
         staging.rename(folder)
     return captioner_id, folder
+
+
+CAPTIONER_FILES = ("model.safetensors", "tokenizer.json", "captioner.json")  # what a captioner's id hashes
+
+
+def captioner_hash(folder: Path) -> str:
+    """A captioner's id: sha256 over its weights, tokenizer and captioner.json (first 16 hex digits)."""
+    digest = hashlib.sha256()
+    for name in CAPTIONER_FILES:
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def load_captioner(folder: Path) -> tuple[CaptionDecoder, PreTrainedTokenizerBase, dict[str, Any], Any]:

@@ -9,6 +9,7 @@ the same model without them, and the nearest-neighbour-caption baseline (the fir
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -24,9 +25,11 @@ from tqdm import tqdm
 from indexer.embed import load_embeddings
 from indexer.index import load_index
 from warehouse import Catalog, Workdir, recorded_run
+from warehouse.workdir import atomic_write_json
 
 from .caption_metrics import caption_metrics
 from .captioner import (
+    CAPTIONER_FILES,
     CaptionCollator,
     CaptionDecoder,
     CaptionerConfig,
@@ -34,6 +37,7 @@ from .captioner import (
     ImageInputs,
     PixelSource,
     RACaptioner,
+    captioner_hash,
     encode_batch,
     load_captioner,
     load_pretrained_blip,
@@ -122,9 +126,10 @@ class CaptionData:
 
 
 def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, model_id: str | None = None,
-                    resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Fit the tokenizer and the decoder with the Hugging Face Trainer (eval and a checkpoint each epoch;
-    `resume` continues from the last checkpoint); the best epoch by val loss is saved as the captioner.
+                    resume: bool | None = None, progress: bool = True) -> dict[str, Any]:
+    """Fit the tokenizer and the decoder with the Hugging Face Trainer (eval and a checkpoint each epoch); the
+    best epoch by val loss is saved as the captioner. `resume`: True continues from the last checkpoint, False
+    starts over, None (default) continues only an interrupted run of this very config.
     An epoch draws each training image once with one of its captions as the target."""
     from transformers import Trainer, TrainingArguments
 
@@ -156,17 +161,26 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
         captions_by_row: list[list[str]] = [[] for _ in train_ids]
         for row, caption in train_examples:
             captions_by_row[row].append(caption)
-        train_dataset = CaptionExamples(captions_by_row, retrieved["train"], config.seed)
+        train_dataset = CaptionExamples(captions_by_row, retrieved["train"])
         offset = len(train_ids)  # val rows follow the train rows in the one feature array the collator reads
         val_dataset = [(offset + row, caption, retrieved["val"][row], False) for row, caption in val_examples]
         if model is None:
             model = RACaptioner(config, len(tokenizer), inputs["train"].shape[-1])
         output_dir = workdir.captioners_dir / "training" / data.model_id
+        settings = output_dir / "groundex-run.json"  # this run's config, and whether it finished
+        if resume is None:  # only an interrupted run of this very config resumes by itself
+            saved = json.loads(settings.read_text()) if settings.is_file() else {}
+            resume = (not saved.get("finished", True) and saved.get("config") == json.loads(json.dumps(asdict(config)))
+                      and any(output_dir.glob("checkpoint-*")))
+            if resume:
+                _logger.warning("resuming the interrupted captioner training in %s (resume=False, or `groundex "
+                                "caption train --restart`, starts over)", output_dir)
         has_checkpoint = resume and any(output_dir.glob("checkpoint-*"))
         if not resume and output_dir.exists():  # a fresh run: earlier checkpoints must not mix into --resume later
             shutil.rmtree(output_dir)
         if resume and not has_checkpoint:
             _logger.warning("no checkpoint in %s to resume from; training from the start", output_dir)
+        atomic_write_json(settings, {"config": asdict(config), "finished": False})
         args = TrainingArguments(
             output_dir=str(output_dir), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
             per_device_eval_batch_size=config.batch_size, learning_rate=config.lr, weight_decay=config.weight_decay,
@@ -191,6 +205,7 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
         captioner_id, folder = save_captioner(model.cpu(), tokenizer, workdir.captioners_dir,
                                               {"model_id": data.model_id, "train_images": int(len(train_ids))},
                                               image_processor)
+        atomic_write_json(settings, {"config": asdict(config), "finished": True, "captioner_id": captioner_id})
         result.update({"captioner_id": captioner_id, "path": str(folder), "model_id": data.model_id,
                        "train_images": len(train_dataset), "val_examples": len(val_dataset),
                        "vocab_size": len(tokenizer), "val_loss_by_epoch": [round(x, 4) for x in losses],
@@ -387,3 +402,26 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
         })
     return result
 
+
+
+def check_captioners(workdir: Workdir, catalog: Catalog, report: Any) -> None:
+    """`groundex verify`'s check of the captioners: each folder's bytes hash to its name, and every generated
+    caption in the catalog comes from a captioner that is there."""
+    from indexer.verify import Finding  # noqa: PLC0415
+
+    root = workdir.captioners_dir
+    folders = sorted(f for f in root.iterdir() if (f / "captioner.json").is_file()) if root.is_dir() else []
+    for folder in folders:
+        absent = [n for n in CAPTIONER_FILES if not (folder / n).is_file()]
+        if absent:
+            report.findings.append(Finding("captioners", f"captioner {folder.name}: lacks {', '.join(absent)}"))
+        elif captioner_hash(folder) != folder.name:
+            report.findings.append(Finding("captioners", f"captioner {folder.name}: its files hash to "
+                                                         f"{captioner_hash(folder)}, not to its name"))
+    names = {f.name for f in folders}
+    for model_id, n in catalog.query("SELECT model_id, count(*) FROM captions WHERE source = 'generated' "
+                                     "GROUP BY ALL ORDER BY ALL"):
+        if model_id not in names:
+            report.findings.append(Finding("captioners", f"{n:,} generated captions of captioner {model_id}, which "
+                                                         f"is not in {root}"))
+    report.checked["captioners"] = len(folders)

@@ -313,8 +313,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(workdir: Workdir, config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Train on `config.train_split`; returns the best checkpoint (recorded in the catalog's `models`)."""
+def train(workdir: Workdir, config: TrainConfig, resume: bool | None = None) -> TrainResult:
+    """Train on `config.train_split`; returns the best checkpoint (recorded in the catalog's `models`).
+
+    `resume`: True continues the last training run (whatever its config), False starts a new one, None (the
+    default) continues the last run only when it was interrupted and has this very config, so running the same
+    command again after a crash loses at most the epoch in progress."""
     device = torch.device(config.device) if config.device else default_device()
     _seed_everything(config.seed)
     with Catalog.open(workdir, read_only=True) as catalog:
@@ -326,9 +330,16 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool = False) -> TrainR
     if not train_rows:
         raise ValueError(f"split {config.train_split!r} has no captioned images to train on "
                          f"(ingest data first; `groundex info` shows the splits)")
-    previous = _find_resumable(workdir) if resume else None
+    previous = _find_resumable(workdir) if resume is not False else None
     if resume and previous is None:
         raise FileNotFoundError(f"nothing to resume in {workdir.root / 'training'}")
+    if resume is None and previous is not None:  # only an unfinished run of this very config resumes by itself
+        saved = json.loads((previous / "state.json").read_text())
+        if saved.get("finished", True) or not _same_settings(saved.get("config"), asdict(config)):
+            previous = None
+        else:
+            _logger.warning("resuming the interrupted training run %s from epoch %d (pass resume=False, or "
+                            "`groundex train --restart`, to start over)", previous.parent.name, saved["epoch"])
     if previous is not None:  # the resumed weights index this tokenizer's vocabulary
         tokenizer = tokenizer_from_json(json.loads((previous / "state.json").read_text())["tokenizer"])
     elif parent is None:  # from scratch (a preset); checkpoints and open_clip names bring their own
@@ -399,14 +410,11 @@ def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer
     steps_per_epoch = max(1, len(data.train_images) // (config.batch_size * config.accumulate))
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(device))
     total_steps = steps_per_epoch * config.epochs
-    generator = torch.Generator().manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator()
     state = {"epoch": 0, "step": 0, "elapsed": 0.0, "best": None, "best_model": None, "history": [],
-             "run_id": run_id}
+             "run_id": run_id, "config": asdict(config), "finished": False}
     if previous is not None:
         state.update(_load_state(previous, model, optimizer))
-        generator.manual_seed(config.seed + state["step"])
-        rng = np.random.default_rng([config.seed, state["step"]])
         _logger.info("resuming %s at epoch %d, step %d", previous, state["epoch"], state["step"])
     folder = _state_dir(workdir, state["run_id"]) / "last"
 
@@ -419,6 +427,12 @@ def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer
 
     out_of_time = False
     while state["epoch"] < config.epochs and not out_of_time:
+        # Every random draw of an epoch (order, captions, crops, patch dropout) follows from (seed, epoch): a run
+        # resumed from an epoch's saved state goes on exactly as the uninterrupted run would have.
+        epoch_seed = config.seed * 100_003 + state["epoch"]
+        rng = np.random.default_rng([config.seed, state["epoch"]])
+        generator.manual_seed(epoch_seed)
+        torch.manual_seed(epoch_seed)
         order = rng.permutation(data.train_images)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {state['epoch'] + 1}/{config.epochs}", unit="step",
                    disable=not config.progress, dynamic_ncols=True)
@@ -484,9 +498,12 @@ def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer
         score = entry["val"]["text_to_image"]["R@10"] if "val" in entry else state["epoch"]
         if state["best"] is None or score > state["best"]["score"]:
             state["best"] = {"score": score, **entry}
-            state["best_model"] = _save_best(workdir, model, config, parent, run_id, trainable, total, entry)
+            state["best_model"] = _save_best(workdir, model, config, parent, state["run_id"], trainable, total,
+                                             entry)
         state["elapsed"] = time.perf_counter() - started
         _save_state(folder, model, optimizer, state)
+    state["finished"] = True
+    atomic_write_json(folder / "state.json", {**json.loads((folder / "state.json").read_text()), "finished": True})
     seconds = round(time.perf_counter() - started, 1)
     model_id, model_path = state["best_model"]
     return TrainResult(run_id, model_id, model_path, state["epoch"], state["step"], seconds,
@@ -531,12 +548,23 @@ def _save_best(workdir: Workdir, model: GroundexModel, config: TrainConfig, pare
         to_save = copy.deepcopy(model)
         merge_lora(to_save)
     to_save.spec.parent = parent
-    to_save.spec.extra = {"run_id": run_id, "mode": config.mode, "epoch": entry["epoch"]}
+    # What made the weights, not which run: the hash stays a content hash (the catalog row records the run), so an
+    # interrupted and resumed run stores the same checkpoint as an uninterrupted one.
+    to_save.spec.extra = {"mode": config.mode, "epoch": entry["epoch"]}
     model_id, path = save_checkpoint(to_save, workdir.models_dir)
     with Catalog.open(workdir) as catalog:
         catalog.add_model(model_id, model.spec.name, str(path), parent, run_id, config.mode, trainable, total,
                           entry.get("val", {}))
     return model_id, str(path)
+
+
+def _same_settings(saved: dict[str, Any] | None, current: dict[str, Any]) -> bool:
+    """Whether a saved run's config is this one's, up to what does not change the result (progress bars)."""
+    if saved is None:
+        return False
+    current = json.loads(json.dumps(current))  # tuples as lists, as the saved JSON has them
+    return {k: v for k, v in saved.items() if k not in ("progress", "workers")} == \
+        {k: v for k, v in current.items() if k not in ("progress", "workers")}
 
 
 def _find_resumable(workdir: Workdir) -> Path | None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,16 +74,41 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
                           config={"enable_external_access": False, "lock_configuration": True})
 
 
+def lock_timeout_s() -> float:
+    """How long to wait for another process's hold on the catalog ($GROUNDEX_LOCK_TIMEOUT, default 120 s)."""
+    return float(os.environ.get("GROUNDEX_LOCK_TIMEOUT", "120"))
+
+
+def _connect_waiting(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """`_connect`, waiting while another process holds the file. DuckDB lets one process write, or several
+    read, at a time; groundex's writers hold the catalog only for one transaction (a chunk of an ingest, a
+    shard of embeddings, a finished index), and its readers for one query, so the wait is short: a search
+    run during a build gets through between two writes."""
+    deadline = time.monotonic() + lock_timeout_s()
+    delay = 0.02
+    while True:
+        try:
+            return _connect(path, read_only)
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower():
+                raise CatalogError(f"cannot open catalog {path}: {e}") from None
+            if time.monotonic() >= deadline:
+                holder = re.search(r"PID (\d+)", str(e))
+                raise CatalogError(
+                    f"catalog {path} is held by another process{f' (PID {holder.group(1)})' if holder else ''} "
+                    f"for more than {lock_timeout_s():g} s; wait for it to finish or raise $GROUNDEX_LOCK_TIMEOUT"
+                ) from None
+            time.sleep(delay)
+            delay = min(0.5, delay * 1.5)
+
+
 class Catalog(HeadsRows):
     def __init__(self, path: Path | str, read_only: bool = False):
         self.path = Path(path)
         self.read_only = read_only
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"no catalog at {self.path}")
-        try:
-            self.con = _connect(self.path, read_only)
-        except duckdb.IOException as e:
-            raise CatalogError(f"cannot open catalog {self.path}: {e}") from None
+        self.con = _connect_waiting(self.path, read_only)
         version = self._stored_version()
         if version > SCHEMA_VERSION:
             self.con.close()

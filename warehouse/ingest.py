@@ -19,9 +19,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .catalog import Catalog, PreparedSample
+from .catalog import Catalog, PreparedSample, recorded_run
 from .images import DEFAULT_MAX_PIXELS, ImageError, inspect_image
 from .records import Box, Reject, Sample
+from .workdir import Workdir
 
 _logger = logging.getLogger(__name__)
 
@@ -92,14 +93,15 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def ingest(catalog: Catalog, items: Iterable[Sample | Reject], command: str,
+def ingest(workdir: Workdir, items: Iterable[Sample | Reject], command: str,
            source_config: dict[str, Any] | None = None, config: IngestConfig | None = None,
            total: int | None = None) -> IngestReport:
-    """Store what a reader yields; record the run, its rejects and its counts in the catalog."""
+    """Store what a reader yields; record the run, its rejects and its counts in the catalog. The catalog is
+    opened for each chunk's transaction only, so searches and the app can read it while an ingest runs."""
     config = config or IngestConfig()
     started = time.perf_counter()
     run_config = {"source": source_config or {}, "ingest": asdict(config)}
-    with catalog.run(command, run_config) as (run_id, result):
+    with recorded_run(workdir, command, run_config) as (run_id, result):
         report = IngestReport(run_id=run_id)
         seen_keys: set[str] = set()
         bar = tqdm(total=total, unit="img", desc=command, disable=not config.progress, dynamic_ncols=True)
@@ -107,7 +109,8 @@ def ingest(catalog: Catalog, items: Iterable[Sample | Reject], command: str,
             for chunk in _chunks(items, config.chunk_size):
                 rejects = [item for item in chunk if isinstance(item, Reject)]
                 samples = [item for item in chunk if isinstance(item, Sample)]
-                present = catalog.existing_keys(s.key for s in samples)
+                with Catalog.open(workdir, read_only=True) as catalog:
+                    present = catalog.existing_keys(s.key for s in samples)
                 fresh = []
                 for s in samples:
                     if s.key in present:
@@ -125,8 +128,9 @@ def ingest(catalog: Catalog, items: Iterable[Sample | Reject], command: str,
                         prepared.append(outcome)
                         rejects.extend(outcome.sample.rejects)
                 # Rejects first: if the write of the images fails, the problems are still on record.
-                report.rejected += catalog.add_rejects(rejects, run_id)
-                report.added += catalog.add_samples(prepared)
+                with Catalog.open(workdir) as catalog:
+                    report.rejected += catalog.add_rejects(rejects, run_id)
+                    report.added += catalog.add_samples(prepared)
                 report.examples.extend(str(r) for r in rejects[: max(0, 5 - len(report.examples))])
                 bar.update(len(chunk))
                 bar.set_postfix(added=report.added, present=report.already_present, rejected=report.rejected)

@@ -27,8 +27,9 @@ from .workdir import Workdir
 
 def _run(workdir: Workdir, command: str, items: Iterable[Sample | Reject], source: dict[str, Any],
          config: IngestConfig | None, total: int | None) -> IngestReport:
-    with Catalog.open(workdir) as catalog:
-        report = ingest(catalog, items, command, source, config, total)
+    workdir.create()
+    report = ingest(workdir, items, command, source, config, total)
+    with Catalog.open(workdir, read_only=True) as catalog:
         schema_version = catalog.schema_version
     manifest = workdir.read_manifest()
     sources = manifest.get("sources", [])

@@ -20,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--factory", default=None, help="faiss.index_factory string, e.g. Flat, HNSW32, IVF1024,PQ32")
     p.add_argument("--rebuild", action="store_true", help="build the indexes from scratch")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--shard-size", type=int, default=4096,
+                   help="items per embedding shard file: the most an interrupted run loses (default: %(default)s)")
     p.add_argument("--device", default=None)
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="embed images in this process (local) or as a Ray Data job (ray: needs the [scale] extra; "
@@ -39,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
     ray_config = None
     if args.engine == "ray":
         try:
@@ -53,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
                                     progress=not args.no_progress)
     elif args.address is not None:
         raise ValueError("--address is for --engine ray")
-    result = index_workdir(workdir_of(args), args.model, args.split, args.factory, args.rebuild,
-                           EmbedConfig(batch_size=args.batch_size, progress=not args.no_progress), args.device,
-                           args.engine, ray_config)
+    embed_config = EmbedConfig(batch_size=args.batch_size, shard_size=args.shard_size, progress=not args.no_progress)
+    result = index_workdir(workdir_of(args), args.model, args.split, args.factory, args.rebuild, embed_config,
+                           args.device, args.engine, ray_config)
     if args.json:
         print_json(result)
         return 0

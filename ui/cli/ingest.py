@@ -30,6 +30,8 @@ def _common(p: argparse.ArgumentParser, dataset_default: str | None = "flickr30k
         p.add_argument("--dataset", default=dataset_default,
                        help=f"dataset name stored with each image and used in its key (default: {dataset_default})")
     p.add_argument("--workers", type=int, default=IngestConfig.workers, help="threads opening images (default: cores)")
+    p.add_argument("--chunk-size", type=int, default=IngestConfig.chunk_size,
+                   help="samples written per transaction: the most a crash can lose (default: %(default)s)")
     p.add_argument("--max-pixels", type=int, default=IngestConfig.max_pixels,
                    help="reject images with more pixels than this (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the ingest report as JSON")
@@ -104,7 +106,10 @@ def _config(args: argparse.Namespace) -> IngestConfig:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.max_pixels < 1:
         raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
-    return IngestConfig(workers=args.workers, max_pixels=args.max_pixels, progress=not args.no_progress)
+    if args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    return IngestConfig(workers=args.workers, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
+                        progress=not args.no_progress)
 
 
 def _report(args: argparse.Namespace, report: IngestReport) -> int:

@@ -44,7 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-split", default=d.val_split, help="split for per-epoch recall ('none' to skip)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--resume", action="store_true", help="continue the last interrupted training run")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_true", default=None,
+                        help="continue the last training run, whatever its settings (default: an interrupted run "
+                             "with the same settings continues by itself)")
+    resume.add_argument("--restart", dest="resume", action="store_false",
+                        help="start a new run even if an interrupted one with the same settings exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)

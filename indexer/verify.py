@@ -1,0 +1,235 @@
+"""`groundex verify`: do the catalog, the files, the embedding shards, the FAISS indexes and the model hashes agree?
+
+Each check reads what one part of the workdir claims and looks at what is on disk. A finding is a *problem*
+(something a command would trip over or answer wrongly from: a missing image file, a shard shorter than its
+catalog rows, an index holding other ids than the embeddings, a checkpoint whose bytes no longer match its
+hash) or a *note* (harmless leftovers of an interrupted command: an unreferenced shard, a run that never
+finished). The workdir is sound when there is no problem. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from warehouse import Catalog, CatalogError, Workdir
+
+from .embed import shard_dir
+from .models import CHECKPOINT_FILES, checkpoint_hash
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Finding:
+    area: str        # 'catalog', 'images', 'models', 'embeddings', 'indexes', 'captioners', 'runs', ...
+    message: str     # what disagrees with what, naming the row or the file
+    problem: bool = True  # False: a note (harmless, e.g. left by an interrupted command)
+
+
+@dataclass
+class VerifyReport:
+    workdir: str
+    findings: list[Finding] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)  # what was looked at, by area
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if f.problem]
+
+    @property
+    def sound(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"workdir": self.workdir, "sound": self.sound, "checked": self.checked,
+                "problems": [asdict(f) for f in self.problems],
+                "notes": [asdict(f) for f in self.findings if not f.problem]}
+
+
+Check = Callable[[Workdir, Catalog, VerifyReport], None]
+
+
+def verify_workdir(workdir: Workdir, deep: bool = False, extra_checks: Iterable[Check] = (),
+                   progress: bool = True) -> VerifyReport:
+    """Run every check; `deep` also re-hashes every image file against the sha256 stored at ingest."""
+    report = VerifyReport(str(workdir.root))
+    try:
+        workdir.read_manifest()
+        catalog = Catalog.open(workdir, read_only=True)
+    except (FileNotFoundError, ValueError, CatalogError) as e:
+        report.findings.append(Finding("catalog", str(e)))
+        return report
+    with catalog:
+        checks: list[Check] = [_check_rows, lambda w, c, r: _check_images(w, c, r, deep, progress), _check_models,
+                               _check_embeddings, _check_indexes, _check_runs, *extra_checks]
+        for check in checks:
+            check(workdir, catalog, report)
+    return report
+
+
+def _check_rows(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
+    """Rows that point at rows which are not there (DuckDB holds no foreign keys: removal cascades by hand)."""
+    dangling = {
+        "captions without their image": "SELECT count(*) FROM captions c ANTI JOIN images i ON i.id = c.image_id",
+        "phrases without their caption": "SELECT count(*) FROM phrases p ANTI JOIN captions c ON c.id = p.caption_id",
+        "boxes without their image": "SELECT count(*) FROM boxes b ANTI JOIN images i ON i.id = b.image_id",
+        "tags without their image": "SELECT count(*) FROM tags t ANTI JOIN images i ON i.id = t.image_id",
+        "regions without their image": "SELECT count(*) FROM regions r ANTI JOIN images i ON i.id = r.image_id",
+        "tags of an unknown model": "SELECT count(*) FROM tags t ANTI JOIN models m ON m.id = t.model_id",
+    }
+    for what, sql in dangling.items():
+        n = catalog.query(sql)[0][0]
+        if n:
+            report.findings.append(Finding("catalog", f"{n:,} {what}"))
+    report.checked["catalog tables"] = len(dangling)
+
+
+def _check_images(workdir: Workdir, catalog: Catalog, report: VerifyReport, deep: bool, progress: bool) -> None:
+    rows = catalog.query("SELECT id, path, sha256 FROM images ORDER BY id")
+    missing = []
+    for image_id, path, sha in tqdm(rows, desc="verify images", unit="img", disable=not progress or not deep):
+        file = Path(path)
+        if not file.is_file():
+            missing.append((image_id, path))
+        elif deep and hashlib.sha256(file.read_bytes()).hexdigest() != sha:
+            report.findings.append(Finding("images", f"image {image_id}: {path} changed since ingest (sha256 differs)"))
+    for image_id, path in missing[:20]:
+        report.findings.append(Finding("images", f"image {image_id}: file {path} is missing"))
+    if len(missing) > 20:
+        report.findings.append(Finding("images", f"... and {len(missing) - 20:,} more missing image files"))
+    report.checked["images"] = len(rows)
+
+
+def _check_models(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
+    models = catalog.models()
+    known = {m["id"] for m in models}
+    for m in models:
+        folder = Path(m["path"])
+        absent = [n for n in CHECKPOINT_FILES if not (folder / n).is_file()]
+        if absent:
+            report.findings.append(Finding("models", f"model {m['id']}: {folder} lacks {', '.join(absent)}"))
+        elif checkpoint_hash(folder) != m["id"]:
+            report.findings.append(Finding("models", f"model {m['id']}: the files in {folder} hash to "
+                                                     f"{checkpoint_hash(folder)}, not to the model's id"))
+    for (model_id,) in catalog.query("SELECT DISTINCT model_id FROM embeddings UNION SELECT DISTINCT model_id "
+                                     "FROM indexes"):
+        if model_id not in known:
+            report.findings.append(Finding("models", f"embeddings or indexes of model {model_id}, which is not in "
+                                                     "the models table"))
+    report.checked["models"] = len(models)
+
+
+def _load_shard(path: Path) -> np.ndarray | None:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+
+
+def _check_embeddings(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
+    rows = catalog.query("SELECT model_id, kind, shard, count(*), max(row), count(DISTINCT row) FROM embeddings "
+                         "GROUP BY ALL ORDER BY ALL")
+    referenced: set[Path] = set()
+    for model_id, kind, shard, n, max_row, distinct in rows:
+        paths = [shard_dir(workdir, model_id, kind) / shard]
+        patch = shard_dir(workdir, model_id, "patch") / shard
+        if kind == "image" and patch.parent.is_dir():
+            paths.append(patch)
+        dims = set()
+        for path in paths:
+            referenced.add(path)
+            array = _load_shard(path)
+            label = f"{kind} shard {path.relative_to(workdir.root)}"
+            if array is None:
+                report.findings.append(Finding("embeddings", f"{label} ({n:,} catalog rows) is missing or unreadable"))
+                continue
+            if array.shape[0] <= max_row or distinct != n:
+                report.findings.append(Finding("embeddings", f"{label} has {array.shape[0]:,} rows; the catalog points "
+                                                             f"at row {max_row} ({distinct:,} distinct of {n:,})"))
+            if array.dtype != np.float16:
+                report.findings.append(Finding("embeddings", f"{label} is {array.dtype}, not float16"))
+            dims.add(array.shape[-1])
+        if len(dims) > 1:
+            report.findings.append(Finding("embeddings", f"shard {shard} of model {model_id}: image and patch "
+                                                         f"dimensions differ ({sorted(dims)})"))
+    for model_id, kind, n in catalog.query(
+            "SELECT e.model_id, e.kind, count(*) FROM embeddings e WHERE (e.kind = 'image' AND e.item_id NOT IN "
+            "(SELECT id FROM images)) OR (e.kind = 'caption' AND e.item_id NOT IN (SELECT id FROM captions)) "
+            "GROUP BY ALL"):
+        report.findings.append(Finding("embeddings", f"{n:,} {kind} embedding rows of model {model_id} belong to "
+                                                     f"removed items (the next `groundex index` drops them)",
+                                       problem=False))
+    on_disk = set(workdir.embeddings_dir.glob("*/*/shard-*.npy")) if workdir.embeddings_dir.is_dir() else set()
+    for path in sorted(on_disk - referenced):
+        report.findings.append(Finding("embeddings", f"{path.relative_to(workdir.root)} is not referenced by the "
+                                                     "catalog (left by an interrupted run; unused)", problem=False))
+    report.checked["embedding shards"] = len(referenced)
+
+
+def faiss_ids(index: faiss.Index) -> np.ndarray:
+    """Every id an index holds (IDMap: its id map; IVF: the ids of its inverted lists)."""
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.vector_to_array(index.id_map)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        raise ValueError(f"cannot list the ids of a {type(index).__name__}")
+    invlists = ivf.invlists
+    parts = []
+    for list_no in range(ivf.nlist):
+        size = invlists.list_size(list_no)
+        if size:
+            parts.append(faiss.rev_swig_ptr(invlists.get_ids(list_no), size).copy())
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _check_indexes(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
+    from .index import patch_ids  # noqa: PLC0415 (index imports embed; keep this module light to import)
+
+    current = catalog.query("SELECT model_id, kind, max(version) FROM indexes GROUP BY ALL ORDER BY ALL")
+    for model_id, kind, _ in current:
+        info = catalog.current_index(model_id, kind)
+        path = Path(info["path"])
+        label = f"{kind} index v{info['version']} of model {model_id} ({path.name})"
+        ids_path = path.with_suffix(".ids.npy")
+        if not path.is_file() or not ids_path.is_file():
+            absent = path if not path.is_file() else ids_path
+            report.findings.append(Finding("indexes", f"{label}: {absent} is missing"))
+            continue
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as e:
+            report.findings.append(Finding("indexes", f"{label}: unreadable ({str(e).strip().splitlines()[-1]})"))
+            continue
+        held = np.load(ids_path, allow_pickle=False)
+        embedded = np.array(catalog.embedded_ids(model_id, "image" if kind == "patch" else kind), dtype=np.int64)
+        if index.ntotal != info["n"]:
+            report.findings.append(Finding("indexes", f"{label}: holds {index.ntotal:,} vectors, the catalog says "
+                                                      f"{info['n']:,}"))
+        cells = index.ntotal // max(1, len(held)) if kind == "patch" else 1
+        expected = patch_ids(held, cells) if kind == "patch" else held
+        stored = faiss_ids(index)
+        if len(stored) != len(expected) or not np.array_equal(np.sort(stored), np.sort(expected)):
+            report.findings.append(Finding("indexes", f"{label}: its FAISS ids differ from its id list "
+                                                      f"({ids_path.name})"))
+        if not np.array_equal(np.sort(held), np.sort(embedded)):
+            extra, absent = np.setdiff1d(held, embedded), np.setdiff1d(embedded, held)
+            report.findings.append(Finding("indexes", f"{label}: out of date ({len(absent):,} embedded items not in "
+                                                      f"it, {len(extra):,} in it without an embedding); run "
+                                                      "`groundex index`"))
+    report.checked["indexes"] = len(current)
+
+
+def _check_runs(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
+    for run_id, command in catalog.query("SELECT id, command FROM runs WHERE status = 'running' ORDER BY id"):
+        report.findings.append(Finding("runs", f"run {run_id} ({command}) never finished: it was killed or is "
+                                               "still running; run the command again to resume", problem=False))
+    report.checked["runs"] = catalog.query("SELECT count(*) FROM runs")[0][0]
