@@ -347,7 +347,8 @@ def load_pretrained_blip(name_or_path: str, config: CaptionerConfig) -> tuple[Bl
     from transformers import AutoTokenizer, BlipForConditionalGeneration, BlipImageProcessor
 
     try:
-        blip = BlipForConditionalGeneration.from_pretrained(name_or_path)
+        # safetensors only: a pytorch_model.bin is a pickle, and nothing from a user's path is unpickled
+        blip = BlipForConditionalGeneration.from_pretrained(name_or_path, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         image_processor = BlipImageProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:

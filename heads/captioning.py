@@ -134,6 +134,7 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
     from transformers import Trainer, TrainingArguments
 
     config = config or CaptionerConfig()
+    pretrained = load_pretrained_blip(config.pretrained, config) if config.pretrained else None  # fail early
     data = CaptionData(workdir, model_id)
     train_ids, train_examples = data.split_examples("train")
     if config.max_train_images is not None and config.max_train_images < len(train_ids):
@@ -151,7 +152,7 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
     if config.pretrained is None:
         tokenizer = train_tokenizer([t for _, t in train_examples], config.vocab_size)
     else:
-        model, tokenizer, image_processor = load_pretrained_blip(config.pretrained, config)
+        model, tokenizer, image_processor = pretrained
     with recorded_run(workdir, "caption train", asdict(config), data.model_id) as (_, result):
         inputs, retrieved = {}, {}
         for name, ids in (("train", train_ids), ("val", val_ids)):

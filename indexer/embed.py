@@ -51,6 +51,14 @@ class EmbedReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)  # decode / model / write
 
 
+class MissingEmbeddingError(KeyError):
+    """Items asked for have no stored embedding (a KeyError, so lookups that fall back on embedding anew still
+    catch it); its message is fit for a user."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def shard_dir(workdir: Workdir, model_id: str, kind: str) -> Path:
     if kind not in KINDS:
         raise ValueError(f"embedding kind must be one of {KINDS}, got {kind!r}")
@@ -177,7 +185,8 @@ def load_embeddings(workdir: Workdir, model_id: str, kind: str, ids: Sequence[in
         if len(locations) != len(wanted):
             have = {loc[0] for loc in locations}
             missing = sorted(wanted - have)[:5]
-            raise KeyError(f"no {kind} embedding for id(s) {missing} with model {model_id}; run `groundex index`")
+            raise MissingEmbeddingError(f"no {kind} embedding for id(s) {missing} with model {model_id} (not in the "
+                                        "catalog, or not embedded yet: run `groundex index`)")
     folder = shard_dir(workdir, model_id, kind)
     by_shard: dict[str, list[tuple[int, int]]] = {}
     for position, (_, shard, row) in enumerate(locations):

@@ -254,17 +254,17 @@ class Catalog(HeadsRows):
 
         Two more columns come from the stored tags: `tag` (one of the image's tags: "tag = 'dog'" keeps
         images tagged dog) and `tags` (all of them, a list: "list_has_all(tags, ['dog', 'grass'])")."""
-        if ";" in where:
-            raise ValueError(f"--where takes one condition, not statements: {where!r}")
         source = "images"
         if _MENTIONS_TAGS.search(where):  # the join only when the condition reads tags
             source = ("(SELECT i.*, t.keyword AS tag, coalesce(a.tags, []) AS tags FROM images i "
                       "LEFT JOIN (SELECT DISTINCT image_id, keyword FROM tags) t ON t.image_id = i.id "
                       "LEFT JOIN (SELECT image_id, list(DISTINCT keyword ORDER BY keyword) AS tags FROM tags "
                       "GROUP BY 1) a ON a.image_id = i.id)")
+        sql = f"SELECT DISTINCT id FROM {source} WHERE ({where}) ORDER BY id"
         try:
-            return [r[0] for r in self.con.execute(
-                f"SELECT DISTINCT id FROM {source} WHERE ({where}) ORDER BY id").fetchall()]
+            if len(duckdb.extract_statements(sql)) != 1:  # '1=1); DROP TABLE images; --' ends the condition early
+                raise ValueError(f"--where takes one condition, not statements: {where!r}")
+            return [r[0] for r in self.con.execute(sql).fetchall()]
         except duckdb.Error as e:
             raise ValueError(f"bad --where condition {where!r}: {str(e).splitlines()[0]}") from None
 

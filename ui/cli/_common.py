@@ -17,7 +17,10 @@ class UserError(Exception):
 
 
 def known_user_errors() -> tuple[type[BaseException], ...]:
-    return (UserError, FileNotFoundError, NotADirectoryError, FormatError, ImageError, CatalogError, ValueError)
+    from indexer.embed import MissingEmbeddingError
+
+    return (UserError, FileNotFoundError, NotADirectoryError, FormatError, ImageError, CatalogError, ValueError,
+            MissingEmbeddingError)
 
 
 def add_workdir(parser: argparse.ArgumentParser) -> None:
