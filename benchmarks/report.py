@@ -75,7 +75,8 @@ def make_report(out: Path) -> Path:
         lines += _plot_embedding(r, out)
     for name in sorted(n for n in results if n.startswith("search_latency")):
         r = results[name]
-        lines += [f"## Search: {name.split('_')[-1].replace('d', 'd = ')}", ""]
+        label = name.removeprefix("search_latency_").replace("d", "d = ", 1).replace("_5m", ", 5M vectors")
+        lines += [f"## Search: {label}", ""]
         md = out / f"{name}.md"
         lines += [md.read_text().strip() if md.is_file() else json.dumps(r)[:2000], ""] + _plot_search(name, r, out)
     if "region_search" in results:
@@ -89,6 +90,10 @@ def make_report(out: Path) -> Path:
                   f"{r['bare_text_to_image_s']['median'] * 1000:.0f} ms).",
                   "", "| page | seconds | exceptions |", "| --- | ---: | --- |"]
         lines += [f"| {p} | {v['seconds']} | {len(v['exceptions'])} |" for p, v in r["pages"].items()] + [""]
+    for name in sorted(n for n in results if n.startswith("build_stages")):
+        md = out / f"{name}.md"
+        lines += [f"## End-to-end build per stage: {results[name]['source']}", "",
+                  md.read_text().strip() if md.is_file() else json.dumps(results[name]["stages"]), ""]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -23,7 +23,7 @@ from PIL import Image
 from warehouse import Catalog, Workdir, load_image
 
 from .embed import load_embeddings
-from .index import configure_search, load_index
+from .index import RERANK_FACTOR, configure_search, load_index, needs_rerank, rerank
 from .models import GroundexModel, load_checkpoint
 
 _logger = logging.getLogger(__name__)
@@ -165,20 +165,29 @@ class Searcher:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         index = self.index(kind, catalog)
         query = np.ascontiguousarray(vector, dtype=np.float32)[None, :]
+        approximate = needs_rerank(index)  # PQ codes: fetch more, then score them with the stored vectors
         if allowed is not None:
             if len(allowed) == 0:
                 return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
             k = min(k, len(allowed))
-            params = configure_search(index, k) or faiss.SearchParameters()
+            fetch = min(RERANK_FACTOR * k, len(allowed)) if approximate else k
+            params = configure_search(index, fetch) or faiss.SearchParameters()
             params.sel = faiss.IDSelectorBatch(allowed)
-            scores, ids = index.search(query, k, params=params)
+            scores, ids = index.search(query, fetch, params=params)
         else:
             k = min(k, index.ntotal)
-            configure_search(index, k)
-            scores, ids = index.search(query, k)
+            fetch = min(RERANK_FACTOR * k, index.ntotal) if approximate else k
+            configure_search(index, fetch)
+            scores, ids = index.search(query, fetch)
         ids, scores = ids[0], scores[0]
         keep = ids >= 0
         ids, scores = ids[keep], scores[keep]
+        if approximate and len(ids):
+            def stored(candidates: np.ndarray) -> np.ndarray:  # load_embeddings answers in id order
+                got, vectors = load_embeddings(self.workdir, self.model_id, kind, candidates, catalog)
+                return vectors[np.searchsorted(got, candidates)]
+
+            ids, scores = rerank(query[0], ids, stored, k)
         if allowed is not None and len(ids) < k:  # an approximate index missed some: score them exactly
             ids, scores = self._exact(kind, query[0], allowed, k, catalog)
         return ids, scores

@@ -151,3 +151,27 @@ def test_building_from_shards_reads_chunks_and_trains_on_a_sample(tmp_path, monk
                                                                           index.train(train)))
     patches, held, factory = build_index_from_shards(workdir, "m1", "patch", "IVF4,Flat", chunk=9)
     assert trained_on == [60] and patches.ntotal == 40 * 4 and held.tolist() == ids.tolist()
+
+
+def test_rerank_scores_candidates_exactly_and_ivfpq_searches_rerank(tmp_path):
+    from indexer.index import needs_rerank, rerank
+    from indexer.embed import load_embeddings
+    from indexer.pipeline import index_workdir
+    from indexer.search import Searcher
+    from tests.helpers import built_workdir
+
+    vectors = np.eye(4, dtype=np.float32)
+    ids, scores = rerank(np.array([0.1, 0.9, 0.5, 0], np.float32), np.array([3, -1, 0, 2, 1]), lambda c: vectors[c], 2)
+    assert ids.tolist() == [1, 2] and np.allclose(scores, [0.9, 0.5])
+    assert needs_rerank(build_index(np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32),
+                                    np.arange(300), "IVF4,PQ4"))
+    assert not needs_rerank(build_index(vectors, np.arange(4), "Flat"))
+
+    workdir = built_workdir(tmp_path / "w", n=120, epochs=1, index=False)
+    index_workdir(workdir, factory="IVF4,PQ8x4")  # coarse codes: alone they misorder near neighbours
+    searcher = Searcher(workdir)
+    assert needs_rerank(searcher.index("image"))
+    image_ids, image_vectors = load_embeddings(workdir, searcher.model_id, "image")
+    for query in ("a red dog on the grass", "two blue cars", "a green star"):
+        exact = image_ids[np.argsort(-(image_vectors @ searcher.text_vector(query)), kind="stable")[:5]]
+        assert [h.id for h in searcher.text_to_image(query, k=5)] == exact.tolist()
