@@ -75,7 +75,8 @@ def make_report(out: Path) -> Path:
         lines += _plot_embedding(r, out)
     for name in sorted(n for n in results if n.startswith("search_latency")):
         r = results[name]
-        label = name.removeprefix("search_latency_").replace("d", "d = ", 1).replace("_5m", ", 5M vectors")
+        label = name.removeprefix("search_latency_").replace("d", "d = ", 1).replace("_5m", ", 5M vectors").replace(
+            "_ivfpq", ", IVF-PQ with and without re-ranking")
         lines += [f"## Search: {label}", ""]
         md = out / f"{name}.md"
         lines += [md.read_text().strip() if md.is_file() else json.dumps(r)[:2000], ""] + _plot_search(name, r, out)

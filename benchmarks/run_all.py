@@ -60,6 +60,8 @@ def main() -> None:
         # 5M x 512 without HNSW: groundex never builds HNSW above 2M vectors, and it would take most of an hour here
         jobs["search_latency_d512_5m"] = ["search_latency.py", "--workdir", str(args.demo_workdir), "--dim", "512",
                                           "--sizes", "5000000", "--factories", "Flat", "auto-ivfflat", "auto-ivfpq"]
+        jobs["search_latency_d256_ivfpq"] = ["search_latency.py", "--workdir", str(args.demo_workdir), "--sizes",
+                                             "1000000", "5000000", "--factories", "auto-ivfpq"]
         scratch = Path(tempfile.mkdtemp(prefix="groundex-build-"))
         jobs["build_stages_demo"] = ["build_stages.py", "--workdir", str(scratch / "demo")]
         if args.sample_root:

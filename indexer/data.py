@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -27,6 +29,25 @@ def decode_square(path: str, size: int) -> np.ndarray:
     """Load an image upright in RGB and squash-resize it to (3, size, size) uint8."""
     image = load_image(path).resize((size, size), Image.BICUBIC)
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: end this worker when the process that started it dies, even by SIGKILL (a killed
+    `groundex index` would otherwise leave its decoders waiting forever, each holding hundreds of MB). A
+    watcher thread, not prctl's PDEATHSIG, which fires when the starting *thread* ends (a Streamlit script)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Decoding processes that do not outlive the caller."""
+    return ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent)
 
 
 def _decode_many(args: tuple[list[str], int]) -> list[np.ndarray | str]:
@@ -90,7 +111,7 @@ def pixel_cache(cache_dir: Path, items: Sequence[tuple[int, str]], size: int, wo
         if workers == 1 or len(missing) < 2 * chunk:
             results = map(_decode_many, batches)
         else:
-            pool = ProcessPoolExecutor(max_workers=workers)
+            pool = worker_pool(workers)
             results = pool.map(_decode_many, batches)
         for out in results:
             decoded.extend(out)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from warehouse import Catalog, ImageError, Workdir
 from warehouse.workdir import atomic_write_npy
 
-from .data import _decode_many
+from .data import _decode_many, worker_pool
 from .models import GroundexModel
 
 _logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def embed_images(workdir: Workdir, model: GroundexModel, model_id: str, items: S
     patch_dir.mkdir(parents=True, exist_ok=True)
     stages = report.stage_seconds
     started = time.perf_counter()
-    pool = ProcessPoolExecutor(config.workers) if config.workers > 1 and len(todo) > config.batch_size else None
+    pool = worker_pool(config.workers) if config.workers > 1 and len(todo) > config.batch_size else None
     try:
         with tqdm(total=len(todo), desc="embed images", unit="img", disable=not config.progress) as bar:
             for s in range(0, len(todo), config.shard_size):

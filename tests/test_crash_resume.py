@@ -78,6 +78,23 @@ def _kill_midway(args: list[str], workdir: Workdir, ready, delay_s: float, rng: 
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert alive, f"groundex {' '.join(args)} finished before the kill: the test killed nothing"
+    deadline = time.monotonic() + 10  # its worker processes (image decoders) end with it
+    while (left := _processes_of(workdir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"groundex {' '.join(args)} left processes behind after its kill: {left}"
+
+
+def _processes_of(workdir: Workdir) -> list[int]:
+    """Live processes whose command line names this workdir (zombies and vanished ones aside)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(workdir.root) in (proc / "cmdline").read_bytes().decode(errors="replace") \
+                    and " Z" not in (proc / "stat").read_text().split(")")[-1][:3]:
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
 
 
 def _snapshot(workdir: Workdir) -> dict:

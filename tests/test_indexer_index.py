@@ -154,8 +154,8 @@ def test_building_from_shards_reads_chunks_and_trains_on_a_sample(tmp_path, monk
 
 
 def test_rerank_scores_candidates_exactly_and_ivfpq_searches_rerank(tmp_path):
-    from indexer.index import needs_rerank, rerank
     from indexer.embed import load_embeddings
+    from indexer.index import needs_rerank, rerank
     from indexer.pipeline import index_workdir
     from indexer.search import Searcher
     from tests.helpers import built_workdir

@@ -29,6 +29,17 @@ def add_workdir(parser: argparse.ArgumentParser) -> None:
                         help=f"the workdir to build or read (default: $GROUNDEX_WORKDIR or ./{DEFAULT_WORKDIR})")
 
 
+def add_resume(parser: argparse.ArgumentParser, what: str) -> None:
+    """--resume / --restart (dest `resume`: True / False; None by default: an interrupted run with the same
+    settings continues by itself)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", dest="resume", action="store_true", default=None,
+                       help=f"continue {what}, whatever its settings (default: an interrupted run with the same "
+                            "settings continues by itself)")
+    group.add_argument("--restart", dest="resume", action="store_false",
+                       help="start over even if an interrupted run with the same settings exists")
+
+
 def workdir_of(args: argparse.Namespace) -> Workdir:
     return Workdir(args.workdir)
 

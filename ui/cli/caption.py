@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import UserError, add_workdir, print_json, workdir_of
+from ._common import UserError, add_resume, add_workdir, print_json, workdir_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,12 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "vision tower reads the pixels and its tokenizer is kept; --epochs 0 stores it as it is")
     t.add_argument("--train-vision", action="store_true",
                    help="with --pretrained: fine-tune the vision tower too (default: the text decoder only)")
-    resume = t.add_mutually_exclusive_group()
-    resume.add_argument("--resume", dest="resume", action="store_true", default=None,
-                        help="continue from the last epoch checkpoint of this model (default: an interrupted run "
-                             "with the same settings continues by itself)")
-    resume.add_argument("--restart", dest="resume", action="store_false",
-                        help="start over even if an interrupted run with the same settings exists")
+    add_resume(t, "from the last epoch checkpoint of this model")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--json", action="store_true")
     t.set_defaults(run=run_train)

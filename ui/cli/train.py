@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_workdir, print_json, workdir_of
+from ._common import add_resume, add_workdir, print_json, workdir_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,12 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-split", default=d.val_split, help="split for per-epoch recall ('none' to skip)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    resume = p.add_mutually_exclusive_group()
-    resume.add_argument("--resume", dest="resume", action="store_true", default=None,
-                        help="continue the last training run, whatever its settings (default: an interrupted run "
-                             "with the same settings continues by itself)")
-    resume.add_argument("--restart", dest="resume", action="store_false",
-                        help="start a new run even if an interrupted one with the same settings exists")
+    add_resume(p, "the last training run")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
