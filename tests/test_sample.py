@@ -20,8 +20,12 @@ def test_sample_ingest_gives_exactly_its_counts(sample_workdir):
     with Catalog.open(sample_workdir, read_only=True) as catalog:
         counts = catalog.counts()
     assert counts["images"] == 7806 and counts["captions"] == 39030
-    assert counts["phrases"] == 121376 and counts["boxes"] == 50442  # every marked phrase; every <bndbox>
-    assert counts["splits"] == {"train": 7559, "val": 247} and counts["rejects"] == 0
+    # every marked phrase; every <bndbox> but the 2 whose entity no caption mentions, recorded as rejects
+    assert counts["phrases"] == 121376 and counts["boxes"] == 50440
+    assert counts["splits"] == {"train": 7559, "val": 247} and counts["rejects"] == 2
+    with Catalog.open(sample_workdir, read_only=True) as catalog:
+        reasons = [r.reason for r in catalog.rejects()]
+    assert all("no caption mentions this entity" in r for r in reasons)
 
 
 def test_sample_boxes_live_in_the_128px_stored_images(sample_workdir):
