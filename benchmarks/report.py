@@ -14,8 +14,11 @@ def _plot_search(name: str, result: dict, out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def family(index: str) -> str:  # IVF-PQ's list count grows with n: one line for the family
-        return "IVF-PQ (about 4 sqrt(n) lists)" if index.startswith("IVF") and ",PQ" in index else index
+    def family(index: str) -> str:  # an IVF index's list count grows with n: one line for each family
+        if not index.startswith("IVF"):
+            return index
+        kind = "IVF-PQ" if ",PQ" in index else "IVF-Flat"
+        return f"{kind} (about 4 sqrt(n) lists)" + (" + rerank" if index.endswith("+rerank") else "")
 
     sizes = sorted(result["sizes"], key=int)
     series: dict[str, list[tuple[int, dict]]] = {}
@@ -68,6 +71,9 @@ def make_report(out: Path) -> Path:
     lines = ["# Benchmark report", "",
              "Written by `benchmarks/report.py` from the JSON files beside it (`benchmarks/run_all.py`). Every figure "
              "was measured on the machine its section names.", ""]
+    notes = out / "NOTES.md"  # what the JSON cannot say: e.g. which runs shared the machine with other work
+    if notes.is_file():
+        lines += [notes.read_text().strip(), ""]
     if "embed_throughput" in results:
         r = results["embed_throughput"]
         lines += ["## Embedding throughput", "",

@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--sample-root", type=Path, default=None,
                         help="a Flickr30k Entities folder: with --full, its end-to-end build is timed per stage")
     parser.add_argument("--full", action="store_true",
-                        help="1M and 5M vectors, d = 512, and end-to-end builds per stage (hours on 2 cores)")
+                        help="1M and 5M vectors, d = 512, and end-to-end builds per stage (hours on 2 cores; "
+                             "5M x 512 needs 24 GB of memory)")
     parser.add_argument("--only", nargs="+", default=None, help="run only these benchmarks (names below)")
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "results" / "suite")
     args = parser.parse_args()
@@ -57,7 +58,8 @@ def main() -> None:
     if args.full:
         jobs["search_latency_d512"] = ["search_latency.py", "--workdir", str(args.demo_workdir), "--dim", "512",
                                        "--sizes", *sizes[:3]]
-        # 5M x 512 without HNSW: groundex never builds HNSW above 2M vectors, and it would take most of an hour here
+        # 5M x 512 without HNSW: groundex never builds HNSW above 2M vectors, and it would take most of an hour here.
+        # It peaked at 23 GB resident (15 min on 2 cores): run it on a machine with nothing else to do.
         jobs["search_latency_d512_5m"] = ["search_latency.py", "--workdir", str(args.demo_workdir), "--dim", "512",
                                           "--sizes", "5000000", "--factories", "Flat", "auto-ivfflat", "auto-ivfpq"]
         jobs["search_latency_d256_ivfpq"] = ["search_latency.py", "--workdir", str(args.demo_workdir), "--sizes",

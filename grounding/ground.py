@@ -31,7 +31,7 @@ from indexer.embed import load_embeddings
 from indexer.index import configure_search, patch_ids
 from indexer.models import GroundexModel
 from indexer.search import Searcher
-from warehouse import Catalog, Workdir, load_image, recorded_run
+from warehouse import Catalog, Condition, Workdir, load_image, recorded_run
 
 from .evaluate import load_config
 from .heatmap import Box, GroundingConfig, boxes_from_map, points, score_maps
@@ -125,7 +125,7 @@ class Grounder:
 
     # -- the collection ---------------------------------------------------------------------------
 
-    def search(self, phrase: str, k: int = 10, where: str | None = None, shortlist: int = DEFAULT_SHORTLIST,
+    def search(self, phrase: str, k: int = 10, where: str | Condition | None = None, shortlist: int = DEFAULT_SHORTLIST,
                method: str = "auto") -> list[Grounding]:
         """The k images (matching `where`) whose best patch matches `phrase` best, each grounded.
 

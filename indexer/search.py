@@ -1,9 +1,9 @@
 """Search a workdir: text -> image, image -> image, image -> text, with catalog filters.
 
-A `where` condition (SQL over the `images` columns, e.g. "split = 'val'") is applied inside the FAISS
-search with an id selector, so k hits come back whenever at least k images match; if an approximate
-index finds fewer (a very selective filter on IVF), the search falls back to exact scoring of the
-matching items' stored embeddings. Hits carry the catalog's metadata (path, split, captions).
+A `where` condition (SQL over the `images` columns, e.g. "split = 'val'", or a `warehouse.Condition` with
+bound values) is applied inside the FAISS search with an id selector, so k hits come back whenever at least
+k images match; if an approximate index finds fewer (a very selective filter on IVF), the search falls back
+to exact scoring of the matching items' stored embeddings. Hits carry the catalog's metadata (path, split, captions).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from warehouse import Catalog, Workdir, load_image
+from warehouse import Catalog, Condition, Workdir, load_image
 
 from .embed import load_embeddings
 from .index import RERANK_FACTOR, configure_search, load_index, needs_rerank, rerank
@@ -108,16 +108,16 @@ class Searcher:
 
     # -- searches ---------------------------------------------------------------------------------
 
-    def text_to_image(self, query: str, k: int = 10, where: str | None = None) -> list[Hit]:
+    def text_to_image(self, query: str, k: int = 10, where: str | Condition | None = None) -> list[Hit]:
         return self._image_hits(self.text_vector(query), k, where)
 
-    def image_to_image(self, image: Image.Image | str | Path | int, k: int = 10, where: str | None = None,
+    def image_to_image(self, image: Image.Image | str | Path | int, k: int = 10, where: str | Condition | None = None,
                        exclude_self: bool = True) -> list[Hit]:
         exclude = int(image) if isinstance(image, (int, np.integer)) and exclude_self else None
         hits = self._image_hits(self.image_vector(image), k + (exclude is not None), where)
         return [h for h in hits if h.id != exclude][:k]
 
-    def image_to_text(self, image: Image.Image | str | Path | int, k: int = 10, where: str | None = None
+    def image_to_text(self, image: Image.Image | str | Path | int, k: int = 10, where: str | Condition | None = None
                       ) -> list[Hit]:
         vector = self.image_vector(image)
         allowed = None
@@ -138,20 +138,20 @@ class Searcher:
         with self.reading(catalog) as c:
             return c.current_index(self.model_id, kind) is not None
 
-    def allowed_images(self, where: str | None, catalog: Catalog | None = None) -> np.ndarray | None:
+    def allowed_images(self, where: str | Condition | None, catalog: Catalog | None = None) -> np.ndarray | None:
         """Ids of the images matching `where` (None: no filter)."""
         if not where:
             return None
         with self.reading(catalog) as c:
             return np.array(c.image_ids_where(where), dtype=np.int64)
 
-    def nearest_images(self, vector: np.ndarray, k: int, where: str | None = None, catalog: Catalog | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
+    def nearest_images(self, vector: np.ndarray, k: int, where: str | Condition | None = None,
+                       catalog: Catalog | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) of the k images nearest to an embedding, among those matching `where`."""
         with self.reading(catalog) as c:
             return self._search("image", vector, k, self.allowed_images(where, c), c)
 
-    def _image_hits(self, vector: np.ndarray, k: int, where: str | None) -> list[Hit]:
+    def _image_hits(self, vector: np.ndarray, k: int, where: str | Condition | None) -> list[Hit]:
         with self.reading() as catalog:
             ids, scores = self.nearest_images(vector, k, where, catalog)
             details = catalog.image_details(ids)

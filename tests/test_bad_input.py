@@ -318,11 +318,13 @@ def _(capsys, workdir, tmp_path):
 
 @case("query-sql-injection-tag-filter")
 def _(capsys, workdir, tmp_path):
+    from indexer.search import Searcher
     from ui.app.resources import where_clause
 
-    condition = where_clause(None, ["dog' OR 1=1 --", "x'); DROP TABLE images; --"], "")
-    code, text = groundex(capsys, "search", "--workdir", workdir.root, "a dog", "--where", condition)
-    assert code == 0 and "image " not in text, text  # no image has those tags: the quotes stayed inside strings
+    condition = where_clause("val' OR 1=1 --", ["dog' OR 1=1 --", "x'); DROP TABLE images; --"], "")
+    assert "'" not in condition.sql  # the app's split and tag choices are bound values, never SQL text
+    assert Searcher(workdir).text_to_image("a dog", k=5, where=condition) == []  # no image has that split or tags
+    assert len(Searcher(workdir).text_to_image("a dog", k=5, where=where_clause("val", [], ""))) == 5
 
 
 @case("query-unknown-image-id")

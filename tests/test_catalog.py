@@ -4,7 +4,7 @@ import duckdb
 import pytest
 
 import warehouse
-from warehouse import Catalog, CatalogError, IngestConfig, SyntheticConfig, Workdir
+from warehouse import Catalog, CatalogError, Condition, IngestConfig, SyntheticConfig, Workdir
 from warehouse._schema import SCHEMA_VERSION
 from warehouse.catalog import ImageInfo, PreparedSample
 from warehouse.records import Box, Caption, Entity, Phrase, Reject, Sample
@@ -60,6 +60,11 @@ def test_tags_replace_per_method_and_filter_searches(tmp_path):
         assert catalog.image_ids_where("list_has_all(tags, ['dog', 'grass'])") == [1]
         assert catalog.image_ids_where("tag = 'grass' AND id > 1") == [3]  # any method's tags
         assert catalog.image_ids_where("key = 'b'") == [2]  # conditions without tags still work
+        # bound values: a tuple binds as a list, and quotes in a value stay inside it
+        both = Condition("list_has_all(tags, ?::VARCHAR[]) AND id < ?", (("dog", "grass"), 5))
+        assert catalog.image_ids_where(both) == [1]
+        assert str(both) == "list_has_all(tags, ['dog', 'grass']::VARCHAR[]) AND id < 5"
+        assert catalog.image_ids_where(Condition("tag = ?", ("dog' OR 1=1 --",))) == []
         catalog.replace_tags("m", "knn", [1], [(1, "cat", 0.4)])  # a new run replaces that method's rows
         assert [t["keyword"] for t in catalog.tags_of([1])[1]] == ["cat"]
         assert catalog.tag_counts() == [("cat", 2), ("dog", 1), ("grass", 1)]

@@ -5,7 +5,7 @@
     ingest_*  one entry point per source format; all share the pipeline in `ingest.py`
 """
 
-from .catalog import Catalog, CatalogError, GroundingRow, ImageInfo, PreparedSample, recorded_run
+from .catalog import Catalog, CatalogError, Condition, GroundingRow, ImageInfo, PreparedSample, recorded_run
 from .entities import FormatError, parse_annotation, parse_caption, parse_sentences
 from .images import DEFAULT_MAX_PIXELS, ImageError, inspect_image, load_image, load_image_bytes
 from .ingest import IngestConfig, IngestReport, ingest
@@ -22,7 +22,8 @@ from .synthetic import SyntheticConfig, generate_dataset, generate_scene
 from .workdir import DEFAULT_WORKDIR, Workdir
 
 __all__ = [
-    "Box", "Caption", "Catalog", "CatalogError", "DEFAULT_MAX_PIXELS", "DEFAULT_WORKDIR", "Entity", "FormatError",
+    "Box", "Caption", "Catalog", "CatalogError", "Condition", "DEFAULT_MAX_PIXELS", "DEFAULT_WORKDIR", "Entity",
+    "FormatError",
     "generate_dataset", "generate_scene", "GroundingRow", "ImageError", "ImageInfo", "ingest", "ingest_flickr30k",
     "ingest_folder",
     "ingest_hf", "ingest_karpathy", "ingest_results_csv", "ingest_synthetic", "IngestConfig", "IngestReport",

@@ -249,11 +249,15 @@ class Catalog(HeadsRows):
             params.append([int(i) for i in image_ids])
         return self.con.execute(sql + " ORDER BY c.image_id, c.ordinal", params).fetchall()
 
-    def image_ids_where(self, where: str) -> list[int]:
-        """Ids of images matching a user's SQL condition over the `images` columns (e.g. "split = 'val'").
+    def image_ids_where(self, where: str | Condition) -> list[int]:
+        """Ids of images matching a user's SQL condition over the `images` columns (e.g. "split = 'val'"),
+        or a `Condition` whose values are bound parameters.
 
         Two more columns come from the stored tags: `tag` (one of the image's tags: "tag = 'dog'" keeps
         images tagged dog) and `tags` (all of them, a list: "list_has_all(tags, ['dog', 'grass'])")."""
+        params: list[Any] = []
+        if isinstance(where, Condition):
+            where, params = where.sql, [_bindable(v) for v in where.params]
         source = "images"
         if _MENTIONS_TAGS.search(where):  # the join only when the condition reads tags
             source = ("(SELECT i.*, t.keyword AS tag, coalesce(a.tags, []) AS tags FROM images i "
@@ -264,7 +268,7 @@ class Catalog(HeadsRows):
         try:
             if len(duckdb.extract_statements(sql)) != 1:  # '1=1); DROP TABLE images; --' ends the condition early
                 raise ValueError(f"--where takes one condition, not statements: {where!r}")
-            return [r[0] for r in self.con.execute(sql).fetchall()]
+            return [r[0] for r in self.con.execute(sql, params).fetchall()]
         except duckdb.Error as e:
             raise ValueError(f"bad --where condition {where!r}: {str(e).splitlines()[0]}") from None
 
@@ -579,6 +583,25 @@ def recorded_run(workdir: Workdir, command: str, config: dict[str, Any] | None =
         raise
     with Catalog.open(workdir) as catalog:
         catalog.finish_run(run_id, "ok", result)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A filter for `Catalog.image_ids_where` whose values are bound parameters, never spliced into the SQL:
+    `sql` holds one `?` per entry of `params` (e.g. Condition("split = ? AND list_has_all(tags, ?)",
+    ("val", ("dog",))). Tuples bind as lists. The app's sidebar builds one from its split, tags and
+    free condition."""
+
+    sql: str
+    params: tuple[Any, ...] = ()
+
+    def __str__(self) -> str:
+        values = iter(self.params)
+        return re.sub(r"\?", lambda _: repr(_bindable(next(values, None))), self.sql)
+
+
+def _bindable(value: Any) -> Any:
+    return [_bindable(v) for v in value] if isinstance(value, tuple) else value
 
 
 _MENTIONS_TAGS = re.compile(r"\btags?\b", re.IGNORECASE)

@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from warehouse import Catalog, Workdir
+from warehouse import Catalog, Condition, Workdir
 
 from . import data
 from .console import SqlConsole
@@ -61,16 +61,20 @@ def model_id(root: str) -> str:
     return st.session_state["chosen_model"]
 
 
-def where_clause(split: str | None, tags: list[str], free: str) -> str | None:
-    """One `--where` condition from the sidebar's filters (tags must all be present)."""
-    parts = []
+def where_clause(split: str | None, tags: list[str], free: str) -> Condition | None:
+    """One search filter from the sidebar's choices (tags must all be present): the split and the tags are
+    bound parameters; the free SQL condition is the user's own, checked like `--where`."""
+    parts: list[str] = []
+    params: list[Any] = []
     if split:
-        parts.append("split = '" + split.replace("'", "''") + "'")
+        parts.append("split = ?")
+        params.append(split)
     if tags:
-        parts.append("list_has_all(tags, [" + ", ".join("'" + t.replace("'", "''") + "'" for t in tags) + "])")
+        parts.append("list_has_all(tags, ?::VARCHAR[])")
+        params.append(tuple(tags))
     if free.strip():
         parts.append(f"({free.strip()})")
-    return " AND ".join(parts) or None
+    return Condition(" AND ".join(parts), tuple(params)) if parts else None
 
 
 @st.cache_resource(show_spinner="loading the model and its indexes")

@@ -1,0 +1,41 @@
+"""The benchmark suite's search benchmark and its report, at a size that runs in seconds."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from search_latency import numpy_search  # noqa: E402
+
+
+def test_numpy_baseline_is_exact_top_k_in_order():
+    rng = np.random.default_rng(0)
+    base, queries = rng.standard_normal((3000, 16), dtype=np.float32), rng.standard_normal((70, 16), dtype=np.float32)
+    expected = np.argsort(-(queries @ base.T), axis=1, kind="stable")[:, :10]
+    assert np.array_equal(numpy_search(base, queries, 10), expected)
+
+
+def test_search_benchmark_then_report(tmp_path):
+    out = tmp_path / "suite"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_latency.py"), "--sizes", "3000",
+                    "--factories", "Flat", "IVF16,PQ8", "--queries", "60", "--single", "10",
+                    "--out", str(out / "search_latency_d256.json")], check=True, capture_output=True, cwd=ROOT)
+    rows = json.loads((out / "search_latency_d256.json").read_text())["sizes"]["3000"]
+    assert set(rows) == {"numpy", "Flat", "IVF16,PQ8", "IVF16,PQ8+rerank"}
+    assert rows["Flat"]["recall@10"] == 1.0
+    # re-ranking scores the candidates exactly: it can only find more of the true top 10 than the codes alone
+    assert rows["IVF16,PQ8+rerank"]["recall@10"] > rows["IVF16,PQ8"]["recall@10"]
+    assert rows["IVF16,PQ8"]["bytes_per_vector"] < rows["Flat"]["bytes_per_vector"] / 4
+
+    (out / "NOTES.md").write_text("A note the JSON cannot carry.\n")
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(out)], check=True,
+                   capture_output=True, cwd=ROOT)
+    report = (out / "REPORT.md").read_text()
+    assert "A note the JSON cannot carry." in report
+    assert "## Search: d = 256" in report and "| 3,000 | IVF16,PQ8+rerank |" in report
+    assert (out / "search_latency_d256.png").stat().st_size > 0
