@@ -595,7 +595,7 @@ class Condition:
     sql: str
     params: tuple[Any, ...] = ()
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # for display only (the app shows the filter); never executed
         values = iter(self.params)
         return re.sub(r"\?", lambda _: repr(_bindable(next(values, None))), self.sql)
 
