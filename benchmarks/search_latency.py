@@ -153,8 +153,11 @@ def bench_size(n: int, d: int, rng, seeds, args) -> dict:
             return index.search(q, k)[1]
 
         def reranked(q, index=index):  # groundex's search of PQ codes: 10 x k candidates scored with the stored vectors
-            candidates = index.search(q, RERANK_FACTOR * k)[1]
-            return np.stack([rerank(v, c, lambda ids: base16[ids], k)[0] for v, c in zip(q, candidates, strict=True)])
+            found = []
+            for v, c in zip(q, index.search(q, RERANK_FACTOR * k)[1], strict=True):
+                c = c[c >= 0]  # FAISS pads with -1 when it finds fewer
+                found.append(rerank(v, c, base16[c], k)[0])
+            return np.stack(found)
 
         variants = [(name, plain)] + ([(f"{name}+rerank", reranked)] if needs_rerank(index) else [])
         for row_name, search in variants:

@@ -404,7 +404,6 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
     return result
 
 
-
 def check_captioners(workdir: Workdir, catalog: Catalog, report: Any) -> None:
     """`groundex verify`'s check of the captioners: each folder's bytes hash to its name, and every generated
     caption in the catalog comes from a captioner that is there."""
@@ -416,9 +415,9 @@ def check_captioners(workdir: Workdir, catalog: Catalog, report: Any) -> None:
         absent = [n for n in CAPTIONER_FILES if not (folder / n).is_file()]
         if absent:
             report.findings.append(Finding("captioners", f"captioner {folder.name}: lacks {', '.join(absent)}"))
-        elif captioner_hash(folder) != folder.name:
-            report.findings.append(Finding("captioners", f"captioner {folder.name}: its files hash to "
-                                                         f"{captioner_hash(folder)}, not to its name"))
+        elif (actual := captioner_hash(folder)) != folder.name:
+            report.findings.append(Finding("captioners", f"captioner {folder.name}: its files hash to {actual}, "
+                                                         "not to its name"))
     names = {f.name for f in folders}
     for model_id, n in catalog.query("SELECT model_id, count(*) FROM captions WHERE source = 'generated' "
                                      "GROUP BY ALL ORDER BY ALL"):

@@ -256,15 +256,12 @@ def needs_rerank(index: faiss.Index) -> bool:
     return ivf is not None and not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat)
 
 
-def rerank(query: np.ndarray, candidate_ids: np.ndarray, vectors_of, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The exact top-k (ids, scores) of a query among candidate ids, scoring `vectors_of(ids)` ((m, D) vectors,
-    e.g. the float16 shards on disk); -1 ids (FAISS's padding) are dropped."""
-    candidate_ids = candidate_ids[candidate_ids >= 0]
-    if not len(candidate_ids):
-        return candidate_ids, np.zeros(0, dtype=np.float32)
-    scores = np.asarray(vectors_of(candidate_ids), dtype=np.float32) @ np.asarray(query, dtype=np.float32)
+def rerank(query: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-k (ids, scores) of a query among items `ids` with their stored `vectors` ((m, D), any float
+    dtype, e.g. a PQ search's candidates read from the float16 shards)."""
+    scores = np.asarray(vectors, dtype=np.float32) @ np.asarray(query, dtype=np.float32)
     top = np.argsort(-scores, kind="stable")[:k]
-    return candidate_ids[top], scores[top]
+    return np.asarray(ids)[top], scores[top]
 
 
 def configure_search(index: faiss.Index, k: int = 10, nprobe: int | None = None, ef_search: int | None = None

@@ -183,19 +183,12 @@ class Searcher:
         keep = ids >= 0
         ids, scores = ids[keep], scores[keep]
         if approximate and len(ids):
-            def stored(candidates: np.ndarray) -> np.ndarray:  # load_embeddings answers in id order
-                got, vectors = load_embeddings(self.workdir, self.model_id, kind, candidates, catalog)
-                return vectors[np.searchsorted(got, candidates)]
-
-            ids, scores = rerank(query[0], ids, stored, k)
+            ids, scores = rerank(query[0], *load_embeddings(self.workdir, self.model_id, kind, ids, catalog), k)
         if allowed is not None and len(ids) < k:  # an approximate index missed some: score them exactly
             ids, scores = self._exact(kind, query[0], allowed, k, catalog)
         return ids, scores
 
     def _exact(self, kind: str, vector: np.ndarray, allowed: np.ndarray, k: int, catalog: Catalog
                ) -> tuple[np.ndarray, np.ndarray]:
-        ids, vectors = load_embeddings(self.workdir, self.model_id, kind, allowed, catalog)
-        scores = vectors @ vector
-        top = np.argsort(-scores)[:k]
-        return ids[top], scores[top]
+        return rerank(vector, *load_embeddings(self.workdir, self.model_id, kind, allowed, catalog), k)
 

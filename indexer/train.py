@@ -502,7 +502,6 @@ def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer
                                              entry)
         state["elapsed"] = time.perf_counter() - started
         _save_state(folder, model, optimizer, state)
-    state["finished"] = True
     atomic_write_json(folder / "state.json", {**json.loads((folder / "state.json").read_text()), "finished": True})
     seconds = round(time.perf_counter() - started, 1)
     model_id, model_path = state["best_model"]

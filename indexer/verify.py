@@ -117,9 +117,9 @@ def _check_models(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> N
         absent = [n for n in CHECKPOINT_FILES if not (folder / n).is_file()]
         if absent:
             report.findings.append(Finding("models", f"model {m['id']}: {folder} lacks {', '.join(absent)}"))
-        elif checkpoint_hash(folder) != m["id"]:
-            report.findings.append(Finding("models", f"model {m['id']}: the files in {folder} hash to "
-                                                     f"{checkpoint_hash(folder)}, not to the model's id"))
+        elif (actual := checkpoint_hash(folder)) != m["id"]:
+            report.findings.append(Finding("models", f"model {m['id']}: the files in {folder} hash to {actual}, "
+                                                     "not to the model's id"))
     for (model_id,) in catalog.query("SELECT DISTINCT model_id FROM embeddings UNION SELECT DISTINCT model_id "
                                      "FROM indexes"):
         if model_id not in known:
@@ -194,8 +194,8 @@ def faiss_ids(index: faiss.Index) -> np.ndarray:
 def _check_indexes(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
     from .index import patch_ids  # noqa: PLC0415 (index imports embed; keep this module light to import)
 
-    current = catalog.query("SELECT model_id, kind, max(version) FROM indexes GROUP BY ALL ORDER BY ALL")
-    for model_id, kind, _ in current:
+    current = catalog.query("SELECT DISTINCT model_id, kind FROM indexes ORDER BY ALL")
+    for model_id, kind in current:
         info = catalog.current_index(model_id, kind)
         path = Path(info["path"])
         label = f"{kind} index v{info['version']} of model {model_id} ({path.name})"

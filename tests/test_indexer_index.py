@@ -161,8 +161,10 @@ def test_rerank_scores_candidates_exactly_and_ivfpq_searches_rerank(tmp_path):
     from tests.helpers import built_workdir
 
     vectors = np.eye(4, dtype=np.float32)
-    ids, scores = rerank(np.array([0.1, 0.9, 0.5, 0], np.float32), np.array([3, -1, 0, 2, 1]), lambda c: vectors[c], 2)
-    assert ids.tolist() == [1, 2] and np.allclose(scores, [0.9, 0.5])
+    candidates = np.array([3, 0, 2, 1])
+    query = np.array([0.1, 0.9, 0.5, 0], np.float32)
+    ids, scores = rerank(query, candidates, vectors[candidates].astype(np.float16), 2)
+    assert ids.tolist() == [1, 2] and np.allclose(scores, [0.9, 0.5], atol=1e-3)
     assert needs_rerank(build_index(np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32),
                                     np.arange(300), "IVF4,PQ4"))
     assert not needs_rerank(build_index(vectors, np.arange(4), "Flat"))
