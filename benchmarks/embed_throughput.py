@@ -49,7 +49,7 @@ def main() -> None:
     device = model.device
     n = len(items)
 
-    pixels = torch.from_numpy(np.stack([decode_square(p, model.image_size) for _, p in items]))
+    pixels = torch.from_numpy(np.stack([decode_square(p, model.image_size, model.resize) for _, p in items]))
     with torch.no_grad():
         model.encode_image_and_patches(pixels[:8])  # warm up
         t = time.perf_counter()

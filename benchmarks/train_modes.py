@@ -50,7 +50,7 @@ def main() -> None:
         "val": base.best["val"], "trainable_params": base.trainable_params, "minutes": round(base.seconds / 60, 2),
         "checkpoint_mb": round((Path(base.model_path) / "model.safetensors").stat().st_size / 2**20, 2)}}
     for mode in ("full", "locked-image", "lora"):
-        result = train(workdir, TrainConfig(model=base.model_path, mode=mode, minutes=args.minutes, epochs=1000,
+        result = train(workdir, TrainConfig(base=base.model_path, mode=mode, minutes=args.minutes, epochs=1000,
                                             **RECIPE))
         rows[mode] = {"val": result.best["val"], "trainable_params": result.trainable_params,
                       "total_params": result.total_params, "minutes": round(result.seconds / 60, 2),

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from indexer.data import pixel_cache
+from indexer.data import crop_window, pixel_cache
 from indexer.models import GroundexModel, load_checkpoint
 from indexer.regions import phrase_maps
 from warehouse import Catalog, GroundingRow, Workdir, recorded_run
 
-from .heatmap import GroundingConfig, boxes_from_map, iou, points, score_maps
+from .heatmap import GroundingConfig, boxes_from_map, in_window, iou, points, score_maps
 
 _logger = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class SplitMaps:
 
     rows: list[GroundingRow]
     maps: np.ndarray
+    windows: np.ndarray | None = None  # (N, 4) the part of each phrase's image its map covers; None: all of it
 
 
 def split_maps(workdir: Workdir, model: GroundexModel, split: str, progress: bool = True) -> SplitMaps:
@@ -44,23 +45,33 @@ def split_maps(workdir: Workdir, model: GroundexModel, split: str, progress: boo
     with Catalog.open(workdir, read_only=True) as catalog:
         rows = [r for r in catalog.grounding_rows(split) if r.boxes]
         items = catalog.image_rows(ids=sorted({r.image_id for r in rows}))
+        details = catalog.image_details([i for i, _ in items]) if model.resize != "squash" else {}
     if not rows:
         raise ValueError(f"split {split!r} has no phrases with boxes to evaluate grounding on "
                          "(it needs Flickr30k Entities annotations; `groundex info` shows the splits)")
-    cache = pixel_cache(workdir.cache_dir, items, model.image_size, progress=progress)
-    return SplitMaps(rows, phrase_maps(model, cache, rows))
+    cache = pixel_cache(workdir.cache_dir, items, model.image_size, progress=progress, resize=model.resize)
+    windows = None
+    if details:  # the maps cover each image's crop window only
+        windows = np.array([crop_window(details[r.image_id]["width"], details[r.image_id]["height"], model.resize)
+                            for r in rows])
+    return SplitMaps(rows, phrase_maps(model, cache, rows), windows)
 
 
-def _hits(rows: Sequence[GroundingRow], maps: np.ndarray, config: GroundingConfig, with_boxes: bool = True
-          ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per phrase: pointing hit, and (if `with_boxes`) top-box hit at IoU 0.5."""
+def _hits(rows: Sequence[GroundingRow], maps: np.ndarray, config: GroundingConfig, with_boxes: bool = True,
+          windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per phrase: pointing hit, and (if `with_boxes`) top-box hit at IoU 0.5. `windows` (N, 4): the part
+    of each image its map covers (a center-crop model's), None: the whole image."""
     raw, scored = score_maps(maps, config)
     pts = points(scored)
+    if windows is not None:
+        pts = in_window(pts, windows)
     pointing = np.array([_inside(p, r.boxes) for p, r in zip(pts, rows, strict=True)])
     if not with_boxes:
         return pointing, None
-    box_hits = np.array([iou(_tuple(boxes_from_map(raw[k], scored[k], config)[0]), np.array(r.boxes)).max() >= 0.5
-                         for k, r in enumerate(rows)])
+    tops = [boxes_from_map(raw[k], scored[k], config)[0] for k in range(len(rows))]
+    if windows is not None:
+        tops = [box.in_window(window) for box, window in zip(tops, windows, strict=True)]
+    box_hits = np.array([iou(_tuple(top), np.array(r.boxes)).max() >= 0.5 for top, r in zip(tops, rows, strict=True)])
     return pointing, box_hits
 
 
@@ -79,7 +90,7 @@ def _percent(hits: np.ndarray) -> float:
 
 def metrics(data: SplitMaps, config: GroundingConfig) -> dict[str, Any]:
     """The evaluation's figures for one configuration, overall and by phrase type, with baselines."""
-    pointing, box_hits = _hits(data.rows, data.maps, config)
+    pointing, box_hits = _hits(data.rows, data.maps, config, windows=data.windows)
     center = np.array([_inside(np.array([0.5, 0.5]), r.boxes) for r in data.rows])
     whole = np.array([iou((0.0, 0.0, 1.0, 1.0), np.array(r.boxes)).max() >= 0.5 for r in data.rows])
     by_type: dict[str, dict[str, Any]] = {}
@@ -105,7 +116,7 @@ def tune(data: SplitMaps, base: GroundingConfig | None = None, split: str = "val
         if weight == 0 and sigma != PRIOR_GRID["prior_sigma"][0]:
             continue  # without a prior, its width does not matter
         config = GroundingConfig(**{**asdict(base), "center_prior": weight, "prior_sigma": sigma})
-        value = _percent(_hits(data.rows, data.maps, config, with_boxes=False)[0])
+        value = _percent(_hits(data.rows, data.maps, config, with_boxes=False, windows=data.windows)[0])
         trials["pointing_game"].append({"center_prior": weight, "prior_sigma": sigma, "pointing_game": value})
         if value > best_pointing:
             best_prior, best_pointing = (weight, sigma), value
@@ -113,7 +124,7 @@ def tune(data: SplitMaps, base: GroundingConfig | None = None, split: str = "val
     for threshold in THRESHOLD_GRID:
         config = GroundingConfig(**{**asdict(base), "center_prior": best_prior[0], "prior_sigma": best_prior[1],
                                     "threshold": threshold})
-        value = _percent(_hits(data.rows, data.maps, config)[1])
+        value = _percent(_hits(data.rows, data.maps, config, windows=data.windows)[1])
         trials["box_acc@0.5"].append({"threshold": threshold, "box_acc@0.5": value})
         if value > best_acc:
             best_threshold, best_acc = threshold, value

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from indexer.data import FULL_FRAME, crop_window
 from indexer.embed import load_embeddings
 from indexer.index import configure_search, patch_ids
 from indexer.models import GroundexModel
@@ -34,7 +35,7 @@ from indexer.search import Searcher
 from warehouse import Catalog, Condition, Workdir, load_image, recorded_run
 
 from .evaluate import load_config
-from .heatmap import Box, GroundingConfig, boxes_from_map, points, score_maps
+from .heatmap import Box, GroundingConfig, boxes_from_map, in_window, points, score_maps
 
 _logger = logging.getLogger(__name__)
 DEFAULT_SHORTLIST = 200   # two-stage: images shortlisted by the image index
@@ -58,6 +59,13 @@ class Grounding:
     path: str | None = None
     split: str | None = None
     captions: list[str] = field(default_factory=list)
+    # the part of the image the heatmap covers (x1, y1, x2, y2); None: all of it. A "center-crop" model's
+    # patch grid covers the central square only (indexer.data.crop_window)
+    window: tuple[float, float, float, float] | None = None
+
+    @property
+    def heatmap_window(self) -> tuple[float, float, float, float]:
+        return self.window or (0.0, 0.0, float(self.width), float(self.height))
 
     def as_dict(self, heatmap: bool = False) -> dict[str, Any]:
         out = {"phrase": self.phrase, "image_id": self.image_id, "path": self.path, "split": self.split,
@@ -65,7 +73,7 @@ class Grounding:
                "point": [round(v, 1) for v in self.point],
                "boxes": [{"x1": round(b.x1, 1), "y1": round(b.y1, 1), "x2": round(b.x2, 1), "y2": round(b.y2, 1),
                           "score": round(b.score, 4)} for b in self.boxes],
-               "captions": self.captions}
+               "captions": self.captions, "window": [round(v, 1) for v in self.heatmap_window]}
         if heatmap:
             out["heatmap"] = np.round(self.heatmap, 4).tolist()
         return out
@@ -118,10 +126,13 @@ class Grounder:
         heatmap = (patches @ vector).reshape(grid).astype(np.float32)  # (gh, gw)
         raw, scored = score_maps(heatmap[None], self.config)
         width, height = int(details["width"]), int(details["height"])
-        px, py = points(scored)[0]
-        boxes = [b.scaled(width, height) for b in boxes_from_map(raw[0], scored[0], self.config)]
+        window = crop_window(width, height, self.model.resize)  # the patch grid covers this part of the image
+        px, py = in_window(points(scored), window)[0]
+        boxes = [b.in_window(window).scaled(width, height) for b in boxes_from_map(raw[0], scored[0], self.config)]
+        window_px = Box(*window, 0.0).scaled(width, height)
         return Grounding(phrase, image_id, width, height, float(heatmap.max()), (px * width, py * height), boxes,
-                         heatmap, details.get("path"), details.get("split"), list(details.get("captions") or []))
+                         heatmap, details.get("path"), details.get("split"), list(details.get("captions") or []),
+                         None if window == FULL_FRAME else (window_px.x1, window_px.y1, window_px.x2, window_px.y2))
 
     # -- the collection ---------------------------------------------------------------------------
 
@@ -160,7 +171,7 @@ class Grounder:
                           ) -> np.ndarray:
         """Images of the patch vectors nearest to `vector`, best first (at most RERANK_IMAGES)."""
         index = self.searcher.index("patch", catalog)
-        cells = self.model.patch_grid[0] * self.model.patch_grid[1]
+        cells = catalog.patch_cells(self.model_id)
         hits = min(PATCH_HITS, index.ntotal)
         params = configure_search(index, hits) or faiss.SearchParameters()
         if allowed is not None:

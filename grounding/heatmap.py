@@ -4,8 +4,10 @@ The method (parameters in `GroundingConfig`, chosen on `val` by `grounding.tune`
 
 1. **Heatmap.** The cosine similarity of the phrase embedding with every patch embedding, on the
    model's patch grid (8 x 8 for `tiny`): (gh, gw).
-2. **Upsampling.** Bilinear, `upsample` times per side, in the image's normalized coordinates (the
-   encoder squashes the whole frame into its square input, so a cell maps linearly onto the image).
+2. **Upsampling.** Bilinear, `upsample` times per side, in the model input's normalized coordinates.
+   A "squash" model sees the whole frame, so a cell maps linearly onto the image; a "center-crop"
+   model sees only the central square, so points and boxes are then placed in that crop window of the
+   image (`in_window`, `Box.in_window`; the window is `indexer.data.crop_window`).
 3. **Centre prior.** Min-max normalize to [0, 1], then add `center_prior` times a Gaussian centred on the
    image (sd `prior_sigma` of its size). People photograph what they talk about near the middle; the
    weight says how much to believe that against the patches (0: off).
@@ -72,6 +74,20 @@ class Box:
 
     def scaled(self, width: int, height: int) -> Box:
         return Box(self.x1 * width, self.y1 * height, self.x2 * width, self.y2 * height, self.score)
+
+    def in_window(self, window: tuple[float, float, float, float]) -> Box:
+        """A box in [0, 1] of the model's input -> [0, 1] of the image, whose `window` (x1, y1, x2, y2
+        fractions) the input showed."""
+        (x1, y1), (x2, y2) = in_window(np.array([[self.x1, self.y1], [self.x2, self.y2]]), np.asarray(window))
+        return Box(float(x1), float(y1), float(x2), float(y2), self.score)
+
+
+def in_window(points: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """(N, 2) x, y in [0, 1] of the model's input -> [0, 1] of the image, given the crop window that
+    input showed: one (4,) for all points or one per point (N, 4), each (x1, y1, x2, y2) in [0, 1]."""
+    windows = np.asarray(windows, dtype=np.float64)
+    origin, span = windows[..., :2], windows[..., 2:] - windows[..., :2]  # (N, 2) or (2,)
+    return origin + np.asarray(points, dtype=np.float64) * span
 
 
 def upsample(maps: np.ndarray, factor: int) -> np.ndarray:

@@ -24,7 +24,8 @@ def heatmap_image(heatmap: np.ndarray, size: tuple[int, int]) -> Image.Image:
 
 def render_overlay(image: Image.Image, grounding: Grounding, alpha: float = 0.5, max_side: int | None = 1024
                    ) -> Image.Image:
-    """The image with the heatmap blended in (`alpha`) and the boxes drawn, best box thickest.
+    """The image with the heatmap blended in (`alpha`) over the part of the image it covers (the whole
+    image, or a center-crop model's crop window) and the boxes drawn, best box thickest.
     Large images are shrunk to `max_side` first (boxes scale with them)."""
     image = image.convert("RGB")
     if image.size != (grounding.width, grounding.height):
@@ -35,7 +36,10 @@ def render_overlay(image: Image.Image, grounding: Grounding, alpha: float = 0.5,
         scale = max_side / max(image.size)
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.BICUBIC)
-    out = Image.blend(image, heatmap_image(grounding.heatmap, image.size), alpha)
+    x1, y1, x2, y2 = (round(v * scale) for v in grounding.heatmap_window)
+    layer = image.copy()
+    layer.paste(heatmap_image(grounding.heatmap, (max(1, x2 - x1), max(1, y2 - y1))), (x1, y1))
+    out = Image.blend(image, layer, alpha)
     draw = ImageDraw.Draw(out)
     width = max(2, round(max(out.size) / 200))
     for rank, box in reversed(list(enumerate(grounding.boxes))):

@@ -14,9 +14,9 @@ model also captions without retrieval: that is the ablation `groundex eval capti
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from torch import nn
 from transformers import BlipTextConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel
 
+from warehouse import content_hash
 from warehouse.workdir import atomic_write_json
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[PRM]")  # ids 0..5, in this order
@@ -356,42 +357,45 @@ def load_pretrained_blip(name_or_path: str, config: CaptionerConfig) -> tuple[Bl
     return BlipCaptioner(blip, config), tokenizer, image_processor
 
 
-def save_captioner(model: CaptionDecoder, tokenizer: PreTrainedTokenizerBase, folder_root: Path,
-                   extra: dict[str, Any], image_processor: Any = None) -> tuple[str, Path]:
-    """Save to `folder_root/<content hash>/` (weights, tokenizer, captioner.json, and a pretrained BLIP's
-    image processor); returns (hash, folder)."""
-    staging = folder_root / ".staging"
-    if staging.exists():  # left by a crash
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+def write_captioner(model: CaptionDecoder, tokenizer: PreTrainedTokenizerBase, folder: Path, extra: dict[str, Any],
+                    image_processor: Any = None) -> None:
+    """Write a captioner's files into `folder` (weights, tokenizer, captioner.json, and a pretrained BLIP's image
+    processor)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(staging / "model.safetensors"))
-    tokenizer.save_pretrained(str(staging))
+    save_file(state, str(folder / "model.safetensors"))
+    tokenizer.save_pretrained(str(folder))
     meta = {"config": asdict(model.captioner_config), **extra}
     if isinstance(model, BlipCaptioner):
         meta["blip_config"] = model.blip.config.to_dict()
-        image_processor.save_pretrained(str(staging))
+        image_processor.save_pretrained(str(folder))
     else:
         meta.update({"image_dim": model.image_dim, "vocab_size": model.text_config.vocab_size})
-    atomic_write_json(staging / "captioner.json", meta)
-    captioner_id = captioner_hash(staging)
-    folder = folder_root / captioner_id
-    if folder.exists():  # the same bytes were saved before
-        shutil.rmtree(staging)
-    else:
-        staging.rename(folder)
-    return captioner_id, folder
+    atomic_write_json(folder / "captioner.json", meta)
 
 
-CAPTIONER_FILES = ("model.safetensors", "tokenizer.json", "captioner.json")  # what a captioner's id hashes
+def save_captioner(model: CaptionDecoder, tokenizer: PreTrainedTokenizerBase, folder_root: Path,
+                   extra: dict[str, Any], image_processor: Any = None) -> tuple[str, Path]:
+    """Save to `folder_root/<content hash>/`, unrecorded; returns (hash, folder). A workdir's captioners are stored
+    through its ArtefactStore (heads.captioning)."""
+    folder_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder_root))
+    try:
+        write_captioner(model, tokenizer, staging, extra, image_processor)
+        captioner_id = captioner_hash(staging)
+        folder = folder_root / captioner_id
+        if folder.exists():  # the same bytes were saved before
+            shutil.rmtree(staging)
+        else:
+            staging.rename(folder)
+        return captioner_id, folder
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def captioner_hash(folder: Path) -> str:
     """A captioner's id: sha256 over its weights, tokenizer and captioner.json (first 16 hex digits)."""
-    digest = hashlib.sha256()
-    for name in CAPTIONER_FILES:
-        digest.update((folder / name).read_bytes())
-    return digest.hexdigest()[:16]
+    return content_hash("captioner", folder)
 
 
 def load_captioner(folder: Path) -> tuple[CaptionDecoder, PreTrainedTokenizerBase, dict[str, Any], Any]:

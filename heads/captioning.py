@@ -9,7 +9,6 @@ the same model without them, and the nearest-neighbour-caption baseline (the fir
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -24,12 +23,10 @@ from tqdm import tqdm
 
 from indexer.embed import load_embeddings
 from indexer.index import load_index
-from warehouse import Catalog, Workdir, recorded_run
-from warehouse.workdir import atomic_write_json
+from warehouse import Artefact, ArtefactStore, Catalog, RunState, Workdir, recorded_run
 
 from .caption_metrics import caption_metrics
 from .captioner import (
-    CAPTIONER_FILES,
     CaptionCollator,
     CaptionDecoder,
     CaptionerConfig,
@@ -37,12 +34,11 @@ from .captioner import (
     ImageInputs,
     PixelSource,
     RACaptioner,
-    captioner_hash,
     encode_batch,
     load_captioner,
     load_pretrained_blip,
-    save_captioner,
     train_tokenizer,
+    write_captioner,
 )
 from .neighbours import training_neighbours
 
@@ -153,7 +149,8 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
         tokenizer = train_tokenizer([t for _, t in train_examples], config.vocab_size)
     else:
         model, tokenizer, image_processor = pretrained
-    with recorded_run(workdir, "caption train", asdict(config), data.model_id) as (_, result):
+    store = ArtefactStore(workdir)
+    with recorded_run(workdir, "caption train", asdict(config), data.model_id) as (run_id, result):
         inputs, retrieved = {}, {}
         for name, ids in (("train", train_ids), ("val", val_ids)):
             _logger.info("retrieving captions for %d %s images", len(ids), name)
@@ -167,21 +164,19 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
         val_dataset = [(offset + row, caption, retrieved["val"][row], False) for row, caption in val_examples]
         if model is None:
             model = RACaptioner(config, len(tokenizer), inputs["train"].shape[-1])
-        output_dir = workdir.captioners_dir / "training" / data.model_id
-        settings = output_dir / "groundex-run.json"  # this run's config, and whether it finished
-        if resume is None:  # only an interrupted run of this very config resumes by itself
-            saved = json.loads(settings.read_text()) if settings.is_file() else {}
-            resume = (not saved.get("finished", True) and saved.get("config") == json.loads(json.dumps(asdict(config)))
-                      and any(output_dir.glob("checkpoint-*")))
-            if resume:
-                _logger.warning("resuming the interrupted captioner training in %s (resume=False, or `groundex "
-                                "caption train --restart`, starts over)", output_dir)
+        output_dir = store.training_dir("captioner", data.model_id)
+        run_state = RunState(output_dir)  # this run's config, and whether it finished
+        asked = resume
+        resume = run_state.should_resume(asdict(config), resume) and any(output_dir.glob("checkpoint-*"))
+        if resume and asked is None:
+            _logger.warning("resuming the interrupted captioner training in %s (resume=False, or `groundex "
+                            "caption train --restart`, starts over)", output_dir)
         has_checkpoint = resume and any(output_dir.glob("checkpoint-*"))
         if not resume and output_dir.exists():  # a fresh run: earlier checkpoints must not mix into --resume later
             shutil.rmtree(output_dir)
-        if resume and not has_checkpoint:
+        if asked and not has_checkpoint:
             _logger.warning("no checkpoint in %s to resume from; training from the start", output_dir)
-        atomic_write_json(settings, {"config": asdict(config), "finished": False})
+        run_state.start(asdict(config))
         args = TrainingArguments(
             output_dir=str(output_dir), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
             per_device_eval_batch_size=config.batch_size, learning_rate=config.lr, weight_decay=config.weight_decay,
@@ -203,10 +198,16 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
             trainer.evaluate()
         seconds = time.perf_counter() - started
         losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
-        captioner_id, folder = save_captioner(model.cpu(), tokenizer, workdir.captioners_dir,
-                                              {"model_id": data.model_id, "train_images": int(len(train_ids))},
-                                              image_processor)
-        atomic_write_json(settings, {"config": asdict(config), "finished": True, "captioner_id": captioner_id})
+        staging = store.staging("captioner")
+        write_captioner(model.cpu(), tokenizer, staging, {"model_id": data.model_id,
+                                                          "train_images": int(len(train_ids))}, image_processor)
+        captioner = store.commit(
+            "captioner", staging, source=f"blip:{config.pretrained}" if config.pretrained else "trained",
+            parent_id=data.model_id, run_id=run_id,
+            metrics={"best_val_loss": round(min(losses), 4) if losses else None},
+            info={"decoder": "blip" if config.pretrained else "small", "train_images": int(len(train_ids))})
+        captioner_id, folder = captioner.id, captioner.path
+        run_state.finish(captioner_id=captioner_id)
         result.update({"captioner_id": captioner_id, "path": str(folder), "model_id": data.model_id,
                        "train_images": len(train_dataset), "val_examples": len(val_dataset),
                        "vocab_size": len(tokenizer), "val_loss_by_epoch": [round(x, 4) for x in losses],
@@ -256,28 +257,18 @@ def _use_bf16(config: CaptionerConfig) -> bool:
 # -- using a trained captioner --------------------------------------------------------------------
 
 
-def find_captioner(workdir: Workdir, captioner_id: str | None = None) -> Path:
-    """The folder of a captioner by hash (a unique prefix is enough), or of the newest one."""
-    root = workdir.captioners_dir
-    folders = sorted((f for f in root.glob("*") if (f / "captioner.json").is_file()),
-                     key=lambda f: (f / "captioner.json").stat().st_mtime, reverse=True) if root.is_dir() else []
-    if captioner_id is None:
-        if not folders:
-            raise FileNotFoundError(f"no captioner in {workdir.root}: run `groundex caption train` first")
-        return folders[0]
-    matches = [f for f in folders if f.name.startswith(captioner_id)]
-    if len(matches) != 1:
-        known = ", ".join(f.name for f in folders) or "none"
-        raise ValueError(f"captioner {captioner_id!r} {'is ambiguous' if matches else 'not found'}; known: {known}")
-    return matches[0]
+def find_captioner(workdir: Workdir, captioner_id: str | None = None) -> Artefact:
+    """A captioner by label or hash (a unique prefix is enough), or the newest one."""
+    with Catalog.open(workdir, read_only=True) as catalog:
+        return catalog.artefact("captioner", captioner_id)
 
 
 class Captioner:
     """A trained captioner with the data it retrieves from: captions for catalog images or new ones."""
 
     def __init__(self, workdir: Workdir, captioner_id: str | None = None, device: str | None = None):
-        self.folder = find_captioner(workdir, captioner_id)
-        self.id = self.folder.name
+        artefact = find_captioner(workdir, captioner_id)
+        self.folder, self.id = artefact.path, artefact.id
         self.model, self.tokenizer, self.meta, self.image_processor = load_captioner(self.folder)
         self.config: CaptionerConfig = self.model.captioner_config
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -402,26 +393,3 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
                           "nearest_caption": nearest[i]} for i in range(min(3, len(image_ids)))],
         })
     return result
-
-
-def check_captioners(workdir: Workdir, catalog: Catalog, report: Any) -> None:
-    """`groundex verify`'s check of the captioners: each folder's bytes hash to its name, and every generated
-    caption in the catalog comes from a captioner that is there."""
-    from indexer.verify import Finding  # noqa: PLC0415
-
-    root = workdir.captioners_dir
-    folders = sorted(f for f in root.iterdir() if (f / "captioner.json").is_file()) if root.is_dir() else []
-    for folder in folders:
-        absent = [n for n in CAPTIONER_FILES if not (folder / n).is_file()]
-        if absent:
-            report.findings.append(Finding("captioners", f"captioner {folder.name}: lacks {', '.join(absent)}"))
-        elif (actual := captioner_hash(folder)) != folder.name:
-            report.findings.append(Finding("captioners", f"captioner {folder.name}: its files hash to {actual}, "
-                                                         "not to its name"))
-    names = {f.name for f in folders}
-    for model_id, n in catalog.query("SELECT model_id, count(*) FROM captions WHERE source = 'generated' "
-                                     "GROUP BY ALL ORDER BY ALL"):
-        if model_id not in names:
-            report.findings.append(Finding("captioners", f"{n:,} generated captions of captioner {model_id}, which "
-                                                         f"is not in {root}"))
-    report.checked["captioners"] = len(folders)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from indexer.embed import load_embeddings
 from indexer.index import load_index
 from indexer.models import load_checkpoint
-from warehouse import Catalog, Workdir, recorded_run
+from warehouse import Artefact, ArtefactStore, Catalog, Workdir, recorded_run
 from warehouse.workdir import atomic_write_json
 
 from .neighbours import training_neighbours
@@ -60,6 +60,12 @@ class TaggingConfig:
     prompt: str = PROMPT          # zero-shot template; '{}' is the tag
     caption_neighbours: int = 5   # fusion: an image without captions reads those of this many nearest training images
     max_tags: int = 20            # stored per image at most: its best tags at or above the threshold
+    keywords: tuple[str, ...] | None = None  # a given vocabulary instead of one mined from the training captions
+    #                                          (zero-shot tags for collections without captions)
+    untuned_threshold: float = 0.8  # zeroshot without labelled val images: keep a tag when its prompt matches the
+    #                                 image this much above the collection's usual (sigmoid of the z-score: 0.8 is
+    #                                 1.4 standard deviations, about the top 8% of images per keyword); with labelled
+    #                                 val images the threshold is chosen on val instead
 
     def __post_init__(self) -> None:
         if isinstance(self.vocabulary, dict):
@@ -69,6 +75,12 @@ class TaggingConfig:
         if self.caption_neighbours < 1 or self.max_tags < 1:
             raise ValueError("caption_neighbours and max_tags must be >= 1")
         prompts(["x"], self.prompt)  # validates the template
+        if self.keywords is not None:
+            self.keywords = tuple(dict.fromkeys(w.strip().lower() for w in self.keywords if w.strip()))
+            if not self.keywords:
+                raise ValueError("keywords: the list is empty")
+        if not 0 < self.untuned_threshold < 1:
+            raise ValueError(f"untuned_threshold must be in (0, 1), got {self.untuned_threshold}")
 
 
 @dataclass
@@ -94,6 +106,8 @@ class TagData:
             current = catalog.current_index(self.model_id, "image")
             if current is None:
                 raise FileNotFoundError(f"no image index for model {self.model_id}: run `groundex index` first")
+            if vocabulary is None and self.config.keywords is not None:
+                vocabulary = Vocabulary(list(self.config.keywords), [0] * len(self.config.keywords), 0, "given")
             if vocabulary is None:
                 train_captions = [(i, t) for _, i, t in catalog.caption_rows("train")]
                 phrases = [(r.image_id, r.text) for r in catalog.grounding_rows("train") if r.entity_id != 0]
@@ -104,9 +118,21 @@ class TagData:
         self.vocabulary = vocabulary
         self.index = load_index(current["path"])
         self.train = self.split("train")
-        if len(self.train.image_ids) == 0:
-            raise ValueError("the train split has no captioned images to fit taggers on")
         self._own_train_captions: np.ndarray | None = None
+        self._reference: np.ndarray | None = None
+
+    @property
+    def reference_vectors(self) -> np.ndarray:
+        """Image vectors that standardize zero-shot scores: the training images, or (a collection without
+        captions) up to 10,000 of the model's embedded images."""
+        if len(self.train.image_ids):
+            return self.train.vectors
+        if self._reference is None:
+            with Catalog.open(self.workdir, read_only=True) as catalog:
+                ids = np.array(catalog.embedded_ids(self.model_id, "image"), dtype=np.int64)
+            keep = np.random.default_rng(0).permutation(len(ids))[:10_000]
+            self._reference = self.image_vectors(np.sort(ids[keep]))[1]
+        return self._reference
 
     def split(self, name: str) -> Labelled:
         """The split's captioned images with labels and stored image embeddings."""
@@ -204,7 +230,7 @@ class Tagger:
             return self.probe.scores(vectors)
         if self.method == "fusion":
             return self.probe.scores(data.fusion_features(vectors, image_ids, own_captions))
-        return zeroshot_scores(vectors, self.prompt_vectors, data.train.vectors)
+        return zeroshot_scores(vectors, self.prompt_vectors, data.reference_vectors)
 
     def predict(self, data: TagData, vectors: np.ndarray, image_ids: np.ndarray | None = None,
                 max_tags: int = 20) -> list[list[tuple[str, float]]]:
@@ -220,23 +246,33 @@ class Tagger:
             out.append([(words[t], float(row[t])) for t in order if row[t] >= threshold])
         return out
 
-    def save(self, folder: Path, data: TagData) -> None:
+    def save(self, workdir: Workdir, data: TagData, run_id: int | None = None) -> Artefact:
+        """Store the fitted tagger (its vocabulary, weights and choices) as an artefact of the workdir."""
+        store = ArtefactStore(workdir)
+        folder = store.staging("tagger")
         data.vocabulary.save(folder / "vocabulary.json")
         if self.probe is not None:
-            self.probe.save(folder / f"{self.method}.safetensors")
-        atomic_write_json(folder / f"{self.method}.json",
+            self.probe.save(folder / "weights.safetensors")
+        atomic_write_json(folder / "tagger.json",
                           {"method": self.method, "model_id": self.model_id, "threshold": self.threshold,
                            "captioned_threshold": self.captioned_threshold, "k": self.k, "val": self.val,
                            "config": asdict(data.config)})
+        return store.commit("tagger", folder, source="trained", parent_id=self.model_id, run_id=run_id,
+                            metrics=self.val, info={"method": self.method})
 
 
 def fit_tagger(data: TagData, method: str, val: Labelled) -> Tagger:
     """Fit `method` on the training gallery and choose its K (knn) and threshold on `val`."""
     if method not in METHODS:
         raise ValueError(f"unknown tagging method {method!r}; choose one of {', '.join(METHODS)}")
-    if len(val.image_ids) == 0:
-        raise ValueError("the val split has no captioned images: the taggers choose their threshold on val")
     train = data.train
+    if method != "zeroshot" and len(train.image_ids) == 0:
+        raise ValueError(f"{method} learns from captioned train images and this workdir has none: without captions, "
+                         "tag with `--method zeroshot --keywords WORDS` (your own keyword list)")
+    labelled_val = len(val.image_ids) > 0 and val.labels.any()
+    if not labelled_val and (method != "zeroshot" or data.config.keywords is None):
+        raise ValueError("the val split has no captioned images mentioning the keywords: the taggers choose their "
+                         "threshold on val (or give zeroshot your keywords: `--method zeroshot --keywords WORDS`)")
     tagger = Tagger(method, data.model_id, threshold=0.5)
     if method == "knn":
         ks = [k for k in KNN_KS if k <= len(train.image_ids)]
@@ -259,6 +295,10 @@ def fit_tagger(data: TagData, method: str, val: Labelled) -> Tagger:
         model = load_checkpoint(Path(data.model_info["path"]), "cpu")
         with torch.no_grad():
             tagger.prompt_vectors = model.encode_text(prompts(data.vocabulary.words, data.config.prompt)).numpy()
+    if not labelled_val:  # zeroshot with given keywords and nothing to tune on
+        tagger.threshold = data.config.untuned_threshold
+        tagger.val = {"threshold": "untuned", "images": 0}
+        return tagger
     if method != "knn":
         tagger.threshold, _ = best_threshold(tagger.scores(data, val.vectors, val.image_ids, own_captions=False),
                                              val.labels)
@@ -273,16 +313,13 @@ def load_tagger(workdir: Workdir, method: str, model_id: str | None = None) -> t
     """A tagger fitted by `groundex tag`, with the data it reads (for tagging new images, e.g. uploads)."""
     with Catalog.open(workdir, read_only=True) as catalog:
         model_id = catalog.model(model_id)["id"]
-    folder = workdir.heads_dir(model_id)
-    path = folder / f"{method}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no {method} tagger for model {model_id}: run `groundex tag --method {method}`")
-    saved = json.loads(path.read_text())
+        folder = catalog.artefact("tagger", parent_id=model_id, method=method).path
+    saved = json.loads((folder / "tagger.json").read_text())
     data = TagData(workdir, model_id, TaggingConfig(**saved["config"]),
                    vocabulary=Vocabulary.load(folder / "vocabulary.json"))
     tagger = Tagger(method, model_id, saved["threshold"], saved["captioned_threshold"], saved["k"], val=saved["val"])
     if method in ("probe", "fusion"):
-        tagger.probe = LinearProbe.load(folder / f"{method}.safetensors")
+        tagger.probe = LinearProbe.load(folder / "weights.safetensors")
     elif method == "zeroshot":
         model = load_checkpoint(Path(data.model_info["path"]), "cpu")
         with torch.no_grad():
@@ -302,7 +339,7 @@ def tag_workdir(workdir: Workdir, method: str = "knn", model_id: str | None = No
     with recorded_run(workdir, "tag", {"method": method, "split": split, **asdict(data.config)},
                       data.model_id) as (run_id, result):
         tagger = fit_tagger(data, method, data.split("val"))
-        tagger.save(workdir.heads_dir(data.model_id), data)
+        tagger.save(workdir, data, run_id)
         with Catalog.open(workdir, read_only=True) as catalog:
             image_ids = np.array([i for i, _ in catalog.image_rows(split)], dtype=np.int64)
         ids, vectors = data.image_vectors(image_ids)

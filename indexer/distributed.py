@@ -46,11 +46,11 @@ class RayEmbedConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # passed to ray.init
 
 
-def _decode(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+def _decode(batch: dict[str, np.ndarray], size: int, resize: str = "squash") -> dict[str, np.ndarray]:
     """(id, path) rows -> (id, pixels uint8 (3, S, S)), as the local pipeline decodes them (Ray tasks)."""
     from .data import decode_square
 
-    return {"id": batch["id"], "pixels": np.stack([decode_square(str(p), size) for p in batch["path"]])}
+    return {"id": batch["id"], "pixels": np.stack([decode_square(str(p), size, resize) for p in batch["path"]])}
 
 
 class _Encode:
@@ -84,8 +84,11 @@ def ray_embed_images(workdir: Workdir, checkpoint: Path, model_id: str, image_si
                      items: list[tuple[int, str]], config: RayEmbedConfig | None = None,
                      report: EmbedReport | None = None) -> EmbedReport:
     """Embed the (image id, path) items not yet embedded by this model with a Ray Data job; write Parquet
-    shards, then import them as the workdir's shards and catalog rows."""
+    shards, then import them as the workdir's shards and catalog rows. Images are resized as the
+    checkpoint's config says (`ModelSpec.resize`)."""
     import ray
+
+    from .models import load_spec, spec_patch_grid
 
     config = config or RayEmbedConfig()
     report = report or EmbedReport()
@@ -94,6 +97,7 @@ def ray_embed_images(workdir: Workdir, checkpoint: Path, model_id: str, image_si
     todo = [(int(i), str(p)) for i, p in items if int(i) not in done]
     if not todo:
         return report
+    resize = load_spec(checkpoint).resize  # decoding runs apart from the model: it needs the model's setting
     started = time.perf_counter()
     _quiet_ray(config.progress)
     own_ray = not ray.is_initialized()
@@ -110,7 +114,8 @@ def ray_embed_images(workdir: Workdir, checkpoint: Path, model_id: str, image_si
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         out_dir = workdir.embeddings_dir / model_id / "ray" / time.strftime("%Y%m%d-%H%M%S")
         dataset = ray.data.from_items([{"id": i, "path": p} for i, p in todo])
-        dataset = dataset.map_batches(_decode, fn_kwargs={"size": image_size}, batch_size=config.decode_batch_size)
+        dataset = dataset.map_batches(_decode, fn_kwargs={"size": image_size, "resize": resize},
+                                      batch_size=config.decode_batch_size)
         threads = config.torch_threads or (0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1))
                                                                // config.actors))
         dataset = dataset.map_batches(_Encode, fn_constructor_args=(str(checkpoint), config.patches, threads),
@@ -122,7 +127,8 @@ def ray_embed_images(workdir: Workdir, checkpoint: Path, model_id: str, image_si
         if own_ray:
             ray.shutdown()
     t = time.perf_counter()
-    report.images += import_parquet_shards(workdir, model_id, out_dir, config.patches)
+    grid = spec_patch_grid(load_spec(checkpoint)) if config.patches else None
+    report.images += import_parquet_shards(workdir, model_id, out_dir, grid)
     report.stage_seconds["import"] = report.stage_seconds.get("import", 0.0) + time.perf_counter() - t
     report.seconds += time.perf_counter() - started
     return report
@@ -139,9 +145,11 @@ def _quiet_ray(progress: bool) -> None:
     context.print_on_execution_start = False
 
 
-def import_parquet_shards(workdir: Workdir, model_id: str, folder: Path, patches: bool = True) -> int:
+def import_parquet_shards(workdir: Workdir, model_id: str, folder: Path, patch_grid: tuple[int, int] | None) -> int:
     """Record the Parquet shards of a Ray job as the workdir's float16 shards and catalog rows (one shard
-    per Parquet file, read one at a time); ids already embedded are skipped. Returns the images added."""
+    per Parquet file, read one at a time); ids already embedded are skipped. `patch_grid`: the model's grid when
+    the job stored patch embeddings, else None. Returns the images added."""
+    patches = patch_grid is not None
     import pyarrow.parquet as pq
 
     image_dir, patch_dir = shard_dir(workdir, model_id, "image"), shard_dir(workdir, model_id, "patch")
@@ -165,6 +173,9 @@ def import_parquet_shards(workdir: Workdir, model_id: str, folder: Path, patches
                                                                                             vectors.shape[1]))
         atomic_write_npy(image_dir / name, vectors)
         with Catalog.open(workdir) as catalog:
+            catalog.record_embedding_set(model_id, "image", vectors.shape[1])
+            if patches:
+                catalog.record_embedding_set(model_id, "patch", vectors.shape[1], patch_grid)
             catalog.add_embedding_rows(model_id, "image", ids[keep].tolist(), name)
         added += int(keep.sum())
     return added

@@ -70,10 +70,10 @@ def _next_shard_name(folder: Path) -> str:
     return f"shard-{max(numbers, default=-1) + 1:05d}.npy"
 
 
-def _decoded_batches(paths: Sequence[str], size: int, batch_size: int, pool: ProcessPoolExecutor | None
-                     ) -> Iterator[np.ndarray]:
-    """(b, 3, size, size) uint8 batches, in order; decoding runs ahead on the pool."""
-    jobs = [(list(paths[s:s + batch_size]), size) for s in range(0, len(paths), batch_size)]
+def _decoded_batches(paths: Sequence[str], size: int, batch_size: int, pool: ProcessPoolExecutor | None,
+                     resize: str = "squash") -> Iterator[np.ndarray]:
+    """(b, 3, size, size) uint8 batches resized by `resize` (the model's), in order; decoding runs ahead on the pool."""
+    jobs = [(list(paths[s:s + batch_size]), size, resize) for s in range(0, len(paths), batch_size)]
     results = pool.map(_decode_many, jobs) if pool is not None else map(_decode_many, jobs)
     for job, out in zip(jobs, results, strict=True):
         bad = [(p, e) for p, e in zip(job[0], out, strict=True) if isinstance(e, str)]
@@ -106,7 +106,8 @@ def embed_images(workdir: Workdir, model: GroundexModel, model_id: str, items: S
                 shard = todo[s:s + config.shard_size]
                 globals_, patches = [], []
                 t = time.perf_counter()
-                for pixels in _decoded_batches([p for _, p in shard], model.image_size, config.batch_size, pool):
+                for pixels in _decoded_batches([p for _, p in shard], model.image_size, config.batch_size, pool,
+                                               model.resize):
                     t_model = time.perf_counter()
                     stages["decode"] = stages.get("decode", 0.0) + t_model - t
                     pixels = torch.from_numpy(pixels)
@@ -124,6 +125,9 @@ def embed_images(workdir: Workdir, model: GroundexModel, model_id: str, items: S
                     atomic_write_npy(patch_dir / name, np.concatenate(patches))
                 atomic_write_npy(image_dir / name, np.concatenate(globals_))  # (n, D) float16
                 with Catalog.open(workdir) as catalog:
+                    catalog.record_embedding_set(model_id, "image", model.embed_dim)
+                    if config.patches:
+                        catalog.record_embedding_set(model_id, "patch", model.embed_dim, model.patch_grid)
                     catalog.add_embedding_rows(model_id, "image", [i for i, _ in shard], name)
                 t_end = time.perf_counter()
                 stages["write"] = stages.get("write", 0.0) + t_end - t
@@ -162,6 +166,7 @@ def embed_captions(workdir: Workdir, model: GroundexModel, model_id: str, rows: 
             name = _next_shard_name(folder)
             atomic_write_npy(folder / name, np.concatenate(out))
             with Catalog.open(workdir) as catalog:
+                catalog.record_embedding_set(model_id, "caption", model.embed_dim)
                 catalog.add_embedding_rows(model_id, "caption", [c for c, _ in shard], name)
             report.captions += len(shard)
     report.seconds += time.perf_counter() - started

@@ -109,11 +109,10 @@ def build_index_from_shards(workdir: Workdir, model_id: str, kind: str, factory:
     (memory-mapped) and added about `chunk` vectors at a time."""
     with Catalog.open(workdir, read_only=True) as catalog:
         n_items = len(catalog.embedded_ids(model_id, "image" if kind == "patch" else kind))
-    first = next(iter_embeddings(workdir, model_id, kind, chunk=1), None)
-    if first is None:
+        stored = catalog.embedding_set(model_id, kind)
+    if stored is None or not n_items:
         raise ValueError(f"no {kind} embeddings for model {model_id}")
-    shape = first[1].shape[1:]  # (D,) or (P, D)
-    d, cells = shape[-1], (shape[0] if kind == "patch" else 1)
+    d, cells = stored["dim"], stored["cells"]
     if factory is None:
         factory = patch_factory(n_items * cells, d) if kind == "patch" else default_factory(n_items, d)
     index = create_index(d, factory)
@@ -190,6 +189,8 @@ def update_index(workdir: Workdir, model_id: str, kind: str, factory: str | None
         if orphans:
             catalog.remove_embedding_rows(model_id, rows_kind, orphans)
         current = catalog.current_index(model_id, kind)
+        stored = catalog.embedding_set(model_id, kind)
+        cells = stored["cells"] if stored is not None else 1  # patch vectors per image
         embedded = np.array(catalog.embedded_ids(model_id, rows_kind), dtype=np.int64)
     if len(embedded) == 0:
         return None
@@ -205,14 +206,13 @@ def update_index(workdir: Workdir, model_id: str, kind: str, factory: str | None
     added = np.setdiff1d(embedded, held)
     if index is not None and not len(removed) and not len(added):
         return IndexReport(kind, current["version"], factory, int(index.ntotal), 0, 0, False, current["path"])
-    if index is not None and kind == "patch" and chosen is None and factory == "Flat" and len(added):
-        cells = index.ntotal // max(1, len(held))
-        if (len(held) - len(removed) + len(added)) * cells >= PATCH_EXACT_MAX:  # outgrew exact: IVF-PQ now
-            _logger.info("the exact patch index of %s outgrew %d vectors: rebuilding it", model_id, PATCH_EXACT_MAX)
-            index, factory = None, None
+    grown = (len(held) - len(removed) + len(added)) * cells
+    if (index is not None and kind == "patch" and chosen is None and factory == "Flat" and len(added)
+            and grown >= PATCH_EXACT_MAX):  # outgrew exact: IVF-PQ now
+        _logger.info("the exact patch index of %s outgrew %d vectors: rebuilding it", model_id, PATCH_EXACT_MAX)
+        index, factory = None, None
     rebuilt = index is None
     if index is not None and len(removed):
-        cells = index.ntotal // max(1, len(held)) if kind == "patch" else 1
         try:
             index.remove_ids(faiss.IDSelectorBatch(patch_ids(removed, cells) if kind == "patch" else removed))
         except RuntimeError:  # e.g. HNSW cannot remove: rebuild from the embeddings
@@ -221,11 +221,10 @@ def update_index(workdir: Workdir, model_id: str, kind: str, factory: str | None
         index, held, factory = build_index_from_shards(workdir, model_id, kind, factory)
     else:
         held = np.setdiff1d(held, removed)
-        cells = index.ntotal // max(1, len(held)) if kind == "patch" and len(held) else 1
         for ids, vectors in iter_embeddings(workdir, model_id, kind, added, chunk=max(1, ADD_CHUNK // cells)):
             vector_ids = ids
             if kind == "patch":
-                vectors, vector_ids = vectors.reshape(-1, vectors.shape[2]), patch_ids(ids, vectors.shape[1])
+                vectors, vector_ids = vectors.reshape(-1, vectors.shape[2]), patch_ids(ids, cells)
             index.add_with_ids(np.ascontiguousarray(vectors), vector_ids)
             held = np.union1d(held, ids)
     with Catalog.open(workdir) as catalog:

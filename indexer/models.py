@@ -9,18 +9,23 @@ Checkpoints are folders: `model.safetensors`, `config.json` (the ModelSpec), `to
 content hash (of those three files) names the folder and is recorded by every embedding, index and
 result made with the model. Nothing here unpickles anything.
 
-Images are resized to the model's square input without cropping ("squash"), so that every pixel of
-the image maps to a patch (grounding needs the whole frame).
+How an image becomes the model's square input is a setting of the model, `ModelSpec.resize`, saved
+in config.json and honoured everywhere pixels are made (`pixels_from_images`, `indexer.data`'s decoding
+and pixel caches, embedding): "squash" resizes the whole frame without cropping, so every pixel maps to
+a patch (grounding sees the whole frame; presets and checkpoints from before the setting use it);
+"center-crop" is open_clip's own eval preprocessing (short side resized, central square cut out), what
+a pretrained model was trained and evaluated with. Grounding maps a center-crop model's patch grid onto
+the crop window of the image (`indexer.data.crop_window`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +36,13 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import PatchDropout
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from warehouse import content_hash
+
+from .data import RESIZE_MODES, check_resize, square_pixels
 from .tokenizer import OpenClipTokenizer, WordTokenizer, tokenizer_from_json
 
 _logger = logging.getLogger(__name__)
@@ -41,6 +50,7 @@ _logger = logging.getLogger(__name__)
 PRESETS_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(PRESETS_DIR)
 PRESET_PREFIX = "groundex-"
+HUB_PREFIX = "hf-hub:"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
@@ -81,6 +91,14 @@ class ModelSpec:
     pretrained: str | None = None              # where the first weights came from (tag, file); None: random
     parent: str | None = None                  # hash of the checkpoint this one was trained from
     extra: dict[str, Any] = field(default_factory=dict)  # training summary, free-form
+    # How images become the square input ("squash" | "center-crop", indexer.data.square_pixels). "squash"
+    # keeps the whole frame (grounding wants every pixel under a patch); "center-crop" is open_clip's eval
+    # preprocessing, which pretrained weights expect for faithful retrieval. Absent in old config.json: squash.
+    resize: str = "squash"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"{self.name}: resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
 
 
 class GroundexModel(nn.Module):
@@ -118,13 +136,17 @@ class GroundexModel(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale
 
+    @property
+    def resize(self) -> str:
+        """How images become this model's input: "squash" or "center-crop" (`ModelSpec.resize`)."""
+        return self.spec.resize
+
     # -- pixels -----------------------------------------------------------------------------------
 
     def pixels_from_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB PIL images -> uint8 tensor (B, 3, S, S), squash-resized to the model's input size."""
-        s = self.image_size
-        arrays = [np.asarray(im.convert("RGB").resize((s, s), Image.BICUBIC)) for im in images]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        """PIL images -> uint8 tensor (B, 3, S, S) at the model's input size, resized by `self.resize`."""
+        arrays = [square_pixels(im.convert("RGB"), self.image_size, self.resize) for im in images]
+        return torch.from_numpy(np.stack(arrays))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S) -> normalized float on the model's device; float input is taken as [0, 1]."""
@@ -260,16 +282,27 @@ def resolve_name(name: str) -> str:
 
 
 def create_model(name: str = "tiny", pretrained: str | None = None, tokenizer: WordTokenizer | None = None,
-                 device: torch.device | str | None = None) -> GroundexModel:
+                 device: torch.device | str | None = None, resize: str | None = None) -> GroundexModel:
     """A model by preset ('tiny'), open_clip name (+ `pretrained` tag or .safetensors file) or checkpoint dir.
 
     Presets use a word tokenizer (`tokenizer`, built from the training captions); its vocabulary size
-    and context length set the text tower's.
+    and context length set the text tower's. `resize` ("squash" | "center-crop", see `ModelSpec.resize`)
+    defaults to "squash" for presets and open_clip names; a checkpoint keeps its own unless one is given
+    (saving the model then makes a new checkpoint, with its own hash).
+
+    A local `.safetensors` file for an open_clip name is loaded by open_clip's loader into the model
+    built empty, so open_clip's "initialized randomly" warning is not shown for it; a file that cannot
+    be read or does not fit raises.
     """
+    if resize is not None:
+        check_resize(resize)
     device = torch.device(device) if device is not None else default_device()
     path = Path(name).expanduser()
     if path.is_dir():
-        return load_checkpoint(path, device)
+        model = load_checkpoint(path, device)
+        if resize is not None:
+            model.spec.resize = resize
+        return model
     full = resolve_name(name)
     if full.startswith(PRESET_PREFIX):
         if full.removeprefix(PRESET_PREFIX) not in list_presets():
@@ -279,62 +312,169 @@ def create_model(name: str = "tiny", pretrained: str | None = None, tokenizer: W
         config = {**open_clip.get_model_config(full), **PRESET_EXTRAS.get(full, {})}
         config["text_cfg"].update(vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length,
                                   eos_id=tokenizer.EOT, pad_id=tokenizer.PAD)
-        spec = ModelSpec(name=full, config=config, pretrained=pretrained)
+        spec = ModelSpec(name=full, config=config, pretrained=pretrained, resize=resize or "squash")
         clip = _build_clip(config)
         if pretrained:
-            _load_weights(clip, Path(pretrained))
+            _logger.info("%s: weights loaded from %s", full, _load_weights(clip, Path(pretrained)))
         return GroundexModel(clip, tokenizer, spec).to(device).eval()
+    if full.startswith(HUB_PREFIX):
+        if pretrained:
+            raise ValueError(f"{full} brings its own weights from the hub: drop --pretrained")
+        return _hub_model(full, resize, device)
     if full not in open_clip.list_models():
         raise ValueError(f"unknown model {name!r}: not a preset ({', '.join(list_presets())}), "
-                         "not a checkpoint folder, not an open_clip model name (open_clip.list_models())")
+                         "not a checkpoint folder, not an open_clip model name (open_clip.list_models()), "
+                         f"not a {HUB_PREFIX}ORG/NAME id")
     if pretrained and Path(pretrained).suffix in (".pt", ".pth", ".bin", ".ckpt"):
         raise ValueError(f"{pretrained}: pickle checkpoints are refused; convert the weights to .safetensors")
-    clip = open_clip.create_model(full, pretrained=pretrained)
+    if pretrained and _is_local_weights(pretrained):
+        # open_clip would load the file itself, but build it empty and load it ourselves: our errors name
+        # the file, and its "initialized randomly" warning (true of the empty build) is not shown for it
+        with _no_random_init_warning(full):
+            clip = open_clip.create_model(full, pretrained=None)
+        _logger.info("%s: weights loaded from %s", full, _load_open_clip_weights(clip, Path(pretrained).expanduser()))
+    else:
+        try:
+            clip = open_clip.create_model(full, pretrained=pretrained)
+        except RuntimeError as e:  # open_clip's word for an unknown tag, or weights it could not fetch
+            raise ValueError(f"{full} with pretrained {pretrained!r}: {str(e).splitlines()[0]} (tags are fetched "
+                             "from the hub or read from its local cache; offline, pass a .safetensors file)") from None
     config = open_clip.get_model_config(full)
     pp = getattr(clip.visual, "preprocess_cfg", {}) or {}
     spec = ModelSpec(name=full, config=config, mean=tuple(pp.get("mean", OPENAI_MEAN)),
-                     std=tuple(pp.get("std", OPENAI_STD)), pretrained=pretrained)
+                     std=tuple(pp.get("std", OPENAI_STD)), pretrained=pretrained, resize=resize or "squash")
     return GroundexModel(clip, OpenClipTokenizer(full), spec).to(device).eval()
 
 
-def _load_weights(clip: nn.Module, path: Path) -> None:
+def _hub_model(full: str, resize: str | None, device: torch.device) -> GroundexModel:
+    """An open_clip model from a Hugging Face hub repository (`hf-hub:ORG/NAME`): its open_clip_config.json and
+    open_clip_model.safetensors, fetched or read from the local hub cache (offline, HF_HUB_OFFLINE=1). The
+    repository's pickle weights are never loaded."""
+    from huggingface_hub import hf_hub_download
+
+    repo = full.removeprefix(HUB_PREFIX)
+    files = {}
+    for name in ("open_clip_config.json", "open_clip_model.safetensors"):
+        try:
+            files[name] = Path(hf_hub_download(repo, name))
+        except Exception as e:  # offline without the file, no such repository or file, network errors
+            raise ValueError(f"{full}: could not get {name} from the hub or its local cache ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); offline, copy a hub cache that holds "
+                             "it (HF_HOME) or add a folder written by `groundex model export`") from None
+    try:
+        hub = json.loads(files["open_clip_config.json"].read_text())
+        config, preprocess = hub["model_cfg"], hub.get("preprocess_cfg", {})
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{files['open_clip_config.json']}: not an open_clip config ({e})") from None
+    clip = _build_clip(config)
+    _load_open_clip_weights(clip, files["open_clip_model.safetensors"])
+    clip.visual.preprocess_cfg = preprocess  # what open_clip records: `model add` reads its resize mode
+    text = config.get("text_cfg", {})
+    tokenizer = OpenClipTokenizer(full, context_length=text.get("context_length", 77),
+                                  hf_tokenizer_name=text.get("hf_tokenizer_name"))
+    spec = ModelSpec(name=full, config=config, mean=tuple(preprocess.get("mean", OPENAI_MEAN)),
+                     std=tuple(preprocess.get("std", OPENAI_STD)), pretrained=full, resize=resize or "squash")
+    return GroundexModel(clip, tokenizer, spec).to(device).eval()
+
+
+def _is_local_weights(pretrained: str) -> bool:
+    """A file or folder of weights (as opposed to an open_clip pretrained tag such as 'laion2b_s34b_b79k')."""
+    path = Path(pretrained).expanduser()
+    return path.suffix == ".safetensors" or path.exists()
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _no_random_init_warning(name: str) -> Iterator[None]:
+    """Silence open_clip's "No pretrained weights loaded for model '<name>'" (a root-logger warning from
+    `open_clip.create_model`) and nothing else, while the caller builds a model it loads weights into."""
+    message = _DropMessage(f"No pretrained weights loaded for model '{name}'")
+    root = logging.getLogger()
+    root.addFilter(message)
+    try:
+        yield
+    finally:
+        root.removeFilter(message)
+
+
+def _weights_file(path: Path) -> Path:
     if path.is_dir():
         path = path / "model.safetensors"
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: only .safetensors weights are loaded (no pickles)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    return path
+
+
+def _load_open_clip_weights(clip: nn.Module, path: Path) -> Path:
+    """open_clip's own loader (its key conversions and position-embedding resizing, strict), on a
+    .safetensors file only, with errors that name the file. Returns the file loaded."""
+    path = _weights_file(path)
+    try:
+        open_clip.load_checkpoint(clip, str(path), strict=True)
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    except (RuntimeError, KeyError, ValueError, StopIteration) as e:  # StopIteration: no tensors at all
+        raise ValueError(f"{path}: weights do not fit the model: {(str(e) or 'empty').splitlines()[0]}") from None
+    return path
+
+
+def _load_weights(clip: nn.Module, path: Path) -> Path:
+    """A .safetensors file (or a checkpoint folder's) into `clip`, strictly. Returns the file loaded."""
+    path = _weights_file(path)
     try:
         state = load_file(str(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such weights file") from None
     except Exception as e:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     try:
         clip.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit the model: {str(e).splitlines()[0]}") from None
+    return path
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
 
 
+def spec_patch_grid(spec: ModelSpec) -> tuple[int, int] | None:
+    """The patch grid (rows, cols) a spec's ViT image tower makes, or None for other towers."""
+    vision = spec.config.get("vision_cfg", {})
+    if "patch_size" not in vision or vision.get("timm_model_name"):
+        return None
+    size = vision.get("image_size", 224)
+    rows, cols = (size, size) if isinstance(size, int) else size
+    return int(rows) // int(vision["patch_size"]), int(cols) // int(vision["patch_size"])
+
+
 def checkpoint_hash(folder: Path) -> str:
     """sha256 over the checkpoint's files (first 16 hex digits): same weights and config, same hash."""
-    h = hashlib.sha256()
-    for name in CHECKPOINT_FILES:
-        h.update(name.encode())
-        h.update((folder / name).read_bytes())
-    return h.hexdigest()[:16]
+    return content_hash("model", folder)
+
+
+def write_checkpoint(model: GroundexModel, folder: Path) -> None:
+    """Write `model`'s files (weights, config, tokenizer) into `folder`, which must exist."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.clip.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(asdict(model.spec), indent=2, sort_keys=True, default=list))
+    (folder / "tokenizer.json").write_text(json.dumps(model.tokenizer.to_json()))
 
 
 def save_checkpoint(model: GroundexModel, models_dir: Path) -> tuple[str, Path]:
-    """Write `model` as `models_dir/<hash>/` (atomically: a temp folder renamed into place)."""
+    """Write `model` as `models_dir/<hash>/` (atomically: a temp folder renamed into place), unrecorded; a
+    workdir's models are stored with `indexer.model_store.store_model`."""
     models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=models_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=models_dir))
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.clip.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(asdict(model.spec), indent=2, sort_keys=True, default=list))
-        (tmp / "tokenizer.json").write_text(json.dumps(model.tokenizer.to_json()))
+        write_checkpoint(model, tmp)
         digest = checkpoint_hash(tmp)
         final = models_dir / digest
         if final.exists():
@@ -347,17 +487,30 @@ def save_checkpoint(model: GroundexModel, models_dir: Path) -> tuple[str, Path]:
         raise
 
 
+def load_spec(folder: Path) -> ModelSpec:
+    """A checkpoint's ModelSpec (its config.json) without loading the weights; old configs lack `resize`
+    and read as "squash", which is how their models saw images."""
+    path = Path(folder) / "config.json"
+    try:
+        spec = ModelSpec(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder}: not a groundex checkpoint (missing config.json)") from None
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError) as e:
+        raise ValueError(f"{folder}: unreadable checkpoint config ({e})") from None
+    spec.mean, spec.std = tuple(spec.mean), tuple(spec.std)
+    return spec
+
+
 def load_checkpoint(folder: Path, device: torch.device | str | None = None) -> GroundexModel:
     folder = Path(folder)
     missing = [n for n in CHECKPOINT_FILES if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: not a groundex checkpoint (missing {', '.join(missing)})")
+    spec = load_spec(folder)
     try:
-        spec = ModelSpec(**json.loads((folder / "config.json").read_text()))
         tokenizer = tokenizer_from_json(json.loads((folder / "tokenizer.json").read_text()))
     except (json.JSONDecodeError, TypeError, KeyError) as e:
         raise ValueError(f"{folder}: unreadable checkpoint config ({e})") from None
-    spec.mean, spec.std = tuple(spec.mean), tuple(spec.std)
     clip = _build_clip(spec.config)
     _load_weights(clip, folder / "model.safetensors")
     device = torch.device(device) if device is not None else default_device()

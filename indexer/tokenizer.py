@@ -64,19 +64,34 @@ class WordTokenizer:
 
 
 class OpenClipTokenizer:
-    """open_clip's tokenizer for a named model (BPE files ship inside the open_clip package)."""
+    """open_clip's tokenizer for a named model (BPE files ship inside the open_clip package).
 
-    def __init__(self, model_name: str):
+    A hub model (`hf-hub:ORG/NAME`) keeps what its config says of its tokenizer (context length, and the Hugging
+    Face tokenizer name when its text tower has one), so that it loads again without the hub: open_clip's own BPE
+    ships with open_clip; a Hugging Face tokenizer must be in the local hub cache."""
+
+    def __init__(self, model_name: str, context_length: int | None = None, hf_tokenizer_name: str | None = None):
         import open_clip
+        from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
         self.model_name = model_name
-        self._tokenizer = open_clip.get_tokenizer(model_name)
+        self._hub = model_name.startswith("hf-hub:")
+        self.hf_tokenizer_name = hf_tokenizer_name
+        if self._hub and hf_tokenizer_name:
+            self._tokenizer = HFTokenizer(hf_tokenizer_name, context_length=context_length or 77)
+        elif self._hub:
+            self._tokenizer = SimpleTokenizer(context_length=context_length or 77)
+        else:
+            self._tokenizer = open_clip.get_tokenizer(model_name)
         self.context_length = getattr(self._tokenizer, "context_length", 77)
 
     def __call__(self, texts: str | Sequence[str]) -> torch.Tensor:
         return self._tokenizer(texts)
 
     def to_json(self) -> dict[str, Any]:
+        if self._hub:
+            return {"kind": "open_clip", "model_name": self.model_name, "context_length": self.context_length,
+                    "hf_tokenizer_name": self.hf_tokenizer_name}
         return {"kind": "open_clip", "model_name": self.model_name}
 
 
@@ -84,5 +99,5 @@ def tokenizer_from_json(spec: dict[str, Any]) -> WordTokenizer | OpenClipTokeniz
     if spec.get("kind") == "word":
         return WordTokenizer(spec["vocab"], spec["context_length"])
     if spec.get("kind") == "open_clip":
-        return OpenClipTokenizer(spec["model_name"])
+        return OpenClipTokenizer(spec["model_name"], spec.get("context_length"), spec.get("hf_tokenizer_name"))
     raise ValueError(f"unknown tokenizer kind {spec.get('kind')!r} (expected 'word' or 'open_clip')")

@@ -11,8 +11,8 @@ the pixels, and patch dropout reports which cells it kept.
 
 The learning rate warms up then follows a cosine; with a time budget (`minutes`) the schedule runs on
 elapsed time instead of steps. After every epoch: val recall, a resumable state in
-`training/run-<id>/last/`, and, when val text->image R@10 improves, a content-addressed checkpoint
-in `models/` recorded in the catalog. The best one is the run's result.
+`training/model/run-<id>/last/`, and, when val text->image R@10 improves, a content-addressed checkpoint
+in `models/` recorded in the catalog (warehouse.ArtefactStore). The best one is the run's result.
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ from safetensors.torch import load_file, save_file
 from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
-from warehouse import Catalog, GroundingRow, Workdir, recorded_run
+from warehouse import ArtefactStore, Catalog, GroundingRow, RunState, Workdir, content_hash, missing_files, recorded_run
 from warehouse.workdir import atomic_write_json
 
 from .data import PixelCache, pixel_cache
 from .evaluate import recall_at_k
-from .models import GroundexModel, TrackedPatchDropout, bf16_is_fast, create_model, default_device, save_checkpoint
+from .model_store import store_model
+from .models import GroundexModel, TrackedPatchDropout, bf16_is_fast, create_model, default_device
 from .regions import RegionTable, patch_coverage, pointing_for_eval, region_losses
 from .tokenizer import WordTokenizer, tokenizer_from_json
 
@@ -50,8 +51,9 @@ MODES = ("full", "locked-image", "lora")
 
 @dataclass
 class TrainConfig:
-    model: str = "tiny"                # preset ('tiny'), open_clip name, or checkpoint folder to start from
-    pretrained: str | None = None      # open_clip tag or .safetensors file for the first weights
+    base: str = "tiny"                 # what to start from: a preset ('tiny', from scratch), a recorded model (label or
+    #                                    hash prefix), an open_clip name, or a checkpoint folder
+    pretrained: str | None = None      # with an open_clip name: its pretrained tag or a .safetensors file
     mode: str = "full"                 # full | locked-image (LiT: image tower frozen) | lora (peft adapters)
     epochs: int = 20                   # upper bound on passes over the training images
     minutes: float | None = None       # wall-clock budget; when set, the schedule follows elapsed time
@@ -270,7 +272,7 @@ def embed_for_eval(model: GroundexModel, cache: PixelCache, image_ids: np.ndarra
 
 
 def _state_dir(workdir: Workdir, run_id: int) -> Path:
-    return workdir.root / "training" / f"run-{run_id}"
+    return ArtefactStore(workdir).training_dir("model", f"run-{run_id}")
 
 
 def _save_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -326,27 +328,27 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool | None = None) -> 
         val_rows = catalog.caption_rows(config.val_split) if config.val_split else []
         image_items = catalog.image_rows(config.train_split) + (catalog.image_rows(config.val_split)
                                                                 if config.val_split else [])
-    parent = Path(config.model).name if Path(config.model).is_dir() else None  # the checkpoint's hash
+        datasets = catalog.datasets_of_split(config.train_split)
     if not train_rows:
-        raise ValueError(f"split {config.train_split!r} has no captioned images to train on "
-                         f"(ingest data first; `groundex info` shows the splits)")
+        raise ValueError(no_captions_message(workdir, config.train_split))
+    base, parent = resolve_base(workdir, config.base)
     previous = _find_resumable(workdir) if resume is not False else None
     if resume and previous is None:
-        raise FileNotFoundError(f"nothing to resume in {workdir.root / 'training'}")
-    if resume is None and previous is not None:  # only an unfinished run of this very config resumes by itself
-        saved = json.loads((previous / "state.json").read_text())
-        if saved.get("finished", True) or not _same_settings(saved.get("config"), asdict(config)):
-            previous = None
-        else:
-            _logger.warning("resuming the interrupted training run %s from epoch %d (pass resume=False, or "
-                            "`groundex train --restart`, to start over)", previous.parent.name, saved["epoch"])
+        raise FileNotFoundError(f"nothing to resume in {_state_dir(workdir, 0).parent}")
+    if previous is not None and not RunState(previous.parent).should_resume(asdict(config), resume):
+        previous = None
+    elif previous is not None and resume is None:
+        _logger.warning("resuming the interrupted training run %s (pass resume=False, or `groundex train --restart`, "
+                        "to start over)", previous.parent.name)
     if previous is not None:  # the resumed weights index this tokenizer's vocabulary
         tokenizer = tokenizer_from_json(json.loads((previous / "state.json").read_text())["tokenizer"])
     elif parent is None:  # from scratch (a preset); checkpoints and open_clip names bring their own
         tokenizer = WordTokenizer.build((t for _, _, t in train_rows), min_count=config.vocab_min_count)
     else:
         tokenizer = None
-    model = create_model(config.model, config.pretrained, tokenizer=tokenizer, device=device)
+    # Training sees the whole frame: the phrase-region objective's boxes and the random crops are over the whole image,
+    # so a model fine-tuned here is a "squash" model whatever its base was (docs/indexer.md, "Resizing").
+    model = create_model(base, config.pretrained, tokenizer=tokenizer, device=device, resize="squash")
     if config.patch_dropout > 0:  # active in train mode only; remembers which patches it kept
         model.clip.visual.patch_dropout = TrackedPatchDropout(config.patch_dropout)
     apply_mode(model, config.mode, config.lora_rank)
@@ -384,10 +386,12 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool | None = None) -> 
 
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     with recorded_run(workdir, "train", {"train": asdict(config), "resume": resume}) as (run_id, record):
-        result = _loop(workdir, config, model, optimizer, previous, run_id, data, parent, trainable, total, device)
+        data_summary = {"train_split": config.train_split, "train_images": int(len(train_images)),
+                        "train_captions": int(np.isin(train_captions.image_ids, train_images).sum()),
+                        "datasets": datasets}
+        result = _loop(workdir, config, model, optimizer, previous, run_id, data, parent, trainable, total, device,
+                       data_summary)
         record.update(asdict(result))
-    workdir.update_manifest(artefacts={f"model:{result.model_id}": {"kind": "model", "path": result.model_path,
-                                                                    "run_id": result.run_id}})
     return result
 
 
@@ -405,18 +409,20 @@ class _TrainData:
 
 def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer: torch.optim.Optimizer,
           previous: Path | None, run_id: int, data: _TrainData, parent: str | None, trainable: int, total: int,
-          device: torch.device) -> TrainResult:
+          device: torch.device, data_summary: dict[str, Any]) -> TrainResult:
     """Epochs until `config.epochs` or the time budget; returns the best checkpoint."""
     steps_per_epoch = max(1, len(data.train_images) // (config.batch_size * config.accumulate))
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(device))
     total_steps = steps_per_epoch * config.epochs
     generator = torch.Generator()
     state = {"epoch": 0, "step": 0, "elapsed": 0.0, "best": None, "best_model": None, "history": [],
-             "run_id": run_id, "config": asdict(config), "finished": False}
+             "run_id": run_id}
     if previous is not None:
         state.update(_load_state(previous, model, optimizer))
         _logger.info("resuming %s at epoch %d, step %d", previous, state["epoch"], state["step"])
     folder = _state_dir(workdir, state["run_id"]) / "last"
+    if previous is None:
+        RunState(folder.parent).start(asdict(config))
 
     started = time.perf_counter() - state["elapsed"]
     budget = config.minutes * 60 if config.minutes else None
@@ -499,10 +505,10 @@ def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer
         if state["best"] is None or score > state["best"]["score"]:
             state["best"] = {"score": score, **entry}
             state["best_model"] = _save_best(workdir, model, config, parent, state["run_id"], trainable, total,
-                                             entry)
+                                             entry, data_summary)
         state["elapsed"] = time.perf_counter() - started
         _save_state(folder, model, optimizer, state)
-    atomic_write_json(folder / "state.json", {**json.loads((folder / "state.json").read_text()), "finished": True})
+    RunState(folder.parent).finish(model_id=state["best_model"][0])
     seconds = round(time.perf_counter() - started, 1)
     model_id, model_path = state["best_model"]
     return TrainResult(run_id, model_id, model_path, state["epoch"], state["step"], seconds,
@@ -538,7 +544,7 @@ def _logit_scale(model: GroundexModel) -> torch.Tensor:
 
 
 def _save_best(workdir: Workdir, model: GroundexModel, config: TrainConfig, parent: str | None, run_id: int,
-               trainable: int, total: int, entry: dict[str, Any]) -> tuple[str, str]:
+               trainable: int, total: int, entry: dict[str, Any], data_summary: dict[str, Any]) -> tuple[str, str]:
     """Write the current weights as a checkpoint (LoRA merged into a copy) and record it."""
     import copy
 
@@ -550,22 +556,37 @@ def _save_best(workdir: Workdir, model: GroundexModel, config: TrainConfig, pare
     # What made the weights, not which run: the hash stays a content hash (the catalog row records the run), so an
     # interrupted and resumed run stores the same checkpoint as an uninterrupted one.
     to_save.spec.extra = {"mode": config.mode, "epoch": entry["epoch"]}
-    model_id, path = save_checkpoint(to_save, workdir.models_dir)
-    with Catalog.open(workdir) as catalog:
-        catalog.add_model(model_id, model.spec.name, str(path), parent, run_id, config.mode, trainable, total,
-                          entry.get("val", {}))
-    return model_id, str(path)
-
-
-def _same_settings(saved: dict[str, Any] | None, current: dict[str, Any]) -> bool:
-    """Whether a saved run's config is this one's, up to what does not change the result (progress bars)."""
-    if saved is None:
-        return False
-    current = json.loads(json.dumps(current))  # tuples as lists, as the saved JSON has them
-    return {k: v for k, v in saved.items() if k not in ("progress", "workers")} == \
-        {k: v for k, v in current.items() if k not in ("progress", "workers")}
+    artefact = store_model(workdir, to_save, source="trained", parent_id=parent, run_id=run_id,
+                           metrics=entry.get("val", {}), mode=config.mode, trainable_params=trainable,
+                           total_params=total, data=data_summary)
+    return artefact.id, str(artefact.path)
 
 
 def _find_resumable(workdir: Workdir) -> Path | None:
-    runs = sorted((workdir.root / "training").glob("run-*/last"), key=lambda p: int(p.parent.name.split("-")[1]))
+    runs = sorted(_state_dir(workdir, 0).parent.glob("run-*/last"), key=lambda p: int(p.parent.name.split("-")[1]))
     return runs[-1] if runs else None
+
+
+def resolve_base(workdir: Workdir, base: str) -> tuple[str, str | None]:
+    """What `create_model` builds from `base`, and the parent model's id: a checkpoint folder or a recorded model
+    (label or hash prefix) is the parent; a preset or an open_clip name has none."""
+    folder = Path(base).expanduser()
+    if folder.is_dir():
+        return str(folder), (None if missing_files("model", folder) else content_hash("model", folder))
+    with Catalog.open(workdir, read_only=True) as catalog:
+        recorded = catalog.find_artefact("model", base)
+    return (str(recorded.path), recorded.id) if recorded is not None else (base, None)
+
+
+def no_captions_message(workdir: Workdir, split: str) -> str:
+    """What to do when the split has nothing to train on."""
+    with Catalog.open(workdir, read_only=True) as catalog:
+        images = len(catalog.image_rows(split))
+        total = catalog.counts()["images"]
+    if total == 0:
+        return "the workdir has no images: ingest some first (`groundex ingest --help`)"
+    return (f"split {split!r} has no captioned images to train on ({images:,} images in it, {total:,} in the workdir). "
+            "To search images without captions, record a pretrained model instead of training one: "
+            "`groundex model add ViT-B-32 --pretrained laion2b_s34b_b79k` (or a .safetensors file, or a folder "
+            "written by `groundex model export`), then `groundex index`. To train, ingest captions "
+            "(`groundex ingest --help`) or pass --train-split")

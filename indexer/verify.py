@@ -20,10 +20,17 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from warehouse import Catalog, CatalogError, Workdir
+from warehouse import (
+    ARTEFACT_KINDS,
+    ArtefactStore,
+    Catalog,
+    CatalogError,
+    Workdir,
+    content_hash,
+    missing_files,
+)
 
 from .embed import shard_dir
-from .models import CHECKPOINT_FILES, checkpoint_hash
 
 _logger = logging.getLogger(__name__)
 
@@ -69,7 +76,7 @@ def verify_workdir(workdir: Workdir, deep: bool = False, extra_checks: Iterable[
         report.findings.append(Finding("catalog", str(e)))
         return report
     with catalog:
-        checks: list[Check] = [_check_rows, lambda w, c, r: _check_images(w, c, r, deep, progress), _check_models,
+        checks: list[Check] = [_check_rows, lambda w, c, r: _check_images(w, c, r, deep, progress), _check_artefacts,
                                _check_embeddings, _check_indexes, _check_runs, *extra_checks]
         for check in checks:
             check(workdir, catalog, report)
@@ -109,23 +116,47 @@ def _check_images(workdir: Workdir, catalog: Catalog, report: VerifyReport, deep
     report.checked["images"] = len(rows)
 
 
-def _check_models(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
-    models = catalog.models()
-    known = {m["id"] for m in models}
-    for m in models:
-        folder = Path(m["path"])
-        absent = [n for n in CHECKPOINT_FILES if not (folder / n).is_file()]
+def _check_artefacts(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
+    """Models, captioners and taggers: each recorded folder holds its files and they hash to its id; what a head
+    reads (its parent model) is there; folders on disk that the catalog does not know are noted."""
+    store = ArtefactStore(workdir)
+    artefacts = catalog.artefacts()
+    models = {a.id for a in artefacts if a.kind == "model"}
+    for a in artefacts:
+        label = f"{a.kind} {a.display}"
+        absent = missing_files(a.kind, a.path) if a.path.is_dir() else ["its folder"]
         if absent:
-            report.findings.append(Finding("models", f"model {m['id']}: {folder} lacks {', '.join(absent)}"))
-        elif (actual := checkpoint_hash(folder)) != m["id"]:
-            report.findings.append(Finding("models", f"model {m['id']}: the files in {folder} hash to {actual}, "
-                                                     "not to the model's id"))
+            report.findings.append(Finding(f"{a.kind}s", f"{label}: {a.path} lacks {', '.join(absent)}"))
+        elif (actual := content_hash(a.kind, a.path)) != a.id:
+            report.findings.append(Finding(f"{a.kind}s", f"{label}: the files in {a.path} hash to {actual}, not to "
+                                                         "its id"))
+        if a.kind != "model" and a.parent_id not in models:
+            report.findings.append(Finding(f"{a.kind}s", f"{label} reads model {a.parent_id}, which is not recorded"))
+    recorded = {(a.kind, a.path.resolve()) for a in artefacts}
+    for kind in ARTEFACT_KINDS:
+        folder = store.folder(kind)
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if path.is_dir() and not path.name.startswith(".") and (kind, path.resolve()) not in recorded:
+                report.findings.append(Finding(f"{kind}s", f"{path.relative_to(workdir.root)} is not recorded in the "
+                                                           "catalog (unused)", problem=False))
+    for path in store.stray_staging():
+        report.findings.append(Finding("artefacts", f"{path.relative_to(workdir.root)}: a staging folder left by an "
+                                                    "interrupted command (unused)", problem=False))
     for (model_id,) in catalog.query("SELECT DISTINCT model_id FROM embeddings UNION SELECT DISTINCT model_id "
                                      "FROM indexes"):
-        if model_id not in known:
-            report.findings.append(Finding("models", f"embeddings or indexes of model {model_id}, which is not in "
-                                                     "the models table"))
-    report.checked["models"] = len(models)
+        if model_id not in models:
+            report.findings.append(Finding("models", f"embeddings or indexes of model {model_id}, which is not "
+                                                     "recorded"))
+        elif catalog.embedding_set(model_id, "image") is None and catalog.embedded_ids(model_id, "image"):
+            report.findings.append(Finding("embeddings", f"image embeddings of model {model_id} are not recorded as a "
+                                                         "stored kind (embedding_sets)"))
+    captioners = {a.id for a in artefacts if a.kind == "captioner"}
+    for model_id, n in catalog.generated_caption_counts():
+        if model_id not in captioners:
+            report.findings.append(Finding("captioners", f"{n:,} generated captions of captioner {model_id}, which "
+                                                         "is not recorded"))
+    for kind in ARTEFACT_KINDS:
+        report.checked[f"{kind}s"] = sum(a.kind == kind for a in artefacts)
 
 
 def _load_shard(path: Path) -> np.ndarray | None:
@@ -214,7 +245,12 @@ def _check_indexes(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> 
         if index.ntotal != info["n"]:
             report.findings.append(Finding("indexes", f"{label}: holds {index.ntotal:,} vectors, the catalog says "
                                                       f"{info['n']:,}"))
-        cells = index.ntotal // max(1, len(held)) if kind == "patch" else 1
+        stored = catalog.embedding_set(model_id, kind)
+        if stored is None:
+            report.findings.append(Finding("indexes", f"{label}: the catalog records no stored {kind} embeddings of "
+                                                      "this model (embedding_sets)"))
+            continue
+        cells = stored["cells"]
         expected = patch_ids(held, cells) if kind == "patch" else held
         stored = faiss_ids(index)
         if len(stored) != len(expected) or not np.array_equal(np.sort(stored), np.sort(expected)):

@@ -132,3 +132,43 @@ def built_workdir(root: Path, n: int, epochs: int, index: bool = True, **train_o
     if index:
         index_workdir(workdir)
     return workdir
+
+
+MICRO_VIT = "TestViT-micro-16"  # a small open_clip architecture, not a groundex preset: goes through open_clip
+MICRO_VIT_CONFIG = {"embed_dim": 64,
+                    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+                    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
+
+def micro_vit_weights(root: Path, seed: int = 0) -> Path:
+    """Register the micro architecture with open_clip (from a JSON config under `root`) and save random weights
+    for it as `root/weights.safetensors`, the way a user's local open_clip weights come."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    (root / "configs" / f"{MICRO_VIT}.json").write_text(json.dumps(MICRO_VIT_CONFIG))
+    open_clip.add_model_config(root / "configs")
+    torch.manual_seed(seed)
+    model = open_clip.create_model(MICRO_VIT)
+    path = root / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def catalog_at_version(path: Path, version: int) -> None:
+    """A catalog as a groundex of schema `version` made it: the released migrations up to it, applied as they
+    were (older workdirs are built this way to test their upgrade)."""
+    import duckdb
+
+    from warehouse._schema import MIGRATIONS
+
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    for number, steps in enumerate(MIGRATIONS[:version], start=1):
+        for step in steps:
+            assert isinstance(step, str), f"migration {number} has Python steps: build this version another way"
+            con.execute(step)
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [number])
+    con.close()

@@ -390,7 +390,7 @@ def _(capsys, workdir, tmp_path):
     name = next(k for k, v in weights.items() if v.ndim == 2)
     weights[name] = np.zeros((3, 5), dtype=weights[name].dtype)
     save_file(weights, str(folder / "model.safetensors"))
-    error(capsys, "train", "--workdir", workdir.root, "--model", folder, "--epochs", "1", match="do not fit")
+    error(capsys, "train", "--workdir", workdir.root, "--base", folder, "--epochs", "1", match="do not fit")
 
 
 @case("checkpoint-truncated")
@@ -398,18 +398,18 @@ def _(capsys, workdir, tmp_path):
     folder = copy_checkpoint(workdir, tmp_path)
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
-    error(capsys, "train", "--workdir", workdir.root, "--model", folder, "--epochs", "1", match="safetensors")
+    error(capsys, "train", "--workdir", workdir.root, "--base", folder, "--epochs", "1", match="safetensors")
 
 
 @case("checkpoint-pickle-offered")
 def _(capsys, workdir, tmp_path):
     evil = tmp_path / "weights.pt"
     evil.write_bytes(b"\x80\x04cposix\nsystem\n(S'touch /tmp/groundex-pwned'\ntR.")
-    error(capsys, "train", "--workdir", workdir.root, "--model", "tiny", "--pretrained", evil, "--epochs", "1",
+    error(capsys, "train", "--workdir", workdir.root, "--base", "tiny", "--pretrained", evil, "--epochs", "1",
           match="pickle")
     folder = copy_checkpoint(workdir, tmp_path)  # a pickle under the safetensors name
     (folder / "model.safetensors").write_bytes(evil.read_bytes())
-    error(capsys, "train", "--workdir", workdir.root, "--model", folder, "--epochs", "1", match="safetensors")
+    error(capsys, "train", "--workdir", workdir.root, "--base", folder, "--epochs", "1", match="safetensors")
     assert not Path("/tmp/groundex-pwned").exists()
 
 

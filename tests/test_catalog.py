@@ -4,6 +4,7 @@ import duckdb
 import pytest
 
 import warehouse
+from tests.helpers import catalog_at_version
 from warehouse import Catalog, CatalogError, Condition, IngestConfig, SyntheticConfig, Workdir
 from warehouse._schema import SCHEMA_VERSION
 from warehouse.catalog import ImageInfo, PreparedSample
@@ -38,13 +39,8 @@ def test_newer_schema_is_refused(tmp_path):
 
 
 def test_an_older_catalog_is_upgraded_even_when_opened_to_read(tmp_path):
-    workdir = Workdir(tmp_path / "w")
-    Catalog.open(workdir).close()
-    con = duckdb.connect(str(workdir.catalog_path))  # make it look like a catalog from before `regions`, `tags`
-    con.execute("DROP TABLE regions")
-    con.execute("DROP TABLE tags")
-    con.execute("DELETE FROM schema_version WHERE version >= 3")
-    con.close()
+    workdir = Workdir(tmp_path / "w").create()
+    catalog_at_version(workdir.catalog_path, 2)  # from before `regions`, `tags` and the artefact store
     with Catalog.open(workdir, read_only=True) as catalog:
         assert catalog.schema_version == SCHEMA_VERSION and catalog.regions() == []
         assert catalog.tags_of([1]) == {}

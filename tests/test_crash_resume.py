@@ -28,13 +28,13 @@ STEPS = [  # (name, arguments after `groundex`, workdir -> bool: has part of the
     ("ingest", ["ingest", "synthetic", "--n", str(N_IMAGES), "--size", "64", "--chunk-size", "40", "--workers", "1",
                 "--no-progress"], lambda w: _count(w, "SELECT count(*) FROM images") >= 40, 0.2),
     ("train", ["train", "--epochs", "3", "--batch-size", "32", "--no-progress"],
-     lambda w: any((w.root / "training").glob("run-*/last/state.json")), 0.8),
+     lambda w: any((w.root / "training" / "model").glob("run-*/last/state.json")), 0.8),
     ("index", ["index", "--shard-size", "64", "--batch-size", "32", "--no-progress"],
      lambda w: any(w.embeddings_dir.glob("*/image/shard-*.npy")), 0.3),
     ("tag", ["tag", "--method", "knn", "--min-images", "5"],
      lambda w: _count(w, "SELECT count(*) FROM runs WHERE command LIKE 'tag%' AND status = 'running'") > 0, 0.3),
     ("caption train", ["caption", "train", "--epochs", "3", "--batch-size", "32", "--layers", "1", "--no-progress"],
-     lambda w: any((w.captioners_dir / "training").glob("*/checkpoint-*/trainer_state.json")), 0.5),
+     lambda w: any((w.root / "training" / "captioner").glob("*/checkpoint-*/trainer_state.json")), 0.5),
     ("caption generate", ["caption", "generate", "--beams", "1"],
      lambda w: _count(w, "SELECT count(*) FROM runs WHERE command = 'caption generate' AND status = 'running'") > 0,
      0.3),
@@ -122,7 +122,8 @@ def _snapshot(workdir: Workdir) -> dict:
     snap["image_vectors"] = {key[i]: v.tobytes() for i, v in zip(ids.tolist(), vectors, strict=True)}
     snap["indexes"] = {kind: (info["factory"], info["n"]) for kind, info in indexes.items()}
     snap["image_index_ids"] = sorted(key[int(i)] for i in faiss_ids(load_index(indexes["image"]["path"])))
-    snap["captioners"] = sorted(p.name for p in workdir.captioners_dir.glob("*") if (p / "captioner.json").is_file())
+    with Catalog.open(workdir, read_only=True) as c:
+        snap["artefacts"] = sorted((a.kind, a.id) for a in c.artefacts())
     return snap
 
 
@@ -146,9 +147,8 @@ def test_every_long_command_killed_midway_and_run_again_ends_as_an_uninterrupted
     for part in expected:
         assert got[part] == expected[part], f"{part} differs after the kills"
     # ... and the crashed workdir is sound: the killed runs are notes, not problems
-    from heads.captioning import check_captioners
     from indexer.verify import verify_workdir
 
-    report = verify_workdir(workdir, extra_checks=[check_captioners], progress=False)
+    report = verify_workdir(workdir, progress=False)
     assert report.sound, report.problems
     assert any(f.area == "runs" for f in report.findings)

@@ -127,7 +127,7 @@ def test_a_pretrained_blip_loads_fine_tunes_and_captions_through_the_same_comman
     assert tuned["val_loss_by_epoch"][-1] < as_is["best_val_loss"] - 0.3, (as_is, tuned)
     reference = BlipForConditionalGeneration.from_pretrained(str(blip)).state_dict()
     for captioner_id, text_changed in ((as_is["captioner_id"], False), (tuned["captioner_id"], True)):
-        model, _, _, _ = load_captioner(workdir.captioners_dir / captioner_id)
+        model, _, _, _ = load_captioner(workdir.root / "captioners" / captioner_id)
         state = model.blip.state_dict()
         assert all(torch.equal(state[n], t) for n, t in reference.items() if n.startswith("vision_model."))  # frozen
         decoder = [torch.equal(state[n], t) for n, t in reference.items() if n.startswith("text_decoder.")]

@@ -45,6 +45,7 @@ def _fake_embed(workdir: Workdir, model_id: str, image_ids: list[int], seed: int
     name = f"shard-{seed:05d}.npy"
     atomic_write_npy(folder / name, clustered(len(image_ids), 16, seed).astype(np.float16))
     with Catalog.open(workdir) as catalog:
+        catalog.record_embedding_set(model_id, "image", 16)
         catalog.add_embedding_rows(model_id, "image", image_ids, name)
 
 
@@ -84,6 +85,8 @@ def _fake_patches(workdir: Workdir, model_id: str, image_ids: list[int], seed: i
         vectors = clustered(int(np.prod(shape[:-1])), 16, seed).reshape(shape)
         atomic_write_npy(folder / f"shard-{seed:05d}.npy", vectors.astype(np.float16))
     with Catalog.open(workdir) as catalog:
+        catalog.record_embedding_set(model_id, "image", 16)
+        catalog.record_embedding_set(model_id, "patch", 16, (1, cells))
         catalog.add_embedding_rows(model_id, "image", image_ids, f"shard-{seed:05d}.npy")
 
 

@@ -18,7 +18,7 @@ def base(tmp_path_factory):
 
 
 def _fine_tune(workdir, base_result, mode):
-    return train(workdir, TrainConfig(model=base_result.model_path, mode=mode, epochs=1, batch_size=16,
+    return train(workdir, TrainConfig(base=base_result.model_path, mode=mode, epochs=1, batch_size=16,
                                       progress=False))
 
 

@@ -22,12 +22,13 @@ def pristine(tmp_path_factory):
 
 @pytest.fixture
 def workdir(pristine, tmp_path):
-    """A copy of the built workdir to damage (paths in the catalog point into the original's datasets/)."""
+    """A copy of the built workdir to damage (image and index paths in the catalog are absolute; artefact paths are
+    relative to the workdir)."""
     copy = tmp_path / "w"
     shutil.copytree(pristine.root, copy)
     w = Workdir(copy)
     with Catalog.open(w) as catalog:  # point the copy's rows at the copy's files
-        for table, column in (("images", "path"), ("models", "path"), ("indexes", "path")):
+        for table, column in (("images", "path"), ("artefacts", "path"), ("indexes", "path")):
             catalog.con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
                                 [str(pristine.root), str(copy)])
     return w

@@ -70,6 +70,11 @@ class HeadsRows:
             self._insert("captions", rows, CAPTIONS_SCHEMA)
         return len(rows)
 
+    def generated_caption_counts(self) -> list[tuple[str, int]]:
+        """(captioner id, generated captions) pairs."""
+        return self.con.execute("SELECT model_id, count(*) FROM captions WHERE source = 'generated' GROUP BY ALL "
+                                "ORDER BY ALL").fetchall()
+
     def generated_captions(self, image_ids: Iterable[int], model_id: str | None = None
                            ) -> dict[int, list[dict[str, Any]]]:
         """image id -> [{text, model_id}] of generated captions, newest captioner first."""

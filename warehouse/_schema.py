@@ -8,12 +8,20 @@ upgrades in place, and one built by a newer groundex is refused rather than misr
 
 from __future__ import annotations
 
-# Each migration is a list of statements run in one transaction. There are no FOREIGN KEY clauses:
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+
+from ._upgrade import adopt_captioners, adopt_taggers, record_patch_grids
+
+# Each migration is a list of steps run in one transaction: SQL statements, or functions of (connection, workdir
+# root) for what SQL cannot do (reading the workdir's folders). There are no FOREIGN KEY clauses:
 # DuckDB's foreign keys block the deletes that removing an image needs; the writer keeps the
 # references sound. Ids are assigned by the writer
 # (max(id) + 1 under the single-writer rule), not by sequences, so that bulk inserts from Arrow
 # batches stay one statement per table and FAISS ids can be the catalog's image ids.
-MIGRATIONS: list[list[str]] = [
+MIGRATIONS: list[list[str | Callable[[duckdb.DuckDBPyConnection, Path], None]]] = [
     # 1: images, captions, phrases, boxes, entities, rejects, runs.
     [
         """
@@ -165,6 +173,60 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (image_id, keyword, method, model_id)
         )
         """,
+    ],
+    # 5: one artefact store (models, captioners, fitted taggers) and the stored kinds of embeddings with their
+    # shapes. `models` becomes a view of the model rows, so SQL written against it keeps working. Captioners and
+    # taggers made before this version lived in folders only: the Python steps record them (warehouse/_upgrade.py).
+    [
+        """
+        CREATE TABLE artefacts (
+            kind        VARCHAR NOT NULL CHECK (kind IN ('model', 'captioner', 'tagger')),
+            id          VARCHAR NOT NULL,  -- content hash of the folder's files (16 hex digits)
+            label       VARCHAR,           -- a person's name for it (`--label`); unique within its kind
+            path        VARCHAR NOT NULL,  -- its folder, relative to the workdir (absolute in rows older than v5)
+            parent_id   VARCHAR,           -- model: the model it was fine-tuned from; captioner, tagger: the
+                                           -- embedding model whose vectors it reads
+            run_id      BIGINT,            -- the run that made it (NULL: recorded by `groundex model add`)
+            source      VARCHAR NOT NULL,  -- where it came from: 'trained', 'open_clip:NAME[:TAG]',
+                                           -- 'weights:FILE', 'import:FOLDER'
+            info        JSON NOT NULL,     -- what its kind says of it: a model's architecture name, training mode,
+                                           -- parameter counts, resize mode and patch grid; a tagger's method
+            metrics     JSON,              -- validation figures when it was saved
+            created_at  TIMESTAMP NOT NULL,
+            PRIMARY KEY (kind, id)
+        )
+        """,
+        """
+        INSERT INTO artefacts
+        SELECT 'model', id, NULL, path, parent_id, run_id, 'trained',
+               json_object('name', name, 'mode', mode, 'trainable_params', trainable_params,
+                           'total_params', total_params),
+               metrics, created_at
+        FROM models
+        """,
+        "DROP TABLE models",
+        """
+        CREATE VIEW models AS
+        SELECT id, label, json_extract_string(info, '$.name') AS name, path, parent_id, run_id,
+               json_extract_string(info, '$.mode') AS mode,
+               CAST(json_extract(info, '$.trainable_params') AS BIGINT) AS trainable_params,
+               CAST(json_extract(info, '$.total_params') AS BIGINT) AS total_params,
+               source, metrics, created_at
+        FROM artefacts WHERE kind = 'model'
+        """,
+        """
+        CREATE TABLE embedding_sets (
+            model_id   VARCHAR NOT NULL,
+            kind       VARCHAR NOT NULL CHECK (kind IN ('image', 'patch', 'caption')),
+            dim        INTEGER NOT NULL,  -- vector width
+            grid_rows  INTEGER,           -- patch: the model's patch grid; a patch shard is (n, rows * cols, dim),
+            grid_cols  INTEGER,           -- cells in row-major order; NULL for the other kinds
+            PRIMARY KEY (model_id, kind)
+        )
+        """,
+        adopt_captioners,
+        adopt_taggers,
+        record_patch_grids,
     ],
 ]
 

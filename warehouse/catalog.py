@@ -20,17 +20,15 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from ._catalog_artefacts import ArtefactRows
 from ._catalog_heads import CAPTIONS_SCHEMA as _CAPTIONS
 from ._catalog_heads import HeadsRows
 from ._schema import MIGRATIONS, SCHEMA_VERSION
+from .errors import CatalogError
 from .records import Box, Reject, Sample
 from .workdir import Workdir, utc_now
 
 _logger = logging.getLogger(__name__)
-
-
-class CatalogError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,7 @@ def _connect_waiting(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
             delay = min(0.5, delay * 1.5)
 
 
-class Catalog(HeadsRows):
+class Catalog(ArtefactRows, HeadsRows):
     def __init__(self, path: Path | str, read_only: bool = False):
         self.path = Path(path)
         self.read_only = read_only
@@ -160,8 +158,11 @@ class Catalog(HeadsRows):
         for version in range(from_version + 1, SCHEMA_VERSION + 1):
             _logger.info("catalog %s: applying schema migration %d", self.path, version)
             with self.transaction():
-                for statement in MIGRATIONS[version - 1]:
-                    self.con.execute(statement)
+                for step in MIGRATIONS[version - 1]:
+                    if callable(step):
+                        step(self.con, self.path.parent)
+                    else:
+                        self.con.execute(step)
                 self.con.execute("INSERT INTO schema_version VALUES (?, ?)", [version, utc_now()])
 
     @property
@@ -223,6 +224,13 @@ class Catalog(HeadsRows):
         }
 
     # -- images and captions, for the indexer --------------------------------------------------
+
+    def datasets_of_split(self, split: str | None) -> list[str]:
+        """The datasets the split's images come from (all images when `split` is None)."""
+        sql, params = "SELECT DISTINCT dataset FROM images", []
+        if split is not None:
+            sql, params = sql + " WHERE split = ?", [split]
+        return [r[0] for r in self.con.execute(sql + " ORDER BY 1", params).fetchall()]
 
     def image_rows(self, split: str | None = None, ids: Iterable[int] | None = None) -> list[tuple[int, str]]:
         """(image id, file path) ordered by id, for one split (None: all) or the given ids."""
@@ -336,41 +344,6 @@ class Catalog(HeadsRows):
         return int(n[0][0]) if n else 0
 
     # -- models, embeddings, indexes -----------------------------------------------------------
-
-    def add_model(self, model_id: str, name: str, path: str, parent_id: str | None = None,
-                  run_id: int | None = None, mode: str | None = None, trainable_params: int | None = None,
-                  total_params: int | None = None, metrics: dict[str, Any] | None = None) -> None:
-        """Record a checkpoint (idempotent: the same hash is the same model)."""
-        self.con.execute(
-            "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-            "metrics = excluded.metrics",
-            [model_id, name, path, parent_id, run_id, mode, trainable_params, total_params,
-             json.dumps(metrics or {}), utc_now()])
-
-    def models(self) -> list[dict[str, Any]]:
-        """All recorded models, newest first."""
-        keys = ("id", "name", "path", "parent_id", "run_id", "mode", "trainable_params", "total_params",
-                "metrics", "created_at")
-        rows = self.con.execute(f"SELECT {', '.join(keys)} FROM models ORDER BY created_at DESC, id").fetchall()
-        out = []
-        for row in rows:
-            d = dict(zip(keys, row, strict=True))
-            d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
-            out.append(d)
-        return out
-
-    def model(self, model_id: str | None = None) -> dict[str, Any]:
-        """A model by hash (a unique prefix is enough), or the newest one."""
-        models = self.models()
-        if model_id is None:
-            if not models:
-                raise CatalogError("no model in this workdir yet: run `groundex train` first")
-            return models[0]
-        matches = [m for m in models if m["id"].startswith(model_id)]
-        if len(matches) != 1:
-            known = ", ".join(m["id"] for m in models) or "none"
-            raise CatalogError(f"model {model_id!r} {'is ambiguous' if matches else 'not found'}; known: {known}")
-        return matches[0]
 
     def embedded_ids(self, model_id: str, kind: str) -> list[int]:
         return [r[0] for r in self.con.execute(

@@ -4,15 +4,17 @@
       catalog.duckdb   images, captions, phrases, boxes, entities, rejects, runs (see _schema.py)
       manifest.json    what the workdir holds: format version, schema version, artefacts by name
       datasets/        data groundex generated or unpacked (synthetic scenes, images from HF datasets)
-      models/          checkpoints (safetensors + JSON config), named by content hash
+      models/          CLIP checkpoints (safetensors + JSON config), named by content hash  } artefacts:
+      captioners/      caption decoders (transformers format), named by content hash    } warehouse/artefacts.py
+      taggers/         fitted keyword taggers, named by content hash                     }
+      training/        resumable state of interrupted training runs, by artefact kind
       embeddings/      float16 embedding shards, by model hash
       indexes/         FAISS index files, by model hash
       grounding/       per model: the heatmap-to-box parameters chosen on val (<model hash>.json)
-      heads/           per embedding model: the keyword vocabulary and the fitted taggers
-      captioners/      retrieval-augmented caption decoders (transformers format), named by content hash
       cache/           decoded, resized pixels for training and embedding (rebuilt when missing)
 
-Every path another package needs comes from here; nothing else builds workdir paths by hand.
+The paths of the workdir's parts come from here and, for artefacts and their training state, from
+`ArtefactStore`; other packages ask these two rather than joining names to the root.
 """
 
 from __future__ import annotations
@@ -97,15 +99,6 @@ class Workdir:
     def grounding_config_path(self, model_id: str) -> Path:
         """Where the grounding parameters tuned for a model live."""
         return self.root / "grounding" / f"{model_id}.json"
-
-    def heads_dir(self, model_id: str) -> Path:
-        """The keyword vocabulary and taggers fitted on a model's embeddings."""
-        return self.root / "heads" / model_id
-
-    @property
-    def captioners_dir(self) -> Path:
-        """Trained caption decoders (one folder per content hash) and their training checkpoints."""
-        return self.root / "captioners"
 
     @property
     def cache_dir(self) -> Path:

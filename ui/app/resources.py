@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from warehouse import Catalog, Condition, Workdir
+from warehouse import ArtefactError, Catalog, Condition, Workdir
 
 from . import data
 from .console import SqlConsole
@@ -98,7 +98,7 @@ def captioner(root: str) -> Any:
 
     try:
         return Captioner(Workdir(root))
-    except FileNotFoundError:
+    except ArtefactError:  # none trained yet
         return None
 
 
@@ -109,7 +109,7 @@ def tagger(root: str, method: str, model_id: str | None = None) -> Any:
 
     try:
         return load_tagger(Workdir(root), method, model_id)
-    except FileNotFoundError:
+    except ArtefactError:  # none fitted for this model and method
         return None
 
 

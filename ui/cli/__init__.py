@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from . import caption, demo, evaluate, ground, index, info, ingest, remove, search, tag, train, ui, verify
+from . import caption, demo, evaluate, ground, index, info, ingest, model, remove, search, tag, train, ui, verify
 from ._common import UserError, known_user_errors
 
-COMMANDS = (demo, ingest, info, remove, train, index, search, ground, tag, caption, evaluate, ui, verify)
+COMMANDS = (demo, ingest, info, remove, model, train, index, search, ground, tag, caption, evaluate, ui, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

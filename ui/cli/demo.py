@@ -6,7 +6,7 @@ import argparse
 import time
 
 import warehouse
-from warehouse import Catalog, IngestConfig
+from warehouse import ArtefactError, Catalog, IngestConfig
 
 from ._common import add_workdir, workdir_of
 from .ingest import add_synthetic_options, synthetic_config
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         counts = catalog.counts()
         trained = [m for m in catalog.models() if m["metrics"] and m["mode"] == "full"]
     if trained:
-        print(f"[2/7] model {trained[0]['id']} already trained; skipping (delete models/ to retrain)")
+        print(f"[2/7] model {trained[0]['id']} already trained; skipping (`groundex model remove` it to retrain)")
     else:
         print(f"[2/7] training the tiny CLIP for {args.epochs} epochs on {counts['splits'].get('train', 0):,} images")
         result = train(workdir, TrainConfig(epochs=args.epochs, seed=args.seed))
@@ -76,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
           + ", ".join(f"{name} {m[name]['micro_f1']:.1f} / {m[name]['mAP']:.1f}" for name in ("knn", "probe",
                                                                                          "zeroshot", "prior")))
     try:
-        captioner_id = find_captioner(workdir).name
-        print(f"[7/7] captioner {captioner_id} already trained; skipping training (delete captioners/ to retrain)")
-    except FileNotFoundError:
+        captioner_id = find_captioner(workdir).id
+        print(f"[7/7] captioner {captioner_id} already trained; skipping training")
+    except ArtefactError:  # none trained yet
         print(f"[7/7] training the retrieval-augmented captioner for {args.caption_epochs} epochs")
         trained = train_captioner(workdir, CaptionerConfig(epochs=args.caption_epochs, seed=args.seed))
         captioner_id = trained["captioner_id"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ._common import add_workdir, print_json, workdir_of
 
@@ -27,6 +28,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-images", type=int, default=20,
                    help="vocabulary: keep words that at least this many training images mention (default: 20)")
     p.add_argument("--max-tags", type=int, default=20, help="store at most this many tags per image (default: 20)")
+    p.add_argument("--keywords", default=None, metavar="WORDS|FILE",
+                   help="your own keyword vocabulary instead of one mined from the captions: comma-separated words, "
+                        "or a text file with one per line. With --method zeroshot this tags collections without "
+                        "any captions (any model, trained here or added with `groundex model add`)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="zeroshot without captioned val images: keep a tag when sigmoid(z) of its prompt's match, "
+                        "standardized over the collection, reaches this (default: 0.8, 1.4 standard deviations above "
+                        "the collection's usual match: about the top 8%% of images per keyword); with captioned val "
+                        "images it is chosen on val")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)
 
@@ -35,13 +45,25 @@ def run(args: argparse.Namespace) -> int:
     from heads.tagging import TaggingConfig, tag_workdir
     from heads.vocabulary import VocabularyConfig
 
-    config = TaggingConfig(vocabulary=VocabularyConfig(min_images=args.min_images), max_tags=args.max_tags)
+    keywords = None
+    if args.keywords is not None:
+        path = Path(args.keywords).expanduser()
+        text = path.read_text() if path.is_file() else args.keywords.replace(",", "\n")
+        keywords = tuple(line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    options = {"untuned_threshold": args.threshold} if args.threshold is not None else {}
+    config = TaggingConfig(vocabulary=VocabularyConfig(min_images=args.min_images), max_tags=args.max_tags,
+                           keywords=keywords, **options)
     result = tag_workdir(workdir_of(args), args.method, args.model, args.split, config)
     if args.json:
         print_json(result)
         return 0
     choice = f"K={result['k']}, " if result["k"] else ""
     val = result["val"]
+    if val.get("threshold") == "untuned":
+        print(f"{result['method']}: {result['tags']:,} tags stored for {result['images']:,} images "
+              f"({result['vocabulary']} given keywords; threshold {result['threshold']:.2f}, not tuned: no captioned "
+              "val images)")
+        return 0
     print(f"{result['method']}: {result['tags']:,} tags stored for {result['images']:,} images "
           f"({result['vocabulary']} keywords; {choice}threshold {result['threshold']:.2f} chosen on val: "
           f"micro-F1 {val['micro_f1']:.1f}, macro-F1 {val['macro_f1']:.1f}, mAP {val['mAP']:.1f})")

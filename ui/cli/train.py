@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_resume, add_workdir, print_json, workdir_of
+from ._common import UserError, add_resume, add_workdir, print_json, workdir_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,10 +16,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Symmetric InfoNCE with a learned temperature on the train split; val recall after every "
                     "epoch; the best checkpoint is kept in models/ and recorded in the catalog.")
     add_workdir(p)
-    p.add_argument("--model", default=d.model,
-                   help="preset (tiny), open_clip model name (e.g. ViT-B-32), or checkpoint folder (default: tiny)")
+    p.add_argument("--base", default=d.base,
+                   help="what to fine-tune: a recorded model (label or hash prefix; see `groundex model list`), a "
+                        "preset trained from scratch (tiny), an open_clip model name (e.g. ViT-B-32, with "
+                        "--pretrained), or a checkpoint folder (default: tiny)")
     p.add_argument("--pretrained", default=None,
-                   help="open_clip pretrained tag, or a .safetensors file, for the first weights")
+                   help="with an open_clip name: its pretrained tag, or a .safetensors file, for the first weights")
+    p.add_argument("--model", dest="renamed_model", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--label", default=None, help="a name for the trained model, usable wherever --model is")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=None, help=f"passes over the train images (default: {d.epochs})")
     budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget; the schedule follows it")
@@ -52,9 +56,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from indexer.train import TrainConfig, train
+    from warehouse import Catalog
 
+    if args.renamed_model is not None:
+        raise UserError("train's --model is now --base (what to start from); elsewhere --model names a recorded model")
     config = TrainConfig(
-        model=args.model, pretrained=args.pretrained, mode=args.mode,
+        base=args.base, pretrained=args.pretrained, mode=args.mode,
         epochs=args.epochs if args.epochs is not None else (10_000 if args.minutes else TrainConfig.epochs),
         minutes=args.minutes, batch_size=args.batch_size, accumulate=args.accumulate,
         captions_per_image=args.captions_per_image, lr=args.lr, weight_decay=args.weight_decay,
@@ -62,7 +69,16 @@ def run(args: argparse.Namespace) -> int:
         grounding_phrases=args.grounding_phrases,
         train_split=args.train_split, val_split=None if args.val_split in (None, "none") else args.val_split,
         seed=args.seed, device=args.device, progress=not args.no_progress)
-    result = train(workdir_of(args), config, resume=args.resume)
+    workdir = workdir_of(args)
+    if args.label is not None:  # checked before training, set after
+        with Catalog.open(workdir, read_only=True) as catalog:
+            taken = catalog.find_artefact("model", args.label)
+        if taken is not None and taken.label == args.label:
+            raise UserError(f"label {args.label!r} already names model {taken.id}")
+    result = train(workdir, config, resume=args.resume)
+    if args.label is not None:
+        with Catalog.open(workdir) as catalog:
+            catalog.set_label("model", result.model_id, args.label)
     if args.json:
         print_json(result.__dict__)
         return 0

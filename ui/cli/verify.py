@@ -21,11 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from heads.captioning import check_captioners
     from indexer.verify import verify_workdir
 
-    report = verify_workdir(workdir_of(args), deep=args.deep, extra_checks=[check_captioners],
-                            progress=not args.json)
+    report = verify_workdir(workdir_of(args), deep=args.deep, progress=not args.json)
     if args.json:
         print_json(report.as_dict())
     else:
