@@ -28,7 +28,7 @@ from torch import nn
 from transformers import BlipTextConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel
 
-from warehouse import content_hash
+from warehouse import content_hash, place
 from warehouse.workdir import atomic_write_json
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[PRM]")  # ids 0..5, in this order
@@ -381,16 +381,10 @@ def save_captioner(model: CaptionDecoder, tokenizer: PreTrainedTokenizerBase, fo
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder_root))
     try:
         write_captioner(model, tokenizer, staging, extra, image_processor)
-        captioner_id = captioner_hash(staging)
-        folder = folder_root / captioner_id
-        if folder.exists():  # the same bytes were saved before
-            shutil.rmtree(staging)
-        else:
-            staging.rename(folder)
-        return captioner_id, folder
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return place("captioner", staging, folder_root)
 
 
 def captioner_hash(folder: Path) -> str:

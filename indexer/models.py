@@ -40,7 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from warehouse import content_hash
+from warehouse import content_hash, place
 
 from .data import RESIZE_MODES, check_resize, square_pixels
 from .tokenizer import OpenClipTokenizer, WordTokenizer, tokenizer_from_json
@@ -472,19 +472,13 @@ def save_checkpoint(model: GroundexModel, models_dir: Path) -> tuple[str, Path]:
     """Write `model` as `models_dir/<hash>/` (atomically: a temp folder renamed into place), unrecorded; a
     workdir's models are stored with `indexer.model_store.store_model`."""
     models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=models_dir))
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=models_dir))
     try:
-        write_checkpoint(model, tmp)
-        digest = checkpoint_hash(tmp)
-        final = models_dir / digest
-        if final.exists():
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(final)
-        return digest, final
+        write_checkpoint(model, staging)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
+    return place("model", staging, models_dir)
 
 
 def load_spec(folder: Path) -> ModelSpec:

@@ -92,7 +92,8 @@ def test_a_model_trained_in_one_workdir_searches_an_uncaptioned_folder_in_anothe
         assert code == 0, out
 
 
-def test_an_open_clip_model_with_local_weights_indexes_and_grounds_without_training(trained, tmp_path, capsys):
+def test_an_open_clip_model_with_local_weights_indexes_and_grounds_without_training(trained, tmp_path, capsys,
+                                                                                     monkeypatch):
     weights = micro_vit_weights(tmp_path / "open_clip")
     workdir = Workdir(tmp_path / "w")
     photos = photo_folder(trained, tmp_path / "photos", 12)
@@ -119,6 +120,16 @@ def test_an_open_clip_model_with_local_weights_indexes_and_grounds_without_train
     result = grounded["results"][0]
     assert result["window"] == [16.0, 0.0, 80.0, 64.0]  # the central 64 x 64 square of the 96 x 64 image
     assert 16 <= result["point"][0] <= 80 and all(16 <= b["x1"] < b["x2"] <= 80 for b in result["boxes"])
+
+    # the app searches with it too
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("GROUNDEX_WORKDIR", str(workdir.root))
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "ui" / "app" / "main.py"), default_timeout=180)
+    app.run()
+    app.text_input(key="search_query").input("a red circle").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert len(app.get("image")) == 12
 
     # zero-shot tags from a given vocabulary, with no captions to tune on
     error(capsys, "tag", "--workdir", workdir.root, "--method", "knn", "--keywords", "red", match="--method zeroshot")
@@ -152,6 +163,18 @@ def test_train_base_fine_tunes_a_recorded_model_and_records_its_parent(trained, 
     assert model["parent_id"] == added["id"] and model["resize"] == "squash" and model["source"] == "trained"
     error(capsys, "train", "--workdir", workdir.root, "--base", "micro", "--epochs", "1", "--label", "micro",
           match="already names model")
+
+    # every command that takes --model takes the added one, as a trained one
+    assert groundex(capsys, "index", "--workdir", workdir.root, "--model", "micro", "--no-progress")[0] == 0
+    recall = ok_json(capsys, "eval", "retrieval", "--workdir", workdir.root, "--model", "micro", "--split", "val")
+    assert recall["model_id"] == added["id"] and 0 <= recall["text_to_image"]["R@10"] <= 100
+    pointing = ok_json(capsys, "eval", "grounding", "--workdir", workdir.root, "--model", "micro", "--split", "val")
+    assert pointing["model_id"] == added["id"] and pointing["phrases"] > 0
+    captioner = ok_json(capsys, "caption", "train", "--workdir", workdir.root, "--model", "micro", "--epochs", "1",
+                        "--layers", "1", "--batch-size", "32", "--no-progress")
+    with Catalog.open(workdir, read_only=True) as catalog:
+        assert catalog.artefact("captioner", captioner["captioner_id"]).parent_id == added["id"]
+    error(capsys, "model", "remove", "micro", "--workdir", workdir.root, match="is read by captioner")
 
 
 def test_remove_refuses_while_a_tagger_reads_the_model(trained, tmp_path, capsys):

@@ -7,7 +7,7 @@
 """
 
 from .artefacts import KINDS as ARTEFACT_KINDS
-from .artefacts import Artefact, ArtefactStore, RunState, content_hash, missing_files, same_settings
+from .artefacts import Artefact, ArtefactStore, RunState, content_hash, missing_files, place, same_settings
 from .catalog import Catalog, Condition, GroundingRow, ImageInfo, PreparedSample, recorded_run
 from .entities import FormatError, parse_annotation, parse_caption, parse_sentences
 from .errors import ArtefactError, CatalogError
@@ -31,6 +31,6 @@ __all__ = [
     "generate_scene", "GroundingRow", "ImageError", "ImageInfo", "ingest", "ingest_flickr30k", "ingest_folder",
     "ingest_hf", "ingest_karpathy", "ingest_results_csv", "ingest_synthetic", "IngestConfig", "IngestReport",
     "inspect_image", "load_image", "load_image_bytes", "missing_files", "parse_annotation", "parse_caption",
-    "parse_sentences", "Phrase", "PreparedSample", "recorded_run", "Reject", "RunState", "Sample", "same_settings",
-    "SyntheticConfig", "Workdir",
+    "parse_sentences", "Phrase", "place", "PreparedSample", "recorded_run", "Reject", "RunState", "Sample",
+    "same_settings", "SyntheticConfig", "Workdir",
 ]

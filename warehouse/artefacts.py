@@ -73,6 +73,25 @@ def content_hash(kind: str, folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def place(kind: str, staging: Path, root: Path) -> tuple[str, Path]:
+    """Move a staged folder to `root/<content hash>/` (or drop it when the same bytes are there already); the
+    staging folder is gone either way. Returns (hash, final folder)."""
+    try:
+        absent = missing_files(kind, staging)
+        if absent:
+            raise ValueError(f"{staging}: a {kind} needs {', '.join(absent)}")
+        artefact_id = content_hash(kind, staging)
+        final = root / artefact_id
+        if final.exists():
+            shutil.rmtree(staging)
+        else:
+            staging.rename(final)
+        return artefact_id, final
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 @dataclass(frozen=True)
 class Artefact:
     """A catalog row of the `artefacts` table, with its folder made absolute."""
@@ -128,19 +147,7 @@ class ArtefactStore:
         catalog transaction)."""
         from .catalog import Catalog  # here: catalog imports this module
 
-        try:
-            absent = missing_files(kind, staging)
-            if absent:
-                raise ValueError(f"{staging}: a {kind} needs {', '.join(absent)}")
-            artefact_id = content_hash(kind, staging)
-            final = self.path_of(kind, artefact_id)
-            if final.exists():
-                shutil.rmtree(staging)
-            else:
-                staging.rename(final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        artefact_id, final = place(kind, staging, self.folder(kind))
         relative = final.relative_to(self.workdir.root).as_posix()
         if not record:
             return Artefact(kind, artefact_id, label, final, parent_id, run_id, source, info or {}, metrics or {},

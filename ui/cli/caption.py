@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t = steps.add_parser("train", help="fit the captioner on the train split",
                          description="Needs `groundex index` first (image, patch and caption embeddings).")
     add_workdir(t)
-    t.add_argument("--model", default=None, help="embedding model hash or prefix (default: the newest)")
+    t.add_argument("--model", default=None, help="embedding model label or hash prefix (default: the newest)")
     t.add_argument("--epochs", type=int, default=10,
                    help="passes over the training images (default: 10; 0 with --pretrained: no fine-tuning)")
     t.add_argument("--batch-size", type=int, default=64)

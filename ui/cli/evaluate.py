@@ -8,7 +8,7 @@ from ._common import UserError, add_workdir, print_json, workdir_of
 
 
 def _task(tasks: argparse._SubParsersAction, name: str, help: str, description: str, run,
-          model_help: str | None = "model hash or prefix (default: the newest)") -> argparse.ArgumentParser:
+          model_help: str | None = "model label or hash prefix (default: the newest)") -> argparse.ArgumentParser:
     """A `groundex eval` task with the options every task takes."""
     t = tasks.add_parser(name, help=help, description=description)
     add_workdir(t)

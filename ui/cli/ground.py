@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="overlay PNG (one image), or a folder of overlays (collection search)")
     p.add_argument("--save", action="store_true", help="collection search: store the regions in the catalog")
     p.add_argument("--heatmap", action="store_true", help="include the patch-grid heatmap in --json output")
-    p.add_argument("--model", default=None, help="model hash or prefix (default: the newest)")
+    p.add_argument("--model", default=None, help="model label or hash prefix (default: the newest)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)
 

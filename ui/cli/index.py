@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "run again. The index type follows the collection's size (exact below 50,000 vectors, "
                     "HNSW32 up to 2M, IVF-PQ above) unless --factory names one.")
     add_workdir(p)
-    p.add_argument("--model", default=None, help="model hash or unique prefix (default: the newest model)")
+    p.add_argument("--model", default=None,
+                   help="model label or hash prefix (default: the newest; `groundex model list`)")
     p.add_argument("--split", default=None, help="only this split (default: every image)")
     p.add_argument("--factory", default=None, help="faiss.index_factory string, e.g. Flat, HNSW32, IVF1024,PQ32")
     p.add_argument("--rebuild", action="store_true", help="build the indexes from scratch")

@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--captions", action="store_true", help="return captions (image -> text)")
     p.add_argument("-k", type=int, default=10, help="number of hits (default: 10)")
     p.add_argument("--where", default=None, help="SQL condition on images, e.g. \"split = 'val'\"")
-    p.add_argument("--model", default=None, help="model hash or prefix (default: the newest)")
+    p.add_argument("--model", default=None, help="model label or hash prefix (default: the newest)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)
 

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "zeroshot: 'a photo of a {tag}' prompts; fusion: probe on image + caption embeddings "
                         "(own captions where the image has them, else its neighbours') (default: knn)")
     p.add_argument("--split", default=None, help="tag only this split's images (default: all)")
-    p.add_argument("--model", default=None, help="embedding model hash or prefix (default: the newest)")
+    p.add_argument("--model", default=None, help="embedding model label or hash prefix (default: the newest)")
     p.add_argument("--min-images", type=int, default=20,
                    help="vocabulary: keep words that at least this many training images mention (default: 20)")
     p.add_argument("--max-tags", type=int, default=20, help="store at most this many tags per image (default: 20)")
