@@ -166,16 +166,17 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
             model = RACaptioner(config, len(tokenizer), inputs["train"].shape[-1])
         output_dir = store.training_dir("captioner", data.model_id)
         run_state = RunState(output_dir)  # this run's config, and whether it finished
-        asked = resume
-        resume = run_state.should_resume(asdict(config), resume) and any(output_dir.glob("checkpoint-*"))
-        if resume and asked is None:
-            _logger.warning("resuming the interrupted captioner training in %s (resume=False, or `groundex "
-                            "caption train --restart`, starts over)", output_dir)
-        has_checkpoint = resume and any(output_dir.glob("checkpoint-*"))
+        has_checkpoint = any(output_dir.glob("checkpoint-*"))
+        if resume is None:
+            resume = has_checkpoint and run_state.should_resume(asdict(config), None)
+            if resume:
+                _logger.warning("resuming the interrupted captioner training in %s (resume=False, or `groundex "
+                                "caption train --restart`, starts over)", output_dir)
+        elif resume and not has_checkpoint:
+            _logger.warning("no checkpoint in %s to resume from; training from the start", output_dir)
+        resume = resume and has_checkpoint
         if not resume and output_dir.exists():  # a fresh run: earlier checkpoints must not mix into --resume later
             shutil.rmtree(output_dir)
-        if asked and not has_checkpoint:
-            _logger.warning("no checkpoint in %s to resume from; training from the start", output_dir)
         run_state.start(asdict(config))
         args = TrainingArguments(
             output_dir=str(output_dir), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
@@ -193,26 +194,26 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
         _quiet_logs(trainer, progress)
         started = time.perf_counter()
         if config.epochs:
-            trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+            trainer.train(resume_from_checkpoint=True if resume else None)
         else:  # a pretrained BLIP as it is: its val loss only
             trainer.evaluate()
         seconds = time.perf_counter() - started
         losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
-        staging = store.staging("captioner")
-        write_captioner(model.cpu(), tokenizer, staging, {"model_id": data.model_id,
-                                                          "train_images": int(len(train_ids))}, image_processor)
-        captioner = store.commit(
-            "captioner", staging, source=f"blip:{config.pretrained}" if config.pretrained else "trained",
-            parent_id=data.model_id, run_id=run_id,
-            metrics={"best_val_loss": round(min(losses), 4) if losses else None},
-            info={"decoder": "blip" if config.pretrained else "small", "train_images": int(len(train_ids))})
+        with store.staging("captioner") as staging:
+            write_captioner(model.cpu(), tokenizer, staging, {"model_id": data.model_id,
+                                                              "train_images": int(len(train_ids))}, image_processor)
+            captioner = store.commit(
+                "captioner", staging, source=f"blip:{config.pretrained}" if config.pretrained else "trained",
+                parent_id=data.model_id, run_id=run_id,
+                metrics={"best_val_loss": round(min(losses), 4) if losses else None},
+                info={"decoder": "blip" if config.pretrained else "small", "train_images": int(len(train_ids))})
         captioner_id, folder = captioner.id, captioner.path
         run_state.finish(captioner_id=captioner_id)
         result.update({"captioner_id": captioner_id, "path": str(folder), "model_id": data.model_id,
                        "train_images": len(train_dataset), "val_examples": len(val_dataset),
                        "vocab_size": len(tokenizer), "val_loss_by_epoch": [round(x, 4) for x in losses],
                        "best_val_loss": round(min(losses), 4) if losses else None,
-                       "train_seconds": round(seconds, 1), "resumed": has_checkpoint})
+                       "train_seconds": round(seconds, 1), "resumed": resume})
     return result
 
 

@@ -249,16 +249,16 @@ class Tagger:
     def save(self, workdir: Workdir, data: TagData, run_id: int | None = None) -> Artefact:
         """Store the fitted tagger (its vocabulary, weights and choices) as an artefact of the workdir."""
         store = ArtefactStore(workdir)
-        folder = store.staging("tagger")
-        data.vocabulary.save(folder / "vocabulary.json")
-        if self.probe is not None:
-            self.probe.save(folder / "weights.safetensors")
-        atomic_write_json(folder / "tagger.json",
-                          {"method": self.method, "model_id": self.model_id, "threshold": self.threshold,
-                           "captioned_threshold": self.captioned_threshold, "k": self.k, "val": self.val,
-                           "config": asdict(data.config)})
-        return store.commit("tagger", folder, source="trained", parent_id=self.model_id, run_id=run_id,
-                            metrics=self.val, info={"method": self.method})
+        with store.staging("tagger") as folder:
+            data.vocabulary.save(folder / "vocabulary.json")
+            if self.probe is not None:
+                self.probe.save(folder / "weights.safetensors")
+            atomic_write_json(folder / "tagger.json",
+                              {"method": self.method, "model_id": self.model_id, "threshold": self.threshold,
+                               "captioned_threshold": self.captioned_threshold, "k": self.k, "val": self.val,
+                               "config": asdict(data.config)})
+            return store.commit("tagger", folder, source="trained", parent_id=self.model_id, run_id=run_id,
+                                metrics=self.val, info={"method": self.method})
 
 
 def fit_tagger(data: TagData, method: str, val: Labelled) -> Tagger:

@@ -112,7 +112,7 @@ def ray_embed_images(workdir: Workdir, checkpoint: Path, model_id: str, image_si
         gpus = config.gpus_per_actor
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-        out_dir = workdir.embeddings_dir / model_id / "ray" / time.strftime("%Y%m%d-%H%M%S")
+        out_dir = workdir.model_embeddings_dir(model_id) / "ray" / time.strftime("%Y%m%d-%H%M%S")
         dataset = ray.data.from_items([{"id": i, "path": p} for i, p in todo])
         dataset = dataset.map_batches(_decode, fn_kwargs={"size": image_size, "resize": resize},
                                       batch_size=config.decode_batch_size)

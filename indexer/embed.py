@@ -62,7 +62,7 @@ class MissingEmbeddingError(KeyError):
 def shard_dir(workdir: Workdir, model_id: str, kind: str) -> Path:
     if kind not in KINDS:
         raise ValueError(f"embedding kind must be one of {KINDS}, got {kind!r}")
-    return workdir.embeddings_dir / model_id / kind
+    return workdir.model_embeddings_dir(model_id) / kind
 
 
 def _next_shard_name(folder: Path) -> str:
@@ -235,12 +235,10 @@ def sample_embeddings(workdir: Workdir, model_id: str, kind: str, n: int, seed: 
     row_kind = "image" if kind == "patch" else kind
     with Catalog.open(workdir, read_only=True) as catalog:
         locations = catalog.embedding_locations(model_id, row_kind)
+        cells = catalog.patch_cells(model_id) if kind == "patch" and locations else 1
     if not locations:
         return np.zeros((0, 0), dtype=np.float32)
     folder = shard_dir(workdir, model_id, kind)
-    cells = 1
-    if kind == "patch":
-        cells = int(np.load(folder / locations[0][1], mmap_mode="r").shape[1])
     rng = np.random.default_rng(seed)
     items = max(1, min(len(locations), -(-n // cells)))  # items whose vectors make up the sample
     chosen = sorted(rng.choice(len(locations), items, replace=False).tolist(), key=lambda r: locations[r][1:])

@@ -189,12 +189,11 @@ def update_index(workdir: Workdir, model_id: str, kind: str, factory: str | None
         if orphans:
             catalog.remove_embedding_rows(model_id, rows_kind, orphans)
         current = catalog.current_index(model_id, kind)
-        stored = catalog.embedding_set(model_id, kind)
-        cells = stored["cells"] if stored is not None else 1  # patch vectors per image
         embedded = np.array(catalog.embedded_ids(model_id, rows_kind), dtype=np.int64)
+        cells = catalog.patch_cells(model_id) if kind == "patch" and len(embedded) else 1  # vectors per image
     if len(embedded) == 0:
         return None
-    folder = workdir.indexes_dir / model_id
+    folder = workdir.model_indexes_dir(model_id)
     folder.mkdir(parents=True, exist_ok=True)
     index, held = None, np.zeros(0, dtype=np.int64)
     chosen = factory

@@ -16,10 +16,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import open_clip
+
 from warehouse import Artefact, ArtefactStore, Catalog, Workdir, content_hash, missing_files
 from warehouse.workdir import atomic_write_json, utc_now
 
-from .models import CHECKPOINT_FILES, GroundexModel, create_model, list_presets, load_checkpoint, write_checkpoint
+from .models import (
+    CHECKPOINT_FILES,
+    PRESET_PREFIX,
+    GroundexModel,
+    create_model,
+    list_presets,
+    load_checkpoint,
+    resolve_name,
+    write_checkpoint,
+)
 
 _logger = logging.getLogger(__name__)
 RECORD_FILE = "groundex-model.json"  # an exported model's record (what `model add` reads back)
@@ -33,18 +44,37 @@ def model_info(model: GroundexModel, **extra: Any) -> dict[str, Any]:
     except NotImplementedError:
         grid = None
     return {"name": model.spec.name, "embed_dim": model.embed_dim, "image_size": model.image_size,
-            "resize": getattr(model.spec, "resize", "squash"), "patch_grid": grid, **extra}
+            "resize": model.resize, "patch_grid": grid, **extra}
 
 
 def store_model(workdir: Workdir, model: GroundexModel, *, source: str, parent_id: str | None = None,
                 run_id: int | None = None, metrics: dict[str, Any] | None = None, label: str | None = None,
                 **info: Any) -> Artefact:
     """Write `model` as a content-addressed checkpoint in the workdir and record it."""
+    if label is not None:
+        check_model_label(label)
     store = ArtefactStore(workdir)
-    staging = store.staging("model")
-    write_checkpoint(model, staging)
-    return store.commit("model", staging, source=source, parent_id=parent_id, run_id=run_id, metrics=metrics,
-                        label=label, info=model_info(model, **info))
+    with store.staging("model") as staging:
+        write_checkpoint(model, staging)
+        return store.commit("model", staging, source=source, parent_id=parent_id, run_id=run_id, metrics=metrics,
+                            label=label, info=model_info(model, **info))
+
+
+def check_model_label(label: str) -> None:
+    """A model's label must not read as something else `--base` or `model add` takes: a preset or an open_clip
+    name (the catalog refuses labels taken by another model, or made only of hex digits like a hash prefix)."""
+    if resolve_name(label).startswith(PRESET_PREFIX) or label in open_clip.list_models():
+        raise ValueError(f"label {label!r} is a model name (preset or open_clip): choose another")
+
+
+def label_model(workdir: Workdir, ref: str, label: str | None) -> Artefact:
+    """Name a recorded model (None: clear its label)."""
+    if label is not None:
+        check_model_label(label)
+    with Catalog.open(workdir) as catalog:
+        artefact = catalog.artefact("model", ref)
+        catalog.set_label("model", artefact.id, label)
+        return catalog.artefact("model", artefact.id)
 
 
 def add_model(workdir: Workdir, source: str, pretrained: str | None = None, label: str | None = None,
@@ -67,8 +97,16 @@ def add_model(workdir: Workdir, source: str, pretrained: str | None = None, labe
     else:
         origin = f"open_clip:{source}" + (f":{pretrained}" if pretrained else "")
     model = create_model(source, pretrained, device="cpu", resize=resize or "center-crop")
-    if resize is None and (getattr(model.clip.visual, "preprocess_cfg", None) or {}).get("resize_mode") == "squash":
-        model.spec.resize = "squash"  # by default, the preprocessing the weights were trained with (docs/indexer.md)
+    preprocess = getattr(model.clip.visual, "preprocess_cfg", None) or {}
+    if resize is None:  # by default, the preprocessing the weights were trained with (docs/indexer.md)
+        mode = preprocess.get("resize_mode", "shortest")
+        if mode not in ("shortest", "squash"):
+            raise ValueError(f"{source}'s weights were trained with resize mode {mode!r}, which groundex does not "
+                             "reproduce: pass --resize center-crop or --resize squash")
+        model.spec.resize = "squash" if mode == "squash" else "center-crop"
+    if preprocess.get("interpolation", "bicubic") != "bicubic":
+        _logger.warning("%s was trained on %s-resized images; groundex resizes with bicubic", source,
+                        preprocess["interpolation"])
     if pretrained is None:
         _logger.warning("no --pretrained weights given: %s is recorded with random weights", source)
     return store_model(workdir, model, source=origin, label=label, mode="none", trainable_params=0,
@@ -93,25 +131,29 @@ def _import_folder(workdir: Workdir, folder: Path, label: str | None, resize: st
         raise ValueError(f"{folder}: its files hash to {model_id}, but {RECORD_FILE} says {record['id']}: the "
                          "weights or config were changed after export")
     model = load_checkpoint(folder, "cpu")  # refuses files that do not make a model, before anything is copied
-    store = ArtefactStore(workdir)
-    staging = store.staging("model")
-    for name in CHECKPOINT_FILES:
-        shutil.copyfile(folder / name, staging / name)
     with Catalog.open(workdir, read_only=True) as catalog:
         taken = {a.label for a in catalog.artefacts("model")}
-    label = label or (record.get("label") if record.get("label") not in taken else None)
+    if label is None and record.get("label") not in taken:
+        label = record.get("label")  # the exported model's own name, where it is free here
+    if label is not None:
+        check_model_label(label)
     info = {**record.get("info", {}), **model_info(model)}
     info.setdefault("mode", "none")
     info["exported_runs"] = record.get("runs", [])
-    return store.commit("model", staging, source=f"import:{folder.resolve()}", parent_id=record.get("parent_id"),
-                        metrics=record.get("metrics"), label=label, info=info)
+    store = ArtefactStore(workdir)
+    with store.staging("model") as staging:
+        for name in CHECKPOINT_FILES:
+            shutil.copyfile(folder / name, staging / name)
+        return store.commit("model", staging, source=f"import:{folder.resolve()}",
+                            parent_id=record.get("parent_id"), metrics=record.get("metrics"), label=label, info=info)
 
 
-def model_records(workdir: Workdir) -> list[dict[str, Any]]:
-    """Every model with its runs: the one that made it, and the evaluations run with it (newest of each command)."""
+def model_records(workdir: Workdir, ref: str | None = None) -> list[dict[str, Any]]:
+    """Every model (or the one `ref` names) with its runs: the one that made it, and the evaluations run with it
+    (newest of each command)."""
     with Catalog.open(workdir, read_only=True) as catalog:
         out = []
-        for artefact in catalog.artefacts("model"):
+        for artefact in catalog.artefacts("model") if ref is None else [catalog.artefact("model", ref)]:
             runs = catalog.runs_of_model(artefact.id)
             evaluations = {}
             for run in runs:
@@ -136,8 +178,7 @@ def export_model(workdir: Workdir, ref: str | None, out: Path) -> Path:
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty: choose a new folder")
-    model_id = _resolve(workdir, ref).id
-    record = next(r for r in model_records(workdir) if r["id"] == model_id)
+    record = model_records(workdir, ref)[0]
     out.mkdir(parents=True, exist_ok=True)
     source = Path(record["path"])
     for name in CHECKPOINT_FILES:
@@ -145,11 +186,11 @@ def export_model(workdir: Workdir, ref: str | None, out: Path) -> Path:
     if content_hash("model", out) != record["id"]:
         raise ValueError(f"model {record['id']}: its files in {source} no longer match its hash; run `groundex verify`")
     runs = ([record["made_by"]] if record["made_by"] else []) + record["info"].get("exported_runs", [])
+    info = {k: v for k, v in record["info"].items() if k != "exported_runs"}
     exported = {"format": "groundex-model", "version": 1, "id": record["id"], "label": record["label"],
-                "source": record["source"], "parent_id": record["parent_id"], "info": record["info"],
+                "source": record["source"], "parent_id": record["parent_id"], "info": info,
                 "metrics": record["metrics"], "runs": runs, "evaluations": record["evaluations"],
                 "exported_at": utc_now().isoformat(timespec="seconds"), "exported_from": str(workdir.root.resolve())}
-    exported["info"] = {k: v for k, v in record["info"].items() if k != "exported_runs"}
     atomic_write_json(out / RECORD_FILE, exported)
     (out / CARD_FILE).write_text(model_card(exported))
     return out
@@ -182,17 +223,13 @@ def model_card(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _resolve(workdir: Workdir, ref: str | None) -> Artefact:
-    with Catalog.open(workdir, read_only=True) as catalog:
-        return catalog.artefact("model", ref)
-
-
 def remove_model(workdir: Workdir, ref: str, with_dependents: bool = False) -> dict[str, Any]:
     """Remove a model, its embeddings, indexes, tags, regions and grounding parameters. Refused while a captioner or
-    tagger reads its vectors, unless `with_dependents` removes those too (with their generated captions)."""
-    artefact = _resolve(workdir, ref)
+    tagger reads its vectors, unless `with_dependents` removes those too (with their generated captions and
+    training state). Models fine-tuned from it are kept: they hold their own weights and keep its id as parent."""
     store = ArtefactStore(workdir)
-    with Catalog.open(workdir) as catalog:
+    with Catalog.open(workdir) as catalog:  # the write lock is held until every file is gone
+        artefact = catalog.artefact("model", ref)
         dependents = catalog.artefacts("captioner", artefact.id) + catalog.artefacts("tagger", artefact.id)
         if dependents and not with_dependents:
             names = ", ".join(f"{a.kind} {a.display}" for a in dependents)
@@ -203,18 +240,15 @@ def remove_model(workdir: Workdir, ref: str, with_dependents: bool = False) -> d
             for dependent in dependents:
                 catalog.forget_artefact(dependent.kind, dependent.id)
             catalog.forget_model(artefact.id)
-    for dependent in dependents:
-        store.remove_folder(dependent.kind, dependent.id)
-    store.remove_folder("model", artefact.id)
-    for path in (workdir.embeddings_dir / artefact.id, workdir.indexes_dir / artefact.id):
-        shutil.rmtree(path, ignore_errors=True)
-    workdir.grounding_config_path(artefact.id).unlink(missing_ok=True)
-    manifest = workdir.read_manifest()
-    stale = [k for k in manifest.get("artefacts", {}) if k.startswith(f"index:{artefact.id}:")]
-    if stale:
-        for key in stale:
-            del manifest["artefacts"][key]
-        atomic_write_json(workdir.manifest_path, manifest)
+        for dependent in dependents:
+            store.remove(dependent.kind, dependent.id)
+        store.remove("model", artefact.id)
+        for path in (workdir.model_embeddings_dir(artefact.id), workdir.model_indexes_dir(artefact.id),
+                     store.training_dir("captioner", artefact.id)):
+            shutil.rmtree(path, ignore_errors=True)
+        workdir.grounding_config_path(artefact.id).unlink(missing_ok=True)
+        stale = [k for k in workdir.read_manifest().get("artefacts", {}) if k.startswith(f"index:{artefact.id}:")]
+        workdir.update_manifest(remove=stale)
     return {"removed": artefact.id, "label": artefact.label,
             "dependents_removed": [f"{a.kind} {a.id}" for a in dependents],
             "children_kept": children}

@@ -371,7 +371,9 @@ def _hub_model(full: str, resize: str | None, device: torch.device) -> GroundexM
     clip.visual.preprocess_cfg = preprocess  # what open_clip records: `model add` reads its resize mode
     text = config.get("text_cfg", {})
     tokenizer = OpenClipTokenizer(full, context_length=text.get("context_length", 77),
-                                  hf_tokenizer_name=text.get("hf_tokenizer_name"))
+                                  hf_tokenizer_name=text.get("hf_tokenizer_name"),
+                                  tokenizer_kwargs=text.get("tokenizer_kwargs"),
+                                  tokenizer_mode=text.get("tokenizer_mode"))
     spec = ModelSpec(name=full, config=config, mean=tuple(preprocess.get("mean", OPENAI_MEAN)),
                      std=tuple(preprocess.get("std", OPENAI_STD)), pretrained=full, resize=resize or "squash")
     return GroundexModel(clip, tokenizer, spec).to(device).eval()

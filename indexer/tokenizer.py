@@ -70,17 +70,20 @@ class OpenClipTokenizer:
     Face tokenizer name when its text tower has one), so that it loads again without the hub: open_clip's own BPE
     ships with open_clip; a Hugging Face tokenizer must be in the local hub cache."""
 
-    def __init__(self, model_name: str, context_length: int | None = None, hf_tokenizer_name: str | None = None):
+    def __init__(self, model_name: str, context_length: int | None = None, hf_tokenizer_name: str | None = None,
+                 tokenizer_kwargs: dict[str, Any] | None = None, tokenizer_mode: str | None = None):
         import open_clip
         from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
         self.model_name = model_name
         self._hub = model_name.startswith("hf-hub:")
-        self.hf_tokenizer_name = hf_tokenizer_name
+        self.hf_tokenizer_name, self.tokenizer_mode = hf_tokenizer_name, tokenizer_mode
+        self.tokenizer_kwargs = dict(tokenizer_kwargs or {})
         if self._hub and hf_tokenizer_name:
-            self._tokenizer = HFTokenizer(hf_tokenizer_name, context_length=context_length or 77)
+            self._tokenizer = HFTokenizer(hf_tokenizer_name, context_length=context_length or 77,
+                                          tokenizer_mode=tokenizer_mode, **self.tokenizer_kwargs)
         elif self._hub:
-            self._tokenizer = SimpleTokenizer(context_length=context_length or 77)
+            self._tokenizer = SimpleTokenizer(context_length=context_length or 77, **self.tokenizer_kwargs)
         else:
             self._tokenizer = open_clip.get_tokenizer(model_name)
         self.context_length = getattr(self._tokenizer, "context_length", 77)
@@ -91,7 +94,8 @@ class OpenClipTokenizer:
     def to_json(self) -> dict[str, Any]:
         if self._hub:
             return {"kind": "open_clip", "model_name": self.model_name, "context_length": self.context_length,
-                    "hf_tokenizer_name": self.hf_tokenizer_name}
+                    "hf_tokenizer_name": self.hf_tokenizer_name, "tokenizer_kwargs": self.tokenizer_kwargs,
+                    "tokenizer_mode": self.tokenizer_mode}
         return {"kind": "open_clip", "model_name": self.model_name}
 
 
@@ -99,5 +103,6 @@ def tokenizer_from_json(spec: dict[str, Any]) -> WordTokenizer | OpenClipTokeniz
     if spec.get("kind") == "word":
         return WordTokenizer(spec["vocab"], spec["context_length"])
     if spec.get("kind") == "open_clip":
-        return OpenClipTokenizer(spec["model_name"], spec.get("context_length"), spec.get("hf_tokenizer_name"))
+        return OpenClipTokenizer(spec["model_name"], spec.get("context_length"), spec.get("hf_tokenizer_name"),
+                                 spec.get("tokenizer_kwargs"), spec.get("tokenizer_mode"))
     raise ValueError(f"unknown tokenizer kind {spec.get('kind')!r} (expected 'word' or 'open_clip')")

@@ -179,10 +179,16 @@ def _check_embeddings(workdir: Workdir, catalog: Catalog, report: VerifyReport) 
         for path in paths:
             referenced.add(path)
             array = _load_shard(path)
-            label = f"{kind} shard {path.relative_to(workdir.root)}"
+            label = f"{path.parent.name} shard {path.relative_to(workdir.root)}"
             if array is None:
                 report.findings.append(Finding("embeddings", f"{label} ({n:,} catalog rows) is missing or unreadable"))
                 continue
+            stored = catalog.embedding_set(model_id, path.parent.name)
+            expected = None if stored is None else (
+                (stored["cells"], stored["dim"]) if path.parent.name == "patch" else (stored["dim"],))
+            if expected is not None and array.shape[1:] != expected:
+                report.findings.append(Finding("embeddings", f"{label} holds vectors of shape {array.shape[1:]}; the "
+                                                             f"catalog records {expected} (embedding_sets)"))
             if array.shape[0] <= max_row or distinct != n:
                 report.findings.append(Finding("embeddings", f"{label} has {array.shape[0]:,} rows; the catalog points "
                                                              f"at row {max_row} ({distinct:,} distinct of {n:,})"))

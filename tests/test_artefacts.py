@@ -12,22 +12,22 @@ from warehouse._schema import SCHEMA_VERSION
 from warehouse.workdir import atomic_write_npy
 
 
-def _stage(store: ArtefactStore, text: str, method: str = "knn"):
-    folder = store.staging("tagger")
-    (folder / "tagger.json").write_text(json.dumps({"method": method, "model_id": "m", "text": text}))
-    (folder / "vocabulary.json").write_text("{}")
-    return folder
+def _commit(store: ArtefactStore, text: str, method: str = "knn", **record):
+    """Stage a tagger's two files and commit them."""
+    with store.staging("tagger") as folder:
+        (folder / "tagger.json").write_text(json.dumps({"method": method, "model_id": "m", "text": text}))
+        (folder / "vocabulary.json").write_text("{}")
+        return store.commit("tagger", folder, source="trained", **record)
 
 
 def test_commit_names_a_folder_by_its_content_and_records_it(tmp_path):
     workdir = Workdir(tmp_path / "w").create()
     store = ArtefactStore(workdir)
-    first = store.commit("tagger", _stage(store, "a"), source="trained", parent_id="m", info={"method": "knn"})
+    first = _commit(store, "a", parent_id="m", info={"method": "knn"})
     assert first.path == workdir.root / "taggers" / first.id and first.id == content_hash("tagger", first.path)
-    again = store.commit("tagger", _stage(store, "a"), source="trained", parent_id="m", info={"method": "knn"})
+    again = _commit(store, "a", parent_id="m", info={"method": "knn"})
     assert again.id == first.id and store.stray_staging() == []  # the same bytes: one folder, no leftovers
-    other = store.commit("tagger", _stage(store, "b", "probe"), source="trained", parent_id="m",
-                         info={"method": "probe"})
+    other = _commit(store, "b", "probe", parent_id="m", info={"method": "probe"})
     assert other.id != first.id
     with Catalog.open(workdir, read_only=True) as catalog:
         assert [a.id for a in catalog.artefacts("tagger")] == sorted([first.id, other.id], key=lambda i: i != other.id)
@@ -38,11 +38,21 @@ def test_commit_names_a_folder_by_its_content_and_records_it(tmp_path):
 def test_a_commit_without_its_files_leaves_nothing(tmp_path):
     workdir = Workdir(tmp_path / "w").create()
     store = ArtefactStore(workdir)
-    folder = store.staging("tagger")
-    (folder / "tagger.json").write_text("{}")
-    with pytest.raises(ValueError, match="vocabulary.json"):
+    with pytest.raises(ValueError, match="vocabulary.json"), store.staging("tagger") as folder:
+        (folder / "tagger.json").write_text("{}")
         store.commit("tagger", folder, source="trained")
     assert store.stray_staging() == [] and not list(store.folder("tagger").iterdir())
+
+
+def test_labels_that_read_as_hashes_or_are_taken_are_refused_before_anything_moves(tmp_path):
+    workdir = Workdir(tmp_path / "w").create()
+    store = ArtefactStore(workdir)
+    first = _commit(store, "a", label="knn-a")
+    with pytest.raises(ValueError, match="could be read as a hash prefix"):
+        _commit(store, "b", label="beef")
+    with pytest.raises(ValueError, match=f"already names tagger {first.id}"):
+        _commit(store, "b", label="knn-a")
+    assert [p.name for p in store.folder("tagger").iterdir()] == [first.id]  # nothing placed, nothing staged
 
 
 def test_one_lookup_by_label_or_prefix_with_one_error(tmp_path):
@@ -84,9 +94,9 @@ def _model_config(folder, grid_size: int = 64, patch: int = 8, dim: int = 32) ->
         "embed_dim": dim, "vision_cfg": {"image_size": grid_size, "patch_size": patch}}}))
 
 
-def test_a_schema_4_workdir_upgrades_in_place(tmp_path):
-    """Models move to `artefacts` (with `models` as a view), captioner folders and heads/ taggers are recorded (the
-    taggers moved to content-addressed folders), and the stored embedding kinds get their patch grid."""
+def _schema_4_workdir(tmp_path) -> Workdir:
+    """A workdir as groundex with schema 4 left it: a model, a captioner, two taggers under heads/, embeddings,
+    an interrupted training run and captioner training state, and two damaged files it must step over."""
     workdir = Workdir(tmp_path / "w").create()
     root = workdir.root
     catalog_at_version(workdir.catalog_path, 4)
@@ -111,7 +121,24 @@ def test_a_schema_4_workdir_upgrades_in_place(tmp_path):
     for method in ("knn", "probe"):
         (heads / f"{method}.json").write_text(json.dumps({"method": method, "model_id": "m1", "val": {"f1": 1}}))
     (heads / "probe.safetensors").write_bytes(b"weights")
+    (heads / "broken.json").write_text("{not json")
+    (root / "captioners" / "c2").mkdir()
+    (root / "captioners" / "c2" / "captioner.json").write_text("{not json")
+    (root / "training" / "run-3" / "last").mkdir(parents=True)
+    (root / "training" / "run-3" / "last" / "state.json").write_text(json.dumps(
+        {"config": {"model": "tiny", "lr": 0.1}, "finished": False}))
+    (root / "captioners" / "training" / "m1").mkdir(parents=True)
+    (root / "captioners" / "training" / "m1" / "groundex-run.json").write_text(json.dumps(
+        {"config": {"k": 4}, "finished": False}))
+    return workdir
 
+
+def test_a_schema_4_workdir_upgrades_in_place(tmp_path):
+    """Models move to `artefacts` (with `models` as a view, paths relative), captioner folders and heads/ taggers are
+    recorded (the taggers moved to content-addressed folders), training state moves under training/<kind>/ and still
+    resumes, and the stored embedding kinds get their patch grid; damaged files are stepped over."""
+    workdir = _schema_4_workdir(tmp_path)
+    root = workdir.root
     with Catalog.open(workdir, read_only=True) as catalog:
         assert catalog.schema_version == SCHEMA_VERSION == 5
         model = catalog.model("m1")
@@ -127,4 +154,30 @@ def test_a_schema_4_workdir_upgrades_in_place(tmp_path):
         assert catalog.artefact("tagger", parent_id="m1", method="knn").path.parent == root / "taggers"
         assert catalog.embedding_set("m1", "patch") == {"dim": 32, "grid": (8, 8), "cells": 64}
         assert catalog.embedding_set("m1", "caption")["grid"] is None
-    assert not (root / "heads").exists()
+        assert catalog.query("SELECT path FROM artefacts WHERE kind = 'model'") == [("models/m1",)]
+        assert [a.id for a in catalog.artefacts("captioner")] == ["c1"]  # c2's captioner.json is unreadable
+    assert sorted(p.name for p in (root / "heads").iterdir()) == ["m1"]  # only the broken file is left there
+    assert RunState(root / "training" / "model" / "run-3").should_resume({"base": "tiny", "lr": 0.1}, None)
+    assert RunState(root / "training" / "captioner" / "m1").should_resume({"k": 4}, None)
+    assert not (root / "captioners" / "training").exists()
+    assert workdir.read_manifest()["schema_version"] == SCHEMA_VERSION
+
+
+def test_an_upgrade_that_fails_midway_rolls_back_and_completes_on_the_next_open(tmp_path, monkeypatch):
+    import warehouse._schema as schema
+    import warehouse.catalog as catalog_module
+
+    workdir = _schema_4_workdir(tmp_path)
+
+    def fail(con, root):
+        raise RuntimeError("killed")
+
+    # the last step fails: the taggers have moved by then
+    monkeypatch.setattr(catalog_module, "MIGRATIONS", [*schema.MIGRATIONS[:4], [*schema.MIGRATIONS[4][:-1], fail]])
+    with pytest.raises(RuntimeError, match="killed"):
+        Catalog.open(workdir).close()
+    monkeypatch.undo()
+    with Catalog.open(workdir, read_only=True) as catalog:
+        assert catalog.schema_version == SCHEMA_VERSION
+        assert sorted(a.info["method"] for a in catalog.artefacts("tagger")) == ["knn", "probe"]
+        assert catalog.embedding_set("m1", "patch")["grid"] == (8, 8)

@@ -144,7 +144,7 @@ def test_manifest_is_written_and_merged(tmp_path):
     assert set(manifest["artefacts"]) == {"m1", "m2"} and manifest["schema_version"] == 1
     assert json.loads(workdir.manifest_path.read_text()) == manifest
     assert not list(workdir.root.glob(".manifest.json.*"))  # no temp files left behind
-    for d in ("models", "embeddings", "indexes", "datasets"):
+    for d in ("embeddings", "indexes", "datasets"):  # artefact folders come with their first artefact
         assert (workdir.root / d).is_dir()
 
 

@@ -120,6 +120,14 @@ def test_an_open_clip_model_with_local_weights_indexes_and_grounds_without_train
     result = grounded["results"][0]
     assert result["window"] == [16.0, 0.0, 80.0, 64.0]  # the central 64 x 64 square of the 96 x 64 image
     assert 16 <= result["point"][0] <= 80 and all(16 <= b["x1"] < b["x2"] <= 80 for b in result["boxes"])
+    similar = ok_json(capsys, "search", "--workdir", workdir.root, "--image", photos / "wide.png", "-k", "3")["hits"]
+    # image -> image from the file finds its own stored vector first: the upload path crops as the index did
+    assert len(similar) == 3 and similar[0]["image_id"] == wide_id and similar[0]["score"] >= 0.999
+    regions = ok_json(capsys, "ground", "--workdir", workdir.root, "a red circle", "-k", "3")["results"]
+    assert len(regions) == 3  # phrase -> region over the collection, through the patch index
+    for region in regions:
+        x1, _, x2, _ = region["window"]
+        assert all(x1 <= b["x1"] < b["x2"] <= x2 for b in region["boxes"])
 
     # the app searches with it too
     from streamlit.testing.v1 import AppTest
@@ -135,7 +143,15 @@ def test_an_open_clip_model_with_local_weights_indexes_and_grounds_without_train
     error(capsys, "tag", "--workdir", workdir.root, "--method", "knn", "--keywords", "red", match="--method zeroshot")
     tagged = ok_json(capsys, "tag", "--workdir", workdir.root, "--method", "zeroshot", "--keywords", "red, circle,dog",
                      "--threshold", "0.6")
-    assert tagged["vocabulary"] == 3 and tagged["tags"] > 0 and tagged["threshold"] == 0.6
+    assert tagged["vocabulary"] == 3 and tagged["threshold"] == 0.6
+    # the same rule computed here: each keyword's prompt standardized over the collection, sigmoid(z) >= 0.6
+    micro = load_checkpoint(Path(added["path"]), "cpu")
+    with torch.no_grad():
+        prompts = micro.encode_text([f"a photo of a {w}" for w in ("red", "circle", "dog")]).numpy()
+    _, image_vectors = load_embeddings(workdir, added["id"], "image")
+    cosines = image_vectors @ prompts.T
+    z = (cosines - cosines.mean(axis=0)) / (cosines.std(axis=0) + 1e-6)
+    assert tagged["tags"] == int((1 / (1 + np.exp(-z)) >= 0.6).sum()) > 0
     with Catalog.open(workdir, read_only=True) as catalog:
         stored = catalog.query("SELECT DISTINCT keyword FROM tags")
         assert {k for (k,) in stored} <= {"red", "circle", "dog"}
@@ -238,5 +254,31 @@ def test_a_hub_model_is_read_from_the_local_hub_cache_offline(tmp_path, capsys, 
     with torch.no_grad():
         texts = ["a dog runs on the beach", "a red circle"]
         assert torch.allclose(from_hub.encode_text(texts), from_file.encode_text(texts))
+        # and what open_clip itself makes of the same hub repository (its preprocess: squash, mean/std 0.5)
+        reference, _, preprocess = open_clip.create_model_and_transforms("hf-hub:groundex-test/micro")
+        image = Image.new("RGB", (80, 48), (200, 30, 30))
+        ours = from_hub.encode_image(from_hub.pixels_from_images([image]))
+        theirs = F.normalize(reference.encode_image(preprocess(image)[None]), dim=-1)
+        assert float((ours * theirs).sum()) >= 0.9999
+        tokens = open_clip.get_tokenizer("hf-hub:groundex-test/micro")(texts)
+        assert torch.equal(from_hub.tokenize(texts), tokens)
     error(capsys, "model", "add", "hf-hub:groundex-test/absent", "--workdir", workdir.root,
           match="could not get open_clip_config.json from the hub or its local cache")
+
+
+def test_labels_name_models_once_and_never_hide_a_hash_or_a_model_name(trained, tmp_path, capsys):
+    workdir = Workdir(tmp_path / "w")
+    shutil.copytree(trained.root, workdir.root, ignore=shutil.ignore_patterns("cache"))
+    model_id = ok_json(capsys, "model", "list", "--workdir", workdir.root)[0]["id"]
+    weights = micro_vit_weights(tmp_path / "open_clip")
+    assert groundex(capsys, "model", "label", model_id[:8], "scenes", "--workdir", workdir.root)[0] == 0
+    before = sorted(p.name for p in (workdir.root / "models").iterdir())
+    error(capsys, "model", "add", MICRO_VIT, "--pretrained", weights, "--label", "scenes", "--workdir", workdir.root,
+          match=f"already names model {model_id}")
+    assert sorted(p.name for p in (workdir.root / "models").iterdir()) == before  # nothing placed, nothing staged
+    error(capsys, "model", "label", "scenes", "tiny", "--workdir", workdir.root, match="is a model name")
+    error(capsys, "model", "label", "scenes", "deadbeef", "--workdir", workdir.root, match="hash prefix")
+    error(capsys, "model", "label", "scenes", MICRO_VIT, "--workdir", workdir.root, match="is a model name")
+    assert ok_json(capsys, "model", "list", "--workdir", workdir.root)[0]["label"] == "scenes"
+    assert groundex(capsys, "model", "label", "scenes", "--clear", "--workdir", workdir.root)[0] == 0
+    assert ok_json(capsys, "model", "list", "--workdir", workdir.root)[0]["label"] is None

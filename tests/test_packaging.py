@@ -1,11 +1,13 @@
 """A non-editable install works: the wheel holds every file of the five packages (the `tiny` preset's
-model config included), and the installed copy, not the source tree, runs a small pipeline through the CLI."""
+model config included), and installed in a fresh virtual environment, its `groundex` console script runs a small
+pipeline from the installed copy, not the source tree."""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -48,37 +50,38 @@ def test_wheel_ships_every_package_file_and_the_installed_copy_runs(tmp_path):
         shipped = set(archive.namelist())
     assert not expected - shipped, f"left out of the wheel: {sorted(expected - shipped)}"
 
-    site = tmp_path / "site"
-    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--no-cache-dir", "-q",
-          "--target", str(site), str(wheel)])
-
-    # A fresh cwd (`python -m` puts it first on sys.path) and only the installed copy on PYTHONPATH. The venv's
-    # editable install of groundex stays active, but its finder comes after the path-based one on sys.meta_path.
-    cwd = tmp_path / "cwd"
+    # A fresh virtual environment with the wheel installed in it, non-editable, with its console script. Its
+    # dependencies come from this environment's site-packages through a .pth line: a plain path entry, so this
+    # environment's own .pth files (the editable install of the source tree among them) are not processed there.
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    _run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
+          "--no-compile", "--no-cache-dir", "-q", str(wheel)])
+    cwd = tmp_path / "cwd"  # not the source tree, and no PYTHONPATH: only the installed copy can be imported
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GROUNDEX_WORKDIR")}
-    env["PYTHONPATH"] = str(site)
 
-    def python(*args) -> str:
-        return _run([sys.executable, *args], cwd=cwd, env=env, timeout=300).stdout
+    def run(*args) -> str:
+        return _run([str(a) for a in args], cwd=cwd, env=env, timeout=300).stdout
 
-    # Where the packages come from, then `python -m ui.cli demo --help` in the same process (one torch import).
-    out = python("-c", "import json, runpy, sys, indexer, indexer.models as m, ui.cli\n"
-                       "print(json.dumps([indexer.__file__, str(m.PRESETS_DIR), ui.cli.__file__, m.list_presets()]))\n"
-                       "sys.argv = ['groundex', 'demo', '--help']\n"
-                       "runpy.run_module('ui.cli', run_name='__main__', alter_sys=True)")
-    first_line, help_text = out.split("\n", 1)
-    *paths, presets = json.loads(first_line)
+    located = json.loads(run(venv / "bin" / "python", "-c",
+                             "import json, indexer, indexer.models as m, ui.cli\n"
+                             "print(json.dumps([indexer.__file__, str(m.PRESETS_DIR), ui.cli.__file__, "
+                             "m.list_presets()]))"))
+    *paths, presets = located
     for path in paths:
         assert Path(path).resolve().is_relative_to(site.resolve()), f"{path} is not the installed copy"
     assert "tiny" in presets
-    assert "usage: groundex demo" in help_text
-    workdir = str(tmp_path / "w")
-    python("-m", "ui.cli", "ingest", "synthetic", "--n", "60", "--seed", "0", "--size", "64", "--workdir", workdir,
-           "--no-progress")
-    # The default model is the `tiny` preset: its config is the JSON file a non-editable install used to lack.
-    python("-m", "ui.cli", "train", "--workdir", workdir, "--epochs", "1", "--batch-size", "16", "--val-split", "none",
-           "--device", "cpu", "--no-progress")
-    python("-m", "ui.cli", "index", "--workdir", workdir, "--device", "cpu", "--no-progress")
-    hits = json.loads(python("-m", "ui.cli", "search", "--workdir", workdir, "a red circle", "-k", "3", "--json"))
+    groundex = venv / "bin" / "groundex"
+    assert "usage: groundex demo" in run(groundex, "demo", "--help")
+    workdir = tmp_path / "w"
+    run(groundex, "ingest", "synthetic", "--n", "60", "--seed", "0", "--size", "64", "--workdir", workdir,
+        "--no-progress")
+    # The default base is the `tiny` preset: its config is the JSON file a non-editable install used to lack.
+    run(groundex, "train", "--workdir", workdir, "--epochs", "1", "--batch-size", "16", "--val-split", "none",
+        "--device", "cpu", "--no-progress")
+    run(groundex, "index", "--workdir", workdir, "--device", "cpu", "--no-progress")
+    hits = json.loads(run(groundex, "search", "--workdir", workdir, "a red circle", "-k", "3", "--json"))
     assert len(hits["hits"]) == 3

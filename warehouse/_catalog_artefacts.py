@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from .artefacts import KINDS, NONE_YET, Artefact
 from .errors import ArtefactError
 from .workdir import utc_now
 
+_HEX = re.compile(r"[0-9a-f]+")
 _COLUMNS = ("kind", "id", "label", "path", "parent_id", "run_id", "source", "info", "metrics", "created_at")
 EMBEDDING_KINDS = ("image", "patch", "caption")
 
@@ -42,17 +44,21 @@ class ArtefactRows:
         if kind not in KINDS:
             raise ValueError(f"artefact kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if label is not None:
-            self._check_label(kind, artefact_id, label)
+            self.check_label(kind, artefact_id, label)
         self.con.execute(
             f"INSERT INTO artefacts ({', '.join(_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (kind, id) DO UPDATE SET metrics = excluded.metrics, "
+            "ON CONFLICT (kind, id) DO UPDATE SET "
+            "metrics = CASE WHEN excluded.metrics = '{}' THEN artefacts.metrics ELSE excluded.metrics END, "
             "label = coalesce(excluded.label, artefacts.label)",
             [kind, artefact_id, label, path, parent_id, run_id, source, json.dumps(info, default=str),
              json.dumps(metrics or {}, default=str), utc_now()])
 
-    def _check_label(self, kind: str, artefact_id: str, label: str) -> None:
+    def check_label(self, kind: str, artefact_id: str, label: str) -> None:
+        """Refuse a label another artefact of the kind has, or one that could be read as a hash prefix."""
         if not label.strip() or label != label.strip():
             raise ValueError(f"a label must be non-empty without surrounding spaces, got {label!r}")
+        if _HEX.fullmatch(label):
+            raise ValueError(f"label {label!r} could be read as a hash prefix: use a name with another letter in it")
         taken = self.con.execute("SELECT id FROM artefacts WHERE kind = ? AND label = ? AND id <> ?",
                                  [kind, label, artefact_id]).fetchall()
         if taken:
@@ -60,7 +66,7 @@ class ArtefactRows:
 
     def set_label(self, kind: str, artefact_id: str, label: str | None) -> None:
         if label is not None:
-            self._check_label(kind, artefact_id, label)
+            self.check_label(kind, artefact_id, label)
         self.con.execute("UPDATE artefacts SET label = ? WHERE kind = ? AND id = ?", [label, kind, artefact_id])
 
     def artefacts(self, kind: str | None = None, parent_id: str | None = None) -> list[Artefact]:
@@ -136,18 +142,6 @@ class ArtefactRows:
 
     # -- models: the rows every model consumer reads -------------------------------------------------------------
 
-    def add_model(self, model_id: str, name: str, path: str, parent_id: str | None = None,
-                  run_id: int | None = None, mode: str | None = None, trainable_params: int | None = None,
-                  total_params: int | None = None, metrics: dict[str, Any] | None = None, *, source: str = "trained",
-                  label: str | None = None, **info: Any) -> None:
-        """Record a CLIP checkpoint (`path`: its folder, relative to the workdir or absolute)."""
-        folder = Path(path)
-        if folder.is_absolute() and folder.is_relative_to(self.root):
-            path = folder.relative_to(self.root).as_posix()
-        self.add_artefact("model", model_id, path, source=source, parent_id=parent_id, run_id=run_id, metrics=metrics,
-                          label=label, info={"name": name, "mode": mode, "trainable_params": trainable_params,
-                                             "total_params": total_params, **info})
-
     @staticmethod
     def _model_dict(artefact: Artefact) -> dict[str, Any]:
         return {**artefact.info, "id": artefact.id, "label": artefact.label, "path": str(artefact.path),
@@ -196,6 +190,3 @@ class ArtefactRows:
         if stored is None:
             raise ValueError(f"model {model_id} has no stored patch embeddings: run `groundex index`")
         return int(stored["cells"])
-
-    def remove_embedding_sets(self, model_id: str) -> None:
-        self.con.execute("DELETE FROM embedding_sets WHERE model_id = ?", [model_id])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-from ._upgrade import adopt_captioners, adopt_taggers, record_patch_grids
+from ._upgrade import adopt_captioners, adopt_taggers, move_training_state, record_patch_grids, relative_model_paths
 
 # Each migration is a list of steps run in one transaction: SQL statements, or functions of (connection, workdir
 # root) for what SQL cannot do (reading the workdir's folders). There are no FOREIGN KEY clauses:
@@ -224,8 +224,10 @@ MIGRATIONS: list[list[str | Callable[[duckdb.DuckDBPyConnection, Path], None]]] 
             PRIMARY KEY (model_id, kind)
         )
         """,
+        relative_model_paths,
         adopt_captioners,
         adopt_taggers,
+        move_training_state,
         record_patch_grids,
     ],
 ]

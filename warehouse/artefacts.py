@@ -18,7 +18,8 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -131,51 +132,57 @@ class ArtefactStore:
     def path_of(self, kind: str, artefact_id: str) -> Path:
         return self.folder(kind) / artefact_id
 
-    def staging(self, kind: str) -> Path:
+    @contextmanager
+    def staging(self, kind: str) -> Iterator[Path]:
         """A fresh folder to write an artefact's files into before `commit` (inside the kind's folder, so the final
-        rename stays on one file system). Staging folders left by a crash are removed by `commit` and `verify`
-        reports them."""
+        rename stays on one file system); removed on the way out unless `commit` moved it into place. A kill leaves
+        it behind: `groundex verify` notes such folders."""
         root = self.folder(kind)
         root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+        folder = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def commit(self, kind: str, staging: Path, *, source: str, info: dict[str, Any] | None = None,
                parent_id: str | None = None, run_id: int | None = None, metrics: dict[str, Any] | None = None,
-               label: str | None = None, record: bool = True) -> Artefact:
+               label: str | None = None) -> Artefact:
         """Hash the staged files, move the folder into place (or drop it when the same bytes are there already)
-        and record it in the catalog. `record=False` only places the folder (the caller records it inside its own
-        catalog transaction)."""
+        and record it, with its manifest entry, while holding the catalog's write lock. A label taken by another
+        artefact is refused before anything moves."""
         from .catalog import Catalog  # here: catalog imports this module
 
-        artefact_id, final = place(kind, staging, self.folder(kind))
-        relative = final.relative_to(self.workdir.root).as_posix()
-        if not record:
-            return Artefact(kind, artefact_id, label, final, parent_id, run_id, source, info or {}, metrics or {},
-                            datetime.now())
         with Catalog.open(self.workdir) as catalog:
+            if label is not None:
+                catalog.check_label(kind, content_hash(kind, staging), label)
+            artefact_id, final = place(kind, staging, self.folder(kind))
+            relative = final.relative_to(self.workdir.root).as_posix()
             catalog.add_artefact(kind, artefact_id, relative, source=source, info=info or {}, parent_id=parent_id,
                                  run_id=run_id, metrics=metrics, label=label)
-            artefact = catalog.artefact(kind, artefact_id)
-        self.workdir.update_manifest(artefacts={f"{kind}:{artefact_id}": {"kind": kind, "path": relative,
-                                                                          "run_id": run_id}})
-        return artefact
+            self.workdir.update_manifest(artefacts={f"{kind}:{artefact_id}": {"kind": kind, "path": relative,
+                                                                              "run_id": run_id}})
+            return catalog.artefact(kind, artefact_id)
 
-    def remove_folder(self, kind: str, artefact_id: str) -> None:
-        """Delete an artefact's folder (its row goes with `Catalog.remove_artefact`) and its manifest entry."""
+    def remove(self, kind: str, artefact_id: str) -> None:
+        """Delete an artefact's folder, its training state and its manifest entry; the caller holds the catalog's
+        write lock and deletes the row (`Catalog.forget_artefact`)."""
         shutil.rmtree(self.path_of(kind, artefact_id), ignore_errors=True)
-        manifest = self.workdir.read_manifest()
-        if manifest.get("artefacts", {}).pop(f"{kind}:{artefact_id}", None) is not None:
-            atomic_write_json(self.workdir.manifest_path, manifest)
+        self.workdir.update_manifest(remove=[f"{kind}:{artefact_id}"])
 
     def stray_staging(self) -> list[Path]:
         """Staging folders a crash left behind."""
         return sorted(p for kind in KINDS if self.folder(kind).is_dir() for p in self.folder(kind).glob(".staging*"))
 
-    def training_dir(self, kind: str, key: str) -> Path:
-        """Where the resumable state of a run that trains an artefact of `kind` lives (`key`: the run's own id,
-        or what the run's state is kept per, e.g. the embedding model of a captioner)."""
+    def training_root(self, kind: str) -> Path:
+        """The training state of every run that trains an artefact of `kind`."""
         _check_kind(kind)
-        return self.workdir.root / "training" / kind / key
+        return self.workdir.root / "training" / kind
+
+    def training_dir(self, kind: str, key: str) -> Path:
+        """Where the resumable state of one run lives (`key`: the run's own id, or what the run's state is kept per,
+        e.g. the embedding model of a captioner)."""
+        return self.training_root(kind) / key
 
 
 class RunState:

@@ -120,7 +120,11 @@ class Catalog(ArtefactRows, HeadsRows):
                 Catalog(self.path).close()
                 self.con = _connect(self.path, True)
             else:
-                self._migrate(version)
+                try:
+                    self._migrate(version)
+                except BaseException:  # the failed migration rolled back; the next open tries again
+                    self.con.close()
+                    raise
 
     @classmethod
     def open(cls, workdir: Workdir, read_only: bool = False) -> Catalog:
@@ -164,6 +168,9 @@ class Catalog(ArtefactRows, HeadsRows):
                     else:
                         self.con.execute(step)
                 self.con.execute("INSERT INTO schema_version VALUES (?, ?)", [version, utc_now()])
+        workdir = Workdir(self.path.parent)
+        if workdir.manifest_path.is_file():
+            workdir.update_manifest(schema_version=SCHEMA_VERSION)
 
     @property
     def schema_version(self) -> int:

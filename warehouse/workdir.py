@@ -23,6 +23,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,16 +86,20 @@ class Workdir:
         return self.root / "datasets"
 
     @property
-    def models_dir(self) -> Path:
-        return self.root / "models"
-
-    @property
     def embeddings_dir(self) -> Path:
         return self.root / "embeddings"
 
     @property
     def indexes_dir(self) -> Path:
         return self.root / "indexes"
+
+    def model_embeddings_dir(self, model_id: str) -> Path:
+        """A model's embedding shards (image/, patch/, caption/)."""
+        return self.embeddings_dir / model_id
+
+    def model_indexes_dir(self, model_id: str) -> Path:
+        """A model's FAISS index files."""
+        return self.indexes_dir / model_id
 
     def grounding_config_path(self, model_id: str) -> Path:
         """Where the grounding parameters tuned for a model live."""
@@ -112,7 +117,7 @@ class Workdir:
         """Make the folders and the manifest if missing; safe to call on an existing workdir."""
         if self.root.exists() and not self.root.is_dir():
             raise NotADirectoryError(f"workdir {self.root} exists and is not a directory")
-        for d in (self.root, self.datasets_dir, self.models_dir, self.embeddings_dir, self.indexes_dir):
+        for d in (self.root, self.datasets_dir, self.embeddings_dir, self.indexes_dir):
             d.mkdir(parents=True, exist_ok=True)
         if not self.manifest_path.exists():
             now = utc_now().isoformat(timespec="seconds")
@@ -142,13 +147,16 @@ class Workdir:
             )
         return manifest
 
-    def update_manifest(self, **fields: Any) -> dict[str, Any]:
-        """Merge `fields` into the manifest (a key `artefacts` merges by name) and write it atomically."""
+    def update_manifest(self, remove: Iterable[str] = (), **fields: Any) -> dict[str, Any]:
+        """Merge `fields` into the manifest (a key `artefacts` merges by name; `remove` drops artefacts by name) and
+        write it atomically. Writers call it while holding the catalog's write lock, so updates do not race."""
         manifest = self.read_manifest()
         artefacts = fields.pop("artefacts", None)
         manifest.update(fields)
         if artefacts:
             manifest.setdefault("artefacts", {}).update(artefacts)
+        for name in remove:
+            manifest.setdefault("artefacts", {}).pop(name, None)
         manifest["updated"] = utc_now().isoformat(timespec="seconds")
         atomic_write_json(self.manifest_path, manifest)
         return manifest

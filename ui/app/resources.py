@@ -37,10 +37,10 @@ def workdir() -> Workdir:
 
 @st.cache_data(ttl=30, show_spinner=False)
 def indexed_models(root: str) -> list[tuple[str, str]]:
-    """(model id, label) of the models that have an image index, newest first."""
+    """(model id, what the chooser shows) of the models that have an image index, newest first."""
     with Catalog.open(Workdir(root), read_only=True) as catalog:
-        return [(m["id"], f"{m['id'][:12]} · {m['name']} · {str(m['created_at'])[:16]}") for m in catalog.models()
-                if catalog.current_index(m["id"], "image") is not None]
+        return [(m["id"], " · ".join(filter(None, (m["label"], m["id"][:12], m["name"], str(m["created_at"])[:16]))))
+                for m in catalog.models() if catalog.current_index(m["id"], "image") is not None]
 
 
 def model_id(root: str) -> str:

@@ -106,6 +106,10 @@ def run_list(args: argparse.Namespace) -> int:
         if r["indexes"]:
             line += "  indexes: " + ", ".join(f"{k} {n:,}" for k, n in r["indexes"].items())
         print(line)
+        runs = ([f"made by run {r['made_by']['run_id']} ({r['made_by']['command']})"] if r["made_by"] else []) + [
+            f"{command} run {figures['run_id']}" for command, figures in sorted(r["evaluations"].items())]
+        if runs:
+            print("    " + "; ".join(runs))
     return 0
 
 
@@ -129,10 +133,8 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_label(args: argparse.Namespace) -> int:
-    from warehouse import Catalog
+    from indexer.model_store import label_model
 
-    with Catalog.open(workdir_of(args)) as catalog:
-        artefact = catalog.artefact("model", args.model)
-        catalog.set_label("model", artefact.id, None if args.clear else args.label)
+    artefact = label_model(workdir_of(args), args.model, None if args.clear else args.label)
     print(f"model {artefact.id}: " + ("label cleared" if args.clear else f"labelled {args.label!r}"))
     return 0

@@ -55,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from indexer.model_store import check_model_label, label_model
     from indexer.train import TrainConfig, train
     from warehouse import Catalog
 
@@ -71,14 +72,12 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, progress=not args.no_progress)
     workdir = workdir_of(args)
     if args.label is not None:  # checked before training, set after
+        check_model_label(args.label)
         with Catalog.open(workdir, read_only=True) as catalog:
-            taken = catalog.find_artefact("model", args.label)
-        if taken is not None and taken.label == args.label:
-            raise UserError(f"label {args.label!r} already names model {taken.id}")
+            catalog.check_label("model", "", args.label)
     result = train(workdir, config, resume=args.resume)
     if args.label is not None:
-        with Catalog.open(workdir) as catalog:
-            catalog.set_label("model", result.model_id, args.label)
+        label_model(workdir, result.model_id, args.label)
     if args.json:
         print_json(result.__dict__)
         return 0
