@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test gpu lint browser screenshots
+.PHONY: demo test check gpu lint browser screenshots
 
 # Reinstalled whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -18,6 +18,11 @@ demo: $(VENV)/.installed
 # The browser test drives Debian's chromium (installed here with apt-get when missing).
 test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest
+
+# The edit-test loop: lint and the tests not marked slow (the full suite stays `make test`, which CI runs).
+check: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow" -q
 
 browser:
 	bash .ci/install-browser

@@ -20,7 +20,7 @@ import numpy as np
 from indexer.data import crop_window, pixel_cache
 from indexer.models import GroundexModel, load_checkpoint
 from indexer.regions import phrase_maps
-from warehouse import Catalog, GroundingRow, Workdir, recorded_run
+from warehouse import Catalog, GroundingRow, InputError, Workdir, recorded_run
 
 from .heatmap import GroundingConfig, boxes_from_map, in_window, iou, points, score_maps
 
@@ -47,7 +47,7 @@ def split_maps(workdir: Workdir, model: GroundexModel, split: str, progress: boo
         items = catalog.image_rows(ids=sorted({r.image_id for r in rows}))
         details = catalog.image_details([i for i, _ in items]) if model.resize != "squash" else {}
     if not rows:
-        raise ValueError(f"split {split!r} has no phrases with boxes to evaluate grounding on "
+        raise InputError(f"split {split!r} has no phrases with boxes to evaluate grounding on "
                          "(it needs Flickr30k Entities annotations; `groundex info` shows the splits)")
     cache = pixel_cache(workdir.cache_dir, items, model.image_size, progress=progress, resize=model.resize)
     windows = None
@@ -144,7 +144,7 @@ def evaluate_grounding(workdir: Workdir, split: str, model_id: str | None = None
     """Pointing game and box accuracy on `split`. With `tune_params`, first choose the parameters on this
     split and save them for the model (refused on 'test': choose on val)."""
     if tune_params and split == "test":
-        raise ValueError("parameters are chosen on val, never on test: run with --split val --tune")
+        raise InputError("parameters are chosen on val, never on test: run with --split val --tune")
     with Catalog.open(workdir, read_only=True) as catalog:
         info = catalog.model(model_id)
     model = load_checkpoint(info["path"], device)

@@ -22,17 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 from PIL import Image
 
 from indexer.data import FULL_FRAME, crop_window
 from indexer.embed import load_embeddings
-from indexer.index import configure_search, patch_ids
+from indexer.index import patch_ids
+from indexer.knn import search_allowed
 from indexer.models import GroundexModel
 from indexer.search import Searcher
-from warehouse import Catalog, Condition, Workdir, load_image, recorded_run
+from warehouse import Catalog, Condition, InputError, Workdir, load_image, recorded_run
 
 from .evaluate import load_config
 from .heatmap import Box, GroundingConfig, boxes_from_map, in_window, points, score_maps
@@ -103,7 +103,7 @@ class Grounder:
             with self.searcher.reading() as catalog:
                 details = catalog.image_details([image_id]).get(image_id)
                 if details is None:
-                    raise ValueError(f"image id {image_id} is not in the catalog")
+                    raise InputError(f"image id {image_id} is not in the catalog")
                 try:
                     _, patches = load_embeddings(self.workdir, self.model_id, "patch", [image_id], catalog)
                 except (KeyError, FileNotFoundError):  # not indexed (or indexed without patches): embed it now
@@ -142,9 +142,9 @@ class Grounder:
 
         `method`: 'patch-index', 'two-stage' (with `shortlist`), or 'auto' (the patch index when there is one)."""
         if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise InputError(f"k must be a positive integer, got {k!r}")
         if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+            raise InputError(f"method must be one of {METHODS}, got {method!r}")
         vector = self.searcher.text_vector(phrase)
         with self.searcher.reading() as catalog:  # one catalog connection for the whole query
             if method == "auto":
@@ -153,7 +153,7 @@ class Grounder:
                 candidates = self._patch_candidates(vector, k, self.searcher.allowed_images(where, catalog), catalog)
             else:
                 if shortlist < k:
-                    raise ValueError(f"the shortlist ({shortlist}) must hold at least k ({k}) images")
+                    raise InputError(f"the shortlist ({shortlist}) must hold at least k ({k}) images")
                 candidates, _ = self.searcher.nearest_images(vector, shortlist, where, catalog)
             if len(candidates) == 0:
                 return []
@@ -169,18 +169,21 @@ class Grounder:
 
     def _patch_candidates(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, catalog: Catalog
                           ) -> np.ndarray:
-        """Images of the patch vectors nearest to `vector`, best first (at most RERANK_IMAGES)."""
+        """Images of the patch vectors nearest to `vector`, best first (at most RERANK_IMAGES).
+
+        The search is `indexer.knn.search_allowed` over patch ids; its exact fallback happens here, per image
+        rather than per patch: when the filter leaves few images, or the index found patches of fewer than k
+        of them, every allowed image is a candidate and `search` scores all their patches exactly."""
         index = self.searcher.index("patch", catalog)
         cells = catalog.patch_cells(self.model_id)
-        hits = min(PATCH_HITS, index.ntotal)
-        params = configure_search(index, hits) or faiss.SearchParameters()
+        allowed_patches = None
         if allowed is not None:
             allowed = np.array([i for i, _, _ in catalog.embedding_locations(self.model_id, "image", allowed)],
                                dtype=np.int64)  # only images this model has embedded can be scored
             if len(allowed) <= RERANK_IMAGES:  # few enough to score them all exactly
                 return allowed
-            params.sel = faiss.IDSelectorBatch(patch_ids(allowed, cells))
-        _, found = index.search(np.ascontiguousarray(vector, dtype=np.float32)[None, :], hits, params=params)
+            allowed_patches = patch_ids(allowed, cells)
+        found, _ = search_allowed(index, np.asarray(vector)[None, :], PATCH_HITS, allowed_patches)
         found = found[0][found[0] >= 0] // cells  # patch id -> image id, nearest first
         _, first = np.unique(found, return_index=True)
         candidates = found[np.sort(first)][:RERANK_IMAGES]

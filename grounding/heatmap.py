@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from warehouse import InputError
 from warehouse.workdir import atomic_write_json
 
 
@@ -44,11 +45,11 @@ class GroundingConfig:
 
     def __post_init__(self) -> None:
         if self.upsample < 1 or self.max_boxes < 1:
-            raise ValueError(f"upsample and max_boxes must be >= 1, got {self.upsample} and {self.max_boxes}")
+            raise InputError(f"upsample and max_boxes must be >= 1, got {self.upsample} and {self.max_boxes}")
         if not 0 <= self.threshold <= 1:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+            raise InputError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.center_prior < 0 or self.prior_sigma <= 0:
-            raise ValueError("center_prior must be >= 0 and prior_sigma > 0")
+            raise InputError("center_prior must be >= 0 and prior_sigma > 0")
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, asdict(self))
@@ -59,7 +60,7 @@ class GroundingConfig:
             data = json.loads(Path(path).read_text())
             return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
         except (OSError, json.JSONDecodeError, TypeError) as e:
-            raise ValueError(f"{path}: unreadable grounding config ({e})") from None
+            raise InputError(f"{path}: unreadable grounding config ({e})") from None
 
 
 @dataclass

@@ -8,21 +8,18 @@ The definitions follow the COCO caption evaluation code (coco-caption), which Fl
 - CIDEr-D: per image, the mean over n = 1..4 of the cosine between the candidate's and each reference's
   TF-IDF n-gram vectors (document frequencies over the evaluated split's references), with clipped
   candidate counts and a Gaussian length penalty (sigma 6), times 10, averaged over images.
-Texts are lowercased and split into words; punctuation is dropped. All figures are in percent (CIDEr x 100).
+Texts are lowercased and split into words by `indexer.tokenizer.words`, the splitter every part of groundex uses
+(punctuation dropped; "dog's" stays one word, where coco-caption's PTB tokenizer makes two). All figures are in
+percent (CIDEr x 100).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+from indexer.tokenizer import words
 
 
 def _ngrams(tokens: list[str], n: int) -> Counter:

@@ -28,7 +28,7 @@ from torch import nn
 from transformers import BlipTextConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel
 
-from warehouse import content_hash, place
+from warehouse import InputError, content_hash, place
 from warehouse.workdir import atomic_write_json
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[PRM]")  # ids 0..5, in this order
@@ -74,19 +74,19 @@ class CaptionerConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < (0 if self.pretrained else 1):  # a pretrained BLIP may be used as it is (epochs 0)
-            raise ValueError(f"epochs must be >= 1 (or 0 with a pretrained checkpoint), got {self.epochs}")
+            raise InputError(f"epochs must be >= 1 (or 0 with a pretrained checkpoint), got {self.epochs}")
         if self.k < 0 or not 0 <= self.retrieval_dropout < 1:
-            raise ValueError(f"k must be >= 0 and retrieval_dropout in [0, 1), got {self.k}, {self.retrieval_dropout}")
+            raise InputError(f"k must be >= 0 and retrieval_dropout in [0, 1), got {self.k}, {self.retrieval_dropout}")
         if min(self.hidden_size, self.layers, self.heads, self.batch_size, self.beams) < 1:
-            raise ValueError("hidden_size, layers, heads, batch_size and beams must be >= 1")
+            raise InputError("hidden_size, layers, heads, batch_size and beams must be >= 1")
         if self.hidden_size % self.heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of heads {self.heads}")
+            raise InputError(f"hidden_size {self.hidden_size} is not a multiple of heads {self.heads}")
         if self.image_tokens not in ("patches", "global"):
-            raise ValueError(f"image_tokens must be patches or global, got {self.image_tokens!r}")
+            raise InputError(f"image_tokens must be patches or global, got {self.image_tokens!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+            raise InputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.min_new_tokens > self.max_new_tokens:
-            raise ValueError("min_new_tokens must be <= max_new_tokens")
+            raise InputError("min_new_tokens must be <= max_new_tokens")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, min_count: int = 2) -> PreTrainedTokenizerFast:
@@ -353,7 +353,7 @@ def load_pretrained_blip(name_or_path: str, config: CaptionerConfig) -> tuple[Bl
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         image_processor = BlipImageProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load the BLIP checkpoint {name_or_path!r}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"cannot load the BLIP checkpoint {name_or_path!r}: {str(e).splitlines()[0]}") from None
     return BlipCaptioner(blip, config), tokenizer, image_processor
 
 
@@ -416,12 +416,12 @@ def load_captioner(folder: Path) -> tuple[CaptionDecoder, PreTrainedTokenizerBas
         try:
             weights = load_file(str(weights_path))
         except Exception as e:  # safetensors raises its own error types for a damaged file
-            raise ValueError(f"{weights_path.name}: {e}") from None
+            raise InputError(f"{weights_path.name}: {e}") from None
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
-            raise ValueError(f"weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise InputError(f"weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{folder}: not a captioner folder ({e.filename} is missing)") from None
     except (ValueError, KeyError, TypeError, RuntimeError, OSError) as e:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{folder}: unreadable captioner ({e})") from None
+        raise InputError(f"{folder}: unreadable captioner ({e})") from None
     return model.eval(), tokenizer, meta, image_processor

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from indexer.embed import load_embeddings
 from indexer.index import load_index
-from warehouse import Artefact, ArtefactStore, Catalog, RunState, Workdir, recorded_run
+from warehouse import Artefact, ArtefactStore, Catalog, InputError, RunState, Workdir, recorded_run
 
 from .caption_metrics import caption_metrics
 from .captioner import (
@@ -60,7 +60,7 @@ class CaptionData:
                 raise FileNotFoundError(f"no image index for model {self.model_id}: run `groundex index` first")
             train_rows = catalog.caption_rows("train")
         if not train_rows:
-            raise ValueError("the train split has no captions to retrieve from or learn on")
+            raise InputError("the train split has no captions to retrieve from or learn on")
         self.index = load_index(current["path"])
         caption_ids, caption_vectors = load_embeddings(workdir, self.model_id, "caption", [r[0] for r in train_rows])
         by_id = {c: (i, t) for c, i, t in train_rows}
@@ -127,11 +127,60 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
     best epoch by val loss is saved as the captioner. `resume`: True continues from the last checkpoint, False
     starts over, None (default) continues only an interrupted run of this very config.
     An epoch draws each training image once with one of its captions as the target."""
-    from transformers import Trainer, TrainingArguments
-
     config = config or CaptionerConfig()
     pretrained = load_pretrained_blip(config.pretrained, config) if config.pretrained else None  # fail early
     data = CaptionData(workdir, model_id)
+    examples = _choose_examples(data, config)
+    torch.manual_seed(config.seed)
+    model: CaptionDecoder | None = None  # the small decoder is built once the image tokens' width is known
+    image_processor = None
+    if config.pretrained is None:
+        tokenizer = train_tokenizer([t for _, t in examples.train], config.vocab_size)
+    else:
+        model, tokenizer, image_processor = pretrained
+    store = ArtefactStore(workdir)
+    with recorded_run(workdir, "caption train", asdict(config), data.model_id) as (run_id, result):
+        datasets = _build_datasets(data, examples, config, image_processor)
+        if model is None:
+            model = RACaptioner(config, len(tokenizer), datasets.train_inputs.shape[-1])
+        output_dir = store.training_dir("captioner", data.model_id)
+        run_state = RunState(output_dir)  # this run's config, and whether it finished
+        resume = _decide_resume(run_state, output_dir, config, resume)
+        if not resume and output_dir.exists():  # a fresh run: earlier checkpoints must not mix into --resume later
+            shutil.rmtree(output_dir)
+        run_state.start(asdict(config))
+        trainer = _build_trainer(model, tokenizer, datasets, config, output_dir, progress)
+        started = time.perf_counter()
+        if config.epochs:
+            trainer.train(resume_from_checkpoint=True if resume else None)
+        else:  # a pretrained BLIP as it is: its val loss only
+            trainer.evaluate()
+        seconds = time.perf_counter() - started
+        losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+        captioner = _save_captioner(store, model, tokenizer, image_processor, config, data.model_id, run_id,
+                                    len(examples.train_ids), losses)
+        captioner_id, folder = captioner.id, captioner.path
+        run_state.finish(captioner_id=captioner_id)
+        result.update({"captioner_id": captioner_id, "path": str(folder), "model_id": data.model_id,
+                       "train_images": len(datasets.train), "val_examples": len(datasets.val),
+                       "vocab_size": len(tokenizer), "val_loss_by_epoch": [round(x, 4) for x in losses],
+                       "best_val_loss": round(min(losses), 4) if losses else None,
+                       "train_seconds": round(seconds, 1), "resumed": resume})
+    return result
+
+
+@dataclass
+class _Examples:
+    """The (image, caption) pairs the captioner learns from (train) and is chosen on (val)."""
+    train_ids: np.ndarray             # the train split's captioned images (max_train_images of them, when set)
+    train: list[tuple[int, str]]      # (row into train_ids, caption)
+    val_ids: np.ndarray
+    val: list[tuple[int, str]]        # (row into val_ids, caption)
+
+
+def _choose_examples(data: CaptionData, config: CaptionerConfig) -> _Examples:
+    """Every caption of the train and val images; train images drawn at random (seeded) when there are more than
+    `config.max_train_images`."""
     train_ids, train_examples = data.split_examples("train")
     if config.max_train_images is not None and config.max_train_images < len(train_ids):
         rng = np.random.default_rng(config.seed)
@@ -141,80 +190,90 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
         train_examples = [(position[row], text) for row, text in train_examples if row in position]
     val_ids, val_examples = data.split_examples("val")
     if not val_examples:
-        raise ValueError("the val split has no captions: the captioner is evaluated and chosen on val each epoch")
-    torch.manual_seed(config.seed)
-    model: CaptionDecoder | None = None  # the small decoder is built once the image tokens' width is known
-    image_processor = None
-    if config.pretrained is None:
-        tokenizer = train_tokenizer([t for _, t in train_examples], config.vocab_size)
-    else:
-        model, tokenizer, image_processor = pretrained
-    store = ArtefactStore(workdir)
-    with recorded_run(workdir, "caption train", asdict(config), data.model_id) as (run_id, result):
-        inputs, retrieved = {}, {}
-        for name, ids in (("train", train_ids), ("val", val_ids)):
-            _logger.info("retrieving captions for %d %s images", len(ids), name)
-            vectors, inputs[name] = data.image_inputs(ids, config, image_processor)
-            retrieved[name] = data.retrieve(vectors, ids, config.k)
-        captions_by_row: list[list[str]] = [[] for _ in train_ids]
-        for row, caption in train_examples:
-            captions_by_row[row].append(caption)
-        train_dataset = CaptionExamples(captions_by_row, retrieved["train"])
-        offset = len(train_ids)  # val rows follow the train rows in the one feature array the collator reads
-        val_dataset = [(offset + row, caption, retrieved["val"][row], False) for row, caption in val_examples]
-        if model is None:
-            model = RACaptioner(config, len(tokenizer), inputs["train"].shape[-1])
-        output_dir = store.training_dir("captioner", data.model_id)
-        run_state = RunState(output_dir)  # this run's config, and whether it finished
-        has_checkpoint = any(output_dir.glob("checkpoint-*"))
-        if resume is None:
-            resume = has_checkpoint and run_state.should_resume(asdict(config), None)
-            if resume:
-                _logger.warning("resuming the interrupted captioner training in %s (resume=False, or `groundex "
-                                "caption train --restart`, starts over)", output_dir)
-        elif resume and not has_checkpoint:
-            _logger.warning("no checkpoint in %s to resume from; training from the start", output_dir)
-        resume = resume and has_checkpoint
-        if not resume and output_dir.exists():  # a fresh run: earlier checkpoints must not mix into --resume later
-            shutil.rmtree(output_dir)
-        run_state.start(asdict(config))
-        args = TrainingArguments(
-            output_dir=str(output_dir), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
-            per_device_eval_batch_size=config.batch_size, learning_rate=config.lr, weight_decay=config.weight_decay,
-            warmup_steps=config.warmup_ratio,  # a float below 1: a share of the steps
- lr_scheduler_type="cosine", eval_strategy="epoch",
-            save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_loss",
-            greater_is_better=False, logging_strategy="epoch", report_to=[], seed=config.seed,
-            dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
-            use_cpu=not torch.cuda.is_available(), bf16=_use_bf16(config))
-        trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=val_dataset,
-                          data_collator=CaptionCollator(tokenizer, _join(inputs["train"], inputs["val"]), config,
-                                                        model.token_ids),
-                          processing_class=tokenizer)
-        _quiet_logs(trainer, progress)
-        started = time.perf_counter()
-        if config.epochs:
-            trainer.train(resume_from_checkpoint=True if resume else None)
-        else:  # a pretrained BLIP as it is: its val loss only
-            trainer.evaluate()
-        seconds = time.perf_counter() - started
-        losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
-        with store.staging("captioner") as staging:
-            write_captioner(model.cpu(), tokenizer, staging, {"model_id": data.model_id,
-                                                              "train_images": int(len(train_ids))}, image_processor)
-            captioner = store.commit(
-                "captioner", staging, source=f"blip:{config.pretrained}" if config.pretrained else "trained",
-                parent_id=data.model_id, run_id=run_id,
-                metrics={"best_val_loss": round(min(losses), 4) if losses else None},
-                info={"decoder": "blip" if config.pretrained else "small", "train_images": int(len(train_ids))})
-        captioner_id, folder = captioner.id, captioner.path
-        run_state.finish(captioner_id=captioner_id)
-        result.update({"captioner_id": captioner_id, "path": str(folder), "model_id": data.model_id,
-                       "train_images": len(train_dataset), "val_examples": len(val_dataset),
-                       "vocab_size": len(tokenizer), "val_loss_by_epoch": [round(x, 4) for x in losses],
-                       "best_val_loss": round(min(losses), 4) if losses else None,
-                       "train_seconds": round(seconds, 1), "resumed": resume})
-    return result
+        raise InputError("the val split has no captions: the captioner is evaluated and chosen on val each epoch")
+    return _Examples(train_ids, train_examples, val_ids, val_examples)
+
+
+@dataclass
+class _Datasets:
+    """What the Trainer reads: the examples with their images' retrieved captions, and the images' inputs."""
+    train: CaptionExamples                         # by train image: its captions, one drawn each epoch
+    val: list[tuple[int, str, list[str], bool]]    # (row into `inputs`, caption, retrieved captions, may drop them)
+    train_inputs: ImageInputs
+    val_inputs: ImageInputs
+
+    @property
+    def inputs(self) -> ImageInputs:
+        """The one feature array the collator reads: the train rows, then the val rows."""
+        return _join(self.train_inputs, self.val_inputs)
+
+
+def _build_datasets(data: CaptionData, examples: _Examples, config: CaptionerConfig, image_processor: Any
+                    ) -> _Datasets:
+    """The examples' image inputs and retrieved captions (`config.k` per image), as the Trainer's datasets."""
+    inputs, retrieved = {}, {}
+    for name, ids in (("train", examples.train_ids), ("val", examples.val_ids)):
+        _logger.info("retrieving captions for %d %s images", len(ids), name)
+        vectors, inputs[name] = data.image_inputs(ids, config, image_processor)
+        retrieved[name] = data.retrieve(vectors, ids, config.k)
+    captions_by_row: list[list[str]] = [[] for _ in examples.train_ids]
+    for row, caption in examples.train:
+        captions_by_row[row].append(caption)
+    offset = len(examples.train_ids)  # val rows follow the train rows in `_Datasets.inputs`
+    val = [(offset + row, caption, retrieved["val"][row], False) for row, caption in examples.val]
+    return _Datasets(CaptionExamples(captions_by_row, retrieved["train"]), val, inputs["train"], inputs["val"])
+
+
+def _decide_resume(run_state: RunState, output_dir: Path, config: CaptionerConfig, resume: bool | None) -> bool:
+    """Whether this run continues from the checkpoints in `output_dir`: `resume` when there are any, and with None
+    only when the saved run was interrupted and had this very config."""
+    has_checkpoint = any(output_dir.glob("checkpoint-*"))
+    if resume is None:
+        resume = has_checkpoint and run_state.should_resume(asdict(config), None)
+        if resume:
+            _logger.warning("resuming the interrupted captioner training in %s (resume=False, or `groundex "
+                            "caption train --restart`, starts over)", output_dir)
+    elif resume and not has_checkpoint:
+        _logger.warning("no checkpoint in %s to resume from; training from the start", output_dir)
+    return resume and has_checkpoint
+
+
+def _build_trainer(model: CaptionDecoder, tokenizer: Any, datasets: _Datasets, config: CaptionerConfig,
+                   output_dir: Path, progress: bool) -> Any:
+    """A Trainer that evaluates and saves a checkpoint each epoch and ends with the best epoch's weights (by val
+    loss); its log output goes to the logger (see `_quiet_logs`)."""
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size, learning_rate=config.lr, weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # a float below 1: a share of the steps
+        lr_scheduler_type="cosine", eval_strategy="epoch",
+        save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+        greater_is_better=False, logging_strategy="epoch", report_to=[], seed=config.seed,
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available(), bf16=_use_bf16(config))
+    trainer = Trainer(model=model, args=args, train_dataset=datasets.train, eval_dataset=datasets.val,
+                      data_collator=CaptionCollator(tokenizer, datasets.inputs, config, model.token_ids),
+                      processing_class=tokenizer)
+    _quiet_logs(trainer, progress)
+    return trainer
+
+
+def _save_captioner(store: ArtefactStore, model: CaptionDecoder, tokenizer: Any, image_processor: Any,
+                    config: CaptionerConfig, model_id: str, run_id: int, train_images: int, losses: list[float]
+                    ) -> Artefact:
+    """Write the trained captioner to a staging folder and commit it to the store, recorded with its embedding
+    model (`model_id`), the run, and its best val loss."""
+    with store.staging("captioner") as staging:
+        write_captioner(model.cpu(), tokenizer, staging, {"model_id": model_id,
+                                                          "train_images": int(train_images)}, image_processor)
+        captioner = store.commit(
+            "captioner", staging, source=f"blip:{config.pretrained}" if config.pretrained else "trained",
+            parent_id=model_id, run_id=run_id,
+            metrics={"best_val_loss": round(min(losses), 4) if losses else None},
+            info={"decoder": "blip" if config.pretrained else "small", "train_images": int(train_images)})
+    return captioner
 
 
 def _join(a: ImageInputs, b: ImageInputs) -> ImageInputs:
@@ -249,10 +308,10 @@ def _quiet_logs(trainer: Any, progress: bool) -> None:
 
 
 def _use_bf16(config: CaptionerConfig) -> bool:
-    from indexer.models import bf16_is_fast
+    """The shared precision policy (`indexer.models.precision_uses_bf16`) on the device the Trainer uses."""
+    from indexer.models import default_device, precision_uses_bf16
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(device))
+    return precision_uses_bf16(config.precision, default_device())
 
 
 # -- using a trained captioner --------------------------------------------------------------------
@@ -361,13 +420,13 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
     captioner (its k), the same model with no retrieved captions, the nearest-neighbour caption, and the
     captioner at each k of `ks`."""
     if split == "train":
-        raise ValueError("the captioner learns on train: evaluate on val or test")
+        raise InputError("the captioner learns on train: evaluate on val or test")
     captioner = Captioner(workdir, captioner_id)
     image_ids, examples = captioner.data.split_examples(split)
     if limit is not None:
         image_ids = image_ids[:limit]
     if len(image_ids) == 0:
-        raise ValueError(f"split {split!r} has no captioned images to evaluate captions on")
+        raise InputError(f"split {split!r} has no captioned images to evaluate captions on")
     references: list[list[str]] = [[] for _ in image_ids]
     for row, text in examples:
         if row < len(image_ids):

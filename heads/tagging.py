@@ -30,7 +30,7 @@ from tqdm import tqdm
 from indexer.embed import load_embeddings
 from indexer.index import load_index
 from indexer.models import load_checkpoint
-from warehouse import Artefact, ArtefactStore, Catalog, Workdir, recorded_run
+from warehouse import Artefact, ArtefactStore, Catalog, InputError, Workdir, recorded_run
 from warehouse.workdir import atomic_write_json
 
 from .neighbours import training_neighbours
@@ -73,14 +73,14 @@ class TaggingConfig:
         if isinstance(self.probe, dict):
             self.probe = ProbeConfig(**self.probe)
         if self.caption_neighbours < 1 or self.max_tags < 1:
-            raise ValueError("caption_neighbours and max_tags must be >= 1")
+            raise InputError("caption_neighbours and max_tags must be >= 1")
         prompts(["x"], self.prompt)  # validates the template
         if self.keywords is not None:
             self.keywords = tuple(dict.fromkeys(w.strip().lower() for w in self.keywords if w.strip()))
             if not self.keywords:
-                raise ValueError("keywords: the list is empty")
+                raise InputError("keywords: the list is empty")
         if not 0 < self.untuned_threshold < 1:
-            raise ValueError(f"untuned_threshold must be in (0, 1), got {self.untuned_threshold}")
+            raise InputError(f"untuned_threshold must be in (0, 1), got {self.untuned_threshold}")
 
 
 @dataclass
@@ -113,7 +113,7 @@ class TagData:
                 phrases = [(r.image_id, r.text) for r in catalog.grounding_rows("train") if r.entity_id != 0]
                 vocabulary = mine_vocabulary(train_captions, phrases, self.config.vocabulary)
         if len(vocabulary) == 0:
-            raise ValueError(f"no keyword is mentioned for at least {self.config.vocabulary.min_images} training "
+            raise InputError(f"no keyword is mentioned for at least {self.config.vocabulary.min_images} training "
                              "images: lower --min-images")
         self.vocabulary = vocabulary
         self.index = load_index(current["path"])
@@ -264,14 +264,14 @@ class Tagger:
 def fit_tagger(data: TagData, method: str, val: Labelled) -> Tagger:
     """Fit `method` on the training gallery and choose its K (knn) and threshold on `val`."""
     if method not in METHODS:
-        raise ValueError(f"unknown tagging method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown tagging method {method!r}; choose one of {', '.join(METHODS)}")
     train = data.train
     if method != "zeroshot" and len(train.image_ids) == 0:
-        raise ValueError(f"{method} learns from captioned train images and this workdir has none: without captions, "
+        raise InputError(f"{method} learns from captioned train images and this workdir has none: without captions, "
                          "tag with `--method zeroshot --keywords WORDS` (your own keyword list)")
     labelled_val = len(val.image_ids) > 0 and val.labels.any()
     if not labelled_val and (method != "zeroshot" or data.config.keywords is None):
-        raise ValueError("the val split has no captioned images mentioning the keywords: the taggers choose their "
+        raise InputError("the val split has no captioned images mentioning the keywords: the taggers choose their "
                          "threshold on val (or give zeroshot your keywords: `--method zeroshot --keywords WORDS`)")
     tagger = Tagger(method, data.model_id, threshold=0.5)
     if method == "knn":
@@ -365,14 +365,14 @@ def evaluate_tags(workdir: Workdir, split: str, model_id: str | None = None, met
     images, with K and thresholds chosen on val, and the prior baseline (each tag at its training
     frequency, threshold chosen on val)."""
     if split == "train":
-        raise ValueError("the taggers are fitted on train: evaluate on val or test")
+        raise InputError("the taggers are fitted on train: evaluate on val or test")
     data = TagData(workdir, model_id, config)
     with recorded_run(workdir, "eval tags", {"split": split, "methods": list(methods), **asdict(data.config)},
                       data.model_id) as (_, result):
         val = data.split("val")
         target = val if split == "val" else data.split(split)
         if len(target.image_ids) == 0:
-            raise ValueError(f"split {split!r} has no captioned images to evaluate tags on")
+            raise InputError(f"split {split!r} has no captioned images to evaluate tags on")
         prior = data.vocabulary.prior()
         threshold, _ = best_threshold(prior_scores(prior, len(val.image_ids)), val.labels)
         report: dict[str, Any] = {"prior": tag_metrics(prior_scores(prior, len(target.image_ids)), target.labels,

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import average_precision_score
 
+from warehouse import InputError
+
 KNN_KS = (1, 3, 5, 7, 11, 21)  # the K swept on val
 
 
@@ -90,7 +92,7 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.lr <= 0 or self.pos_weight_cap < 1:
-            raise ValueError("epochs must be >= 1, lr > 0 and pos_weight_cap >= 1")
+            raise InputError("epochs must be >= 1, lr > 0 and pos_weight_cap >= 1")
 
 
 class LinearProbe:
@@ -114,7 +116,7 @@ class LinearProbe:
             state = load_file(str(path))
             return cls(state["weight"], state["bias"])
         except Exception as e:  # safetensors raises its own error types; a missing key is a KeyError
-            raise ValueError(f"{path}: not a readable probe ({e})") from None
+            raise InputError(f"{path}: not a readable probe ({e})") from None
 
 
 def train_probe(features: np.ndarray, labels: np.ndarray, config: ProbeConfig | None = None) -> LinearProbe:
@@ -147,7 +149,7 @@ PROMPT = "a photo of a {}"
 def prompts(words: list[str], template: str = PROMPT) -> list[str]:
     """One text per tag, e.g. 'a photo of a dog'."""
     if "{}" not in template:
-        raise ValueError(f"the prompt template needs a '{{}}' for the tag: {template!r}")
+        raise InputError(f"the prompt template needs a '{{}}' for the tag: {template!r}")
     return [template.format(w) for w in words]
 
 

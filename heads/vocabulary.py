@@ -13,7 +13,6 @@ and evaluating taggers.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.tokenizer import words
+from warehouse import InputError
 from warehouse.workdir import atomic_write_json
 
-_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 IRREGULAR = {"men": "man", "women": "woman", "children": "child", "feet": "foot", "teeth": "tooth",
              "mice": "mouse", "geese": "goose", "people": "people", "police": "police", "knives": "knife",
              "leaves": "leaf", "wolves": "wolf", "shelves": "shelf", "loaves": "loaf", "halves": "half"}
@@ -61,9 +61,12 @@ def lemma(word: str) -> str:
 
 
 def keywords(text: str) -> list[str]:
-    """The candidate keywords of a text: its words, lowercased and singularized, without stopwords."""
+    """The candidate keywords of a text: its words (`indexer.tokenizer.words`) without digits, singularized,
+    without stopwords. Numbers ("2", "10") and codes ("mp3") are no keywords."""
     out = []
-    for word in _WORD.findall(text.lower()):
+    for word in words(text):
+        if any(c.isdigit() for c in word):
+            continue
         word = lemma(word)
         if word not in STOPWORDS and len(word) > 1:
             out.append(word)
@@ -78,9 +81,9 @@ class VocabularyConfig:
 
     def __post_init__(self) -> None:
         if self.min_images < 1 or self.max_size < 1:
-            raise ValueError(f"min_images and max_size must be >= 1, got {self.min_images} and {self.max_size}")
+            raise InputError(f"min_images and max_size must be >= 1, got {self.min_images} and {self.max_size}")
         if self.source not in ("auto", "phrases", "captions"):
-            raise ValueError(f"source must be auto, phrases or captions, got {self.source!r}")
+            raise InputError(f"source must be auto, phrases or captions, got {self.source!r}")
 
 
 @dataclass
@@ -123,7 +126,7 @@ class Vocabulary:
             data = json.loads(Path(path).read_text())
             return cls(data["words"], data["image_counts"], data["images"], data["source"], data.get("config", {}))
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: unreadable keyword vocabulary ({e})") from None
+            raise InputError(f"{path}: unreadable keyword vocabulary ({e})") from None
 
 
 def mine_vocabulary(captions: Sequence[tuple[int, str]], phrases: Sequence[tuple[int, str]] = (),
@@ -135,7 +138,7 @@ def mine_vocabulary(captions: Sequence[tuple[int, str]], phrases: Sequence[tuple
         source = "phrases" if phrases else "captions"
     texts = phrases if source == "phrases" else captions
     if not texts:
-        raise ValueError(f"no training {source} to mine keywords from")
+        raise InputError(f"no training {source} to mine keywords from")
     per_image: dict[int, set[str]] = {}
     for image_id, text in texts:
         per_image.setdefault(int(image_id), set()).update(keywords(text))

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from warehouse import ImageError, load_image
+from warehouse import ImageError, InputError, load_image
 from warehouse.workdir import atomic_write_npy
 
 _logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ FULL_FRAME = (0.0, 0.0, 1.0, 1.0)          # a crop window: the whole image, (x1
 def check_resize(resize: str) -> str:
     """`resize` if it is a known mode, else a ValueError that lists them."""
     if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
     return resize
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from warehouse import Catalog, Workdir
+from warehouse import Catalog, InputError, Workdir
 from warehouse.workdir import atomic_write_npy
 
 from .embed import EmbedReport, _next_shard_name, shard_dir
@@ -44,6 +44,11 @@ class RayEmbedConfig:
     torch_threads: int | None = None  # CPU encoder: torch threads per actor (default: the cores / actors)
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # passed to ray.init
+
+    def __post_init__(self) -> None:
+        for name in ("actors", "batch_size", "decode_batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def _decode(batch: dict[str, np.ndarray], size: int, resize: str = "squash") -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from warehouse import Catalog, ImageError, Workdir
+from warehouse import Catalog, ImageError, InputError, Workdir
 from warehouse.workdir import atomic_write_npy
 
 from .data import _decode_many, worker_pool
@@ -41,6 +41,11 @@ class EmbedConfig:
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))  # decoding processes
     patches: bool = True       # also store patch embeddings (grounding needs them)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "shard_size", "workers"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass

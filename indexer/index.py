@@ -22,7 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from warehouse import Catalog, Workdir
+from warehouse import Catalog, InputError, Workdir
 from warehouse.workdir import atomic_write_npy
 
 from .embed import iter_embeddings, sample_embeddings
@@ -77,7 +77,7 @@ def create_index(d: int, factory: str) -> faiss.Index:
     try:
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        raise ValueError(f"bad FAISS factory string {factory!r}: {str(e).strip().splitlines()[-1]}") from None
+        raise InputError(f"bad FAISS factory string {factory!r}: {str(e).strip().splitlines()[-1]}") from None
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
         # The factory turns on polysemous training, which orders the PQ codes for Hamming pre-filtering that
@@ -111,7 +111,7 @@ def build_index_from_shards(workdir: Workdir, model_id: str, kind: str, factory:
         n_items = len(catalog.embedded_ids(model_id, "image" if kind == "patch" else kind))
         stored = catalog.embedding_set(model_id, kind)
     if stored is None or not n_items:
-        raise ValueError(f"no {kind} embeddings for model {model_id}")
+        raise InputError(f"no {kind} embeddings for model {model_id}")
     d, cells = stored["dim"], stored["cells"]
     if factory is None:
         factory = patch_factory(n_items * cells, d) if kind == "patch" else default_factory(n_items, d)
@@ -134,7 +134,7 @@ def _train(index: faiss.Index, train: np.ndarray, factory: str) -> None:
         return
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and len(train) < ivf.nlist:
-        raise ValueError(f"{factory}: {ivf.nlist} lists need at least that many vectors, have {len(train)}")
+        raise InputError(f"{factory}: {ivf.nlist} lists need at least that many vectors, have {len(train)}")
     if gpu_available() and ivf is not None:
         _train_on_gpu(index, train)
     else:
@@ -193,39 +193,91 @@ def update_index(workdir: Workdir, model_id: str, kind: str, factory: str | None
         cells = catalog.patch_cells(model_id) if kind == "patch" and len(embedded) else 1  # vectors per image
     if len(embedded) == 0:
         return None
+    plan = _plan_update(current, embedded, kind, cells, factory, rebuild)
+    _logger.debug("%s index of %s: %s (%s)", kind, model_id, plan.action, plan.reason)
+    if plan.action == "keep":
+        index = faiss.read_index(current["path"])
+        return IndexReport(kind, current["version"], plan.factory, int(index.ntotal), 0, 0, False, current["path"])
+    updated = _update_in_place(workdir, model_id, kind, cells, current, plan) if plan.action == "update" else None
+    rebuilt = updated is None
+    if rebuilt:  # from the shards: trained on a sample, added chunk by chunk
+        if current is not None:  # an index is replaced: say why
+            why = plan.reason if plan.action == "rebuild" else f"{plan.factory} cannot remove ids"
+            _logger.info("rebuilding the %s index of %s: %s", kind, model_id, why)
+        index, held, factory = build_index_from_shards(workdir, model_id, kind, plan.factory)
+    else:
+        (index, held), factory = updated, plan.factory
+    version, path = _write_version(workdir, model_id, kind, current, index, held, factory)
+    return IndexReport(kind, version, factory, int(index.ntotal), int(len(plan.added)), int(len(plan.removed)),
+                       rebuilt, str(path))
+
+
+@dataclass
+class _IndexPlan:
+    """What `update_index` does to bring an index in line with the stored embeddings, and why."""
+    action: str                # "keep": up to date; "update": remove and add in place; "rebuild": from the shards
+    factory: str | None        # the factory of the result (None: chosen from the collection's size when built)
+    reason: str
+    held: np.ndarray           # item ids (image ids for the patch kind) in the index kept or updated
+    added: np.ndarray          # item ids the result gains over `held`
+    removed: np.ndarray        # item ids it loses
+
+
+def _plan_update(current: dict | None, embedded: np.ndarray, kind: str, cells: int, factory: str | None = None,
+                 rebuild: bool = False) -> _IndexPlan:
+    """Keep, update or rebuild the `current` index (the catalog's row, None when there is none) so that it holds
+    the `embedded` item ids (`cells` vectors each); `factory` and `rebuild` as in `update_index`. Reads the current
+    index's id list when the index could be kept."""
+    nothing = np.zeros(0, dtype=np.int64)
+    if current is None:
+        reason = "no index yet"
+    elif rebuild:
+        reason = "a rebuild was asked for"
+    elif factory is not None and factory != current["factory"]:
+        reason = f"{factory} was asked for, the index is {current['factory']}"
+    else:
+        reason = None
+    if reason is not None:
+        return _IndexPlan("rebuild", factory, reason, nothing, np.setdiff1d(embedded, nothing), nothing)
+    held = np.load(Path(current["path"]).with_suffix(".ids.npy"))
+    removed, added = np.setdiff1d(held, embedded), np.setdiff1d(embedded, held)
+    if not len(removed) and not len(added):
+        return _IndexPlan("keep", current["factory"], "up to date", held, added, removed)
+    grown = (len(held) - len(removed) + len(added)) * cells
+    if kind == "patch" and factory is None and current["factory"] == "Flat" and len(added) and grown >= PATCH_EXACT_MAX:
+        return _IndexPlan("rebuild", None, f"the exact index outgrew {PATCH_EXACT_MAX} vectors (IVF-PQ now)",
+                          held, added, removed)
+    return _IndexPlan("update", current["factory"], f"{len(added)} to add, {len(removed)} to remove", held, added,
+                      removed)
+
+
+def _update_in_place(workdir: Workdir, model_id: str, kind: str, cells: int, current: dict, plan: _IndexPlan
+                     ) -> tuple[faiss.Index, np.ndarray] | None:
+    """(the current index with `plan.removed` taken out and `plan.added` put in from the shards, the item ids it
+    holds), or None when its type cannot remove ids (HNSW)."""
+    index = faiss.read_index(current["path"])
+    if len(plan.removed):
+        try:
+            index.remove_ids(faiss.IDSelectorBatch(patch_ids(plan.removed, cells) if kind == "patch"
+                                                   else plan.removed))
+        except RuntimeError:
+            return None
+    held = np.setdiff1d(plan.held, plan.removed)
+    for ids, vectors in iter_embeddings(workdir, model_id, kind, plan.added, chunk=max(1, ADD_CHUNK // cells)):
+        vector_ids = ids
+        if kind == "patch":
+            vectors, vector_ids = vectors.reshape(-1, vectors.shape[2]), patch_ids(ids, cells)
+        index.add_with_ids(np.ascontiguousarray(vectors), vector_ids)
+        held = np.union1d(held, ids)
+    return index, held
+
+
+def _write_version(workdir: Workdir, model_id: str, kind: str, current: dict | None, index: faiss.Index,
+                   held: np.ndarray, factory: str) -> tuple[int, Path]:
+    """Write `index` and its item ids as the next version, make it the catalog's current one, and delete the
+    versions before the previous one; returns (version, path)."""
     folder = workdir.model_indexes_dir(model_id)
     folder.mkdir(parents=True, exist_ok=True)
-    index, held = None, np.zeros(0, dtype=np.int64)
-    chosen = factory
-    if current is not None and not rebuild and (factory is None or factory == current["factory"]):
-        index = faiss.read_index(current["path"])
-        held = np.load(Path(current["path"]).with_suffix(".ids.npy"))
-        factory = current["factory"]
-    removed = np.setdiff1d(held, embedded)
-    added = np.setdiff1d(embedded, held)
-    if index is not None and not len(removed) and not len(added):
-        return IndexReport(kind, current["version"], factory, int(index.ntotal), 0, 0, False, current["path"])
-    grown = (len(held) - len(removed) + len(added)) * cells
-    if (index is not None and kind == "patch" and chosen is None and factory == "Flat" and len(added)
-            and grown >= PATCH_EXACT_MAX):  # outgrew exact: IVF-PQ now
-        _logger.info("the exact patch index of %s outgrew %d vectors: rebuilding it", model_id, PATCH_EXACT_MAX)
-        index, factory = None, None
-    rebuilt = index is None
-    if index is not None and len(removed):
-        try:
-            index.remove_ids(faiss.IDSelectorBatch(patch_ids(removed, cells) if kind == "patch" else removed))
-        except RuntimeError:  # e.g. HNSW cannot remove: rebuild from the embeddings
-            index, rebuilt = None, True
-    if index is None:  # built from the shards: trained on a sample, added chunk by chunk
-        index, held, factory = build_index_from_shards(workdir, model_id, kind, factory)
-    else:
-        held = np.setdiff1d(held, removed)
-        for ids, vectors in iter_embeddings(workdir, model_id, kind, added, chunk=max(1, ADD_CHUNK // cells)):
-            vector_ids = ids
-            if kind == "patch":
-                vectors, vector_ids = vectors.reshape(-1, vectors.shape[2]), patch_ids(ids, cells)
-            index.add_with_ids(np.ascontiguousarray(vectors), vector_ids)
-            held = np.union1d(held, ids)
     with Catalog.open(workdir) as catalog:
         version = (current["version"] if current else 0) + 1
         path = folder / f"{kind}-v{version}.faiss"
@@ -237,8 +289,7 @@ def update_index(workdir: Workdir, model_id: str, kind: str, factory: str | None
         if number < version - 1:
             old.unlink(missing_ok=True)
             old.with_suffix(".ids.npy").unlink(missing_ok=True)
-    return IndexReport(kind, version, factory, int(index.ntotal), int(len(added)), int(len(removed)),
-                       rebuilt, str(path))
+    return version, path
 
 
 def load_index(path: str | Path) -> faiss.Index:

@@ -18,7 +18,7 @@ from typing import Any
 
 import open_clip
 
-from warehouse import Artefact, ArtefactStore, Catalog, Workdir, content_hash, missing_files
+from warehouse import Artefact, ArtefactStore, Catalog, InputError, Workdir, content_hash, missing_files
 from warehouse.workdir import atomic_write_json, utc_now
 
 from .models import (
@@ -64,7 +64,7 @@ def check_model_label(label: str) -> None:
     """A model's label must not read as something else `--base` or `model add` takes: a preset or an open_clip
     name (the catalog refuses labels taken by another model, or made only of hex digits like a hash prefix)."""
     if resolve_name(label).startswith(PRESET_PREFIX) or label in open_clip.list_models():
-        raise ValueError(f"label {label!r} is a model name (preset or open_clip): choose another")
+        raise InputError(f"label {label!r} is a model name (preset or open_clip): choose another")
 
 
 def label_model(workdir: Workdir, ref: str, label: str | None) -> Artefact:
@@ -85,10 +85,10 @@ def add_model(workdir: Workdir, source: str, pretrained: str | None = None, labe
     folder = Path(source).expanduser()
     if folder.is_dir():
         if pretrained is not None:
-            raise ValueError(f"{source} is a model folder: it brings its own weights (drop --pretrained)")
+            raise InputError(f"{source} is a model folder: it brings its own weights (drop --pretrained)")
         return _import_folder(workdir, folder, label, resize)
     if source.removeprefix("groundex-") in list_presets() and pretrained is None:
-        raise ValueError(f"{source!r} is a groundex preset, trained from scratch on a workdir's captions: use "
+        raise InputError(f"{source!r} is a groundex preset, trained from scratch on a workdir's captions: use "
                          f"`groundex train --base {source}`, or add an open_clip model (open_clip.list_models()) "
                          "or a folder exported by `groundex model export`")
     if pretrained is not None and Path(pretrained).expanduser().exists():
@@ -101,7 +101,7 @@ def add_model(workdir: Workdir, source: str, pretrained: str | None = None, labe
     if resize is None:  # by default, the preprocessing the weights were trained with (docs/indexer.md)
         mode = preprocess.get("resize_mode", "shortest")
         if mode not in ("shortest", "squash"):
-            raise ValueError(f"{source}'s weights were trained with resize mode {mode!r}, which groundex does not "
+            raise InputError(f"{source}'s weights were trained with resize mode {mode!r}, which groundex does not "
                              "reproduce: pass --resize center-crop or --resize squash")
         model.spec.resize = "squash" if mode == "squash" else "center-crop"
     if preprocess.get("interpolation", "bicubic") != "bicubic":
@@ -119,16 +119,16 @@ def _import_folder(workdir: Workdir, folder: Path, label: str | None, resize: st
         raise FileNotFoundError(f"{folder}: not a groundex model folder (missing {', '.join(absent)}; "
                                 "`groundex model export` writes one)")
     if resize is not None:
-        raise ValueError("--resize applies to open_clip models; an exported model keeps the setting it was made with")
+        raise InputError("--resize applies to open_clip models; an exported model keeps the setting it was made with")
     record: dict[str, Any] = {}
     if (folder / RECORD_FILE).is_file():
         try:
             record = json.loads((folder / RECORD_FILE).read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{folder / RECORD_FILE}: not valid JSON ({e})") from None
+            raise InputError(f"{folder / RECORD_FILE}: not valid JSON ({e})") from None
     model_id = content_hash("model", folder)
     if record.get("id") not in (None, model_id):
-        raise ValueError(f"{folder}: its files hash to {model_id}, but {RECORD_FILE} says {record['id']}: the "
+        raise InputError(f"{folder}: its files hash to {model_id}, but {RECORD_FILE} says {record['id']}: the "
                          "weights or config were changed after export")
     model = load_checkpoint(folder, "cpu")  # refuses files that do not make a model, before anything is copied
     with Catalog.open(workdir, read_only=True) as catalog:
@@ -184,7 +184,7 @@ def export_model(workdir: Workdir, ref: str | None, out: Path) -> Path:
     for name in CHECKPOINT_FILES:
         shutil.copyfile(source / name, out / name)
     if content_hash("model", out) != record["id"]:
-        raise ValueError(f"model {record['id']}: its files in {source} no longer match its hash; run `groundex verify`")
+        raise InputError(f"model {record['id']}: its files in {source} no longer match its hash; run `groundex verify`")
     runs = ([record["made_by"]] if record["made_by"] else []) + record["info"].get("exported_runs", [])
     info = {k: v for k, v in record["info"].items() if k != "exported_runs"}
     exported = {"format": "groundex-model", "version": 1, "id": record["id"], "label": record["label"],
@@ -233,7 +233,7 @@ def remove_model(workdir: Workdir, ref: str, with_dependents: bool = False) -> d
         dependents = catalog.artefacts("captioner", artefact.id) + catalog.artefacts("tagger", artefact.id)
         if dependents and not with_dependents:
             names = ", ".join(f"{a.kind} {a.display}" for a in dependents)
-            raise ValueError(f"model {artefact.display} is read by {names}: remove them first, or pass "
+            raise InputError(f"model {artefact.display} is read by {names}: remove them first, or pass "
                              "--with-dependents to remove them with it")
         children = [a.display for a in catalog.artefacts("model", artefact.id)]
         with catalog.transaction():

@@ -40,7 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from warehouse import content_hash, place
+from warehouse import InputError, content_hash, place
 
 from .data import RESIZE_MODES, check_resize, square_pixels
 from .tokenizer import OpenClipTokenizer, WordTokenizer, tokenizer_from_json
@@ -80,6 +80,21 @@ def bf16_is_fast(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+PRECISIONS = ("auto", "bf16", "fp32")  # a training config's `precision`
+
+
+def precision_uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether training autocasts to bfloat16: 'bf16' always, 'fp32' never, 'auto' where `bf16_is_fast`.
+    The one place this is decided (CLIP training and the captioner).
+
+    Known cost of the policy, kept on purpose for now: on an H200, 'auto' picks bf16 for the `tiny` preset,
+    which is launch-bound there and trains 1.5x (batch 128) to 1.8x (batch 512) slower in bf16 than in fp32,
+    to the same accuracy (docs/scale.md, "GPU paths"). A larger model has not been measured."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
+
+
 @dataclass
 class ModelSpec:
     """Everything needed to rebuild a model, saved as a checkpoint's config.json."""
@@ -98,7 +113,7 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
-            raise ValueError(f"{self.name}: resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+            raise InputError(f"{self.name}: resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
 
 
 class GroundexModel(nn.Module):
@@ -306,7 +321,7 @@ def create_model(name: str = "tiny", pretrained: str | None = None, tokenizer: W
     full = resolve_name(name)
     if full.startswith(PRESET_PREFIX):
         if full.removeprefix(PRESET_PREFIX) not in list_presets():
-            raise ValueError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
+            raise InputError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
         if tokenizer is None:
             raise ValueError(f"preset {name!r} needs a word tokenizer built from the training captions")
         config = {**open_clip.get_model_config(full), **PRESET_EXTRAS.get(full, {})}
@@ -319,14 +334,14 @@ def create_model(name: str = "tiny", pretrained: str | None = None, tokenizer: W
         return GroundexModel(clip, tokenizer, spec).to(device).eval()
     if full.startswith(HUB_PREFIX):
         if pretrained:
-            raise ValueError(f"{full} brings its own weights from the hub: drop --pretrained")
+            raise InputError(f"{full} brings its own weights from the hub: drop --pretrained")
         return _hub_model(full, resize, device)
     if full not in open_clip.list_models():
-        raise ValueError(f"unknown model {name!r}: not a preset ({', '.join(list_presets())}), "
+        raise InputError(f"unknown model {name!r}: not a preset ({', '.join(list_presets())}), "
                          "not a checkpoint folder, not an open_clip model name (open_clip.list_models()), "
                          f"not a {HUB_PREFIX}ORG/NAME id")
     if pretrained and Path(pretrained).suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        raise ValueError(f"{pretrained}: pickle checkpoints are refused; convert the weights to .safetensors")
+        raise InputError(f"{pretrained}: pickle checkpoints are refused; convert the weights to .safetensors")
     if pretrained and _is_local_weights(pretrained):
         # open_clip would load the file itself, but build it empty and load it ourselves: our errors name
         # the file, and its "initialized randomly" warning (true of the empty build) is not shown for it
@@ -337,7 +352,7 @@ def create_model(name: str = "tiny", pretrained: str | None = None, tokenizer: W
         try:
             clip = open_clip.create_model(full, pretrained=pretrained)
         except RuntimeError as e:  # open_clip's word for an unknown tag, or weights it could not fetch
-            raise ValueError(f"{full} with pretrained {pretrained!r}: {str(e).splitlines()[0]} (tags are fetched "
+            raise InputError(f"{full} with pretrained {pretrained!r}: {str(e).splitlines()[0]} (tags are fetched "
                              "from the hub or read from its local cache; offline, pass a .safetensors file)") from None
     config = open_clip.get_model_config(full)
     pp = getattr(clip.visual, "preprocess_cfg", {}) or {}
@@ -358,14 +373,14 @@ def _hub_model(full: str, resize: str | None, device: torch.device) -> GroundexM
         try:
             files[name] = Path(hf_hub_download(repo, name))
         except Exception as e:  # offline without the file, no such repository or file, network errors
-            raise ValueError(f"{full}: could not get {name} from the hub or its local cache ({type(e).__name__}: "
+            raise InputError(f"{full}: could not get {name} from the hub or its local cache ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}); offline, copy a hub cache that holds "
                              "it (HF_HOME) or add a folder written by `groundex model export`") from None
     try:
         hub = json.loads(files["open_clip_config.json"].read_text())
         config, preprocess = hub["model_cfg"], hub.get("preprocess_cfg", {})
     except (json.JSONDecodeError, KeyError) as e:
-        raise ValueError(f"{files['open_clip_config.json']}: not an open_clip config ({e})") from None
+        raise InputError(f"{files['open_clip_config.json']}: not an open_clip config ({e})") from None
     clip = _build_clip(config)
     _load_open_clip_weights(clip, files["open_clip_model.safetensors"])
     clip.visual.preprocess_cfg = preprocess  # what open_clip records: `model add` reads its resize mode
@@ -411,7 +426,7 @@ def _weights_file(path: Path) -> Path:
     if path.is_dir():
         path = path / "model.safetensors"
     if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: only .safetensors weights are loaded (no pickles)")
+        raise InputError(f"{path}: only .safetensors weights are loaded (no pickles)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
     return path
@@ -424,9 +439,9 @@ def _load_open_clip_weights(clip: nn.Module, path: Path) -> Path:
     try:
         open_clip.load_checkpoint(clip, str(path), strict=True)
     except SafetensorError as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+        raise InputError(f"{path}: not a readable safetensors file ({e})") from None
     except (RuntimeError, KeyError, ValueError, StopIteration) as e:  # StopIteration: no tensors at all
-        raise ValueError(f"{path}: weights do not fit the model: {(str(e) or 'empty').splitlines()[0]}") from None
+        raise InputError(f"{path}: weights do not fit the model: {(str(e) or 'empty').splitlines()[0]}") from None
     return path
 
 
@@ -436,11 +451,11 @@ def _load_weights(clip: nn.Module, path: Path) -> Path:
     try:
         state = load_file(str(path))
     except Exception as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+        raise InputError(f"{path}: not a readable safetensors file ({e})") from None
     try:
         clip.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the model: {str(e).splitlines()[0]}") from None
+        raise InputError(f"{path}: weights do not fit the model: {str(e).splitlines()[0]}") from None
     return path
 
 
@@ -492,7 +507,7 @@ def load_spec(folder: Path) -> ModelSpec:
     except FileNotFoundError:
         raise FileNotFoundError(f"{folder}: not a groundex checkpoint (missing config.json)") from None
     except (json.JSONDecodeError, TypeError, KeyError, ValueError) as e:
-        raise ValueError(f"{folder}: unreadable checkpoint config ({e})") from None
+        raise InputError(f"{folder}: unreadable checkpoint config ({e})") from None
     spec.mean, spec.std = tuple(spec.mean), tuple(spec.std)
     return spec
 
@@ -506,7 +521,7 @@ def load_checkpoint(folder: Path, device: torch.device | str | None = None) -> G
     try:
         tokenizer = tokenizer_from_json(json.loads((folder / "tokenizer.json").read_text()))
     except (json.JSONDecodeError, TypeError, KeyError) as e:
-        raise ValueError(f"{folder}: unreadable checkpoint config ({e})") from None
+        raise InputError(f"{folder}: unreadable checkpoint config ({e})") from None
     clip = _build_clip(spec.config)
     _load_weights(clip, folder / "model.safetensors")
     device = torch.device(device) if device is not None else default_device()

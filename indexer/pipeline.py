@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from warehouse import Catalog, Workdir, recorded_run
+from warehouse import Catalog, InputError, Workdir, recorded_run
 
 from .embed import EmbedConfig, EmbedReport, embed_captions, embed_images, load_embeddings
 from .evaluate import recall_at_k
@@ -24,14 +24,14 @@ def index_workdir(workdir: Workdir, model_id: str | None = None, split: str | No
     `engine`: 'local' (this process and its decoding workers) or 'ray' (images as a Ray Data job,
     `indexer.distributed`, with `ray_config` a RayEmbedConfig; captions stay local, they are cheap)."""
     if engine not in ("local", "ray"):
-        raise ValueError(f"engine must be local or ray, got {engine!r}")
+        raise InputError(f"engine must be local or ray, got {engine!r}")
     config = config or EmbedConfig()
     with Catalog.open(workdir, read_only=True) as catalog:
         info = catalog.model(model_id)
         images = catalog.image_rows(split)
         captions = catalog.caption_rows(split)
     if not images:
-        raise ValueError(f"no images in split {split!r}" if split else "the workdir has no images; ingest some first")
+        raise InputError(f"no images in split {split!r}" if split else "the workdir has no images; ingest some first")
     model = load_checkpoint(Path(info["path"]), device)
     run_config = {"model_id": info["id"], "split": split, "factory": factory, "embed": asdict(config),
                   "engine": engine}
@@ -66,12 +66,12 @@ def evaluate_retrieval(workdir: Workdir, split: str, model_id: str | None = None
         images = catalog.image_rows(split)
         captions = catalog.caption_rows(split)
     if not images or not captions:
-        raise ValueError(f"split {split!r} has {len(images)} images and {len(captions)} captions: nothing to evaluate")
+        raise InputError(f"split {split!r} has {len(images)} images and {len(captions)} captions: nothing to evaluate")
     try:
         image_ids, image_vectors = load_embeddings(workdir, info["id"], "image", [i for i, _ in images])
         caption_ids, caption_vectors = load_embeddings(workdir, info["id"], "caption", [c for c, _, _ in captions])
     except KeyError as e:
-        raise ValueError(f"{e.args[0]} (try `groundex index --split {split}`)") from None
+        raise InputError(f"{e.args[0]} (try `groundex index --split {split}`)") from None
     owner = {c: i for c, i, _ in captions}
     metrics = recall_at_k(image_vectors, image_ids, caption_vectors, [owner[c] for c in caption_ids.tolist()])
     result = {"split": split, "model_id": info["id"], "images": len(image_ids), "queries": len(caption_ids),

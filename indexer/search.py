@@ -3,7 +3,8 @@
 A `where` condition (SQL over the `images` columns, e.g. "split = 'val'", or a `warehouse.Condition` with
 bound values) is applied inside the FAISS search with an id selector, so k hits come back whenever at least
 k images match; if an approximate index finds fewer (a very selective filter on IVF), the search falls back
-to exact scoring of the matching items' stored embeddings. Hits carry the catalog's metadata (path, split, captions).
+to exact scoring of the matching items' stored embeddings (the policy of `indexer.knn.search_allowed`). Hits
+carry the catalog's metadata (path, split, captions).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from warehouse import Catalog, Condition, Workdir, load_image
+from warehouse import Catalog, Condition, InputError, Workdir, load_image
 
 from .embed import load_embeddings
-from .index import RERANK_FACTOR, configure_search, load_index, needs_rerank, rerank
+from .index import load_index
+from .knn import search_allowed
 from .models import GroundexModel, load_checkpoint
 
 _logger = logging.getLogger(__name__)
@@ -90,9 +92,9 @@ class Searcher:
     @torch.no_grad()
     def text_vector(self, query: str) -> np.ndarray:
         if not isinstance(query, str) or not query.strip():
-            raise ValueError("the text query is empty")
+            raise InputError("the text query is empty")
         if len(query) > MAX_QUERY_CHARS:
-            raise ValueError(f"the text query is {len(query):,} characters; at most {MAX_QUERY_CHARS:,} are used")
+            raise InputError(f"the text query is {len(query):,} characters; at most {MAX_QUERY_CHARS:,} are used")
         return self.model.encode_text([query]).cpu().numpy()[0]
 
     @torch.no_grad()
@@ -162,33 +164,13 @@ class Searcher:
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, scores) in the `kind` index, restricted to `allowed` ids when given."""
         if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise InputError(f"k must be a positive integer, got {k!r}")
         index = self.index(kind, catalog)
-        query = np.ascontiguousarray(vector, dtype=np.float32)[None, :]
-        approximate = needs_rerank(index)  # PQ codes: fetch more, then score them with the stored vectors
-        if allowed is not None:
-            if len(allowed) == 0:
-                return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-            k = min(k, len(allowed))
-            fetch = min(RERANK_FACTOR * k, len(allowed)) if approximate else k
-            params = configure_search(index, fetch) or faiss.SearchParameters()
-            params.sel = faiss.IDSelectorBatch(allowed)
-            scores, ids = index.search(query, fetch, params=params)
-        else:
-            k = min(k, index.ntotal)
-            fetch = min(RERANK_FACTOR * k, index.ntotal) if approximate else k
-            configure_search(index, fetch)
-            scores, ids = index.search(query, fetch)
-        ids, scores = ids[0], scores[0]
-        keep = ids >= 0
-        ids, scores = ids[keep], scores[keep]
-        if approximate and len(ids):
-            ids, scores = rerank(query[0], *load_embeddings(self.workdir, self.model_id, kind, ids, catalog), k)
-        if allowed is not None and len(ids) < k:  # an approximate index missed some: score them exactly
-            ids, scores = self._exact(kind, query[0], allowed, k, catalog)
-        return ids, scores
 
-    def _exact(self, kind: str, vector: np.ndarray, allowed: np.ndarray, k: int, catalog: Catalog
-               ) -> tuple[np.ndarray, np.ndarray]:
-        return rerank(vector, *load_embeddings(self.workdir, self.model_id, kind, allowed, catalog), k)
+        def stored(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # PQ re-ranking and the exact fallback
+            return load_embeddings(self.workdir, self.model_id, kind, ids, catalog)
+
+        ids, scores = search_allowed(index, np.asarray(vector)[None, :], k, allowed, vectors=stored, rerank=True)
+        keep = ids[0] >= 0
+        return ids[0][keep], scores[0][keep]
 

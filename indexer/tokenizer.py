@@ -14,10 +14,15 @@ from typing import Any
 
 import torch
 
+from warehouse import InputError
+
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
 def words(text: str) -> list[str]:
+    """The words of a text, lowercased: runs of letters and digits, with an apostrophe suffix kept ("dog's");
+    punctuation dropped. The one word splitter: the word tokenizer, the caption metrics (heads.caption_metrics)
+    and the keyword vocabulary (heads.vocabulary) all use it."""
     return _WORD.findall(text.lower())
 
 
@@ -27,9 +32,9 @@ class WordTokenizer:
 
     def __init__(self, vocab: Sequence[str], context_length: int = 32):
         if list(vocab[: len(self.SPECIALS)]) != list(self.SPECIALS):
-            raise ValueError(f"vocabulary must start with {self.SPECIALS}")
+            raise InputError(f"vocabulary must start with {self.SPECIALS}")
         if context_length < 3:
-            raise ValueError(f"context_length must be >= 3, got {context_length}")
+            raise InputError(f"context_length must be >= 3, got {context_length}")
         self.vocab = list(vocab)
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.context_length = context_length
@@ -105,4 +110,4 @@ def tokenizer_from_json(spec: dict[str, Any]) -> WordTokenizer | OpenClipTokeniz
     if spec.get("kind") == "open_clip":
         return OpenClipTokenizer(spec["model_name"], spec.get("context_length"), spec.get("hf_tokenizer_name"),
                                  spec.get("tokenizer_kwargs"), spec.get("tokenizer_mode"))
-    raise ValueError(f"unknown tokenizer kind {spec.get('kind')!r} (expected 'word' or 'open_clip')")
+    raise InputError(f"unknown tokenizer kind {spec.get('kind')!r} (expected 'word' or 'open_clip')")

@@ -24,7 +24,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,23 @@ from safetensors.torch import load_file, save_file
 from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
-from warehouse import ArtefactStore, Catalog, GroundingRow, RunState, Workdir, content_hash, missing_files, recorded_run
+from warehouse import (
+    ArtefactStore,
+    Catalog,
+    GroundingRow,
+    InputError,
+    RunState,
+    Workdir,
+    content_hash,
+    missing_files,
+    recorded_run,
+)
 from warehouse.workdir import atomic_write_json
 
 from .data import PixelCache, pixel_cache
 from .evaluate import recall_at_k
 from .model_store import store_model
-from .models import GroundexModel, TrackedPatchDropout, bf16_is_fast, create_model, default_device
+from .models import GroundexModel, TrackedPatchDropout, create_model, default_device, precision_uses_bf16
 from .regions import RegionTable, patch_coverage, pointing_for_eval, region_losses
 from .tokenizer import WordTokenizer, tokenizer_from_json
 
@@ -87,22 +97,22 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
         for name in ("epochs", "batch_size", "accumulate", "captions_per_image"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.minutes is not None and self.minutes <= 0:
-            raise ValueError(f"minutes must be > 0, got {self.minutes}")
+            raise InputError(f"minutes must be > 0, got {self.minutes}")
         if not 0 <= self.patch_dropout < 1:
-            raise ValueError(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
+            raise InputError(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
         if not 0 <= self.unmasked_fraction <= 1:
-            raise ValueError(f"unmasked_fraction must be in [0, 1], got {self.unmasked_fraction}")
+            raise InputError(f"unmasked_fraction must be in [0, 1], got {self.unmasked_fraction}")
         if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+            raise InputError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0 < self.crop_scale <= 1:
-            raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
+            raise InputError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
         if self.grounding_weight < 0 or self.grounding_phrases < 1:
-            raise ValueError(f"grounding_weight must be >= 0 and grounding_phrases >= 1, got "
+            raise InputError(f"grounding_weight must be >= 0 and grounding_phrases >= 1, got "
                              f"{self.grounding_weight} and {self.grounding_phrases}")
 
 
@@ -268,14 +278,27 @@ def embed_for_eval(model: GroundexModel, cache: PixelCache, image_ids: np.ndarra
     return recall_at_k(images, image_ids, texts, captions.image_ids)
 
 
-# -- the loop ---------------------------------------------------------------------------------------
+# -- resumable state --------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class _LoopState:
+    """What the loop carries from epoch to epoch. `last/state.json` holds these fields under their own names (with
+    the optimizer's param groups and the tokenizer), so that an interrupted run resumes after its last epoch."""
+    epoch: int = 0                               # epochs done
+    step: int = 0                                # optimizer steps done
+    elapsed: float = 0.0                         # seconds trained, counting those before a resume
+    best: dict[str, Any] | None = None           # the best epoch's history entry, with its "score"
+    best_model: tuple[str, str] | None = None    # (id, path) of that epoch's checkpoint
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch done
+    run_id: int                                  # the run whose folder holds the state (the first one, when resumed)
 
 
 def _state_dir(workdir: Workdir, run_id: int) -> Path:
     return ArtefactStore(workdir).training_dir("model", f"run-{run_id}")
 
 
-def _save_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def _save_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optimizer, state: _LoopState) -> None:
     """Resumable state: model weights, optimizer tensors, counters; swapped in atomically."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -285,7 +308,7 @@ def _save_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optim
     opt = optimizer.state_dict()
     tensors = {f"{i}.{k}": v.contiguous().cpu() for i, s in opt["state"].items() for k, v in s.items()}
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    atomic_write_json(tmp / "state.json", {**state, "param_groups": opt["param_groups"],
+    atomic_write_json(tmp / "state.json", {**asdict(state), "param_groups": opt["param_groups"],
                                            "tokenizer": model.tokenizer.to_json()})
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -295,18 +318,22 @@ def _save_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optim
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore weights and optimizer from `folder`; returns the loop counters."""
-    state = json.loads((folder / "state.json").read_text())
+def _load_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optimizer, state: _LoopState
+                ) -> _LoopState:
+    """Restore weights and optimizer from `folder`; returns `state` with the saved loop counters (a field the file
+    lacks keeps its value in `state`)."""
+    saved = json.loads((folder / "state.json").read_text())
     model.clip.load_state_dict(load_file(str(folder / "model.safetensors")))
     tensors = load_file(str(folder / "optimizer.safetensors"))
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)
         opt_state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
-    state.pop("tokenizer")
-    return state
+    optimizer.load_state_dict({"state": opt_state, "param_groups": saved["param_groups"]})
+    counters = {f.name: saved[f.name] for f in fields(_LoopState) if f.name in saved}
+    if counters.get("best_model") is not None:  # a JSON list
+        counters["best_model"] = tuple(counters["best_model"])
+    return replace(state, **counters)
 
 
 def _seed_everything(seed: int) -> None:
@@ -330,7 +357,7 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool | None = None) -> 
                                                                 if config.val_split else [])
         datasets = catalog.datasets_of_split(config.train_split)
     if not train_rows:
-        raise ValueError(no_captions_message(workdir, config.train_split))
+        raise InputError(no_captions_message(workdir, config.train_split))
     base, parent = resolve_base(workdir, config.base)
     previous = _find_resumable(workdir) if resume is not False else None
     if resume and previous is None:
@@ -385,12 +412,14 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool | None = None) -> 
                       regions, val_regions)
 
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    use_bf16 = precision_uses_bf16(config.precision, device)
     with recorded_run(workdir, "train", {"train": asdict(config), "resume": resume}) as (run_id, record):
         data_summary = {"train_split": config.train_split, "train_images": int(len(train_images)),
                         "train_captions": int(np.isin(train_captions.image_ids, train_images).sum()),
                         "datasets": datasets}
-        result = _loop(workdir, config, model, optimizer, previous, run_id, data, parent, trainable, total, device,
-                       data_summary)
+        run = _TrainRun(workdir, config, model, optimizer, data, device, use_bf16, parent, trainable, total,
+                        data_summary)
+        result = _loop(run, previous, run_id)
         record.update(asdict(result))
     return result
 
@@ -407,119 +436,205 @@ class _TrainData:
     val_regions: list[GroundingRow] | None = None
 
 
-def _loop(workdir: Workdir, config: TrainConfig, model: GroundexModel, optimizer: torch.optim.Optimizer,
-          previous: Path | None, run_id: int, data: _TrainData, parent: str | None, trainable: int, total: int,
-          device: torch.device, data_summary: dict[str, Any]) -> TrainResult:
-    """Epochs until `config.epochs` or the time budget; returns the best checkpoint."""
-    steps_per_epoch = max(1, len(data.train_images) // (config.batch_size * config.accumulate))
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(device))
-    total_steps = steps_per_epoch * config.epochs
-    generator = torch.Generator()
-    state = {"epoch": 0, "step": 0, "elapsed": 0.0, "best": None, "best_model": None, "history": [],
-             "run_id": run_id}
+@dataclass
+class _TrainRun:
+    """What stays fixed while the loop runs: the model and optimizer, the data, the settings, and what each
+    checkpoint records besides its weights."""
+    workdir: Workdir
+    config: TrainConfig
+    model: GroundexModel
+    optimizer: torch.optim.Optimizer
+    data: _TrainData
+    device: torch.device
+    use_bf16: bool                     # autocast to bfloat16
+    parent: str | None                 # the base model's id (None: a preset or an open_clip name)
+    trainable: int                     # parameter counts
+    total: int
+    data_summary: dict[str, Any]       # what it trained on
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.data.train_images) // (self.config.batch_size * self.config.accumulate))
+
+
+@dataclass
+class _Clock:
+    """Training time, counting the time trained before a resume, and the time budget."""
+    started: float                     # time.perf_counter() at which an uninterrupted run would have started
+    budget_s: float | None             # config.minutes in seconds; None: no budget
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def out_of_time(self) -> bool:
+        return self.budget_s is not None and self.elapsed() >= self.budget_s
+
+
+@dataclass
+class _EpochStats:
+    """What an epoch's steps measured: for the progress bar and the epoch's history entry."""
+    started: float = field(default_factory=time.perf_counter)
+    images: int = 0
+    losses: list[float] = field(default_factory=list)                         # one per micro-batch
+    region_losses: list[tuple[float, float]] = field(default_factory=list)    # (nce, loc) per micro-batch
+
+    def images_per_s(self) -> float:
+        return self.images / (time.perf_counter() - self.started)
+
+
+def _loop(run: _TrainRun, previous: Path | None, run_id: int) -> TrainResult:
+    """Epochs until `config.epochs` or the time budget, each ending with a resumable state (continued from
+    `previous`, when given); returns the best checkpoint."""
+    config = run.config
+    state = _LoopState(run_id=run_id)
     if previous is not None:
-        state.update(_load_state(previous, model, optimizer))
-        _logger.info("resuming %s at epoch %d, step %d", previous, state["epoch"], state["step"])
-    folder = _state_dir(workdir, state["run_id"]) / "last"
+        state = _load_state(previous, run.model, run.optimizer, state)
+        _logger.info("resuming %s at epoch %d, step %d", previous, state.epoch, state.step)
+    folder = _state_dir(run.workdir, state.run_id) / "last"
     if previous is None:
         RunState(folder.parent).start(asdict(config))
-
-    started = time.perf_counter() - state["elapsed"]
-    budget = config.minutes * 60 if config.minutes else None
-
-    def progress_now() -> float:
-        by_steps = state["step"] / total_steps
-        return max(by_steps, (time.perf_counter() - started) / budget) if budget else by_steps
-
+    clock = _Clock(time.perf_counter() - state.elapsed, config.minutes * 60 if config.minutes else None)
+    generator = torch.Generator()
     out_of_time = False
-    while state["epoch"] < config.epochs and not out_of_time:
-        # Every random draw of an epoch (order, captions, crops, patch dropout) follows from (seed, epoch): a run
-        # resumed from an epoch's saved state goes on exactly as the uninterrupted run would have.
-        epoch_seed = config.seed * 100_003 + state["epoch"]
-        rng = np.random.default_rng([config.seed, state["epoch"]])
-        generator.manual_seed(epoch_seed)
-        torch.manual_seed(epoch_seed)
-        order = rng.permutation(data.train_images)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {state['epoch'] + 1}/{config.epochs}", unit="step",
-                   disable=not config.progress, dynamic_ncols=True)
-        seen, t0, losses, region_losses_seen = 0, time.perf_counter(), [], []
-        for k in bar:
-            progress = progress_now()
-            factor = lr_factor(progress, config.warmup_fraction, config.min_lr_ratio)
-            dropout = model.clip.visual.patch_dropout
-            if isinstance(dropout, TrackedPatchDropout):
-                dropout.prob = 0.0 if progress >= 1 - config.unmasked_fraction else config.patch_dropout
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * factor
-            optimizer.zero_grad(set_to_none=True)
-            for micro in range(config.accumulate):
-                start = (k * config.accumulate + micro) * config.batch_size
-                batch = order[start:start + config.batch_size]
-                pixels, crops = augment(torch.from_numpy(data.train_cache.get(batch)).to(device), model.image_size,
-                                        config.crop_scale, config.jitter, config.hflip, generator)
-                tokens = data.train_captions.tokens[data.train_captions.sample(batch, config.captions_per_image, rng)]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    if data.regions is None:
-                        image_features, text_features, scale = model(pixels, tokens)
-                    else:
-                        image_features, patches = model.encode_image_and_patches(pixels)
-                        text_features, scale = model.encode_text(tokens), model.logit_scale.exp()
-                loss = clip_loss(image_features.float(), text_features.float(), scale.float(),
-                                 config.captions_per_image)
-                if data.regions is not None:
-                    nce, loc = _grounding_step(model, data.regions, batch, patches, crops, scale, config, rng,
-                                               use_bf16)
-                    region_losses_seen.append((nce.item(), loc.item()))
-                    loss = loss + config.grounding_weight * (nce + loc)
-                (loss / config.accumulate).backward()
-                losses.append(loss.item())
-                seen += len(batch)
-            optimizer.step()
-            with torch.no_grad():  # CLIP's cap on the temperature: logit scale <= 100
-                _logit_scale(model).clamp_(0, math.log(100))
-            state["step"] += 1
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{config.lr * factor:.1e}",
-                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-            if budget and time.perf_counter() - started >= budget:
-                out_of_time = True
-                break
-        bar.close()
-        state["epoch"] += 1
-        entry = {"epoch": state["epoch"], "step": state["step"], "loss": round(float(np.mean(losses)), 4),
-                 "images_per_s": round(seen / (time.perf_counter() - t0), 1),
-                 "seconds": round(time.perf_counter() - started, 1)}
-        if region_losses_seen:
-            entry["region_nce"], entry["region_loc"] = (round(float(v), 4) for v in np.mean(region_losses_seen, 0))
-        if data.val_captions is not None:
-            entry["val"] = embed_for_eval(model, data.eval_cache, data.val_images, data.val_captions)
-            if data.val_regions:
-                entry["val"]["pointing_game"] = pointing_for_eval(model, data.eval_cache, data.val_regions)
-        state["history"].append(entry)
-        _logger.info("epoch %d: %s", state["epoch"], entry)
-        if config.progress:
-            tqdm.write(f"epoch {state['epoch']}: loss {entry['loss']:.3f}, {entry['images_per_s']:.0f} img/s"
-                       + (f", val t2i R@10 {entry['val']['text_to_image']['R@10']:.1f}" if "val" in entry else "")
-                       + (f", pointing {entry['val']['pointing_game']:.1f}" if "pointing_game" in entry.get("val", {})
-                          else ""))
-        score = entry["val"]["text_to_image"]["R@10"] if "val" in entry else state["epoch"]
-        if state["best"] is None or score > state["best"]["score"]:
-            state["best"] = {"score": score, **entry}
-            state["best_model"] = _save_best(workdir, model, config, parent, state["run_id"], trainable, total,
-                                             entry, data_summary)
-        state["elapsed"] = time.perf_counter() - started
-        _save_state(folder, model, optimizer, state)
-    RunState(folder.parent).finish(model_id=state["best_model"][0])
-    seconds = round(time.perf_counter() - started, 1)
-    model_id, model_path = state["best_model"]
-    return TrainResult(run_id, model_id, model_path, state["epoch"], state["step"], seconds,
-                       state["best"], state["history"], trainable, total)
+    while state.epoch < config.epochs and not out_of_time:
+        stats, out_of_time = _train_epoch(run, state, clock, generator)
+        state.epoch += 1
+        _end_epoch(run, state, clock, stats)
+        state.elapsed = clock.elapsed()
+        _save_state(folder, run.model, run.optimizer, state)
+    RunState(folder.parent).finish(model_id=state.best_model[0])
+    seconds = round(clock.elapsed(), 1)
+    model_id, model_path = state.best_model
+    return TrainResult(run_id, model_id, model_path, state.epoch, state.step, seconds, state.best, state.history,
+                       run.trainable, run.total)
 
 
-def _grounding_step(model: GroundexModel, regions: RegionTable, batch: np.ndarray, patches: torch.Tensor,
-                    crops: torch.Tensor, scale: torch.Tensor, config: TrainConfig, rng: np.random.Generator,
-                    use_bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _train_epoch(run: _TrainRun, state: _LoopState, clock: _Clock, generator: torch.Generator
+                 ) -> tuple[_EpochStats, bool]:
+    """The optimizer steps of epoch `state.epoch` (counted in `state.step`); returns what they measured and
+    whether the time budget ran out before the epoch's end."""
+    config = run.config
+    # Every random draw of an epoch (order, captions, crops, patch dropout) follows from (seed, epoch): a run
+    # resumed from an epoch's saved state goes on exactly as the uninterrupted run would have.
+    epoch_seed = config.seed * 100_003 + state.epoch
+    rng = np.random.default_rng([config.seed, state.epoch])
+    generator.manual_seed(epoch_seed)
+    torch.manual_seed(epoch_seed)
+    order = rng.permutation(run.data.train_images)
+    images_per_step = config.batch_size * config.accumulate
+    bar = tqdm(range(run.steps_per_epoch), desc=_epoch_label(config, state.epoch + 1, clock.elapsed()), unit="step",
+               disable=not config.progress, dynamic_ncols=True)
+    stats = _EpochStats()
+    out_of_time = False
+    for k in bar:
+        lr = _apply_schedule(run, _progress(run, state, clock))
+        _optimizer_step(run, order[k * images_per_step:(k + 1) * images_per_step], rng, generator, stats)
+        state.step += 1
+        if clock.budget_s:
+            bar.set_description_str(_epoch_label(config, state.epoch + 1, clock.elapsed()), refresh=False)
+        bar.set_postfix(loss=f"{np.mean(stats.losses[-20:]):.3f}", lr=f"{lr:.1e}",
+                        img_s=f"{stats.images_per_s():.0f}")
+        if clock.out_of_time():
+            out_of_time = True
+            break
+    bar.close()
+    return stats, out_of_time
+
+
+def _epoch_label(config: TrainConfig, epoch: int, elapsed_s: float = 0.0) -> str:
+    """The progress bar's description: the epoch out of `epochs`, or the minutes used of the time budget when there
+    is one (`epochs` is then only an upper bound, often a large one)."""
+    if config.minutes is not None:
+        return f"epoch {epoch} ({elapsed_s / 60:.1f} of {config.minutes:g} min)"
+    return f"epoch {epoch}/{config.epochs}"
+
+
+def _progress(run: _TrainRun, state: _LoopState, clock: _Clock) -> float:
+    """How far the schedule is, in [0, 1]: by steps, or by elapsed time when that is further (time budget)."""
+    by_steps = state.step / (run.steps_per_epoch * run.config.epochs)
+    return max(by_steps, clock.elapsed() / clock.budget_s) if clock.budget_s else by_steps
+
+
+def _apply_schedule(run: _TrainRun, progress: float) -> float:
+    """Set the learning rate and the patch dropout for `progress`; returns the learning rate."""
+    config = run.config
+    factor = lr_factor(progress, config.warmup_fraction, config.min_lr_ratio)
+    dropout = run.model.clip.visual.patch_dropout
+    if isinstance(dropout, TrackedPatchDropout):
+        dropout.prob = 0.0 if progress >= 1 - config.unmasked_fraction else config.patch_dropout
+    for group in run.optimizer.param_groups:
+        group["lr"] = config.lr * factor
+    return config.lr * factor
+
+
+def _optimizer_step(run: _TrainRun, images: np.ndarray, rng: np.random.Generator, generator: torch.Generator,
+                    stats: _EpochStats) -> None:
+    """One optimizer step over `images`: gradients accumulated over micro-batches of `batch_size` images."""
+    config, optimizer = run.config, run.optimizer
+    optimizer.zero_grad(set_to_none=True)
+    for micro in range(config.accumulate):
+        batch = images[micro * config.batch_size:(micro + 1) * config.batch_size]
+        loss = _batch_loss(run, batch, rng, generator, stats)
+        (loss / config.accumulate).backward()
+        stats.losses.append(loss.item())
+        stats.images += len(batch)
+    optimizer.step()
+    with torch.no_grad():  # CLIP's cap on the temperature: logit scale <= 100
+        _logit_scale(run.model).clamp_(0, math.log(100))
+
+
+def _batch_loss(run: _TrainRun, batch: np.ndarray, rng: np.random.Generator, generator: torch.Generator,
+                stats: _EpochStats) -> torch.Tensor:
+    """The loss of one micro-batch of image ids: augmented pixels against sampled captions, plus the
+    phrase-region objective when training with it (its parts recorded in `stats`)."""
+    config, model, data = run.config, run.model, run.data
+    pixels, crops = augment(torch.from_numpy(data.train_cache.get(batch)).to(run.device), model.image_size,
+                            config.crop_scale, config.jitter, config.hflip, generator)
+    tokens = data.train_captions.tokens[data.train_captions.sample(batch, config.captions_per_image, rng)]
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
+        if data.regions is None:
+            image_features, text_features, scale = model(pixels, tokens)
+        else:
+            image_features, patches = model.encode_image_and_patches(pixels)
+            text_features, scale = model.encode_text(tokens), model.logit_scale.exp()
+    loss = clip_loss(image_features.float(), text_features.float(), scale.float(), config.captions_per_image)
+    if data.regions is not None:
+        nce, loc = _grounding_step(run, batch, patches, crops, scale, rng)
+        stats.region_losses.append((nce.item(), loc.item()))
+        loss = loss + config.grounding_weight * (nce + loc)
+    return loss
+
+
+def _end_epoch(run: _TrainRun, state: _LoopState, clock: _Clock, stats: _EpochStats) -> None:
+    """After epoch `state.epoch`: its history entry (loss, speed, val recall and pointing game), and a checkpoint
+    when its val text->image R@10 is the best so far (without validation: every epoch's)."""
+    config, data = run.config, run.data
+    entry = {"epoch": state.epoch, "step": state.step, "loss": round(float(np.mean(stats.losses)), 4),
+             "images_per_s": round(stats.images_per_s(), 1), "seconds": round(clock.elapsed(), 1)}
+    if stats.region_losses:
+        entry["region_nce"], entry["region_loc"] = (round(float(v), 4) for v in np.mean(stats.region_losses, 0))
+    if data.val_captions is not None:
+        entry["val"] = embed_for_eval(run.model, data.eval_cache, data.val_images, data.val_captions)
+        if data.val_regions:
+            entry["val"]["pointing_game"] = pointing_for_eval(run.model, data.eval_cache, data.val_regions)
+    state.history.append(entry)
+    _logger.info("epoch %d: %s", state.epoch, entry)
+    if config.progress:
+        tqdm.write(f"epoch {state.epoch}: loss {entry['loss']:.3f}, {entry['images_per_s']:.0f} img/s"
+                   + (f", val t2i R@10 {entry['val']['text_to_image']['R@10']:.1f}" if "val" in entry else "")
+                   + (f", pointing {entry['val']['pointing_game']:.1f}" if "pointing_game" in entry.get("val", {})
+                      else ""))
+    score = entry["val"]["text_to_image"]["R@10"] if "val" in entry else state.epoch
+    if state.best is None or score > state.best["score"]:
+        state.best = {"score": score, **entry}
+        state.best_model = _save_best(run, state.run_id, entry)
+
+
+def _grounding_step(run: _TrainRun, batch: np.ndarray, patches: torch.Tensor, crops: torch.Tensor,
+                    scale: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The phrase-region losses of one micro-batch (see indexer/regions.py)."""
-    sampled = regions.sample(batch, config.grounding_phrases, rng)
+    model, regions, use_bf16 = run.model, run.data.regions, run.use_bf16
+    sampled = regions.sample(batch, run.config.grounding_phrases, rng)
     device = patches.device
     if len(sampled.image_index) < 2:
         zero = patches.float().sum() * 0
@@ -543,22 +658,23 @@ def _logit_scale(model: GroundexModel) -> torch.Tensor:
     return clip.base_model.model.logit_scale if hasattr(clip, "base_model") else clip.logit_scale
 
 
-def _save_best(workdir: Workdir, model: GroundexModel, config: TrainConfig, parent: str | None, run_id: int,
-               trainable: int, total: int, entry: dict[str, Any], data_summary: dict[str, Any]) -> tuple[str, str]:
-    """Write the current weights as a checkpoint (LoRA merged into a copy) and record it."""
+def _save_best(run: _TrainRun, run_id: int, entry: dict[str, Any]) -> tuple[str, str]:
+    """Write the current weights as a checkpoint (LoRA merged into a copy) and record it with run `run_id` and the
+    epoch's history `entry`; returns its (id, path)."""
     import copy
 
-    to_save = model
+    config, parent = run.config, run.parent
+    to_save = run.model
     if config.mode == "lora":
-        to_save = copy.deepcopy(model)
+        to_save = copy.deepcopy(run.model)
         merge_lora(to_save)
     to_save.spec.parent = parent
     # What made the weights, not which run: the hash stays a content hash (the catalog row records the run), so an
     # interrupted and resumed run stores the same checkpoint as an uninterrupted one.
     to_save.spec.extra = {"mode": config.mode, "epoch": entry["epoch"]}
-    artefact = store_model(workdir, to_save, source="trained", parent_id=parent, run_id=run_id,
-                           metrics=entry.get("val", {}), mode=config.mode, trainable_params=trainable,
-                           total_params=total, data=data_summary)
+    artefact = store_model(run.workdir, to_save, source="trained", parent_id=parent, run_id=run_id,
+                           metrics=entry.get("val", {}), mode=config.mode, trainable_params=run.trainable,
+                           total_params=run.total, data=run.data_summary)
     return artefact.id, str(artefact.path)
 
 

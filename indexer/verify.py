@@ -85,23 +85,15 @@ def verify_workdir(workdir: Workdir, deep: bool = False, extra_checks: Iterable[
 
 def _check_rows(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
     """Rows that point at rows which are not there (DuckDB holds no foreign keys: removal cascades by hand)."""
-    dangling = {
-        "captions without their image": "SELECT count(*) FROM captions c ANTI JOIN images i ON i.id = c.image_id",
-        "phrases without their caption": "SELECT count(*) FROM phrases p ANTI JOIN captions c ON c.id = p.caption_id",
-        "boxes without their image": "SELECT count(*) FROM boxes b ANTI JOIN images i ON i.id = b.image_id",
-        "tags without their image": "SELECT count(*) FROM tags t ANTI JOIN images i ON i.id = t.image_id",
-        "regions without their image": "SELECT count(*) FROM regions r ANTI JOIN images i ON i.id = r.image_id",
-        "tags of an unknown model": "SELECT count(*) FROM tags t ANTI JOIN models m ON m.id = t.model_id",
-    }
-    for what, sql in dangling.items():
-        n = catalog.query(sql)[0][0]
+    dangling = catalog.dangling_rows()
+    for what, n in dangling.items():
         if n:
             report.findings.append(Finding("catalog", f"{n:,} {what}"))
     report.checked["catalog tables"] = len(dangling)
 
 
 def _check_images(workdir: Workdir, catalog: Catalog, report: VerifyReport, deep: bool, progress: bool) -> None:
-    rows = catalog.query("SELECT id, path, sha256 FROM images ORDER BY id")
+    rows = catalog.image_files()
     missing = []
     for image_id, path, sha in tqdm(rows, desc="verify images", unit="img", disable=not progress or not deep):
         file = Path(path)
@@ -142,8 +134,7 @@ def _check_artefacts(workdir: Workdir, catalog: Catalog, report: VerifyReport) -
     for path in store.stray_staging():
         report.findings.append(Finding("artefacts", f"{path.relative_to(workdir.root)}: a staging folder left by an "
                                                     "interrupted command (unused)", problem=False))
-    for (model_id,) in catalog.query("SELECT DISTINCT model_id FROM embeddings UNION SELECT DISTINCT model_id "
-                                     "FROM indexes"):
+    for model_id in catalog.models_with_rows():
         if model_id not in models:
             report.findings.append(Finding("models", f"embeddings or indexes of model {model_id}, which is not "
                                                      "recorded"))
@@ -167,8 +158,7 @@ def _load_shard(path: Path) -> np.ndarray | None:
 
 
 def _check_embeddings(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
-    rows = catalog.query("SELECT model_id, kind, shard, count(*), max(row), count(DISTINCT row) FROM embeddings "
-                         "GROUP BY ALL ORDER BY ALL")
+    rows = catalog.embedding_shards()
     referenced: set[Path] = set()
     for model_id, kind, shard, n, max_row, distinct in rows:
         paths = [shard_dir(workdir, model_id, kind) / shard]
@@ -198,10 +188,7 @@ def _check_embeddings(workdir: Workdir, catalog: Catalog, report: VerifyReport) 
         if len(dims) > 1:
             report.findings.append(Finding("embeddings", f"shard {shard} of model {model_id}: image and patch "
                                                          f"dimensions differ ({sorted(dims)})"))
-    for model_id, kind, n in catalog.query(
-            "SELECT e.model_id, e.kind, count(*) FROM embeddings e WHERE (e.kind = 'image' AND e.item_id NOT IN "
-            "(SELECT id FROM images)) OR (e.kind = 'caption' AND e.item_id NOT IN (SELECT id FROM captions)) "
-            "GROUP BY ALL"):
+    for model_id, kind, n in catalog.orphan_counts():
         report.findings.append(Finding("embeddings", f"{n:,} {kind} embedding rows of model {model_id} belong to "
                                                      f"removed items (the next `groundex index` drops them)",
                                        problem=False))
@@ -231,7 +218,7 @@ def faiss_ids(index: faiss.Index) -> np.ndarray:
 def _check_indexes(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
     from .index import patch_ids  # noqa: PLC0415 (index imports embed; keep this module light to import)
 
-    current = catalog.query("SELECT DISTINCT model_id, kind FROM indexes ORDER BY ALL")
+    current = catalog.indexed_kinds()
     for model_id, kind in current:
         info = catalog.current_index(model_id, kind)
         path = Path(info["path"])
@@ -271,7 +258,7 @@ def _check_indexes(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> 
 
 
 def _check_runs(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
-    for run_id, command in catalog.query("SELECT id, command FROM runs WHERE status = 'running' ORDER BY id"):
+    for run_id, command in catalog.unfinished_runs():
         report.findings.append(Finding("runs", f"run {run_id} ({command}) never finished: it was killed or is "
                                                "still running; run the command again to resume", problem=False))
-    report.checked["runs"] = catalog.query("SELECT count(*) FROM runs")[0][0]
+    report.checked["runs"] = catalog.counts()["runs"]

@@ -419,7 +419,7 @@ def _(capsys, workdir, tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "blip"}')
     (folder / "pytorch_model.bin").write_bytes(struct.pack("<I", 0x80) + b"pickle")
-    error(capsys, "caption", "train", "--workdir", workdir.root, "--pretrained", folder, "--epochs", "0",
+    error(capsys, "caption", "train", "--workdir", workdir.root, "--base", folder, "--epochs", "0",
           match="safetensors|pretrained|blip")
 
 

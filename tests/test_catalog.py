@@ -163,3 +163,74 @@ def test_user_conditions_cannot_reach_files_or_other_databases(tmp_path):
                     catalog.image_ids_where(condition)
             with pytest.raises(duckdb.Error):  # nor can a statement turn that off
                 catalog.con.execute("SET enable_external_access = true")
+
+
+def test_report_reads_summarize_the_catalog(tmp_path):
+    with Catalog.open(Workdir(tmp_path / "w")) as catalog:
+        assert catalog.first_image_id() is None and catalog.splits() == []
+        catalog.add_samples([_prepared("a"), _prepared("b", n_captions=3)])
+        catalog.add_embedding_rows("m", "image", [1, 2], "shard-0.npy")
+        catalog.add_index_version("m", "image", 1, "/x/image-v1.faiss", "Flat", 2)
+        run_id = catalog.start_run("index")
+        assert catalog.first_image_id() == 1 and catalog.splits() == ["train"]
+        assert catalog.split_counts() == [("train", 2)] and catalog.phrase_type_counts() == [("people", 5)]
+        assert catalog.caption_word_counts() == [4] * 5  # "caption 0 of a"
+        assert catalog.image_files() == [(1, "/x/a.jpg", "ab" * 32), (2, "/x/b.jpg", "ab" * 32)]
+        assert set(catalog.dangling_rows().values()) == {0} and catalog.orphan_counts() == []
+        assert catalog.models_with_rows() == ["m"] and catalog.indexed_kinds() == [("m", "image")]
+        assert catalog.embedding_shards() == [("m", "image", "shard-0.npy", 2, 1, 2)]
+        assert catalog.unfinished_runs() == [(run_id, "index")]
+        catalog.con.execute("DELETE FROM images WHERE id = 2")  # a removal that did not cascade
+        assert catalog.dangling_rows()["captions without their image"] == 3
+        assert catalog.orphan_counts() == [("m", "image", 1)]
+
+
+def test_console_sql_runs_read_only_with_limits_and_waits_for_a_writer(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import time
+
+    workdir = Workdir(tmp_path / "w")
+    with Catalog.open(workdir) as catalog:
+        catalog.add_samples([_prepared("a"), _prepared("b")])
+    with Catalog.open_console(workdir.catalog_path) as catalog:
+        assert catalog.run_sql("SELECT current_setting('threads')", 10, 5.0).rows == [(1,)]
+        result = catalog.run_sql("SELECT id FROM images ORDER BY id;", 1, 5.0)
+        assert result.columns == ["id"] and result.rows == [(1,)] and result.truncated
+        for sql, message in [("DELETE FROM images", "read-only"), ("SET threads = 8", "configuration"),
+                             (f"SELECT * FROM read_csv('{workdir.manifest_path}')", "disabled")]:
+            with pytest.raises(ValueError, match=message):
+                catalog.run_sql(sql, 10, 5.0)
+        with pytest.raises(TimeoutError, match="past 0.2 s"):
+            catalog.run_sql("SELECT count(*) FROM range(100000000000) a", 10, 0.2)
+        assert catalog.run_sql("SELECT count(*) FROM images", 10, 5.0).rows == [(2,)]  # usable after a stop
+    # another process writing: the console waits for it, like every reader, and gives up after the lock timeout
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom warehouse import Catalog\n"
+                               f"c = Catalog({str(workdir.catalog_path)!r})\nprint('held', flush=True)\n"
+                               "time.sleep(float(sys.argv[1]))\nc.close()", "2"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("GROUNDEX_LOCK_TIMEOUT", "0.3")
+        with pytest.raises(CatalogError, match="held by another process"):
+            Catalog.open_console(workdir.catalog_path)
+        monkeypatch.setenv("GROUNDEX_LOCK_TIMEOUT", "30")
+        started = time.monotonic()
+        with Catalog.open_console(workdir.catalog_path) as catalog:
+            assert catalog.run_sql("SELECT count(*) FROM images", 10, 5.0).rows == [(2,)]
+        assert time.monotonic() - started > 0.5  # it waited for the writer
+    finally:
+        holder.wait(timeout=30)
+
+
+def test_no_module_outside_warehouse_runs_sql_of_its_own():
+    """The catalog's named methods are the only SQL groundex runs (the console and `--where` go through them)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    raw = re.compile(r"^\s*(import duckdb|from duckdb)|\.query\(|\.con\.|\bduckdb\.connect\(", re.MULTILINE)
+    files = [path for package in ("indexer", "heads", "grounding", "ui")
+             for path in sorted((root / package).rglob("*.py"))]
+    offenders = [f"{path.relative_to(root)}: {m.group(0).strip()}" for path in files
+                 for m in raw.finditer(path.read_text())]
+    assert offenders == []

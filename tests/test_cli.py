@@ -56,7 +56,7 @@ def test_rejects_are_listed(tmp_path, capsys):
     (["info"], "not a groundex workdir"),
     (["ingest", "folder", "--root", "/no/such/folder"], "/no/such/folder: folder not found"),
     (["ingest", "synthetic", "--n", "0"], "n >= 1"),
-    (["ingest", "folder", "--root", ".", "--workers", "0"], "--workers must be >= 1"),
+    (["ingest", "folder", "--root", ".", "--workers", "0"], "workers must be >= 1, got 0"),
 ])
 def test_user_mistakes_exit_2_with_a_message_naming_the_input(tmp_path, capsys, argv, message):
     assert main(argv + ["--workdir", str(tmp_path / "w")]) == 2

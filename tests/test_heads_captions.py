@@ -112,7 +112,8 @@ def test_config_rejects_bad_values():
 def test_training_neighbours_leave_the_query_out_and_match_exact_search():
     import faiss
 
-    from heads.neighbours import exact_neighbours, training_neighbours
+    from heads.neighbours import training_neighbours
+    from indexer.knn import exact_neighbours
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(50, 8)).astype(np.float32)

@@ -93,7 +93,7 @@ def test_the_captioner_trains_evaluates_resumes_and_stores_captions(workdir, cap
     assert next(iter(stored.values()))[0]["text"] == out["examples"][0]["caption"]
     with Catalog.open(workdir, read_only=True) as catalog:
         path = catalog.image_rows("val")[0][1]
-    assert main(["caption", "generate", "--workdir", str(workdir.root), "--image", path, "-k", "0"]) == 0
+    assert main(["caption", "generate", "--workdir", str(workdir.root), "--image", path, "--neighbours", "0"]) == 0
     assert len(capsys.readouterr().out.split()) >= 3
     assert main(["caption", "generate", "--workdir", str(workdir.root), "--image", path, "--beams", "0"]) == 2
     assert "--beams must be" in capsys.readouterr().err
@@ -118,11 +118,11 @@ def test_a_pretrained_blip_loads_fine_tunes_and_captions_through_the_same_comman
 
     with Catalog.open(workdir, read_only=True) as catalog:
         blip = write_tiny_blip(tmp_path / "blip", [t for _, _, t in catalog.caption_rows("train")])
-    train = ["caption", "train", "--workdir", str(workdir.root), "--pretrained", str(blip), "--batch-size", "32",
+    train = ["caption", "train", "--workdir", str(workdir.root), "--base", str(blip), "--batch-size", "32",
              "--no-progress", "--json"]
     assert main([*train, "--epochs", "0"]) == 0  # stored as it is
     as_is = json.loads(capsys.readouterr().out)
-    assert main([*train, "--epochs", "3", "--lr", "1e-3", "-k", "2"]) == 0
+    assert main([*train, "--epochs", "3", "--lr", "1e-3", "--neighbours", "2"]) == 0
     tuned = json.loads(capsys.readouterr().out)
     assert tuned["val_loss_by_epoch"][-1] < as_is["best_val_loss"] - 0.3, (as_is, tuned)
     reference = BlipForConditionalGeneration.from_pretrained(str(blip)).state_dict()
@@ -145,5 +145,5 @@ def test_a_pretrained_blip_loads_fine_tunes_and_captions_through_the_same_comman
         path = dict(catalog.image_rows("val"))[image_id]
     from_file, retrieved = captioner.caption_file(path, k=0)
     assert retrieved == [] and from_file == captioner.caption_images(np.array([image_id]), k=0)[0][0]
-    assert main(["caption", "train", "--workdir", str(workdir.root), "--pretrained", str(tmp_path / "none")]) == 2
+    assert main(["caption", "train", "--workdir", str(workdir.root), "--base", str(tmp_path / "none")]) == 2
     assert "cannot load the BLIP checkpoint" in capsys.readouterr().err

@@ -12,7 +12,7 @@ def unit(x):
 
 
 def test_knn_votes_follow_the_nearest_neighbours_and_can_leave_an_image_out():
-    from heads.neighbours import exact_neighbours
+    from indexer.knn import exact_neighbours
 
     gallery = unit([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]])
     labels = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=bool)

@@ -26,6 +26,13 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert abs(values[-1] - 0.05) < 1e-9
 
 
+def test_progress_bar_shows_the_time_budget_rather_than_the_epoch_bound():
+    from indexer.train import _epoch_label
+
+    assert _epoch_label(TrainConfig(epochs=10_000, minutes=15), 2, 192.0) == "epoch 2 (3.2 of 15 min)"
+    assert _epoch_label(TrainConfig(epochs=20), 2) == "epoch 2/20"
+
+
 def test_augment_keeps_shape_and_range_and_is_seeded():
     pixels = torch.randint(0, 256, (4, 3, 80, 80), dtype=torch.uint8)
     a, crops_a = augment(pixels, 64, 0.6, 0.2, True, torch.Generator().manual_seed(1))

@@ -64,4 +64,4 @@ def test_engine_options_are_checked(twins, capsys):
     assert main(["index", "--workdir", str(distributed.root), "--address", "auto"]) == 2
     assert "--address is for --engine ray" in capsys.readouterr().err
     assert main(["index", "--workdir", str(distributed.root), "--engine", "ray", "--actors", "0"]) == 2
-    assert "--actors must be >= 1" in capsys.readouterr().err
+    assert "actors must be >= 1, got 0" in capsys.readouterr().err

@@ -6,11 +6,12 @@
     ingest_*  one entry point per source format; all share the pipeline in `ingest.py`
 """
 
+from ._catalog_reports import SqlResult
 from .artefacts import KINDS as ARTEFACT_KINDS
 from .artefacts import Artefact, ArtefactStore, RunState, content_hash, missing_files, place, same_settings
 from .catalog import Catalog, Condition, GroundingRow, ImageInfo, PreparedSample, recorded_run
 from .entities import FormatError, parse_annotation, parse_caption, parse_sentences
-from .errors import ArtefactError, CatalogError
+from .errors import ArtefactError, CatalogError, InputError
 from .images import DEFAULT_MAX_PIXELS, ImageError, inspect_image, load_image, load_image_bytes
 from .ingest import IngestConfig, IngestReport, ingest
 from .loaders import (
@@ -30,7 +31,8 @@ __all__ = [
     "Condition", "content_hash", "DEFAULT_MAX_PIXELS", "DEFAULT_WORKDIR", "Entity", "FormatError", "generate_dataset",
     "generate_scene", "GroundingRow", "ImageError", "ImageInfo", "ingest", "ingest_flickr30k", "ingest_folder",
     "ingest_hf", "ingest_karpathy", "ingest_results_csv", "ingest_synthetic", "IngestConfig", "IngestReport",
+    "InputError",
     "inspect_image", "load_image", "load_image_bytes", "missing_files", "parse_annotation", "parse_caption",
     "parse_sentences", "Phrase", "place", "PreparedSample", "recorded_run", "Reject", "RunState", "Sample",
-    "same_settings", "SyntheticConfig", "Workdir",
+    "same_settings", "SqlResult", "SyntheticConfig", "Workdir",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 
 from .artefacts import KINDS, NONE_YET, Artefact
-from .errors import ArtefactError
+from .errors import ArtefactError, InputError
 from .workdir import utc_now
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -56,13 +56,13 @@ class ArtefactRows:
     def check_label(self, kind: str, artefact_id: str, label: str) -> None:
         """Refuse a label another artefact of the kind has, or one that could be read as a hash prefix."""
         if not label.strip() or label != label.strip():
-            raise ValueError(f"a label must be non-empty without surrounding spaces, got {label!r}")
+            raise InputError(f"a label must be non-empty without surrounding spaces, got {label!r}")
         if _HEX.fullmatch(label):
-            raise ValueError(f"label {label!r} could be read as a hash prefix: use a name with another letter in it")
+            raise InputError(f"label {label!r} could be read as a hash prefix: use a name with another letter in it")
         taken = self.con.execute("SELECT id FROM artefacts WHERE kind = ? AND label = ? AND id <> ?",
                                  [kind, label, artefact_id]).fetchall()
         if taken:
-            raise ValueError(f"label {label!r} already names {kind} {taken[0][0]}")
+            raise InputError(f"label {label!r} already names {kind} {taken[0][0]}")
 
     def set_label(self, kind: str, artefact_id: str, label: str | None) -> None:
         if label is not None:
@@ -188,5 +188,5 @@ class ArtefactRows:
         """Patch cells per image of a model's stored patch embeddings."""
         stored = self.embedding_set(model_id, "patch")
         if stored is None:
-            raise ValueError(f"model {model_id} has no stored patch embeddings: run `groundex index`")
+            raise InputError(f"model {model_id} has no stored patch embeddings: run `groundex index`")
         return int(stored["cells"])

@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .errors import InputError
 from .workdir import utc_now
 
 TAG_METHODS = ("probe", "knn", "zeroshot", "fusion")
@@ -25,7 +26,7 @@ class HeadsRows:
         """Make `tags` ((image id, keyword, score) rows) the tags of `method` and `model_id` for `image_ids`:
         the earlier ones of those images are deleted in the same transaction."""
         if method not in TAG_METHODS:
-            raise ValueError(f"unknown tag method {method!r}; known: {', '.join(TAG_METHODS)}")
+            raise InputError(f"unknown tag method {method!r}; known: {', '.join(TAG_METHODS)}")
         now = utc_now()
         rows = [(int(i), str(k), float(s), method, model_id, run_id, now) for i, k, s in tags]
         with self.transaction():

@@ -23,8 +23,9 @@ import pyarrow as pa
 from ._catalog_artefacts import ArtefactRows
 from ._catalog_heads import CAPTIONS_SCHEMA as _CAPTIONS
 from ._catalog_heads import HeadsRows
+from ._catalog_reports import ReportRows
 from ._schema import MIGRATIONS, SCHEMA_VERSION
-from .errors import CatalogError
+from .errors import CatalogError, InputError
 from .records import Box, Reject, Sample
 from .workdir import Workdir, utc_now
 
@@ -65,11 +66,17 @@ class GroundingRow:
     boxes: list[tuple[float, float, float, float]]  # (x1, y1, x2, y2) in [0, 1] of the image; may be empty
 
 
-def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+def _connect(path: Path, read_only: bool, limits: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
     """A connection to the catalog file alone: no other file, database or extension is reachable from its SQL
-    (user conditions such as `--where` run on it), and no statement can change that."""
+    (user conditions such as `--where` run on it), and no statement can change that. `limits`: more DuckDB
+    settings, locked with the rest (e.g. CONSOLE_LIMITS)."""
     return duckdb.connect(str(path), read_only=read_only,
-                          config={"enable_external_access": False, "lock_configuration": True})
+                          config={"enable_external_access": False, "lock_configuration": True, **(limits or {})})
+
+
+# What a person's own SQL may use (the app's console, `Catalog.open_console`): one thread, so a heavy query
+# leaves the app's other work its cores, and bounded memory.
+CONSOLE_LIMITS: dict[str, Any] = {"threads": 1, "memory_limit": "1GB"}
 
 
 def lock_timeout_s() -> float:
@@ -77,7 +84,8 @@ def lock_timeout_s() -> float:
     return float(os.environ.get("GROUNDEX_LOCK_TIMEOUT", "120"))
 
 
-def _connect_waiting(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+def _connect_waiting(path: Path, read_only: bool, limits: dict[str, Any] | None = None
+                     ) -> duckdb.DuckDBPyConnection:
     """`_connect`, waiting while another process holds the file. DuckDB lets one process write, or several
     read, at a time; groundex's writers hold the catalog only for one transaction (a chunk of an ingest, a
     shard of embeddings, a finished index), and its readers for one query, so the wait is short: a search
@@ -86,7 +94,7 @@ def _connect_waiting(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     delay = 0.02
     while True:
         try:
-            return _connect(path, read_only)
+            return _connect(path, read_only, limits)
         except duckdb.IOException as e:
             if "lock" not in str(e).lower():
                 raise CatalogError(f"cannot open catalog {path}: {e}") from None
@@ -100,13 +108,15 @@ def _connect_waiting(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
             delay = min(0.5, delay * 1.5)
 
 
-class Catalog(ArtefactRows, HeadsRows):
-    def __init__(self, path: Path | str, read_only: bool = False):
+class Catalog(ArtefactRows, HeadsRows, ReportRows):
+    def __init__(self, path: Path | str, read_only: bool = False, *, limits: dict[str, Any] | None = None):
+        """Open the catalog at `path` (waiting while another process holds it), upgrading an older schema.
+        `limits`: more locked DuckDB settings for the connection (CONSOLE_LIMITS: see `open_console`)."""
         self.path = Path(path)
         self.read_only = read_only
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"no catalog at {self.path}")
-        self.con = _connect_waiting(self.path, read_only)
+        self.con = _connect_waiting(self.path, read_only, limits)
         version = self._stored_version()
         if version > SCHEMA_VERSION:
             self.con.close()
@@ -118,7 +128,7 @@ class Catalog(ArtefactRows, HeadsRows):
             if read_only:  # an older groundex built it: upgrade in place (migrations only add), then read
                 self.con.close()
                 Catalog(self.path).close()
-                self.con = _connect(self.path, True)
+                self.con = _connect_waiting(self.path, True, limits)
             else:
                 try:
                     self._migrate(version)
@@ -133,6 +143,13 @@ class Catalog(ArtefactRows, HeadsRows):
         elif not workdir.exists():
             workdir.read_manifest()  # raises a clear "not a workdir" error
         return cls(workdir.catalog_path, read_only=read_only)
+
+    @classmethod
+    def open_console(cls, path: Path | str) -> Catalog:
+        """The catalog at `path`, read-only, for a person's own SQL (`run_sql`; the app's console): besides
+        what every connection refuses (other files, ATTACH, COPY, extensions, changing settings), one thread
+        and bounded memory (CONSOLE_LIMITS). Open one per query: a reader held open locks writers out."""
+        return cls(path, read_only=True, limits=CONSOLE_LIMITS)
 
     def close(self) -> None:
         self.con.close()
@@ -190,7 +207,8 @@ class Catalog(ArtefactRows, HeadsRows):
     # -- generic reads --------------------------------------------------------------------------
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
-        """Run a parameterized query (values as `?`, never formatted into `sql`) and return all rows."""
+        """Run a parameterized query (values as `?`, never formatted into `sql`) and return all rows. For tests and
+        warehouse itself: the rest of groundex reads through the named methods (a person's own SQL: `run_sql`)."""
         return self.con.execute(sql, list(params)).fetchall()
 
     def _next_id(self, table: str) -> int:
@@ -282,10 +300,10 @@ class Catalog(ArtefactRows, HeadsRows):
         sql = f"SELECT DISTINCT id FROM {source} WHERE ({where}) ORDER BY id"
         try:
             if len(duckdb.extract_statements(sql)) != 1:  # '1=1); DROP TABLE images; --' ends the condition early
-                raise ValueError(f"--where takes one condition, not statements: {where!r}")
+                raise InputError(f"--where takes one condition, not statements: {where!r}")
             return [r[0] for r in self.con.execute(sql, params).fetchall()]
         except duckdb.Error as e:
-            raise ValueError(f"bad --where condition {where!r}: {str(e).splitlines()[0]}") from None
+            raise InputError(f"bad --where condition {where!r}: {str(e).splitlines()[0]}") from None
 
     def image_details(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         """id -> {path, split, width, height, dataset, key, captions: [text, ...]} (human captions)."""

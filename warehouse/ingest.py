@@ -20,6 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .catalog import Catalog, PreparedSample, recorded_run
+from .errors import InputError
 from .images import DEFAULT_MAX_PIXELS, ImageError, inspect_image
 from .records import Box, Reject, Sample
 from .workdir import Workdir
@@ -33,6 +34,11 @@ class IngestConfig:
     chunk_size: int = 512                       # samples per transaction: the most a crash can lose
     max_pixels: int = DEFAULT_MAX_PIXELS        # larger images are rejected (decompression bombs)
     progress: bool = True                       # show a progress bar
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "chunk_size", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass

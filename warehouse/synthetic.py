@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .entities import format_annotation, format_caption
+from .errors import InputError
 from .records import Box
 from .workdir import atomic_write_bytes, atomic_write_json
 
@@ -402,7 +403,7 @@ def generate_dataset(out: Path, config: SyntheticConfig | None = None, progress:
     """Write `config.n` scenes to `out` in the Flickr30k Entities layout; skip if already written."""
     config = config or SyntheticConfig()
     if config.n < 1 or config.size < 64:
-        raise ValueError(f"synthetic dataset needs n >= 1 and size >= 64 (got n={config.n}, size={config.size})")
+        raise InputError(f"synthetic dataset needs n >= 1 and size >= 64 (got n={config.n}, size={config.size})")
     out = Path(out)
     stamp = out / "synthetic.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == asdict(config):

@@ -12,6 +12,7 @@
       indexes/         FAISS index files, by model hash
       grounding/       per model: the heatmap-to-box parameters chosen on val (<model hash>.json)
       cache/           decoded, resized pixels for training and embedding (rebuilt when missing)
+      logs/            tracebacks of internal errors (a bug), one file each, named in the error message
 
 The paths of the workdir's parts come from here and, for artefacts and their training state, from
 `ArtefactStore`; other packages ask these two rather than joining names to the root.
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import InputError
 
 DEFAULT_WORKDIR = Path("groundex-work")
 MANIFEST_FORMAT = "groundex-workdir"
@@ -110,6 +113,11 @@ class Workdir:
         """Derived data that can always be rebuilt (decoded image pixels); safe to delete."""
         return self.root / "cache"
 
+    @property
+    def logs_dir(self) -> Path:
+        """Tracebacks of internal errors (bugs), one file each; safe to delete."""
+        return self.root / "logs"
+
     def exists(self) -> bool:
         return self.manifest_path.is_file() and self.catalog_path.is_file()
 
@@ -137,11 +145,11 @@ class Workdir:
                 f"`groundex demo --workdir {self.root}` or `groundex ingest ... --workdir {self.root}`"
             ) from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{self.manifest_path}: not valid JSON ({e})") from None
+            raise InputError(f"{self.manifest_path}: not valid JSON ({e})") from None
         if manifest.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"{self.manifest_path}: not a groundex manifest (format={manifest.get('format')!r})")
+            raise InputError(f"{self.manifest_path}: not a groundex manifest (format={manifest.get('format')!r})")
         if manifest.get("version", 0) > MANIFEST_VERSION:
-            raise ValueError(
+            raise InputError(
                 f"{self.manifest_path}: manifest version {manifest['version']} is newer than this groundex "
                 f"understands ({MANIFEST_VERSION}); upgrade groundex"
             )

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from warehouse import Catalog, Workdir, load_image
+from warehouse import Catalog, InputError, Workdir, load_image
 
 THUMB_SIDE = 192
 TYPE_COLOURS = {"people": "#e6194b", "clothing": "#3cb44b", "bodyparts": "#ffe119", "animals": "#4363d8",
@@ -78,30 +78,27 @@ def decode_upload(name: str, payload: bytes, max_bytes: int = MAX_UPLOAD_BYTES,
     from warehouse import ImageError, load_image_bytes
 
     if len(payload) > max_bytes:
-        raise ValueError(f"{name} is {len(payload) / 2**20:.1f} MB; uploads are limited to {max_bytes / 2**20:g} MB")
+        raise InputError(f"{name} is {len(payload) / 2**20:.1f} MB; uploads are limited to {max_bytes / 2**20:g} MB")
     if not payload:
-        raise ValueError(f"{name} is empty")
+        raise InputError(f"{name} is empty")
     try:
         return load_image_bytes(payload, max_pixels=max_pixels)
     except ImageError as e:
-        raise ValueError(f"{name}: {e}") from None
+        raise InputError(f"{name}: {e}") from None
 
 
 def first_image_id(workdir: Workdir) -> int | None:
     with Catalog.open(workdir, read_only=True) as catalog:
-        rows = catalog.query("SELECT min(id) FROM images")
-    return None if not rows or rows[0][0] is None else int(rows[0][0])
+        return catalog.first_image_id()
 
 
 def statistics(workdir: Workdir) -> dict[str, Any]:
     """Counts, tag and phrase-type frequencies and caption lengths (in words) of the catalog."""
     with Catalog.open(workdir, read_only=True) as catalog:
         counts = catalog.counts()
-        splits = catalog.query("SELECT split, count(*) FROM images GROUP BY 1 ORDER BY 2 DESC")
-        types = catalog.query("SELECT t, count(*) FROM (SELECT unnest(types) AS t FROM phrases) GROUP BY 1 "
-                              "ORDER BY 2 DESC")
-        lengths = [r[0] for r in catalog.query(
-            "SELECT len(string_split(trim(text), ' ')) FROM captions WHERE source = 'human'")]
+        splits = catalog.split_counts()
+        types = catalog.phrase_type_counts()
+        lengths = catalog.caption_word_counts()
         tags = catalog.tag_counts(limit=30)
     return {"counts": counts, "splits": splits, "phrase_types": types, "caption_lengths": lengths, "tags": tags}
 
@@ -120,7 +117,7 @@ def embedding_map(workdir: Workdir, model_id: str, method: str = "pca", limit: i
             ids = np.sort(np.random.default_rng(seed).choice(ids, limit, replace=False))
         details = catalog.image_details(ids)
     if len(ids) < 3:
-        raise ValueError("the embedding map needs at least 3 embedded images")
+        raise InputError("the embedding map needs at least 3 embedded images")
     _, vectors = load_embeddings(workdir, model_id, "image", ids)
     vectors = vectors.astype(np.float32)
     if method == "tsne":
@@ -132,7 +129,7 @@ def embedding_map(workdir: Workdir, model_id: str, method: str = "pca", limit: i
     elif method == "pca":
         xy = PCA(n_components=2, random_state=seed).fit_transform(vectors)
     else:
-        raise ValueError(f"method must be pca or tsne, got {method!r}")
+        raise InputError(f"method must be pca or tsne, got {method!r}")
     return {"id": ids.tolist(), "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(),
             "split": [details[int(i)]["split"] for i in ids],
             "caption": [(details[int(i)]["captions"] or [""])[0] for i in ids],

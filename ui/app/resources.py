@@ -127,7 +127,7 @@ def thumbnail(path: str, side: int = data.THUMB_SIDE) -> bytes:
 def filter_choices(root: str) -> tuple[list[str], list[str]]:
     """(splits, the most frequent tags) for the filter widgets."""
     with Catalog.open(Workdir(root), read_only=True) as catalog:
-        splits = [r[0] for r in catalog.query("SELECT DISTINCT split FROM images WHERE split IS NOT NULL ORDER BY 1")]
+        splits = catalog.splits()
         tags = [t for t, _ in catalog.tag_counts(limit=200)]
     return splits, tags
 

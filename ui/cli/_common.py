@@ -9,18 +9,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from warehouse import DEFAULT_WORKDIR, CatalogError, FormatError, ImageError, Workdir
+from warehouse import DEFAULT_WORKDIR, CatalogError, FormatError, ImageError, InputError, Workdir
 
 
-class UserError(Exception):
-    """A problem with the user's input, reported as one line."""
+class UserError(InputError):
+    """A problem with a command's arguments found by the CLI itself, reported as one line."""
 
 
 def known_user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a user's mistake (exit 2, one line); any other is a bug (exit 1, traceback logged).
+    FileNotFoundError and friends: our code raises them for paths the user named."""
     from indexer.embed import MissingEmbeddingError
 
-    return (UserError, FileNotFoundError, NotADirectoryError, FormatError, ImageError, CatalogError, ValueError,
-            MissingEmbeddingError)
+    return (InputError, FormatError, ImageError, CatalogError, MissingEmbeddingError, FileNotFoundError,
+            NotADirectoryError, FileExistsError)
 
 
 def add_workdir(parser: argparse.ArgumentParser) -> None:

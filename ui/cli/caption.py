@@ -6,13 +6,18 @@ import argparse
 from pathlib import Path
 
 from ._common import UserError, add_resume, add_workdir, print_json, workdir_of
+from ._options import add_captioner, add_json, add_model, add_no_progress, add_renamed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from heads.captioner import CaptionerConfig
+
+    c = CaptionerConfig()
     p = sub.add_parser(
         "caption", help="train the retrieval-augmented captioner; caption images",
         description="A BLIP text decoder (transformers) that reads the image's CLIP embedding and patch embeddings "
-                    "and, as a prompt, the captions of its k nearest training images (FAISS; never its own). "
+                    "and, as a prompt, the captions of its nearest training images (--neighbours; FAISS; never its "
+                    "own). "
                     "`caption train` fits it on the train split (Hugging Face Trainer, val loss and a checkpoint "
                     "each epoch); `caption generate` captions images and stores the captions in the catalog "
                     "(source 'generated', with the captioner's hash). `groundex eval captions` measures it.")
@@ -20,37 +25,52 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t = steps.add_parser("train", help="fit the captioner on the train split",
                          description="Needs `groundex index` first (image, patch and caption embeddings).")
     add_workdir(t)
-    t.add_argument("--model", default=None, help="embedding model label or hash prefix (default: the newest)")
-    t.add_argument("--epochs", type=int, default=10,
-                   help="passes over the training images (default: 10; 0 with --pretrained: no fine-tuning)")
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=5e-4)
-    t.add_argument("-k", type=int, default=4, help="retrieved captions in the prompt (default: 4)")
-    t.add_argument("--layers", type=int, default=3, help="decoder layers (default: 3)")
-    t.add_argument("--hidden-size", type=int, default=256, help="decoder width (default: 256)")
-    t.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
-    t.add_argument("--pretrained", default=None, metavar="NAME_OR_PATH",
+    add_model(t, "embedding model")
+    t.add_argument("--base", default=c.pretrained, metavar="NAME_OR_PATH",
                    help="fine-tune a pretrained BLIP (BlipForConditionalGeneration: a Hugging Face name such as "
-                        "Salesforce/blip-image-captioning-base, or a local folder) in place of the small decoder: its "
-                        "vision tower reads the pixels and its tokenizer is kept; --epochs 0 stores it as it is")
+                        "Salesforce/blip-image-captioning-base, or a local folder) in place of the small decoder "
+                        "trained from scratch: its vision tower reads the pixels and its tokenizer is kept; "
+                        "--epochs 0 stores it as it is")
+    t.add_argument("--epochs", type=int, default=c.epochs,
+                   help="passes over the training images (default: %(default)s; 0 with --base: no fine-tuning)")
+    t.add_argument("--batch-size", type=int, default=c.batch_size, help="images per step (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=c.lr, help="peak learning rate (default: %(default)s)")
+    t.add_argument("--neighbours", type=int, default=c.k, metavar="N",
+                   help="retrieved captions in the prompt: those of the N nearest training images (default: "
+                        "%(default)s)")
+    t.add_argument("--layers", type=int, default=c.layers, help="decoder layers (default: %(default)s)")
+    t.add_argument("--hidden-size", type=int, default=c.hidden_size, help="decoder width (default: %(default)s)")
+    t.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=c.precision,
+                   help="auto: bf16 autocast where the CPU or GPU runs it fast (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=c.seed, help="random seed (default: %(default)s)")
     t.add_argument("--train-vision", action="store_true",
-                   help="with --pretrained: fine-tune the vision tower too (default: the text decoder only)")
+                   help="with --base: fine-tune the vision tower too (default: the text decoder only)")
     add_resume(t, "from the last epoch checkpoint of this model")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--json", action="store_true")
+    add_json(t)
+    add_no_progress(t)
+    add_renamed(t, "-k", "--neighbours (retrieved captions); -k is the number of results elsewhere")
+    add_renamed(t, "--pretrained", "--base (the BLIP checkpoint to start from)")
     t.set_defaults(run=run_train)
     g = steps.add_parser("generate", help="caption images (stored in the catalog) or one image file (printed)")
     add_workdir(g)
-    g.add_argument("--captioner", default=None, help="captioner hash or prefix (default: the newest)")
+    add_captioner(g)
     g.add_argument("--split", default=None, help="caption this split's images (default: all)")
     g.add_argument("--image", type=Path, default=None, help="caption this image file instead (not stored)")
-    g.add_argument("-k", type=int, default=None, help="retrieved captions (default: the captioner's; 0: none)")
-    g.add_argument("--beams", type=int, default=None, help="beam search width (default: 3)")
-    g.add_argument("--max-length", type=int, default=None, help="at most this many new tokens (default: 30)")
-    g.add_argument("--min-length", type=int, default=None, help="at least this many new tokens (default: 3)")
+    captioners = "the captioner's own setting, {} unless set when it was trained"
+    g.add_argument("--neighbours", type=int, default=None, metavar="N",
+                   help=f"retrieved captions, 0: none (default: {captioners.format(c.k)})")
+    g.add_argument("--beams", type=int, default=None, help=f"beam search width (default: {captioners.format(c.beams)})")
+    g.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help=f"at most this many new tokens (default: {captioners.format(c.max_new_tokens)})")
+    g.add_argument("--min-new-tokens", type=int, default=None, metavar="N",
+                   help=f"at least this many new tokens (default: {captioners.format(c.min_new_tokens)})")
     g.add_argument("--length-penalty", type=float, default=None,
-                   help="beam search length penalty; above 1 favours longer captions (default: 1.0)")
-    g.add_argument("--json", action="store_true")
+                   help="beam search length penalty; above 1 favours longer captions (default: "
+                        f"{captioners.format(c.length_penalty)})")
+    add_json(g)
+    add_renamed(g, "-k", "--neighbours (retrieved captions); -k is the number of results elsewhere")
+    add_renamed(g, "--max-length", "--max-new-tokens")
+    add_renamed(g, "--min-length", "--min-new-tokens")
     g.set_defaults(run=run_generate)
 
 
@@ -58,9 +78,9 @@ def run_train(args: argparse.Namespace) -> int:
     from heads.captioner import CaptionerConfig
     from heads.captioning import train_captioner
 
-    config = CaptionerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, k=args.k, layers=args.layers,
-                             hidden_size=args.hidden_size, precision=args.precision, pretrained=args.pretrained,
-                             freeze_vision=not args.train_vision)
+    config = CaptionerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, k=args.neighbours,
+                             layers=args.layers, hidden_size=args.hidden_size, precision=args.precision,
+                             seed=args.seed, pretrained=args.base, freeze_vision=not args.train_vision)
     result = train_captioner(workdir_of(args), config, args.model, resume=args.resume, progress=not args.no_progress)
     if args.json:
         print_json(result)
@@ -73,24 +93,24 @@ def run_train(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     from heads.captioning import Captioner, caption_workdir
 
-    for name in ("k", "beams", "max_length", "min_length"):
+    for name, least in (("neighbours", 0), ("beams", 1), ("max_new_tokens", 1), ("min_new_tokens", 0)):
         value = getattr(args, name)
-        if value is not None and value < (0 if name in ("k", "min_length") else 1):
-            raise UserError(f"--{name.replace('_', '-')} must be {'>= 0' if name in ('k', 'min_length') else '>= 1'}")
-    decoding = {"beams": args.beams, "max_new_tokens": args.max_length, "min_new_tokens": args.min_length,
+        if value is not None and value < least:
+            raise UserError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+    decoding = {"beams": args.beams, "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens,
                 "length_penalty": args.length_penalty}
     if args.image is not None:
         if args.split is not None:
             raise UserError("give --split or --image, not both")
         captioner = Captioner(workdir_of(args), args.captioner)
-        caption, retrieved = captioner.caption_file(args.image, args.k, **decoding)
+        caption, retrieved = captioner.caption_file(args.image, args.neighbours, **decoding)
         if args.json:
             print_json({"captioner_id": captioner.id, "image": str(args.image), "caption": caption,
                         "retrieved": retrieved})
         else:
             print(caption)
         return 0
-    result = caption_workdir(workdir_of(args), args.captioner, args.split, args.k,
+    result = caption_workdir(workdir_of(args), args.captioner, args.split, args.neighbours,
                              **{k: v for k, v in decoding.items() if v is not None})
     if args.json:
         print_json(result)

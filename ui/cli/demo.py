@@ -9,6 +9,7 @@ import warehouse
 from warehouse import ArtefactError, Catalog, IngestConfig
 
 from ._common import add_workdir, workdir_of
+from ._options import add_no_progress
 from .ingest import add_synthetic_options, synthetic_config
 
 DEMO_QUERY = "a black dog on the grass"
@@ -16,6 +17,8 @@ DEMO_PHRASE = "a black dog"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from heads.captioner import CaptionerConfig
+
     p = sub.add_parser(
         "demo", help="build a demo workdir from the embedded synthetic scenes",
         description="Generate the synthetic scenes dataset (Flickr30k Entities format), ingest it, train the tiny "
@@ -25,11 +28,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "caption every image, and run a sample query and a sample phrase -> region search. Safe to run "
                     "again: finished steps are skipped.")
     add_workdir(p)
-    add_synthetic_options(p)
+    add_synthetic_options(p, seed_help="seed of the generated scenes, of training and of the captioner")
     p.add_argument("--epochs", type=int, default=25, help="training epochs (default: %(default)s)")
-    p.add_argument("--caption-epochs", type=int, default=10, help="captioner training epochs (default: %(default)s)")
+    p.add_argument("--caption-epochs", type=int, default=CaptionerConfig.epochs,
+                   help="captioner training epochs (default: %(default)s)")
     p.add_argument("--query", default=DEMO_QUERY, help="the sample text query")
     p.add_argument("--phrase", default=DEMO_PHRASE, help="the sample phrase to ground")
+    add_no_progress(p)
     p.set_defaults(run=run)
 
 
@@ -38,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from heads.captioner import CaptionerConfig
     from heads.captioning import caption_workdir, evaluate_captions, find_captioner, train_captioner
     from heads.tagging import evaluate_tags, tag_workdir
+    from indexer.embed import EmbedConfig
     from indexer.pipeline import evaluate_retrieval, index_workdir
     from indexer.search import Searcher
     from indexer.train import TrainConfig, train
@@ -45,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     workdir = workdir_of(args)
     started = time.perf_counter()
     print(f"[1/7] synthetic scenes: {args.n} images, seed {args.seed} -> {workdir.root}")
-    report = warehouse.ingest_synthetic(workdir, synthetic_config(args), IngestConfig())
+    progress = not args.no_progress
+    report = warehouse.ingest_synthetic(workdir, synthetic_config(args), IngestConfig(progress=progress))
     print(f"      {report.added:,} added, {report.already_present:,} already present, {report.rejected:,} rejected")
     with Catalog.open(workdir, read_only=True) as catalog:
         counts = catalog.counts()
@@ -54,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"[2/7] model {trained[0]['id']} already trained; skipping (`groundex model remove` it to retrain)")
     else:
         print(f"[2/7] training the tiny CLIP for {args.epochs} epochs on {counts['splits'].get('train', 0):,} images")
-        result = train(workdir, TrainConfig(epochs=args.epochs, seed=args.seed))
+        result = train(workdir, TrainConfig(epochs=args.epochs, seed=args.seed, progress=progress))
         print(f"      model {result.model_id}: best epoch {result.best['epoch']}, {result.seconds:.0f} s")
     print("[3/7] embedding and indexing every image and caption")
-    indexed = index_workdir(workdir)
+    indexed = index_workdir(workdir, config=EmbedConfig(progress=progress))
     print(f"      {indexed['embedded_images']:,} images and {indexed['embedded_captions']:,} captions embedded")
     metrics = evaluate_retrieval(workdir, "val")
     chance = 100 * min(10, metrics["images"]) / metrics["images"]
@@ -80,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[7/7] captioner {captioner_id} already trained; skipping training")
     except ArtefactError:  # none trained yet
         print(f"[7/7] training the retrieval-augmented captioner for {args.caption_epochs} epochs")
-        trained = train_captioner(workdir, CaptionerConfig(epochs=args.caption_epochs, seed=args.seed))
+        trained = train_captioner(workdir, CaptionerConfig(epochs=args.caption_epochs, seed=args.seed),
+                                  progress=progress)
         captioner_id = trained["captioner_id"]
         print(f"      captioner {captioner_id}: {trained['train_seconds']:.0f} s")
     captions = evaluate_captions(workdir, "val", captioner_id, ks=(0, 1))

@@ -5,22 +5,25 @@ from __future__ import annotations
 import argparse
 
 from ._common import UserError, add_workdir, print_json, workdir_of
+from ._options import add_captioner, add_device, add_json, add_model, add_no_progress, add_renamed
 
 
 def _task(tasks: argparse._SubParsersAction, name: str, help: str, description: str, run,
-          model_help: str | None = "model label or hash prefix (default: the newest)") -> argparse.ArgumentParser:
+          model: bool = True) -> argparse.ArgumentParser:
     """A `groundex eval` task with the options every task takes."""
     t = tasks.add_parser(name, help=help, description=description)
     add_workdir(t)
-    t.add_argument("--split", required=True)
-    if model_help:
-        t.add_argument("--model", default=None, help=model_help)
-    t.add_argument("--json", action="store_true")
+    t.add_argument("--split", required=True, help="the split to evaluate on (val, or test once choices are made)")
+    if model:
+        add_model(t)
+    add_json(t)
     t.set_defaults(run=run)
     return t
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from heads.tagging import METHODS
+
     p = sub.add_parser("eval", help="evaluate on a split", description="Built-in evaluation on held-out data.")
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
     _task(tasks, "retrieval", "recall@K, text->image and image->text",
@@ -33,22 +36,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
               "baselines, in percent. --tune first chooses the heatmap-to-box parameters on this split "
               "(val) and saves them for the model; `groundex ground` then uses them.", run_grounding)
     g.add_argument("--tune", action="store_true", help="choose the parameters on this split first (not on test)")
-    g.add_argument("--no-progress", action="store_true")
+    add_device(g)
+    add_no_progress(g)
     t = _task(tasks, "tags", "micro-F1, macro-F1 and mAP of every tagger against the prior",
               "Fits each tagger on train, chooses kNN's K and every threshold on val, and scores the split's "
               "captioned images against their labels (the vocabulary words their captions mention), in "
               "percent; with the prior baseline (each tag at its training frequency). fusion reads the "
               "images' own captions, which the labels come from; fusion_uncaptioned hides them.", run_tags)
-    t.add_argument("--methods", default=",".join(("knn", "probe", "zeroshot", "fusion")),
-                   help="comma-separated taggers to evaluate (default: all)")
+    t.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated taggers to evaluate (default: %(default)s)")
     c = _task(tasks, "captions", "BLEU-1..4, ROUGE-L and CIDEr of the captioner against its baselines",
               "Captions the split's images with the captioner (its retrieved captions), the same model without "
               "retrieved captions, and the nearest-neighbour-caption baseline (the caption of the nearest "
               "training image), and scores them against the split's human captions, in percent; also the "
-              "captioner at each k of --ks.", run_captions, model_help=None)
-    c.add_argument("--captioner", default=None, help="captioner hash or prefix (default: the newest)")
-    c.add_argument("--ks", default="0,1,2,4", help="comma-separated numbers of retrieved captions (default: 0,1,2,4)")
-    c.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+              "captioner with each number of retrieved captions in --neighbours.", run_captions, model=False)
+    add_captioner(c)
+    c.add_argument("--neighbours", default="0,1,2,4", metavar="N,N,...",
+                   help="comma-separated numbers of retrieved captions to score the captioner with; 0 and the "
+                        "captioner's own are always scored (default: %(default)s)")
+    c.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images of the split")
+    add_renamed(c, "--ks", "--neighbours (numbers of retrieved captions)")
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
@@ -69,7 +76,7 @@ def run_grounding(args: argparse.Namespace) -> int:
     from grounding import evaluate_grounding
 
     result = evaluate_grounding(workdir_of(args), args.split, args.model, tune_params=args.tune,
-                                progress=not args.no_progress)
+                                device=args.device, progress=not args.no_progress)
     if args.json:
         print_json(result)
         return 0
@@ -107,11 +114,11 @@ def run_captions(args: argparse.Namespace) -> int:
     from heads.captioning import evaluate_captions
 
     try:
-        ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
+        ks = tuple(int(k) for k in args.neighbours.split(",") if k.strip())
     except ValueError:
-        raise UserError(f"--ks takes comma-separated integers, got {args.ks!r}") from None
+        raise UserError(f"--neighbours takes comma-separated integers, got {args.neighbours!r}") from None
     if any(k < 0 for k in ks):
-        raise UserError("--ks must be >= 0")
+        raise UserError(f"--neighbours must be >= 0, got {args.neighbours!r}")
     result = evaluate_captions(workdir_of(args), args.split, args.captioner, ks, args.limit)
     if args.json:
         print_json(result)

@@ -6,9 +6,12 @@ import argparse
 from pathlib import Path
 
 from ._common import UserError, add_workdir, print_json, workdir_of
+from ._options import add_device, add_json, add_k, add_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from grounding import DEFAULT_SHORTLIST
+
     p = sub.add_parser(
         "ground", help="find the region that shows a phrase (one image or the whole collection)",
         description="With --image-id or --image: the phrase's heatmap, point and boxes in that image (--out saves "
@@ -22,19 +25,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("phrase", help='the phrase to ground, e.g. "the man in the red jacket"')
     p.add_argument("--image-id", type=int, help="ground in this catalog image")
     p.add_argument("--image", type=Path, help="ground in this image file")
-    p.add_argument("-k", type=int, default=10, help="collection search: number of regions (default: 10)")
+    add_k(p, "regions (collection search)")
     p.add_argument("--where", default=None, help="collection search: SQL condition on images, e.g. \"split = 'val'\"")
     p.add_argument("--method", choices=("auto", "patch-index", "two-stage"), default="auto",
                    help="collection search: where candidates come from; auto: the patch index when `groundex index` "
                         "built one (default: auto)")
     p.add_argument("--shortlist", type=int, default=None,
-                   help="two-stage: images shortlisted by the image index (default: 200)")
+                   help=f"two-stage: images shortlisted by the image index (default: {DEFAULT_SHORTLIST}, or k if "
+                        "larger)")
     p.add_argument("--out", type=Path, default=None,
                    help="overlay PNG (one image), or a folder of overlays (collection search)")
     p.add_argument("--save", action="store_true", help="collection search: store the regions in the catalog")
     p.add_argument("--heatmap", action="store_true", help="include the patch-grid heatmap in --json output")
-    p.add_argument("--model", default=None, help="model label or hash prefix (default: the newest)")
-    p.add_argument("--json", action="store_true")
+    add_model(p)
+    add_device(p)
+    add_json(p)
     p.set_defaults(run=run)
 
 
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if single and (args.where or args.save or args.shortlist is not None or args.method != "auto"):
         raise UserError("--where, --method, --shortlist and --save are for collection search (without --image or "
                         "--image-id)")
-    grounder = Grounder(workdir_of(args), args.model)
+    grounder = Grounder(workdir_of(args), args.model, device=args.device)
     if single:
         results = [grounder.ground(args.phrase, args.image_id if args.image_id is not None else args.image)]
     else:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_workdir, print_json, workdir_of
+from ._common import UserError, add_workdir, print_json, workdir_of
+from ._options import add_device, add_json, add_model, add_no_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from indexer.distributed import RayEmbedConfig  # imports Ray only when it runs
+    from indexer.embed import EmbedConfig
+
+    embed = EmbedConfig()
     p = sub.add_parser(
         "index", help="embed images, patches and captions, and build FAISS indexes",
         description="Embeds what the model has not embedded yet (float16 shards under embeddings/), then adds "
@@ -15,24 +20,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "run again. The index type follows the collection's size (exact below 50,000 vectors, "
                     "HNSW32 up to 2M, IVF-PQ above) unless --factory names one.")
     add_workdir(p)
-    p.add_argument("--model", default=None,
-                   help="model label or hash prefix (default: the newest; `groundex model list`)")
+    add_model(p)
     p.add_argument("--split", default=None, help="only this split (default: every image)")
     p.add_argument("--factory", default=None, help="faiss.index_factory string, e.g. Flat, HNSW32, IVF1024,PQ32")
     p.add_argument("--rebuild", action="store_true", help="build the indexes from scratch")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--shard-size", type=int, default=4096,
+    p.add_argument("--batch-size", type=int, default=embed.batch_size,
+                   help="images or captions per forward pass (default: %(default)s)")
+    p.add_argument("--shard-size", type=int, default=embed.shard_size,
                    help="items per embedding shard file: the most an interrupted run loses (default: %(default)s)")
-    p.add_argument("--device", default=None)
+    add_device(p)
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="embed images in this process (local) or as a Ray Data job (ray: needs the [scale] extra; "
                         "Parquet shards under embeddings/<model>/ray/, then imported)")
     p.add_argument("--address", default=None,
                    help="with --engine ray: a Ray cluster's address ('auto', 'ray://HOST:10001'); default: a local "
                         "Ray on this machine's cores")
-    p.add_argument("--actors", type=int, default=1, help="with --engine ray: encoder actors (default: 1)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--actors", type=int, default=RayEmbedConfig.actors,
+                   help="with --engine ray: encoder actors (default: %(default)s)")
+    add_json(p)
+    add_no_progress(p)
     p.set_defaults(run=run)
 
 
@@ -40,10 +46,6 @@ def run(args: argparse.Namespace) -> int:
     from indexer.embed import EmbedConfig
     from indexer.pipeline import index_workdir
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.shard_size < 1:
-        raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
     ray_config = None
     if args.engine == "ray":
         try:
@@ -51,13 +53,11 @@ def run(args: argparse.Namespace) -> int:
 
             from indexer.distributed import RayEmbedConfig
         except ImportError:
-            raise ValueError("--engine ray needs Ray: pip install -e '.[scale]'") from None
-        if args.actors < 1:
-            raise ValueError(f"--actors must be >= 1, got {args.actors}")
+            raise UserError("--engine ray needs Ray: pip install -e '.[scale]'") from None
         ray_config = RayEmbedConfig(address=args.address, actors=args.actors, batch_size=args.batch_size,
                                     progress=not args.no_progress)
     elif args.address is not None:
-        raise ValueError("--address is for --engine ray")
+        raise UserError("--address is for --engine ray")
     embed_config = EmbedConfig(batch_size=args.batch_size, shard_size=args.shard_size, progress=not args.no_progress)
     result = index_workdir(workdir_of(args), args.model, args.split, args.factory, args.rebuild, embed_config,
                            args.device, args.engine, ray_config)

@@ -7,13 +7,14 @@ import argparse
 from warehouse import Catalog
 
 from ._common import add_workdir, print_json, workdir_of
+from ._options import add_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="counts of what a workdir holds",
                        description="Counts of images, captions, phrases, boxes, splits and rejects in a workdir.")
     add_workdir(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_json(p, "the counts")
     p.add_argument("--rejects", type=int, default=0, metavar="N", help="also list the first N rejected inputs")
     p.set_defaults(run=run)
 

@@ -9,6 +9,7 @@ import warehouse
 from warehouse import IngestConfig, IngestReport, SyntheticConfig
 
 from ._common import add_workdir, print_json, workdir_of
+from ._options import add_json, add_no_progress
 
 _FORMATS = """sources:
   flickr30k    official Flickr30k Entities layout: ROOT/images, ROOT/Sentences, ROOT/Annotations,
@@ -34,8 +35,8 @@ def _common(p: argparse.ArgumentParser, dataset_default: str | None = "flickr30k
                    help="samples written per transaction: the most a crash can lose (default: %(default)s)")
     p.add_argument("--max-pixels", type=int, default=IngestConfig.max_pixels,
                    help="reject images with more pixels than this (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the ingest report as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json(p, "the ingest report")
+    add_no_progress(p)
 
 
 def _split_option(p: argparse.ArgumentParser) -> None:
@@ -91,9 +92,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         workdir_of(a), synthetic_config(a), _config(a))))
 
 
-def add_synthetic_options(p: argparse.ArgumentParser) -> None:
+def add_synthetic_options(p: argparse.ArgumentParser, seed_help: str = "generator seed") -> None:
     p.add_argument("--n", type=int, default=SyntheticConfig.n, help="number of images (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=SyntheticConfig.seed, help="generator seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=SyntheticConfig.seed, help=f"{seed_help} (default: %(default)s)")
     p.add_argument("--size", type=int, default=SyntheticConfig.size, help="image side in pixels (default: %(default)s)")
 
 
@@ -102,12 +103,6 @@ def synthetic_config(args: argparse.Namespace) -> SyntheticConfig:
 
 
 def _config(args: argparse.Namespace) -> IngestConfig:
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    if args.max_pixels < 1:
-        raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
-    if args.chunk_size < 1:
-        raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     return IngestConfig(workers=args.workers, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
                         progress=not args.no_progress)
 

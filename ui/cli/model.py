@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from warehouse import Catalog
+
 from ._common import add_workdir, print_json, workdir_of
+from ._options import add_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,12 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="how images become the model's square input: center-crop (open_clip's own preprocessing, "
                         "the default for open_clip models: what their weights were trained with) or squash (the "
                         "whole frame, as groundex trains: every pixel reaches a patch, which grounding prefers)")
-    a.add_argument("--json", action="store_true")
+    add_json(a, "the model's record")
     a.set_defaults(run=run_add)
 
     ls = verbs.add_parser("list", help="every model with its source, parent, runs and figures")
     add_workdir(ls)
-    ls.add_argument("--json", action="store_true")
+    add_json(ls, "the records")
     ls.set_defaults(run=run_list)
 
     e = verbs.add_parser(
@@ -50,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_workdir(e)
     e.add_argument("model", metavar="MODEL", help="label or hash prefix")
     e.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    add_json(e)
     e.set_defaults(run=run_export)
 
     r = verbs.add_parser(
@@ -60,6 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("model", metavar="MODEL", help="label or hash prefix")
     r.add_argument("--with-dependents", action="store_true",
                    help="also remove the captioners (with their generated captions) and taggers that read it")
+    add_json(r)
     r.set_defaults(run=run_remove)
 
     lb = verbs.add_parser("label", help="name a model (or clear its name with --clear)")
@@ -68,6 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group = lb.add_mutually_exclusive_group(required=True)
     group.add_argument("label", nargs="?", default=None, metavar="LABEL")
     group.add_argument("--clear", action="store_true")
+    add_json(lb, "the model's record")
     lb.set_defaults(run=run_label)
 
 
@@ -117,6 +123,10 @@ def run_export(args: argparse.Namespace) -> int:
     from indexer.model_store import export_model
 
     out = export_model(workdir_of(args), args.model, args.out)
+    if args.json:
+        with Catalog.open(workdir_of(args), read_only=True) as catalog:
+            print_json({"model_id": catalog.model(args.model)["id"], "out": str(out)})
+        return 0
     print(f"exported to {out}; add it elsewhere with `groundex model add {out} --workdir OTHER`")
     return 0
 
@@ -125,6 +135,9 @@ def run_remove(args: argparse.Namespace) -> int:
     from indexer.model_store import remove_model
 
     result = remove_model(workdir_of(args), args.model, args.with_dependents)
+    if args.json:
+        print_json(result)
+        return 0
     print(f"removed model {result['removed']}" + (f" ({result['label']})" if result["label"] else "")
           + (f" and {', '.join(result['dependents_removed'])}" if result["dependents_removed"] else ""))
     if result["children_kept"]:
@@ -136,5 +149,8 @@ def run_label(args: argparse.Namespace) -> int:
     from indexer.model_store import label_model
 
     artefact = label_model(workdir_of(args), args.model, None if args.clear else args.label)
+    if args.json:
+        print_json(artefact.as_dict())
+        return 0
     print(f"model {artefact.id}: " + ("label cleared" if args.clear else f"labelled {args.label!r}"))
     return 0

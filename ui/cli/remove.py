@@ -6,7 +6,8 @@ import argparse
 
 from warehouse import Catalog
 
-from ._common import UserError, add_workdir, workdir_of
+from ._common import UserError, add_workdir, print_json, workdir_of
+from ._options import add_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--image-id", type=int, nargs="+", help="catalog ids of the images to remove")
     target.add_argument("--where", help="SQL condition over images, e.g. \"dataset = 'photos'\"")
     p.add_argument("--yes", action="store_true", help="remove without asking for --where matches")
+    add_json(p)
     p.set_defaults(run=run)
 
 
@@ -30,5 +32,8 @@ def run(args: argparse.Namespace) -> int:
         removed = catalog.remove_images(ids)
         with catalog.run("remove", {"image_ids": ids[:1000], "where": args.where}) as (_, result):
             result["removed"] = removed
+    if args.json:
+        print_json({"removed": removed})
+        return 0
     print(f"removed {removed:,} images; run `groundex index --workdir {args.workdir}` to update the indexes")
     return 0

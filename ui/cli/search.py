@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ._common import UserError, add_workdir, print_json, workdir_of
+from ._options import add_device, add_json, add_k, add_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,10 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", type=Path, help="query with this image file")
     p.add_argument("--image-id", type=int, help="query with this catalog image (its stored embedding)")
     p.add_argument("--captions", action="store_true", help="return captions (image -> text)")
-    p.add_argument("-k", type=int, default=10, help="number of hits (default: 10)")
+    add_k(p, "hits")
     p.add_argument("--where", default=None, help="SQL condition on images, e.g. \"split = 'val'\"")
-    p.add_argument("--model", default=None, help="model label or hash prefix (default: the newest)")
-    p.add_argument("--json", action="store_true")
+    add_model(p)
+    add_device(p)
+    add_json(p)
     p.set_defaults(run=run)
 
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give exactly one of: a text query, --image PATH, --image-id ID")
     if args.captions and args.query is not None:
         raise UserError("--captions searches captions with an image query (--image or --image-id)")
-    searcher = Searcher(workdir_of(args), args.model)
+    searcher = Searcher(workdir_of(args), args.model, device=args.device)
     image = args.image if args.image is not None else args.image_id
     if args.query is not None:
         hits = searcher.text_to_image(args.query, args.k, args.where)

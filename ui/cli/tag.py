@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ._common import add_workdir, print_json, workdir_of
+from ._options import add_json, add_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from heads.tagging import METHODS
+    from heads.tagging import METHODS, TaggingConfig
 
+    d = TaggingConfig()
     p = sub.add_parser(
         "tag", help="predict keyword tags for the images and store them in the catalog",
         description="Mines the keyword vocabulary from the training captions, fits the tagger on the train split's "
@@ -22,22 +25,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=METHODS, default="knn",
                    help="knn: votes of the nearest training images; probe: linear probe on the image embedding; "
                         "zeroshot: 'a photo of a {tag}' prompts; fusion: probe on image + caption embeddings "
-                        "(own captions where the image has them, else its neighbours') (default: knn)")
+                        "(own captions where the image has them, else its neighbours') (default: %(default)s)")
     p.add_argument("--split", default=None, help="tag only this split's images (default: all)")
-    p.add_argument("--model", default=None, help="embedding model label or hash prefix (default: the newest)")
-    p.add_argument("--min-images", type=int, default=20,
-                   help="vocabulary: keep words that at least this many training images mention (default: 20)")
-    p.add_argument("--max-tags", type=int, default=20, help="store at most this many tags per image (default: 20)")
+    add_model(p, "embedding model")
+    p.add_argument("--min-images", type=int, default=d.vocabulary.min_images,
+                   help="vocabulary: keep words that at least this many training images mention (default: "
+                        "%(default)s)")
+    p.add_argument("--max-tags", type=int, default=d.max_tags,
+                   help="store at most this many tags per image (default: %(default)s)")
     p.add_argument("--keywords", default=None, metavar="WORDS|FILE",
                    help="your own keyword vocabulary instead of one mined from the captions: comma-separated words, "
                         "or a text file with one per line. With --method zeroshot this tags collections without "
                         "any captions (any model, trained here or added with `groundex model add`)")
+    z = math.log(d.untuned_threshold / (1 - d.untuned_threshold))  # the z-score whose sigmoid is the threshold
+    top = 50 * (1 - math.erf(z / math.sqrt(2)))  # percent of a normal distribution above z
     p.add_argument("--threshold", type=float, default=None,
                    help="zeroshot without captioned val images: keep a tag when sigmoid(z) of its prompt's match, "
-                        "standardized over the collection, reaches this (default: 0.8, 1.4 standard deviations above "
-                        "the collection's usual match: about the top 8%% of images per keyword); with captioned val "
-                        "images it is chosen on val")
-    p.add_argument("--json", action="store_true")
+                        f"standardized over the collection, reaches this (default: {d.untuned_threshold}, {z:.1f} "
+                        f"standard deviations above the collection's usual match: about the top {top:.0f}%% of images "
+                        "per keyword); with captioned val images it is chosen on val")
+    add_json(p)
     p.set_defaults(run=run)
 
 

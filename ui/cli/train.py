@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import UserError, add_resume, add_workdir, print_json, workdir_of
+from ._common import add_resume, add_workdir, print_json, workdir_of
+from ._options import add_device, add_json, add_no_progress, add_renamed
+
+# With --minutes the time budget ends training; the epoch count only has to be out of its way.
+EPOCHS_UNDER_A_BUDGET = 10_000
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,20 +23,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", default=d.base,
                    help="what to fine-tune: a recorded model (label or hash prefix; see `groundex model list`), a "
                         "preset trained from scratch (tiny), an open_clip model name (e.g. ViT-B-32, with "
-                        "--pretrained), or a checkpoint folder (default: tiny)")
-    p.add_argument("--pretrained", default=None,
+                        "--pretrained), or a checkpoint folder (default: %(default)s)")
+    p.add_argument("--pretrained", default=d.pretrained, metavar="TAG|FILE",
                    help="with an open_clip name: its pretrained tag, or a .safetensors file, for the first weights")
-    p.add_argument("--model", dest="renamed_model", default=None, help=argparse.SUPPRESS)
+    add_renamed(p, "--model", "--base (what to start from); elsewhere --model names a recorded model")
     p.add_argument("--label", default=None, help="a name for the trained model, usable wherever --model is")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=None, help=f"passes over the train images (default: {d.epochs})")
-    budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget; the schedule follows it")
+    budget.add_argument("--minutes", type=float, default=d.minutes,
+                        help="wall-clock budget instead of a number of epochs; the schedule follows it")
     p.add_argument("--mode", choices=MODES, default=d.mode,
-                   help="full, locked-image (image tower frozen), or lora (peft adapters) (default: full)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--accumulate", type=int, default=d.accumulate, help="micro-batches per optimizer step")
-    p.add_argument("--captions-per-image", type=int, default=d.captions_per_image)
-    p.add_argument("--lr", type=float, default=d.lr)
+                   help="full, locked-image (image tower frozen), or lora (peft adapters) (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per micro-batch (default: %(default)s)")
+    p.add_argument("--accumulate", type=int, default=d.accumulate,
+                   help="micro-batches per optimizer step (default: %(default)s)")
+    p.add_argument("--captions-per-image", type=int, default=d.captions_per_image,
+                   help="captions drawn per image per step, all positives of the image (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
     p.add_argument("--patch-dropout", type=float, default=d.patch_dropout,
                    help="fraction of image tokens dropped while training (default: %(default)s)")
     p.add_argument("--grounding-weight", type=float, default=d.grounding_weight,
@@ -42,15 +49,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grounding-phrases", type=int, default=d.grounding_phrases,
                    help="entities sampled per image per step for that objective (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=d.precision,
-                   help="auto: bf16 autocast where the CPU or GPU runs it fast (default: auto)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--train-split", default=d.train_split)
-    p.add_argument("--val-split", default=d.val_split, help="split for per-epoch recall ('none' to skip)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+                   help="auto: bf16 autocast where the CPU or GPU runs it fast (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's (default: %(default)s)")
+    p.add_argument("--train-split", default=d.train_split, help="split to train on (default: %(default)s)")
+    p.add_argument("--val-split", default=d.val_split,
+                   help="split for per-epoch recall ('none' to skip) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    add_device(p)
     add_resume(p, "the last training run")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--no-progress", action="store_true")
+    add_json(p)
+    add_no_progress(p)
     p.set_defaults(run=run)
 
 
@@ -59,12 +67,10 @@ def run(args: argparse.Namespace) -> int:
     from indexer.train import TrainConfig, train
     from warehouse import Catalog
 
-    if args.renamed_model is not None:
-        raise UserError("train's --model is now --base (what to start from); elsewhere --model names a recorded model")
+    epochs = args.epochs if args.epochs is not None else EPOCHS_UNDER_A_BUDGET if args.minutes else TrainConfig.epochs
     config = TrainConfig(
-        base=args.base, pretrained=args.pretrained, mode=args.mode,
-        epochs=args.epochs if args.epochs is not None else (10_000 if args.minutes else TrainConfig.epochs),
-        minutes=args.minutes, batch_size=args.batch_size, accumulate=args.accumulate,
+        base=args.base, pretrained=args.pretrained, mode=args.mode, epochs=epochs, minutes=args.minutes,
+        batch_size=args.batch_size, accumulate=args.accumulate,
         captions_per_image=args.captions_per_image, lr=args.lr, weight_decay=args.weight_decay,
         patch_dropout=args.patch_dropout, precision=args.precision, grounding_weight=args.grounding_weight,
         grounding_phrases=args.grounding_phrases,

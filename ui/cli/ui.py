@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+from warehouse import InputError
 
 from ._common import add_workdir
 
@@ -20,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "(it prints the URL to open). Arguments after `--` go to streamlit unchanged, e.g. "
                     "`groundex ui --workdir W -- --server.address 0.0.0.0`.")
     add_workdir(p)
-    p.add_argument("--port", type=int, default=8501, help="port to serve on (default: 8501)")
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default: %(default)s)")
     p.add_argument("--headless", action="store_true", help="never open a browser (default: when $DISPLAY is unset)")
     p.add_argument("streamlit_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
@@ -36,7 +37,12 @@ def command(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+        raise InputError(f"--port must be between 1 and 65535, got {args.port}")
     env = {**os.environ, "GROUNDEX_WORKDIR": str(Path(args.workdir).resolve())}
-    print(f"groundex ui: serving {args.workdir} on http://localhost:{args.port} (Ctrl-C stops)", file=sys.stderr)
-    return subprocess.call(command(args), env=env)
+    print(f"groundex ui: serving {args.workdir} on http://localhost:{args.port} (Ctrl-C stops)", file=sys.stderr,
+          flush=True)
+    # Streamlit takes this process's place rather than running as its child: a signal that stops `groundex ui`
+    # (a service manager's SIGTERM, a test ending) then stops the server too, and no orphan keeps the port.
+    argv = command(args)
+    os.execve(argv[0], argv, env)
+    return 0  # not reached

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._common import add_workdir, print_json, workdir_of
+from ._options import add_json, add_no_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,14 +17,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "an interrupted command, such as an unreferenced shard) do not. Nothing is written.")
     add_workdir(p)
     p.add_argument("--deep", action="store_true", help="also re-hash every image file against its ingest sha256")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(p, "the report")
+    add_no_progress(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from indexer.verify import verify_workdir
 
-    report = verify_workdir(workdir_of(args), deep=args.deep, progress=not args.json)
+    report = verify_workdir(workdir_of(args), deep=args.deep, progress=not (args.json or args.no_progress))
     if args.json:
         print_json(report.as_dict())
     else:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..records import Caption, Reject, Sample
 from ..workdir import atomic_write_bytes
 from ._names import is_plain_file_name
@@ -33,7 +34,7 @@ def load_local_dataset(path: Path) -> Any:
             return datasets.load_from_disk(str(path))
         return datasets.load_dataset(str(path))
     except Exception as e:  # datasets raises many types; the user needs the path and the cause
-        raise ValueError(f"{path}: cannot load as a Hugging Face dataset: {type(e).__name__}: {e}") from None
+        raise InputError(f"{path}: cannot load as a Hugging Face dataset: {type(e).__name__}: {e}") from None
 
 
 def _splits(loaded: Any) -> list[tuple[str | None, Any]]:
@@ -59,7 +60,7 @@ def read_hf_dataset(loaded: Any, source: Path, images_out: Path, dataset: str = 
     for part_name, part in _splits(loaded):
         missing = [c for c in (image_column, caption_column) if c not in part.column_names]
         if missing:
-            raise ValueError(f"{source}: dataset split {part_name!r} lacks column(s) {missing}; "
+            raise InputError(f"{source}: dataset split {part_name!r} lacks column(s) {missing}; "
                              f"it has {part.column_names}")
         part = part.cast_column(image_column, datasets.Image(decode=False))
         for index, row in enumerate(part):

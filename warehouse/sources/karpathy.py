@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import InputError
 from ..records import Caption, Reject, Sample
 from ._names import is_plain_file_name
 
@@ -26,9 +27,9 @@ def load_karpathy(json_path: Path) -> list[dict]:
     except FileNotFoundError:
         raise FileNotFoundError(f"{json_path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{json_path}: not valid JSON ({e})") from None
+        raise InputError(f"{json_path}: not valid JSON ({e})") from None
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
-        raise ValueError(f"{json_path}: expected an object with an 'images' list (Karpathy split format)")
+        raise InputError(f"{json_path}: expected an object with an 'images' list (Karpathy split format)")
     return document["images"]
 
 

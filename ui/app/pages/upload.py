@@ -6,6 +6,7 @@ from grounding.overlay import render_overlay
 from ui.app import resources
 from ui.app.data import MAX_UPLOAD_BYTES, decode_upload
 from ui.app.views import hit_grid
+from warehouse import InputError
 
 workdir = resources.workdir()
 root = str(workdir.root)
@@ -18,7 +19,7 @@ if uploaded is None:
     st.stop()
 try:
     if uploaded.size > MAX_UPLOAD_BYTES:  # before reading it
-        raise ValueError(f"{uploaded.name} is {uploaded.size / 2**20:.1f} MB; uploads are limited to "
+        raise InputError(f"{uploaded.name} is {uploaded.size / 2**20:.1f} MB; uploads are limited to "
                          f"{MAX_UPLOAD_BYTES / 2**20:g} MB")
     image = decode_upload(uploaded.name, uploaded.getvalue())
 except ValueError as e:
