@@ -20,6 +20,8 @@ from tests.helpers import annotation_xml, built_workdir, image_bytes, write_enti
 from ui.cli import main
 from warehouse import Catalog, Workdir
 
+pytestmark = pytest.mark.slow  # 39 cases through the CLI on a trained workdir
+
 ROOT = Path(__file__).resolve().parents[1]
 CASES: dict[str, Callable] = {}
 

@@ -9,6 +9,7 @@ from tests.helpers import write_entities_root
 from ui.cli import build_parser, main
 
 
+@pytest.mark.slow
 def test_demo_builds_trains_indexes_and_queries(tmp_path, capsys):
     workdir = tmp_path / "demo"
     assert main(["demo", "--workdir", str(workdir), "--n", "60", "--epochs", "1", "--caption-epochs", "1"]) == 0
@@ -80,6 +81,7 @@ def test_every_command_has_help(command, capsys):
     assert "usage: groundex" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a new process: a few seconds of imports
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "groundex"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True)

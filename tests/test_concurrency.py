@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from indexer.search import Searcher
 from tests.helpers import built_workdir
 from warehouse import Catalog
+
+pytestmark = pytest.mark.slow  # another process ingests and indexes while this one searches
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,6 +21,8 @@ import pytest
 
 from warehouse import Catalog, Workdir
 
+pytestmark = pytest.mark.slow  # kills every long command midway, then runs it again
+
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 400
 

@@ -52,6 +52,7 @@ _queries = st.one_of(st.text(max_size=60), st.sampled_from(["", " ", "🐶", "a 
 _ks = st.one_of(st.integers(-5, 200), st.sampled_from([0, 1, 10**9]))
 
 
+@pytest.mark.slow  # 60 searches on a trained workdir
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(query=_queries, k=_ks)
 def test_text_search_answers_or_refuses_clearly(searcher, query, k):
