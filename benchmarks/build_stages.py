@@ -56,10 +56,11 @@ def main() -> None:
         raise SystemExit(f"{args.workdir} exists: the stages must run from scratch")
 
     from grounding import evaluate_grounding
-    from heads.captioner import CaptionerConfig
+    from heads.caption_decoder import CaptionerConfig
     from heads.captioning import caption_workdir, evaluate_captions, train_captioner
     from heads.tagging import evaluate_tags, tag_workdir
-    from indexer.pipeline import evaluate_retrieval, index_workdir
+    from indexer.evaluate import evaluate_retrieval
+    from indexer.pipeline import index_workdir
     from indexer.train import TrainConfig, train
 
     workdir = Workdir(args.workdir)

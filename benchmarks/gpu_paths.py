@@ -308,7 +308,7 @@ def search(gpu_root: Path, cpu_root: Path | None, model_id: str, device: torch.d
 
 def evaluate(root: Path, model_id: str, device: torch.device) -> dict[str, Any]:
     from grounding import Grounder, evaluate_grounding
-    from indexer.pipeline import evaluate_retrieval
+    from indexer.evaluate import evaluate_retrieval
 
     retrieval = evaluate_retrieval(Workdir(root), "val", model_id)
     grounding = evaluate_grounding(Workdir(root), "val", model_id, device=str(device), progress=False)

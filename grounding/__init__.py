@@ -6,10 +6,11 @@
     render_overlay      the heatmap and boxes drawn on the image
 """
 
-from .evaluate import evaluate_grounding, load_config, metrics, split_maps, tune
+from .config import GroundingConfig, load_config
+from .evaluate import evaluate_grounding, metrics, split_maps, tune
 from .ground import DEFAULT_SHORTLIST, Grounder, Grounding
-from .heatmap import Box, GroundingConfig
+from .heatmap import ScoredBox
 from .overlay import render_overlay
 
-__all__ = ["Box", "DEFAULT_SHORTLIST", "evaluate_grounding", "Grounder", "Grounding", "GroundingConfig",
-           "load_config", "metrics", "render_overlay", "split_maps", "tune"]
+__all__ = ["DEFAULT_SHORTLIST", "evaluate_grounding", "Grounder", "Grounding", "GroundingConfig", "load_config",
+           "metrics", "render_overlay", "ScoredBox", "split_maps", "tune"]

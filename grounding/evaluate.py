@@ -19,10 +19,11 @@ import numpy as np
 
 from indexer.data import crop_window, pixel_cache
 from indexer.models import GroundexModel, load_checkpoint
-from indexer.regions import phrase_maps
+from indexer.phrase_region_loss import phrase_maps
 from warehouse import Catalog, GroundingRow, InputError, Workdir, recorded_run
 
-from .heatmap import GroundingConfig, boxes_from_map, in_window, iou, points, score_maps
+from .config import GroundingConfig, load_config
+from .heatmap import boxes_from_map, in_window, iou, points, score_maps
 
 _logger = logging.getLogger(__name__)
 
@@ -131,12 +132,6 @@ def tune(data: SplitMaps, base: GroundingConfig | None = None, split: str = "val
     chosen = GroundingConfig(**{**asdict(base), "center_prior": best_prior[0], "prior_sigma": best_prior[1],
                                 "threshold": best_threshold, "tuned_on": split})
     return chosen, trials
-
-
-def load_config(workdir: Workdir, model_id: str) -> GroundingConfig:
-    """The parameters tuned for this model (`groundex eval grounding --tune`), else the defaults."""
-    path = workdir.grounding_config_path(model_id)
-    return GroundingConfig.load(path) if path.is_file() else GroundingConfig()
 
 
 def evaluate_grounding(workdir: Workdir, split: str, model_id: str | None = None, tune_params: bool = False,

@@ -35,7 +35,7 @@ from indexer.search import Searcher
 from warehouse import Catalog, Condition, InputError, Workdir, load_image, recorded_run
 
 from .evaluate import load_config
-from .heatmap import Box, GroundingConfig, boxes_from_map, in_window, points, score_maps
+from .heatmap import GroundingConfig, ScoredBox, boxes_from_map, in_window, points, score_maps
 
 _logger = logging.getLogger(__name__)
 DEFAULT_SHORTLIST = 200   # two-stage: images shortlisted by the image index
@@ -54,7 +54,7 @@ class Grounding:
     height: int
     score: float                  # best patch cosine similarity in the image
     point: tuple[float, float]    # where the heatmap peaks (the pointing game's answer)
-    boxes: list[Box]              # best first
+    boxes: list[ScoredBox]              # best first
     heatmap: np.ndarray           # (gh, gw) raw cosine similarities on the patch grid
     path: str | None = None
     split: str | None = None
@@ -129,7 +129,7 @@ class Grounder:
         window = crop_window(width, height, self.model.resize)  # the patch grid covers this part of the image
         px, py = in_window(points(scored), window)[0]
         boxes = [b.in_window(window).scaled(width, height) for b in boxes_from_map(raw[0], scored[0], self.config)]
-        window_px = Box(*window, 0.0).scaled(width, height)
+        window_px = ScoredBox(*window, 0.0).scaled(width, height)
         return Grounding(phrase, image_id, width, height, float(heatmap.max()), (px * width, py * height), boxes,
                          heatmap, details.get("path"), details.get("split"), list(details.get("captions") or []),
                          None if window == FULL_FRAME else (window_px.x1, window_px.y1, window_px.x2, window_px.y2))

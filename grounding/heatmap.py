@@ -7,7 +7,7 @@ The method (parameters in `GroundingConfig`, chosen on `val` by `grounding.tune`
 2. **Upsampling.** Bilinear, `upsample` times per side, in the model input's normalized coordinates.
    A "squash" model sees the whole frame, so a cell maps linearly onto the image; a "center-crop"
    model sees only the central square, so points and boxes are then placed in that crop window of the
-   image (`in_window`, `Box.in_window`; the window is `indexer.data.crop_window`).
+   image (`in_window`, `ScoredBox.in_window`; the window is `indexer.data.crop_window`).
 3. **Centre prior.** Min-max normalize to [0, 1], then add `center_prior` times a Gaussian centred on the
    image (sd `prior_sigma` of its size). People photograph what they talk about near the middle; the
    weight says how much to believe that against the patches (0: off).
@@ -20,51 +20,18 @@ The method (parameters in `GroundingConfig`, chosen on `val` by `grounding.tune`
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from warehouse import InputError
-from warehouse.workdir import atomic_write_json
+from .config import GroundingConfig
 
 
 @dataclass
-class GroundingConfig:
-    upsample: int = 4            # heatmap cells per patch cell per side (bilinear)
-    center_prior: float = 0.0    # weight of the Gaussian centre prior added to the normalized heatmap (0: off)
-    prior_sigma: float = 0.3     # the prior's standard deviation, as a fraction of the image's width / height
-    threshold: float = 0.5       # box cells: normalized heat >= threshold (0..1)
-    max_boxes: int = 3           # boxes per phrase and image
-    min_box_area: float = 0.01   # extra boxes smaller than this fraction of the image are dropped
-    tuned_on: str | None = None  # the split the parameters were chosen on (None: defaults)
-
-    def __post_init__(self) -> None:
-        if self.upsample < 1 or self.max_boxes < 1:
-            raise InputError(f"upsample and max_boxes must be >= 1, got {self.upsample} and {self.max_boxes}")
-        if not 0 <= self.threshold <= 1:
-            raise InputError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.center_prior < 0 or self.prior_sigma <= 0:
-            raise InputError("center_prior must be >= 0 and prior_sigma > 0")
-
-    def save(self, path: Path) -> None:
-        atomic_write_json(path, asdict(self))
-
-    @classmethod
-    def load(cls, path: Path) -> GroundingConfig:
-        try:
-            data = json.loads(Path(path).read_text())
-            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
-        except (OSError, json.JSONDecodeError, TypeError) as e:
-            raise InputError(f"{path}: unreadable grounding config ({e})") from None
-
-
-@dataclass
-class Box:
+class ScoredBox:
     """A box in [0, 1] of the image, with the best raw similarity inside it."""
 
     x1: float
@@ -73,14 +40,14 @@ class Box:
     y2: float
     score: float
 
-    def scaled(self, width: int, height: int) -> Box:
-        return Box(self.x1 * width, self.y1 * height, self.x2 * width, self.y2 * height, self.score)
+    def scaled(self, width: int, height: int) -> ScoredBox:
+        return ScoredBox(self.x1 * width, self.y1 * height, self.x2 * width, self.y2 * height, self.score)
 
-    def in_window(self, window: tuple[float, float, float, float]) -> Box:
+    def in_window(self, window: tuple[float, float, float, float]) -> ScoredBox:
         """A box in [0, 1] of the model's input -> [0, 1] of the image, whose `window` (x1, y1, x2, y2
         fractions) the input showed."""
         (x1, y1), (x2, y2) = in_window(np.array([[self.x1, self.y1], [self.x2, self.y2]]), np.asarray(window))
-        return Box(float(x1), float(y1), float(x2), float(y2), self.score)
+        return ScoredBox(float(x1), float(y1), float(x2), float(y2), self.score)
 
 
 def in_window(points: np.ndarray, windows: np.ndarray) -> np.ndarray:
@@ -129,21 +96,21 @@ def points(scored: np.ndarray) -> np.ndarray:
     return np.stack([(flat % w + 0.5) / w, (flat // w + 0.5) / h], axis=1)
 
 
-def boxes_from_map(raw: np.ndarray, scored: np.ndarray, config: GroundingConfig) -> list[Box]:
+def boxes_from_map(raw: np.ndarray, scored: np.ndarray, config: GroundingConfig) -> list[ScoredBox]:
     """One upsampled map (H, W) -> boxes in [0, 1], the one around the maximum first."""
     h, w = scored.shape
     labels, n = ndimage.label(scored >= config.threshold)
     if n == 0:  # a flat map: nothing stands out, the whole image is the answer
-        return [Box(0.0, 0.0, 1.0, 1.0, float(raw.max()))]
+        return [ScoredBox(0.0, 0.0, 1.0, 1.0, float(raw.max()))]
     peak = np.unravel_index(int(scored.argmax()), scored.shape)
     first = labels[peak]
     slices = ndimage.find_objects(labels)
     peaks = ndimage.maximum(scored, labels, index=np.arange(1, n + 1))
     order = sorted(range(1, n + 1), key=lambda c: (c != first, -peaks[c - 1]))
-    out: list[Box] = []
+    out: list[ScoredBox] = []
     for c in order:
         ys, xs = slices[c - 1]
-        box = Box(xs.start / w, ys.start / h, xs.stop / w, ys.stop / h,
+        box = ScoredBox(xs.start / w, ys.start / h, xs.stop / w, ys.stop / h,
                   float(raw[ys, xs][labels[ys, xs] == c].max()))
         if out and (box.x2 - box.x1) * (box.y2 - box.y1) < config.min_box_area:
             continue

@@ -12,11 +12,11 @@
     caption_metrics    the metrics alone
 """
 
+from .caption_decoder import CaptionerConfig
 from .caption_metrics import caption_metrics
-from .captioner import CaptionerConfig
 from .captioning import Captioner, caption_workdir, evaluate_captions, train_captioner
+from .tag_methods import KNN_KS, LinearProbe, ProbeConfig, best_threshold, knn_scores, prior_scores, tag_metrics
 from .tagging import METHODS, Tagger, TaggingConfig, evaluate_tags, load_tagger, tag_workdir
-from .tags import KNN_KS, LinearProbe, ProbeConfig, best_threshold, knn_scores, prior_scores, tag_metrics
 from .vocabulary import Vocabulary, VocabularyConfig, keywords, lemma, mine_vocabulary
 
 __all__ = ["best_threshold", "caption_metrics", "caption_workdir", "Captioner", "CaptionerConfig", "evaluate_captions",

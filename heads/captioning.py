@@ -25,8 +25,7 @@ from indexer.embed import load_embeddings
 from indexer.index import load_index
 from warehouse import Artefact, ArtefactStore, Catalog, InputError, RunState, Workdir, recorded_run
 
-from .caption_metrics import caption_metrics
-from .captioner import (
+from .caption_decoder import (
     CaptionCollator,
     CaptionDecoder,
     CaptionerConfig,
@@ -40,6 +39,7 @@ from .captioner import (
     train_tokenizer,
     write_captioner,
 )
+from .caption_metrics import caption_metrics
 from .neighbours import training_neighbours
 
 _logger = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from warehouse import Artefact, ArtefactStore, Catalog, InputError, Workdir, rec
 from warehouse.workdir import atomic_write_json
 
 from .neighbours import training_neighbours
-from .tags import (
+from .tag_methods import (
     KNN_KS,
     PROMPT,
     LinearProbe,

@@ -1,4 +1,4 @@
-"""Retrieval recall@K, standard Flickr30k protocol.
+"""Retrieval recall@K, standard Flickr30k protocol, and `groundex eval retrieval` (`evaluate_retrieval`).
 
 Gallery = the split's images. Text->image: each caption's own image is its only positive. Image->text:
 an image is a hit at K when any of its captions is among the top K captions. Exact (brute force), in
@@ -8,9 +8,14 @@ chunks, on L2-normalized embeddings, so figures do not depend on an ANN index.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
+
+from warehouse import Catalog, InputError, Workdir, recorded_run
+
+from .embed import load_embeddings
 
 KS = (1, 5, 10)
 
@@ -52,3 +57,25 @@ def recall_at_k(image_embeddings: np.ndarray, image_ids: Sequence[int], text_emb
         "text_to_image": {f"R@{k}": round(100.0 * float((t2i_ranks < k).mean()), 2) for k in ks},
         "image_to_text": {f"R@{k}": round(100.0 * float((best[has_captions] < k).mean()), 2) for k in ks},
     }
+
+
+def evaluate_retrieval(workdir: Workdir, split: str, model_id: str | None = None) -> dict[str, Any]:
+    """Recall@K on `split` from the stored embeddings (run `groundex index` for the split first)."""
+    with Catalog.open(workdir, read_only=True) as catalog:
+        info = catalog.model(model_id)
+        images = catalog.image_rows(split)
+        captions = catalog.caption_rows(split)
+    if not images or not captions:
+        raise InputError(f"split {split!r} has {len(images)} images and {len(captions)} captions: nothing to evaluate")
+    try:
+        image_ids, image_vectors = load_embeddings(workdir, info["id"], "image", [i for i, _ in images])
+        caption_ids, caption_vectors = load_embeddings(workdir, info["id"], "caption", [c for c, _, _ in captions])
+    except KeyError as e:
+        raise InputError(f"{e.args[0]} (try `groundex index --split {split}`)") from None
+    owner = {c: i for c, i, _ in captions}
+    metrics = recall_at_k(image_vectors, image_ids, caption_vectors, [owner[c] for c in caption_ids.tolist()])
+    result = {"split": split, "model_id": info["id"], "images": len(image_ids), "queries": len(caption_ids),
+              **metrics}
+    with recorded_run(workdir, "eval retrieval", {"split": split}, info["id"]) as (_, record):
+        record.update(result)
+    return result

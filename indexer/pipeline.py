@@ -1,4 +1,5 @@
-"""The indexer's commands as functions: index a workdir, evaluate retrieval on a split."""
+"""`groundex index` as a function: embed a workdir with a model and bring its FAISS indexes up to date
+(`groundex eval retrieval` is `indexer.evaluate.evaluate_retrieval`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from typing import Any
 
 from warehouse import Catalog, InputError, Workdir, recorded_run
 
-from .embed import EmbedConfig, EmbedReport, embed_captions, embed_images, load_embeddings
-from .evaluate import recall_at_k
+from .embed import EmbedConfig, EmbedReport, embed_captions, embed_images
 from .index import update_index
 from .models import load_checkpoint
 
@@ -56,26 +56,4 @@ def index_workdir(workdir: Workdir, model_id: str | None = None, split: str | No
                       stage_seconds={k: round(v, 2) for k, v in report.stage_seconds.items()},
                       seconds=round(time.perf_counter() - started, 2))
     workdir.update_manifest(artefacts={f"index:{info['id']}:{k}": v for k, v in indexes.items()})
-    return result
-
-
-def evaluate_retrieval(workdir: Workdir, split: str, model_id: str | None = None) -> dict[str, Any]:
-    """Recall@K on `split` from the stored embeddings (run `groundex index` for the split first)."""
-    with Catalog.open(workdir, read_only=True) as catalog:
-        info = catalog.model(model_id)
-        images = catalog.image_rows(split)
-        captions = catalog.caption_rows(split)
-    if not images or not captions:
-        raise InputError(f"split {split!r} has {len(images)} images and {len(captions)} captions: nothing to evaluate")
-    try:
-        image_ids, image_vectors = load_embeddings(workdir, info["id"], "image", [i for i, _ in images])
-        caption_ids, caption_vectors = load_embeddings(workdir, info["id"], "caption", [c for c, _, _ in captions])
-    except KeyError as e:
-        raise InputError(f"{e.args[0]} (try `groundex index --split {split}`)") from None
-    owner = {c: i for c, i, _ in captions}
-    metrics = recall_at_k(image_vectors, image_ids, caption_vectors, [owner[c] for c in caption_ids.tolist()])
-    result = {"split": split, "model_id": info["id"], "images": len(image_ids), "queries": len(caption_ids),
-              **metrics}
-    with recorded_run(workdir, "eval retrieval", {"split": split}, info["id"]) as (_, record):
-        record.update(result)
     return result

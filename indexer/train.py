@@ -6,8 +6,8 @@ the bottleneck. Each step pairs every image with one of its captions drawn at ra
 `captions_per_image`, whose texts all count as positives of the image).
 
 With phrases and boxes (Flickr30k Entities, synthetic scenes) a second objective teaches the patch tokens to
-match the phrases of their boxes (`grounding_weight`, indexer/regions.py); the random crops move the boxes with
-the pixels, and patch dropout reports which cells it kept.
+match the phrases of their boxes (`grounding_weight`, indexer/phrase_region_loss.py); the random crops move the
+boxes with the pixels, and patch dropout reports which cells it kept.
 
 The learning rate warms up then follows a cosine; with a time budget (`minutes`) the schedule runs on
 elapsed time instead of steps. After every epoch: val recall, a resumable state in
@@ -52,7 +52,7 @@ from .data import PixelCache, pixel_cache
 from .evaluate import recall_at_k
 from .model_store import store_model
 from .models import GroundexModel, TrackedPatchDropout, create_model, default_device, precision_uses_bf16
-from .regions import RegionTable, patch_coverage, pointing_for_eval, region_losses
+from .phrase_region_loss import RegionTable, patch_coverage, pointing_for_eval, region_losses
 from .tokenizer import WordTokenizer, tokenizer_from_json
 
 _logger = logging.getLogger(__name__)
@@ -80,8 +80,8 @@ class TrainConfig:
     patch_dropout: float = 0.5         # FLIP: drop this fraction of image tokens while training (faster, regularizes)
     unmasked_fraction: float = 0.0     # the last fraction of the schedule trains without patch dropout (FLIP's
     #                                    unmasked tuning: evaluation sees every patch)
-    grounding_weight: float = 1.0      # weight of the phrase-region objective (indexer/regions.py), used when the
-    #                                    split has phrases with boxes; 0: global only. docs/grounding.md measures it
+    grounding_weight: float = 1.0      # weight of the phrase-region objective (indexer/phrase_region_loss.py), used
+    #                                    when the split has phrases with boxes; 0: global only (docs/grounding.md)
     grounding_phrases: int = 4         # entities sampled per image per step for that objective
     precision: str = "auto"            # auto (bf16 where fast: AVX512-BF16/AMX CPUs, bf16 GPUs) | bf16 | fp32
     train_split: str = "train"
@@ -632,7 +632,7 @@ def _end_epoch(run: _TrainRun, state: _LoopState, clock: _Clock, stats: _EpochSt
 
 def _grounding_step(run: _TrainRun, batch: np.ndarray, patches: torch.Tensor, crops: torch.Tensor,
                     scale: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The phrase-region losses of one micro-batch (see indexer/regions.py)."""
+    """The phrase-region losses of one micro-batch (see indexer/phrase_region_loss.py)."""
     model, regions, use_bf16 = run.model, run.data.regions, run.use_bf16
     sampled = regions.sample(batch, run.config.grounding_phrases, rng)
     device = patches.device

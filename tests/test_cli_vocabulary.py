@@ -5,7 +5,7 @@ import argparse
 
 import pytest
 
-from heads.captioner import CaptionerConfig
+from heads.caption_decoder import CaptionerConfig
 from heads.tagging import TaggingConfig
 from indexer.embed import EmbedConfig
 from indexer.train import TrainConfig

@@ -7,7 +7,8 @@ import pytest
 import warehouse
 from grounding import Grounder, evaluate_grounding
 from indexer.embed import load_embeddings
-from indexer.pipeline import evaluate_retrieval, index_workdir
+from indexer.evaluate import evaluate_retrieval
+from indexer.pipeline import index_workdir
 from indexer.search import Searcher
 from indexer.train import TrainConfig, train
 from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir

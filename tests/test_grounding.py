@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 import warehouse
-from grounding import Box, GroundingConfig, metrics, tune
+from grounding import GroundingConfig, ScoredBox, metrics, tune
 from grounding.evaluate import SplitMaps
 from grounding.ground import Grounding
 from grounding.heatmap import boxes_from_map, center_prior, iou, points, score_maps
 from grounding.overlay import render_overlay
 from indexer.models import TrackedPatchDropout
-from indexer.regions import RegionTable, patch_coverage, region_losses
+from indexer.phrase_region_loss import RegionTable, patch_coverage, region_losses
 from tests.helpers import write_entities_root
 from warehouse import Catalog, GroundingRow, IngestConfig, Workdir
 
@@ -88,7 +88,7 @@ def test_region_losses_reward_patches_that_match_their_phrase():
 def test_phrase_maps_score_each_phrase_on_its_own_image_and_keep_the_training_mode():
     from indexer.data import PixelCache
     from indexer.models import create_model
-    from indexer.regions import phrase_maps, pointing_for_eval
+    from indexer.phrase_region_loss import phrase_maps, pointing_for_eval
     from indexer.tokenizer import WordTokenizer
 
     model = create_model("tiny", tokenizer=WordTokenizer.build(["a red dog", "a blue car"], min_count=1),
@@ -225,12 +225,13 @@ def test_catalog_grounding_rows_and_regions(tmp_path):
 
 def test_overlay_has_the_image_size_and_checks_it():
     image = Image.new("RGB", (40, 30), (10, 10, 10))
-    g = Grounding("a dog", None, 40, 30, 0.8, (10.0, 10.0), [Box(2, 2, 20, 15, 0.8), Box(25, 20, 38, 28, 0.4)],
+    boxes = [ScoredBox(2, 2, 20, 15, 0.8), ScoredBox(25, 20, 38, 28, 0.4)]
+    g = Grounding("a dog", None, 40, 30, 0.8, (10.0, 10.0), boxes,
                   blob_map([(1, 1, 1.0)], size=4))
     out = render_overlay(image, g)
     assert out.size == (40, 30) and np.asarray(out).std() > 0
     with pytest.raises(ValueError, match="40x30"):
         render_overlay(Image.new("RGB", (41, 30)), g)
     big = render_overlay(Image.new("RGB", (2000, 1500)), Grounding("x", None, 2000, 1500, 0.1, (5.0, 5.0),
-                                                                   [Box(0, 0, 100, 100, 0.1)], np.zeros((4, 4))))
+                                                                   [ScoredBox(0, 0, 100, 100, 0.1)], np.zeros((4, 4))))
     assert big.size == (1024, 768)

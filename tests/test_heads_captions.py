@@ -5,8 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from heads.caption_metrics import bleu, caption_metrics, cider_d, rouge_l, words
-from heads.captioner import (
+from heads.caption_decoder import (
     CaptionerConfig,
     RACaptioner,
     encode_batch,
@@ -14,6 +13,7 @@ from heads.captioner import (
     save_captioner,
     train_tokenizer,
 )
+from heads.caption_metrics import bleu, caption_metrics, cider_d, rouge_l, words
 
 REFERENCES = [["a black dog runs on the grass", "a dog runs across a green lawn"],
               ["two men ride bikes down a street", "two cyclists on a city street"],
@@ -168,7 +168,7 @@ def test_the_decoder_reads_the_retrieved_captions():
 def test_a_pretrained_blip_reads_prompts_in_its_native_layout_and_round_trips(tmp_path):
     from transformers import BlipForConditionalGeneration
 
-    from heads.captioner import load_pretrained_blip
+    from heads.caption_decoder import load_pretrained_blip
     from tests.helpers import write_tiny_blip
 
     folder = write_tiny_blip(tmp_path / "blip", TEXTS)

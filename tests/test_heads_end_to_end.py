@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from heads.caption_decoder import CaptionerConfig
 from heads.caption_metrics import caption_metrics
-from heads.captioner import CaptionerConfig
 from heads.captioning import evaluate_captions, train_captioner
 from heads.tagging import evaluate_tags, load_tagger
 from indexer.search import Searcher
@@ -112,7 +112,7 @@ def _references(workdir):
 def test_a_pretrained_blip_loads_fine_tunes_and_captions_through_the_same_commands(workdir, tmp_path, capsys):
     from transformers import BlipForConditionalGeneration
 
-    from heads.captioner import load_captioner
+    from heads.caption_decoder import load_captioner
     from heads.captioning import Captioner
     from tests.helpers import write_tiny_blip
 

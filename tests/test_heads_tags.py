@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from heads.tags import best_threshold, f1_scores, knn_scores, mean_average_precision, prior_scores, tag_metrics
+from heads.tag_methods import best_threshold, f1_scores, knn_scores, mean_average_precision, prior_scores, tag_metrics
 
 
 def unit(x):
@@ -50,7 +50,7 @@ def test_the_prior_baseline_scores_every_image_alike():
 
 
 def test_linear_probe_learns_separable_tags_and_round_trips(tmp_path):
-    from heads.tags import LinearProbe, ProbeConfig, train_probe
+    from heads.tag_methods import LinearProbe, ProbeConfig, train_probe
 
     rng = np.random.default_rng(0)
     centres = unit(rng.normal(size=(3, 16)))
@@ -72,7 +72,7 @@ def test_linear_probe_learns_separable_tags_and_round_trips(tmp_path):
 
 
 def test_zeroshot_scores_rank_images_by_their_prompt_and_share_one_scale():
-    from heads.tags import prompts, zeroshot_scores
+    from heads.tag_methods import prompts, zeroshot_scores
 
     assert prompts(["dog", "red car"]) == ["a photo of a dog", "a photo of a red car"]
     with pytest.raises(ValueError, match="needs a"):

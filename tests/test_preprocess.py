@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from grounding import Box, GroundingConfig, metrics
+from grounding import GroundingConfig, ScoredBox, metrics
 from grounding.evaluate import SplitMaps
 from grounding.ground import Grounder, Grounding
 from grounding.heatmap import in_window
@@ -192,7 +192,7 @@ def test_points_and_boxes_map_into_the_window():
                        [[0.25, 0.0], [0.5, 0.5], [0.75, 1.0]])
     per_point = np.array([window, (0.0, 0.0, 1.0, 1.0)])
     assert np.allclose(in_window(np.array([[1.0, 0.5], [1.0, 0.5]]), per_point), [[0.75, 0.5], [1.0, 0.5]])
-    box = Box(0.0, 0.5, 0.5, 1.0, 0.7).in_window(window)
+    box = ScoredBox(0.0, 0.5, 0.5, 1.0, 0.7).in_window(window)
     assert (box.x1, box.y1, box.x2, box.y2, box.score) == (0.25, 0.5, 0.5, 1.0, 0.7)
 
 

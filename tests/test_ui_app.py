@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from heads.captioner import CaptionerConfig
+from heads.caption_decoder import CaptionerConfig
 from heads.captioning import train_captioner
 from heads.tagging import tag_workdir
-from indexer.pipeline import evaluate_retrieval
+from indexer.evaluate import evaluate_retrieval
 from tests.helpers import built_workdir
 from ui.app.console import SqlConsole
 from ui.app.data import decode_upload

@@ -1,1 +1,2 @@
-"""ui: the `groundex` CLI (and, later, the Streamlit app). Reads only the other packages' public APIs."""
+"""ui: the front doors, the `groundex` CLI (`ui/cli`) and the Streamlit app (`ui/app`). They call the other
+packages and hold no logic of their own."""

@@ -14,7 +14,7 @@ from .entities import FormatError, parse_annotation, parse_caption, parse_senten
 from .errors import ArtefactError, CatalogError, InputError
 from .images import DEFAULT_MAX_PIXELS, ImageError, inspect_image, load_image, load_image_bytes
 from .ingest import IngestConfig, IngestReport, ingest
-from .loaders import (
+from .ingest_sources import (
                       ingest_flickr30k,
                       ingest_folder,
                       ingest_hf,

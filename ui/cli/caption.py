@@ -10,7 +10,7 @@ from ._options import add_captioner, add_json, add_model, add_no_progress, add_r
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from heads.captioner import CaptionerConfig
+    from heads.caption_decoder import CaptionerConfig
 
     c = CaptionerConfig()
     p = sub.add_parser(
@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from heads.captioner import CaptionerConfig
+    from heads.caption_decoder import CaptionerConfig
     from heads.captioning import train_captioner
 
     config = CaptionerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, k=args.neighbours,

@@ -17,7 +17,7 @@ DEMO_PHRASE = "a black dog"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from heads.captioner import CaptionerConfig
+    from heads.caption_decoder import CaptionerConfig
 
     p = sub.add_parser(
         "demo", help="build a demo workdir from the embedded synthetic scenes",
@@ -40,11 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from grounding import Grounder, evaluate_grounding
-    from heads.captioner import CaptionerConfig
+    from heads.caption_decoder import CaptionerConfig
     from heads.captioning import caption_workdir, evaluate_captions, find_captioner, train_captioner
     from heads.tagging import evaluate_tags, tag_workdir
     from indexer.embed import EmbedConfig
-    from indexer.pipeline import evaluate_retrieval, index_workdir
+    from indexer.evaluate import evaluate_retrieval
+    from indexer.pipeline import index_workdir
     from indexer.search import Searcher
     from indexer.train import TrainConfig, train
 

@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
-    from indexer.pipeline import evaluate_retrieval
+    from indexer.evaluate import evaluate_retrieval
 
     result = evaluate_retrieval(workdir_of(args), args.split, args.model)
     if args.json:

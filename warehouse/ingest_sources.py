@@ -1,4 +1,6 @@
-"""One entry point per source: open the workdir's catalog, run the ingest pipeline, note it in the manifest."""
+"""One ingest entry point per source format (`ingest_flickr30k`, `ingest_folder`, ...): open the workdir's
+catalog, run the ingest pipeline (`ingest.py`) over the source's reader (`sources/`), note the source in the
+manifest."""
 
 from __future__ import annotations
 

@@ -1,0 +1,47 @@
+"""The heatmap -> point and boxes parameters of grounding (`GroundingConfig`), chosen on val per model by
+`groundex eval grounding --tune` and kept in the workdir (`load_config`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from warehouse import InputError, Workdir
+from warehouse.workdir import atomic_write_json
+
+
+@dataclass
+class GroundingConfig:
+    upsample: int = 4            # heatmap cells per patch cell per side (bilinear)
+    center_prior: float = 0.0    # weight of the Gaussian centre prior added to the normalized heatmap (0: off)
+    prior_sigma: float = 0.3     # the prior's standard deviation, as a fraction of the image's width / height
+    threshold: float = 0.5       # box cells: normalized heat >= threshold (0..1)
+    max_boxes: int = 3           # boxes per phrase and image
+    min_box_area: float = 0.01   # extra boxes smaller than this fraction of the image are dropped
+    tuned_on: str | None = None  # the split the parameters were chosen on (None: defaults)
+
+    def __post_init__(self) -> None:
+        if self.upsample < 1 or self.max_boxes < 1:
+            raise InputError(f"upsample and max_boxes must be >= 1, got {self.upsample} and {self.max_boxes}")
+        if not 0 <= self.threshold <= 1:
+            raise InputError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.center_prior < 0 or self.prior_sigma <= 0:
+            raise InputError("center_prior must be >= 0 and prior_sigma > 0")
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> GroundingConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise InputError(f"{path}: unreadable grounding config ({e})") from None
+
+
+def load_config(workdir: Workdir, model_id: str) -> GroundingConfig:
+    """The parameters tuned for this model (`groundex eval grounding --tune`), else the defaults."""
+    path = workdir.grounding_config_path(model_id)
+    return GroundingConfig.load(path) if path.is_file() else GroundingConfig()
