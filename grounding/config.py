@@ -7,8 +7,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from warehouse import InputError, Workdir
-from warehouse.workdir import atomic_write_json
+from warehouse import InputError, Workdir, atomic_write_json
 
 
 @dataclass

@@ -14,12 +14,14 @@
 
 from .caption_decoder import CaptionerConfig
 from .caption_metrics import caption_metrics
-from .captioning import Captioner, caption_workdir, evaluate_captions, train_captioner
+from .captioning import Captioner, caption_workdir, evaluate_captions, find_captioner, train_captioner
 from .tag_methods import KNN_KS, LinearProbe, ProbeConfig, best_threshold, knn_scores, prior_scores, tag_metrics
 from .tagging import METHODS, Tagger, TaggingConfig, evaluate_tags, load_tagger, tag_workdir
 from .vocabulary import Vocabulary, VocabularyConfig, keywords, lemma, mine_vocabulary
 
-__all__ = ["best_threshold", "caption_metrics", "caption_workdir", "Captioner", "CaptionerConfig", "evaluate_captions",
-           "evaluate_tags", "keywords", "KNN_KS", "knn_scores", "lemma", "LinearProbe", "load_tagger", "METHODS",
-           "mine_vocabulary", "prior_scores", "ProbeConfig", "tag_metrics", "tag_workdir", "Tagger", "TaggingConfig",
-           "train_captioner", "Vocabulary", "VocabularyConfig"]
+__all__ = [
+    "best_threshold", "caption_metrics", "caption_workdir", "Captioner", "CaptionerConfig", "evaluate_captions",
+    "evaluate_tags", "find_captioner", "keywords", "KNN_KS", "knn_scores", "lemma", "LinearProbe", "load_tagger",
+    "METHODS", "mine_vocabulary", "prior_scores", "ProbeConfig", "tag_metrics", "tag_workdir", "Tagger",
+    "TaggingConfig", "train_captioner", "Vocabulary", "VocabularyConfig",
+]

@@ -28,8 +28,7 @@ from torch import nn
 from transformers import BlipTextConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel
 
-from warehouse import InputError, content_hash, place
-from warehouse.workdir import atomic_write_json
+from warehouse import InputError, atomic_write_json, content_hash, place
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[PRM]")  # ids 0..5, in this order
 

@@ -30,8 +30,7 @@ from tqdm import tqdm
 from indexer.embed import load_embeddings
 from indexer.index import load_index
 from indexer.models import load_checkpoint
-from warehouse import Artefact, ArtefactStore, Catalog, InputError, Workdir, recorded_run
-from warehouse.workdir import atomic_write_json
+from warehouse import Artefact, ArtefactStore, Catalog, InputError, Workdir, atomic_write_json, recorded_run
 
 from .neighbours import training_neighbours
 from .tag_methods import (

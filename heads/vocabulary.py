@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.tokenizer import words
-from warehouse import InputError
-from warehouse.workdir import atomic_write_json
+from warehouse import InputError, atomic_write_json
 
 IRREGULAR = {"men": "man", "women": "woman", "children": "child", "feet": "foot", "teeth": "tooth",
              "mice": "mouse", "geese": "goose", "people": "people", "police": "police", "knives": "knife",

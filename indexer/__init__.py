@@ -1,0 +1,43 @@
+"""indexer: CLIP models, training, embeddings, FAISS indexes, search and their evaluation.
+
+    create_model, load_checkpoint, GroundexModel   models (presets, open_clip names, checkpoints)
+    add_model, export_model, remove_model, ...     models as artefacts of a workdir (`groundex model`)
+    TrainConfig, train                             contrastive training (`groundex train`)
+    EmbedConfig, index_workdir                     embeddings and FAISS indexes (`groundex index`)
+    Searcher, search_allowed                       search, and the one filtered-kNN policy
+    evaluate_retrieval, verify_workdir             `groundex eval retrieval`, `groundex verify`
+
+Names load on first use (PEP 562), so `import indexer` costs nothing until one is needed: torch, open_clip
+and faiss stay out of commands that do not use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {  # public name -> the module that defines it
+    "add_model": "model_store", "check_model_label": "model_store", "export_model": "model_store",
+    "label_model": "model_store", "model_records": "model_store", "remove_model": "model_store",
+    "crop_window": "data", "FULL_FRAME": "data", "pixel_cache": "data",
+    "EmbedConfig": "embed", "load_embeddings": "embed", "MissingEmbeddingError": "embed",
+    "evaluate_retrieval": "evaluate",
+    "load_index": "index", "patch_ids": "index",
+    "search_allowed": "knn",
+    "default_device": "models", "GroundexModel": "models", "load_checkpoint": "models",
+    "precision_uses_bf16": "models",
+    "phrase_maps": "phrase_region_loss",
+    "index_workdir": "pipeline",
+    "RayEmbedConfig": "distributed",
+    "Searcher": "search",
+    "words": "tokenizer",
+    "MODES": "train", "TrainConfig": "train", "train": "train",
+    "verify_workdir": "verify",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'indexer' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

@@ -26,8 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from warehouse import ImageError, InputError, load_image
-from warehouse.workdir import atomic_write_npy
+from warehouse import ImageError, InputError, atomic_write_npy, load_image
 
 _logger = logging.getLogger(__name__)
 RESIZE_MODES = ("squash", "center-crop")  # how an image becomes a model's square input (ModelSpec.resize)

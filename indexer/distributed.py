@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from warehouse import Catalog, InputError, Workdir
-from warehouse.workdir import atomic_write_npy
+from warehouse import Catalog, InputError, Workdir, atomic_write_npy
 
 from .embed import EmbedReport, _next_shard_name, shard_dir
 

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from warehouse import Catalog, ImageError, InputError, Workdir
-from warehouse.workdir import atomic_write_npy
+from warehouse import Catalog, ImageError, InputError, Workdir, atomic_write_npy
 
 from .data import _decode_many, worker_pool
 from .models import GroundexModel

@@ -22,8 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from warehouse import Catalog, InputError, Workdir
-from warehouse.workdir import atomic_write_npy
+from warehouse import Catalog, InputError, Workdir, atomic_write_npy
 
 from .embed import iter_embeddings, sample_embeddings
 

@@ -18,8 +18,17 @@ from typing import Any
 
 import open_clip
 
-from warehouse import Artefact, ArtefactStore, Catalog, InputError, Workdir, content_hash, missing_files
-from warehouse.workdir import atomic_write_json, utc_now
+from warehouse import (
+    Artefact,
+    ArtefactStore,
+    Catalog,
+    InputError,
+    Workdir,
+    atomic_write_json,
+    content_hash,
+    missing_files,
+    utc_now,
+)
 
 from .models import (
     CHECKPOINT_FILES,

@@ -42,11 +42,11 @@ from warehouse import (
     InputError,
     RunState,
     Workdir,
+    atomic_write_json,
     content_hash,
     missing_files,
     recorded_run,
 )
-from warehouse.workdir import atomic_write_json
 
 from .data import PixelCache, pixel_cache
 from .evaluate import recall_at_k
