@@ -93,7 +93,7 @@ class ArtefactRows:
                 raise ArtefactError(f"no {method + ' ' if method else ''}{kind} of model {parent_id} yet: run "
                                     f"`groundex {command}` first")
             return candidates[0]
-        matches = [a for a in candidates if a.label == ref] or [a for a in candidates if a.id.startswith(ref)]
+        matches = _matching(candidates, ref)
         if len(matches) != 1:
             known = ", ".join(a.display for a in candidates) or "none"
             raise ArtefactError(f"{kind} {ref!r} {'is ambiguous' if matches else 'not found'}; known: {known}")
@@ -101,12 +101,7 @@ class ArtefactRows:
 
     def find_artefact(self, kind: str, ref: str) -> Artefact | None:
         """An artefact by label or unique hash prefix, or None when nothing matches (ambiguity still raises)."""
-        try:
-            return self.artefact(kind, ref)
-        except ArtefactError as e:
-            if "ambiguous" not in str(e):
-                return None
-            raise
+        return self.artefact(kind, ref) if _matching(self.artefacts(kind), ref) else None
 
     def forget_artefact(self, kind: str, artefact_id: str) -> None:
         """Delete an artefact's row, and a captioner's generated captions (the caller holds the transaction and
@@ -190,3 +185,8 @@ class ArtefactRows:
         if stored is None:
             raise InputError(f"model {model_id} has no stored patch embeddings: run `groundex index`")
         return int(stored["cells"])
+
+
+def _matching(candidates: list[Artefact], ref: str) -> list[Artefact]:
+    """The artefacts a reference names: the one with that label, else those whose hash starts with it."""
+    return [a for a in candidates if a.label == ref] or [a for a in candidates if a.id.startswith(ref)]
