@@ -56,12 +56,13 @@ def main() -> None:
         raise SystemExit(f"{args.workdir} exists: the stages must run from scratch")
 
     from grounding import evaluate_grounding
-    from heads.caption_decoder import CaptionerConfig
     from heads.captioning import caption_workdir, evaluate_captions, train_captioner
+    from heads.config import CaptionerConfig
     from heads.tagging import evaluate_tags, tag_workdir
+    from indexer.config import TrainConfig
     from indexer.evaluate import evaluate_retrieval
     from indexer.pipeline import index_workdir
-    from indexer.train import TrainConfig, train
+    from indexer.train import train
 
     workdir = Workdir(args.workdir)
     stages: dict[str, float] = {}

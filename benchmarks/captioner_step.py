@@ -20,7 +20,8 @@ from _report import emit  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from heads.caption_decoder import CaptionerConfig, RACaptioner, encode_batch, train_tokenizer  # noqa: E402
+from heads.caption_decoder import RACaptioner, encode_batch, train_tokenizer  # noqa: E402
+from heads.config import CaptionerConfig  # noqa: E402
 
 CAPTION = "a man in a red jacket walks his black dog along the busy street ."  # invented, 14 words
 

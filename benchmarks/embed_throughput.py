@@ -27,8 +27,9 @@ from _report import emit  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from indexer.config import EmbedConfig, RayEmbedConfig  # noqa: E402
 from indexer.data import decode_square  # noqa: E402
-from indexer.embed import EmbedConfig, embed_images  # noqa: E402
+from indexer.embed import embed_images  # noqa: E402
 from indexer.models import load_checkpoint  # noqa: E402
 from warehouse import Catalog, Workdir, load_image  # noqa: E402
 
@@ -45,7 +46,7 @@ def main() -> None:
     with Catalog.open(workdir, read_only=True) as catalog:
         info = catalog.model()
         items = catalog.image_rows()[: args.images]
-    model = load_checkpoint(Path(info["path"]))
+    model = load_checkpoint(info.path)
     device = model.device
     n = len(items)
 
@@ -66,15 +67,15 @@ def main() -> None:
     try:
         t = time.perf_counter()
         # a fresh id: the copied catalog already records this model's embeddings, which would be skipped
-        report = embed_images(scratch, model, f"bench-{info['id']}", items, EmbedConfig(progress=False))
+        report = embed_images(scratch, model, f"bench-{info.id}", items, EmbedConfig(progress=False))
         assert report.images == n, f"embedded {report.images} of {n}"
         pipeline = n / (time.perf_counter() - t)
         ray_figures = None
         if not args.no_ray:
-            from indexer.distributed import RayEmbedConfig, ray_embed_images
+            from indexer.distributed import ray_embed_images
 
             t = time.perf_counter()
-            ray_report = ray_embed_images(scratch, Path(info["path"]), f"bench-ray-{info['id']}", model.image_size,
+            ray_report = ray_embed_images(scratch, info.path, f"bench-ray-{info.id}", model.image_size,
                                           items, RayEmbedConfig(progress=False))
             assert ray_report.images == n, f"Ray embedded {ray_report.images} of {n}"
             ray_total = n / (time.perf_counter() - t)
@@ -92,7 +93,7 @@ def main() -> None:
 
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, device {device}",
-        "model": info["id"], "model_name": info["name"], "images": n,
+        "model": info.id, "model_name": info.info["name"], "images": n,
         "images_per_s": {"bare_forward": round(bare, 1), "pipeline": round(pipeline, 1), "naive_loop": round(naive, 1),
                          **({"ray": ray_figures} if ray_figures else {})},
         "ratio_to_bare": {"pipeline": round(pipeline / bare, 3), "naive_loop": round(naive / bare, 3),

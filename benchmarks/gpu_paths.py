@@ -142,7 +142,8 @@ def ingest(root: Path, n: int, seed: int) -> dict[str, Any]:
 
 def train_once(base: Path, root: Path, device: torch.device, precision: str, args: argparse.Namespace
                ) -> dict[str, Any]:
-    from indexer.train import TrainConfig, train
+    from indexer.config import TrainConfig
+    from indexer.train import train
 
     shutil.copytree(base, root)
     reset_peak(device)
@@ -168,7 +169,7 @@ def train_once(base: Path, root: Path, device: torch.device, precision: str, arg
 
 
 def index_on(root: Path, model_id: str, device: str, workers: int) -> dict[str, Any]:
-    from indexer.embed import EmbedConfig
+    from indexer.config import EmbedConfig
     from indexer.pipeline import index_workdir
 
     t = time.perf_counter()
@@ -216,7 +217,7 @@ def bare_forward(root: Path, model_id: str, device: torch.device, batch_sizes: l
         info = catalog.model(model_id)
         items = catalog.image_rows()
         texts = [t for _, _, t in catalog.caption_rows()]
-    model = load_checkpoint(Path(info["path"]), device).eval()
+    model = load_checkpoint(info.path, device).eval()
     cache = pixel_cache(workdir.cache_dir, items, model.image_size, workers, progress=False, resize=model.resize)
     pixels = torch.from_numpy(cache.get([i for i, _ in items]))
     n = len(pixels)

@@ -57,13 +57,13 @@ def real_collection(workdir: Path, model_id: str | None, n_queries: int, rng: np
     with Catalog.open(w, read_only=True) as catalog:
         info = catalog.model(model_id)
         phrases = sorted({r.text for r in catalog.grounding_rows("val") if r.boxes})
-    _, image_vectors = load_embeddings(w, info["id"], "image")
-    _, patch_vectors = load_embeddings(w, info["id"], "patch")
+    _, image_vectors = load_embeddings(w, info.id, "image")
+    _, patch_vectors = load_embeddings(w, info.id, "patch")
     texts = [phrases[i] for i in rng.choice(len(phrases), size=min(n_queries, len(phrases)), replace=False)]
-    model = load_checkpoint(Path(info["path"]), "cpu")
+    model = load_checkpoint(info.path, "cpu")
     with torch.no_grad():
         queries = model.encode_text(texts).numpy()
-    return image_vectors, patch_vectors, queries, info["id"], texts
+    return image_vectors, patch_vectors, queries, info.id, texts
 
 
 def synthetic_collection(n: int, p: int, d: int, n_queries: int, rng: np.random.Generator):

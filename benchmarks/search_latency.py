@@ -62,7 +62,7 @@ def real_seeds(workdir: Path) -> np.ndarray:
 
     w = Workdir(workdir)
     with Catalog.open(w, read_only=True) as catalog:
-        model_id = catalog.model()["id"]
+        model_id = catalog.model().id
     parts = [load_embeddings(w, model_id, kind)[1] for kind in ("image", "caption")]
     return np.concatenate([p for p in parts if len(p)]).astype(np.float32)
 

@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import warehouse  # noqa: E402
+from indexer.config import TrainConfig  # noqa: E402
 from indexer.models import PRESET_EXTRAS  # noqa: E402
-from indexer.train import TrainConfig, train  # noqa: E402
+from indexer.train import train  # noqa: E402
 from warehouse import Catalog, IngestConfig, Workdir  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "flickr30k-sample"

@@ -4,13 +4,26 @@
     GroundingConfig     heatmap -> point and boxes parameters (tuned on val per model)
     evaluate_grounding  pointing game and box accuracy on Flickr30k Entities annotations
     render_overlay      the heatmap and boxes drawn on the image
+
+Names load on first use (PEP 562), so `import grounding` costs nothing until one is needed.
 """
 
-from .config import GroundingConfig, load_config
-from .evaluate import evaluate_grounding, metrics, split_maps, tune
-from .ground import DEFAULT_SHORTLIST, Grounder, Grounding
-from .heatmap import ScoredBox
-from .overlay import render_overlay
+from __future__ import annotations
 
-__all__ = ["DEFAULT_SHORTLIST", "evaluate_grounding", "Grounder", "Grounding", "GroundingConfig", "load_config",
-           "metrics", "render_overlay", "ScoredBox", "split_maps", "tune"]
+import importlib
+from typing import Any
+
+_HOMES = {  # public name -> the module that defines it
+    "DEFAULT_SHORTLIST": "config", "GroundingConfig": "config", "load_config": "config",
+    "evaluate_grounding": "evaluate", "metrics": "evaluate", "split_maps": "evaluate", "tune": "evaluate",
+    "Grounder": "ground", "Grounding": "ground",
+    "ScoredBox": "heatmap",
+    "render_overlay": "overlay",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'grounding' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from warehouse import InputError, Workdir, atomic_write_json
 
+DEFAULT_SHORTLIST = 200  # region search, two-stage: images shortlisted by the image index
+
 
 @dataclass
 class GroundingConfig:

@@ -142,17 +142,17 @@ def evaluate_grounding(workdir: Workdir, split: str, model_id: str | None = None
         raise InputError("parameters are chosen on val, never on test: run with --split val --tune")
     with Catalog.open(workdir, read_only=True) as catalog:
         info = catalog.model(model_id)
-    model = load_checkpoint(info["path"], device)
+    model = load_checkpoint(info.path, device)
     data = split_maps(workdir, model, split, progress=progress)
-    config = load_config(workdir, info["id"])
+    config = load_config(workdir, info.id)
     trials = None
     if tune_params:
         config, trials = tune(data, config, split)
-        config.save(workdir.grounding_config_path(info["id"]))
-        _logger.info("grounding parameters for %s tuned on %s: %s", info["id"], split, config)
-    result = {"split": split, "model_id": info["id"], **metrics(data, config), "config": asdict(config)}
+        config.save(workdir.grounding_config_path(info.id))
+        _logger.info("grounding parameters for %s tuned on %s: %s", info.id, split, config)
+    result = {"split": split, "model_id": info.id, **metrics(data, config), "config": asdict(config)}
     if trials is not None:
         result["tuning"] = trials
-    with recorded_run(workdir, "eval grounding", {"split": split, "tune": tune_params}, info["id"]) as (_, record):
+    with recorded_run(workdir, "eval grounding", {"split": split, "tune": tune_params}, info.id) as (_, record):
         record.update(result)
     return result

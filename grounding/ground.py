@@ -34,11 +34,10 @@ from indexer.models import GroundexModel
 from indexer.search import Searcher
 from warehouse import Catalog, Condition, InputError, Workdir, load_image, recorded_run
 
-from .evaluate import load_config
-from .heatmap import GroundingConfig, ScoredBox, boxes_from_map, in_window, points, score_maps
+from .config import DEFAULT_SHORTLIST, GroundingConfig, load_config
+from .heatmap import ScoredBox, boxes_from_map, in_window, points, score_maps
 
 _logger = logging.getLogger(__name__)
-DEFAULT_SHORTLIST = 200   # two-stage: images shortlisted by the image index
 PATCH_HITS = 1000          # patch-index: nearest patch vectors looked at
 RERANK_IMAGES = 100        # patch-index: candidate images scored exactly
 METHODS = ("auto", "patch-index", "two-stage")

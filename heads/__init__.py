@@ -10,18 +10,31 @@
     caption_workdir    caption images and store the captions in the catalog
     evaluate_captions  BLEU-1..4, ROUGE-L, CIDEr: with retrieval, without, and the nearest caption
     caption_metrics    the metrics alone
+    TaggingConfig, CaptionerConfig, ...  the settings (heads.config: no torch or transformers to read them)
+
+Names load on first use (PEP 562), so `import heads` costs nothing until one is needed.
 """
 
-from .caption_decoder import CaptionerConfig
-from .caption_metrics import caption_metrics
-from .captioning import Captioner, caption_workdir, evaluate_captions, find_captioner, train_captioner
-from .tag_methods import KNN_KS, LinearProbe, ProbeConfig, best_threshold, knn_scores, prior_scores, tag_metrics
-from .tagging import METHODS, Tagger, TaggingConfig, evaluate_tags, load_tagger, tag_workdir
-from .vocabulary import Vocabulary, VocabularyConfig, keywords, lemma, mine_vocabulary
+from __future__ import annotations
 
-__all__ = [
-    "best_threshold", "caption_metrics", "caption_workdir", "Captioner", "CaptionerConfig", "evaluate_captions",
-    "evaluate_tags", "find_captioner", "keywords", "KNN_KS", "knn_scores", "lemma", "LinearProbe", "load_tagger",
-    "METHODS", "mine_vocabulary", "prior_scores", "ProbeConfig", "tag_metrics", "tag_workdir", "Tagger",
-    "TaggingConfig", "train_captioner", "Vocabulary", "VocabularyConfig",
-]
+import importlib
+from typing import Any
+
+_HOMES = {  # public name -> the module that defines it
+    "CaptionerConfig": "config", "METHODS": "config", "ProbeConfig": "config", "PROMPT": "config",
+    "TaggingConfig": "config", "VocabularyConfig": "config",
+    "caption_metrics": "caption_metrics",
+    "Captioner": "captioning", "caption_workdir": "captioning", "evaluate_captions": "captioning",
+    "find_captioner": "captioning", "train_captioner": "captioning",
+    "best_threshold": "tag_methods", "KNN_KS": "tag_methods", "knn_scores": "tag_methods",
+    "LinearProbe": "tag_methods", "prior_scores": "tag_methods", "tag_metrics": "tag_methods",
+    "evaluate_tags": "tagging", "load_tagger": "tagging", "Tagger": "tagging", "tag_workdir": "tagging",
+    "keywords": "vocabulary", "lemma": "vocabulary", "mine_vocabulary": "vocabulary", "Vocabulary": "vocabulary",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'heads' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

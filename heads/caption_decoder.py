@@ -30,62 +30,9 @@ from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel
 
 from warehouse import InputError, atomic_write_json, content_hash, place
 
+from .config import CaptionerConfig
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[PRM]")  # ids 0..5, in this order
-
-
-@dataclass
-class CaptionerConfig:
-    # decoder (BlipTextConfig); the default trains at a useful speed on 2 CPU cores
-    hidden_size: int = 256
-    layers: int = 3
-    heads: int = 4
-    intermediate_size: int = 1024
-    vocab_size: int = 4000           # WordPiece vocabulary learned from the training captions (at most)
-    dropout: float = 0.1
-    image_tokens: str = "patches"    # patches: the image embedding and its patch embeddings (1 + P tokens);
-                                     # global: the image embedding only (1 token: cheaper, and the decoder leans
-                                     # on the retrieved captions more)
-    # retrieval augmentation
-    k: int = 4                       # retrieved captions in the prompt (the captions of the k nearest training images)
-    retrieval_dropout: float = 0.2   # share of training examples without retrieved captions (so k = 0 works too)
-    max_caption_tokens: int = 32     # target captions are cut to this many tokens
-    max_retrieved_tokens: int = 20   # each retrieved caption is cut to this many tokens in the prompt
-    # training (Hugging Face Trainer); an epoch shows each training image once, with one of its captions
-    max_train_images: int | None = None  # train the decoder on at most this many train images (a seeded random
-                                         # subset); retrieval always reads every captioned train image
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    seed: int = 0
-    precision: str = "auto"          # auto (bf16 where fast: AVX512-BF16/AMX CPUs, GPUs) | bf16 | fp32
-    # decoding
-    beams: int = 3
-    max_new_tokens: int = 30
-    min_new_tokens: int = 3
-    length_penalty: float = 1.0      # > 1 favours longer captions in beam search
-    # a pretrained BLIP in place of the small decoder
-    pretrained: str | None = None    # a BlipForConditionalGeneration checkpoint: a Hugging Face name or a local folder.
-                                     # Its vision tower reads the pixels (not the stored CLIP tokens) and its own
-                                     # tokenizer replaces the learned vocabulary; the decoder settings above are unused
-    freeze_vision: bool = True       # fine-tune the pretrained text decoder only (its vision tower stays as it is)
-
-    def __post_init__(self) -> None:
-        if self.epochs < (0 if self.pretrained else 1):  # a pretrained BLIP may be used as it is (epochs 0)
-            raise InputError(f"epochs must be >= 1 (or 0 with a pretrained checkpoint), got {self.epochs}")
-        if self.k < 0 or not 0 <= self.retrieval_dropout < 1:
-            raise InputError(f"k must be >= 0 and retrieval_dropout in [0, 1), got {self.k}, {self.retrieval_dropout}")
-        if min(self.hidden_size, self.layers, self.heads, self.batch_size, self.beams) < 1:
-            raise InputError("hidden_size, layers, heads, batch_size and beams must be >= 1")
-        if self.hidden_size % self.heads:
-            raise InputError(f"hidden_size {self.hidden_size} is not a multiple of heads {self.heads}")
-        if self.image_tokens not in ("patches", "global"):
-            raise InputError(f"image_tokens must be patches or global, got {self.image_tokens!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise InputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.min_new_tokens > self.max_new_tokens:
-            raise InputError("min_new_tokens must be <= max_new_tokens")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, min_count: int = 2) -> PreTrainedTokenizerFast:

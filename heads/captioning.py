@@ -54,7 +54,7 @@ class CaptionData:
     def __init__(self, workdir: Workdir, model_id: str | None = None):
         self.workdir = workdir
         with Catalog.open(workdir, read_only=True) as catalog:
-            self.model_id = catalog.model(model_id)["id"]
+            self.model_id = catalog.model(model_id).id
             current = catalog.current_index(self.model_id, "image")
             if current is None:
                 raise FileNotFoundError(f"no image index for model {self.model_id}: run `groundex index` first")
@@ -342,7 +342,7 @@ class Captioner:
             from indexer.models import load_checkpoint
 
             with Catalog.open(self.data.workdir, read_only=True) as catalog:
-                path = Path(catalog.model(self.data.model_id)["path"])
+                path = catalog.model(self.data.model_id).path
             self._encoder = load_checkpoint(path, self.device)
         return self._encoder
 
@@ -396,15 +396,16 @@ class Captioner:
 
 
 def caption_workdir(workdir: Workdir, captioner_id: str | None = None, split: str | None = None,
-                    k: int | None = None, **decoding: Any) -> dict[str, Any]:
+                    k: int | None = None, device: str | None = None, progress: bool = True, **decoding: Any
+                    ) -> dict[str, Any]:
     """`groundex caption generate`: caption the split's images (all when None) and store the captions."""
-    captioner = Captioner(workdir, captioner_id)
+    captioner = Captioner(workdir, captioner_id, device)
     with Catalog.open(workdir, read_only=True) as catalog:
         image_ids = np.array(catalog.embedded_ids(captioner.data.model_id, "image"), dtype=np.int64)
         if split is not None:
             image_ids = np.intersect1d(image_ids, [i for i, _ in catalog.image_rows(split)])
     with recorded_run(workdir, "caption generate", {"split": split, "k": k, **decoding}, captioner.id) as (_, result):
-        captions, _ = captioner.caption_images(image_ids, k, progress=True, **decoding)
+        captions, _ = captioner.caption_images(image_ids, k, progress=progress, **decoding)
         with Catalog.open(workdir) as catalog:
             stored = catalog.replace_generated_captions(captioner.id, list(zip(image_ids.tolist(), captions,
                                                                                strict=True)))
@@ -415,13 +416,14 @@ def caption_workdir(workdir: Workdir, captioner_id: str | None = None, split: st
 
 
 def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = None,
-                      ks: tuple[int, ...] | None = None, limit: int | None = None) -> dict[str, Any]:
+                      ks: tuple[int, ...] | None = None, limit: int | None = None, device: str | None = None,
+                      progress: bool = True) -> dict[str, Any]:
     """`groundex eval captions`: BLEU-1..4, ROUGE-L and CIDEr on the split's human captions for the
     captioner (its k), the same model with no retrieved captions, the nearest-neighbour caption, and the
     captioner at each k of `ks`."""
     if split == "train":
         raise InputError("the captioner learns on train: evaluate on val or test")
-    captioner = Captioner(workdir, captioner_id)
+    captioner = Captioner(workdir, captioner_id, device)
     image_ids, examples = captioner.data.split_examples(split)
     if limit is not None:
         image_ids = image_ids[:limit]
@@ -438,7 +440,7 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
         retrieved = captioner.data.retrieve(vectors, image_ids, max(max(ks), 1))
         by_k, samples = {}, {}
         for k in ks:
-            captions = captioner.caption_inputs(inputs, [r[:k] for r in retrieved], progress=True)
+            captions = captioner.caption_inputs(inputs, [r[:k] for r in retrieved], progress=progress)
             by_k[str(k)] = caption_metrics(captions, references)
             samples[str(k)] = captions[:3]
         nearest = [r[0] if r else "" for r in retrieved]

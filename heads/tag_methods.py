@@ -11,7 +11,6 @@ precision).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,8 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import average_precision_score
 
 from warehouse import InputError
+
+from .config import PROMPT, ProbeConfig
 
 KNN_KS = (1, 3, 5, 7, 11, 21)  # the K swept on val
 
@@ -82,19 +83,6 @@ def tag_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dic
 # -- linear probe ---------------------------------------------------------------------------------
 
 
-@dataclass
-class ProbeConfig:
-    epochs: int = 300            # full-batch passes (a probe on a few thousand 256-d vectors trains in seconds)
-    lr: float = 1e-2             # AdamW
-    weight_decay: float = 1e-4
-    pos_weight_cap: float = 10.0  # rare tags: positives weigh sqrt(negatives / positives), at most this
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.lr <= 0 or self.pos_weight_cap < 1:
-            raise InputError("epochs must be >= 1, lr > 0 and pos_weight_cap >= 1")
-
-
 class LinearProbe:
     """A multi-label linear classifier on frozen embeddings: scores = sigmoid(x W + b)."""
 
@@ -143,7 +131,6 @@ def train_probe(features: np.ndarray, labels: np.ndarray, config: ProbeConfig | 
 
 # -- zero-shot ------------------------------------------------------------------------------------
 
-PROMPT = "a photo of a {}"
 
 
 def prompts(words: list[str], template: str = PROMPT) -> list[str]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,15 +28,14 @@ from tqdm import tqdm
 
 from indexer.embed import load_embeddings
 from indexer.index import load_index
-from indexer.models import load_checkpoint
+from indexer.models import default_device, load_checkpoint
 from warehouse import Artefact, ArtefactStore, Catalog, InputError, Workdir, atomic_write_json, recorded_run
 
+from .config import METHODS, TaggingConfig
 from .neighbours import training_neighbours
 from .tag_methods import (
     KNN_KS,
-    PROMPT,
     LinearProbe,
-    ProbeConfig,
     best_threshold,
     knn_scores,
     prior_scores,
@@ -46,42 +44,9 @@ from .tag_methods import (
     train_probe,
     zeroshot_scores,
 )
-from .vocabulary import Vocabulary, VocabularyConfig, mine_vocabulary
+from .vocabulary import Vocabulary, mine_vocabulary
 
 _logger = logging.getLogger(__name__)
-METHODS = ("knn", "probe", "zeroshot", "fusion")
-
-
-@dataclass
-class TaggingConfig:
-    vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)  # also the fusion tagger's
-    prompt: str = PROMPT          # zero-shot template; '{}' is the tag
-    caption_neighbours: int = 5   # fusion: an image without captions reads those of this many nearest training images
-    max_tags: int = 20            # stored per image at most: its best tags at or above the threshold
-    keywords: tuple[str, ...] | None = None  # a given vocabulary instead of one mined from the training captions
-    #                                          (zero-shot tags for collections without captions)
-    untuned_threshold: float = 0.8  # zeroshot without labelled val images: keep a tag when its prompt matches the
-    #                                 image this much above the collection's usual (sigmoid of the z-score: 0.8 is
-    #                                 1.4 standard deviations, about the top 8% of images per keyword); with labelled
-    #                                 val images the threshold is chosen on val instead
-
-    def __post_init__(self) -> None:
-        if isinstance(self.vocabulary, dict):
-            self.vocabulary = VocabularyConfig(**self.vocabulary)
-        if isinstance(self.probe, dict):
-            self.probe = ProbeConfig(**self.probe)
-        if self.caption_neighbours < 1 or self.max_tags < 1:
-            raise InputError("caption_neighbours and max_tags must be >= 1")
-        prompts(["x"], self.prompt)  # validates the template
-        if self.keywords is not None:
-            self.keywords = tuple(dict.fromkeys(w.strip().lower() for w in self.keywords if w.strip()))
-            if not self.keywords:
-                raise InputError("keywords: the list is empty")
-        if not 0 < self.untuned_threshold < 1:
-            raise InputError(f"untuned_threshold must be in (0, 1), got {self.untuned_threshold}")
-
-
 @dataclass
 class Labelled:
     """The captioned images of a split: ids (N,), labels (N, V) bool, image vectors (N, D)."""
@@ -97,11 +62,12 @@ class TagData:
     captions, or the one saved when the taggers were fitted)."""
 
     def __init__(self, workdir: Workdir, model_id: str | None = None, config: TaggingConfig | None = None,
-                 vocabulary: Vocabulary | None = None):
+                 vocabulary: Vocabulary | None = None, device: str | torch.device | None = None):
         self.workdir, self.config = workdir, config or TaggingConfig()
+        self.device = torch.device(device) if device is not None else default_device()
         with Catalog.open(workdir, read_only=True) as catalog:
-            self.model_info = catalog.model(model_id)
-            self.model_id = self.model_info["id"]
+            self.model_record = catalog.model(model_id)
+            self.model_id = self.model_record.id
             current = catalog.current_index(self.model_id, "image")
             if current is None:
                 raise FileNotFoundError(f"no image index for model {self.model_id}: run `groundex index` first")
@@ -175,6 +141,13 @@ class TagData:
         rows, _ = self.neighbours(vectors, image_ids, self.config.caption_neighbours)
         gathered = self._own_train_captions[np.maximum(rows, 0)] * (rows >= 0)[..., None]  # (N, k, D)
         return _normalized(gathered.sum(axis=1))
+
+    def prompt_vectors(self) -> np.ndarray:
+        """(V, D) the text embedding of each keyword's zero-shot prompt, encoded on `self.device`."""
+        model = load_checkpoint(self.model_record.path, self.device)
+        with torch.no_grad():
+            vectors = model.encode_text(prompts(self.vocabulary.words, self.config.prompt))
+        return vectors.float().cpu().numpy()
 
     def has_captions(self, image_ids: np.ndarray | None, n: int) -> np.ndarray:
         """(N,) bool: which images have human captions."""
@@ -291,9 +264,7 @@ def fit_tagger(data: TagData, method: str, val: Labelled) -> Tagger:
         tagger.probe = train_probe(np.concatenate([own, retrieved]), np.concatenate([train.labels] * 2),
                                    data.config.probe)
     else:
-        model = load_checkpoint(Path(data.model_info["path"]), "cpu")
-        with torch.no_grad():
-            tagger.prompt_vectors = model.encode_text(prompts(data.vocabulary.words, data.config.prompt)).numpy()
+        tagger.prompt_vectors = data.prompt_vectors()
     if not labelled_val:  # zeroshot with given keywords and nothing to tune on
         tagger.threshold = data.config.untuned_threshold
         tagger.val = {"threshold": "untuned", "images": 0}
@@ -308,21 +279,20 @@ def fit_tagger(data: TagData, method: str, val: Labelled) -> Tagger:
     return tagger
 
 
-def load_tagger(workdir: Workdir, method: str, model_id: str | None = None) -> tuple[Tagger, TagData]:
+def load_tagger(workdir: Workdir, method: str, model_id: str | None = None,
+                device: str | torch.device | None = None) -> tuple[Tagger, TagData]:
     """A tagger fitted by `groundex tag`, with the data it reads (for tagging new images, e.g. uploads)."""
     with Catalog.open(workdir, read_only=True) as catalog:
-        model_id = catalog.model(model_id)["id"]
+        model_id = catalog.model(model_id).id
         folder = catalog.artefact("tagger", parent_id=model_id, method=method).path
     saved = json.loads((folder / "tagger.json").read_text())
     data = TagData(workdir, model_id, TaggingConfig(**saved["config"]),
-                   vocabulary=Vocabulary.load(folder / "vocabulary.json"))
+                   vocabulary=Vocabulary.load(folder / "vocabulary.json"), device=device)
     tagger = Tagger(method, model_id, saved["threshold"], saved["captioned_threshold"], saved["k"], val=saved["val"])
     if method in ("probe", "fusion"):
         tagger.probe = LinearProbe.load(folder / "weights.safetensors")
     elif method == "zeroshot":
-        model = load_checkpoint(Path(data.model_info["path"]), "cpu")
-        with torch.no_grad():
-            tagger.prompt_vectors = model.encode_text(prompts(data.vocabulary.words, data.config.prompt)).numpy()
+        tagger.prompt_vectors = data.prompt_vectors()
     return tagger, data
 
 
@@ -330,11 +300,12 @@ def load_tagger(workdir: Workdir, method: str, model_id: str | None = None) -> t
 
 
 def tag_workdir(workdir: Workdir, method: str = "knn", model_id: str | None = None, split: str | None = None,
-                config: TaggingConfig | None = None, batch_size: int = 4096) -> dict[str, Any]:
+                config: TaggingConfig | None = None, batch_size: int = 4096, device: str | torch.device | None = None,
+                progress: bool = True) -> dict[str, Any]:
     """`groundex tag`: fit `method` (choices on val), save it, then tag the split's images (all images when
     `split` is None, captioned or not) and store each image's tags in the catalog, replacing the method's
-    earlier tags of those images."""
-    data = TagData(workdir, model_id, config)
+    earlier tags of those images. `device` encodes the zero-shot prompts (default: cuda when available)."""
+    data = TagData(workdir, model_id, config, device=device)
     with recorded_run(workdir, "tag", {"method": method, "split": split, **asdict(data.config)},
                       data.model_id) as (run_id, result):
         tagger = fit_tagger(data, method, data.split("val"))
@@ -346,7 +317,8 @@ def tag_workdir(workdir: Workdir, method: str = "knn", model_id: str | None = No
             _logger.warning("%d images have no embedding yet and are not tagged; run `groundex index`",
                             len(image_ids) - len(ids))
         rows: list[tuple[int, str, float]] = []
-        for s in tqdm(range(0, len(ids), batch_size), desc=f"tag ({method})", unit="batch"):
+        for s in tqdm(range(0, len(ids), batch_size), desc=f"tag ({method})", unit="batch",
+                      disable=not progress):
             tags = tagger.predict(data, vectors[s:s + batch_size], ids[s:s + batch_size], data.config.max_tags)
             for image_id, image_tags in zip(ids[s:s + batch_size].tolist(), tags, strict=True):
                 rows += [(image_id, word, score) for word, score in image_tags]
@@ -359,13 +331,13 @@ def tag_workdir(workdir: Workdir, method: str = "knn", model_id: str | None = No
 
 
 def evaluate_tags(workdir: Workdir, split: str, model_id: str | None = None, methods: tuple[str, ...] = METHODS,
-                  config: TaggingConfig | None = None) -> dict[str, Any]:
+                  config: TaggingConfig | None = None, device: str | torch.device | None = None) -> dict[str, Any]:
     """`groundex eval tags`: micro-F1, macro-F1 and mAP (percent) of each method on the split's captioned
     images, with K and thresholds chosen on val, and the prior baseline (each tag at its training
     frequency, threshold chosen on val)."""
     if split == "train":
         raise InputError("the taggers are fitted on train: evaluate on val or test")
-    data = TagData(workdir, model_id, config)
+    data = TagData(workdir, model_id, config, device=device)
     with recorded_run(workdir, "eval tags", {"split": split, "methods": list(methods), **asdict(data.config)},
                       data.model_id) as (_, result):
         val = data.split("val")

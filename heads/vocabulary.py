@@ -23,6 +23,8 @@ import numpy as np
 from indexer.tokenizer import words
 from warehouse import InputError, atomic_write_json
 
+from .config import VocabularyConfig
+
 IRREGULAR = {"men": "man", "women": "woman", "children": "child", "feet": "foot", "teeth": "tooth",
              "mice": "mouse", "geese": "goose", "people": "people", "police": "police", "knives": "knife",
              "leaves": "leaf", "wolves": "wolf", "shelves": "shelf", "loaves": "loaf", "halves": "half"}
@@ -60,29 +62,20 @@ def lemma(word: str) -> str:
 
 
 def keywords(text: str) -> list[str]:
-    """The candidate keywords of a text: its words (`indexer.tokenizer.words`) without digits, singularized,
-    without stopwords. Numbers ("2", "10") and codes ("mp3") are no keywords."""
+    """The candidate keywords of a text: its words (`indexer.tokenizer.words`) without digits or possessive
+    's, singularized, without stopwords ("the man's dogs" -> man, dog). Numbers ("2", "10"), codes ("mp3")
+    and contractions ("don't") are no keywords."""
     out = []
     for word in words(text):
         if any(c.isdigit() for c in word):
+            continue
+        word = word.removesuffix("'s")
+        if "'" in word:  # a contraction ("don't", "they're") is no keyword
             continue
         word = lemma(word)
         if word not in STOPWORDS and len(word) > 1:
             out.append(word)
     return out
-
-
-@dataclass
-class VocabularyConfig:
-    min_images: int = 20       # keep words mentioned for at least this many training images
-    max_size: int = 1000       # at most this many words, the most frequent first
-    source: str = "auto"       # phrases | captions | auto (phrases when the split has them)
-
-    def __post_init__(self) -> None:
-        if self.min_images < 1 or self.max_size < 1:
-            raise InputError(f"min_images and max_size must be >= 1, got {self.min_images} and {self.max_size}")
-        if self.source not in ("auto", "phrases", "captions"):
-            raise InputError(f"source must be auto, phrases or captions, got {self.source!r}")
 
 
 @dataclass

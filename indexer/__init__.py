@@ -2,8 +2,9 @@
 
     create_model, load_checkpoint, GroundexModel   models (presets, open_clip names, checkpoints)
     add_model, export_model, remove_model, ...     models as artefacts of a workdir (`groundex model`)
-    TrainConfig, train                             contrastive training (`groundex train`)
-    EmbedConfig, index_workdir                     embeddings and FAISS indexes (`groundex index`)
+    TrainConfig, EmbedConfig, RayEmbedConfig       the settings (indexer.config: no torch to read them)
+    train                                          contrastive training (`groundex train`)
+    index_workdir                                  embeddings and FAISS indexes (`groundex index`)
     Searcher, search_allowed                       search, and the one filtered-kNN policy
     evaluate_retrieval, verify_workdir             `groundex eval retrieval`, `groundex verify`
 
@@ -20,7 +21,9 @@ _HOMES = {  # public name -> the module that defines it
     "add_model": "model_store", "check_model_label": "model_store", "export_model": "model_store",
     "label_model": "model_store", "model_records": "model_store", "remove_model": "model_store",
     "crop_window": "data", "FULL_FRAME": "data", "pixel_cache": "data",
-    "EmbedConfig": "embed", "load_embeddings": "embed", "MissingEmbeddingError": "embed",
+    "EmbedConfig": "config", "MissingEmbeddingError": "config", "MODES": "config", "PRECISIONS": "config",
+    "RayEmbedConfig": "config", "TrainConfig": "config",
+    "load_embeddings": "embed",
     "evaluate_retrieval": "evaluate",
     "load_index": "index", "patch_ids": "index",
     "search_allowed": "knn",
@@ -28,10 +31,9 @@ _HOMES = {  # public name -> the module that defines it
     "precision_uses_bf16": "models",
     "phrase_maps": "phrase_region_loss",
     "index_workdir": "pipeline",
-    "RayEmbedConfig": "distributed",
     "Searcher": "search",
     "words": "tokenizer",
-    "MODES": "train", "TrainConfig": "train", "train": "train",
+    "train": "train",
     "verify_workdir": "verify",
 }
 __all__ = sorted(_HOMES)

@@ -18,36 +18,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from warehouse import Catalog, InputError, Workdir, atomic_write_npy
+from warehouse import Catalog, Workdir, atomic_write_npy
 
-from .embed import EmbedReport, _next_shard_name, shard_dir
+from .config import RayEmbedConfig
+from .embed import EmbedReport, _next_shard_name
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RayEmbedConfig:
-    address: str | None = None        # a Ray cluster ("auto", "ray://host:10001"); None: a local Ray on this machine
-    num_cpus: int | None = None       # local Ray only: cores to use (default: all)
-    actors: int = 1                   # encoder actors (one model copy each; a GPU each where there are GPUs)
-    batch_size: int = 256             # images per encoder call
-    decode_batch_size: int = 64       # images per decoding task
-    patches: bool = True
-    gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs, else 0
-    torch_threads: int | None = None  # CPU encoder: torch threads per actor (default: the cores / actors)
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to ray.init
-
-    def __post_init__(self) -> None:
-        for name in ("actors", "batch_size", "decode_batch_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def _decode(batch: dict[str, np.ndarray], size: int, resize: str = "squash") -> dict[str, np.ndarray]:
@@ -60,12 +41,12 @@ def _decode(batch: dict[str, np.ndarray], size: int, resize: str = "squash") -> 
 class _Encode:
     """An actor holding one copy of the model: pixels -> float16 embeddings (and patch embeddings)."""
 
-    def __init__(self, checkpoint: str, patches: bool, threads: int):
+    def __init__(self, checkpoint: str, patches: bool, threads: int, precision: str = "fp32"):
         import os
 
         import torch
 
-        from .models import load_checkpoint
+        from .models import autocast, load_checkpoint, precision_uses_bf16
 
         # Ray sets OMP_NUM_THREADS to the actor's 1 CPU; the forward pass is the job's heavy part, so on CPU
         # it gets the node's cores (shared among the node's actors; decoding tasks are light)
@@ -73,9 +54,11 @@ class _Encode:
         self.torch = torch
         self.model = load_checkpoint(Path(checkpoint), "cuda" if torch.cuda.is_available() else "cpu").eval()
         self.patches = patches
+        self.bf16 = precision_uses_bf16(precision, self.model.device)
+        self.autocast = autocast
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self.torch.no_grad():
+        with self.torch.no_grad(), self.autocast(self.model.device, self.bf16):
             pixels = self.torch.from_numpy(np.ascontiguousarray(batch["pixels"]))
             if self.patches:
                 vectors, patches = self.model.encode_image_and_patches(pixels)
@@ -122,7 +105,8 @@ def ray_embed_images(workdir: Workdir, checkpoint: Path, model_id: str, image_si
                                       batch_size=config.decode_batch_size)
         threads = config.torch_threads or (0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1))
                                                                // config.actors))
-        dataset = dataset.map_batches(_Encode, fn_constructor_args=(str(checkpoint), config.patches, threads),
+        dataset = dataset.map_batches(_Encode, fn_constructor_args=(str(checkpoint), config.patches, threads,
+                                                                     config.precision),
                                       batch_size=config.batch_size, num_gpus=gpus,
                                       compute=ray.data.ActorPoolStrategy(size=config.actors))
         dataset.write_parquet(str(out_dir))
@@ -156,7 +140,7 @@ def import_parquet_shards(workdir: Workdir, model_id: str, folder: Path, patch_g
     patches = patch_grid is not None
     import pyarrow.parquet as pq
 
-    image_dir, patch_dir = shard_dir(workdir, model_id, "image"), shard_dir(workdir, model_id, "patch")
+    image_dir, patch_dir = workdir.shards_dir(model_id, "image"), workdir.shards_dir(model_id, "patch")
     image_dir.mkdir(parents=True, exist_ok=True)
     patch_dir.mkdir(parents=True, exist_ok=True)
     added = 0

@@ -13,7 +13,6 @@ Decoding runs on worker processes while the model embeds the previous batch (rea
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -24,27 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from warehouse import Catalog, ImageError, InputError, Workdir, atomic_write_npy
+from warehouse import Catalog, ImageError, Workdir, atomic_write_npy
 
+from .config import EmbedConfig, MissingEmbeddingError
 from .data import _decode_many, worker_pool
-from .models import GroundexModel
+from .models import GroundexModel, autocast, precision_uses_bf16
 
 _logger = logging.getLogger(__name__)
-KINDS = ("image", "patch", "caption")
-
-
-@dataclass
-class EmbedConfig:
-    batch_size: int = 256      # images or captions per forward pass
-    shard_size: int = 4096     # items per shard file: the most an interrupted run can lose
-    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))  # decoding processes
-    patches: bool = True       # also store patch embeddings (grounding needs them)
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "shard_size", "workers"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -53,20 +38,6 @@ class EmbedReport:
     captions: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # decode / model / write
-
-
-class MissingEmbeddingError(KeyError):
-    """Items asked for have no stored embedding (a KeyError, so lookups that fall back on embedding anew still
-    catch it); its message is fit for a user."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-def shard_dir(workdir: Workdir, model_id: str, kind: str) -> Path:
-    if kind not in KINDS:
-        raise ValueError(f"embedding kind must be one of {KINDS}, got {kind!r}")
-    return workdir.model_embeddings_dir(model_id) / kind
 
 
 def _next_shard_name(folder: Path) -> str:
@@ -98,7 +69,8 @@ def embed_images(workdir: Workdir, model: GroundexModel, model_id: str, items: S
     if not todo:
         return report
     model.eval()
-    image_dir, patch_dir = shard_dir(workdir, model_id, "image"), shard_dir(workdir, model_id, "patch")
+    bf16 = precision_uses_bf16(config.precision, model.device)
+    image_dir, patch_dir = workdir.shards_dir(model_id, "image"), workdir.shards_dir(model_id, "patch")
     image_dir.mkdir(parents=True, exist_ok=True)
     patch_dir.mkdir(parents=True, exist_ok=True)
     stages = report.stage_seconds
@@ -115,11 +87,12 @@ def embed_images(workdir: Workdir, model: GroundexModel, model_id: str, items: S
                     t_model = time.perf_counter()
                     stages["decode"] = stages.get("decode", 0.0) + t_model - t
                     pixels = torch.from_numpy(pixels)
-                    if config.patches:
-                        g, p = model.encode_image_and_patches(pixels)
-                        patches.append(p.half().cpu().numpy())
-                    else:
-                        g = model.encode_image(pixels)
+                    with autocast(model.device, bf16):
+                        if config.patches:
+                            g, p = model.encode_image_and_patches(pixels)
+                            patches.append(p.half().cpu().numpy())
+                        else:
+                            g = model.encode_image(pixels)
                     globals_.append(g.half().cpu().numpy())
                     t = time.perf_counter()
                     stages["model"] = stages.get("model", 0.0) + t - t_model
@@ -156,7 +129,8 @@ def embed_captions(workdir: Workdir, model: GroundexModel, model_id: str, rows: 
     if not todo:
         return report
     model.eval()
-    folder = shard_dir(workdir, model_id, "caption")
+    bf16 = precision_uses_bf16(config.precision, model.device)
+    folder = workdir.shards_dir(model_id, "caption")
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tqdm(total=len(todo), desc="embed captions", unit="cap", disable=not config.progress) as bar:
@@ -165,7 +139,8 @@ def embed_captions(workdir: Workdir, model: GroundexModel, model_id: str, rows: 
             out = []
             for b in range(0, len(shard), config.batch_size):
                 texts = [t for _, t in shard[b:b + config.batch_size]]
-                out.append(model.encode_text(texts).half().cpu().numpy())
+                with autocast(model.device, bf16):
+                    out.append(model.encode_text(texts).half().cpu().numpy())
                 bar.update(len(texts))
             name = _next_shard_name(folder)
             atomic_write_npy(folder / name, np.concatenate(out))
@@ -196,7 +171,7 @@ def load_embeddings(workdir: Workdir, model_id: str, kind: str, ids: Sequence[in
             missing = sorted(wanted - have)[:5]
             raise MissingEmbeddingError(f"no {kind} embedding for id(s) {missing} with model {model_id} (not in the "
                                         "catalog, or not embedded yet: run `groundex index`)")
-    folder = shard_dir(workdir, model_id, kind)
+    folder = workdir.shards_dir(model_id, kind)
     by_shard: dict[str, list[tuple[int, int]]] = {}
     for position, (_, shard, row) in enumerate(locations):
         by_shard.setdefault(shard, []).append((position, row))
@@ -223,7 +198,7 @@ def iter_embeddings(workdir: Workdir, model_id: str, kind: str, ids: Sequence[in
     by_shard: dict[str, list[tuple[int, int]]] = {}
     for item, shard, row in locations:
         by_shard.setdefault(shard, []).append((item, row))
-    folder = shard_dir(workdir, model_id, kind)
+    folder = workdir.shards_dir(model_id, kind)
     for shard in sorted(by_shard):
         pairs = by_shard[shard]
         data = np.load(folder / shard, mmap_mode="r")
@@ -242,7 +217,7 @@ def sample_embeddings(workdir: Workdir, model_id: str, kind: str, n: int, seed: 
         cells = catalog.patch_cells(model_id) if kind == "patch" and locations else 1
     if not locations:
         return np.zeros((0, 0), dtype=np.float32)
-    folder = shard_dir(workdir, model_id, kind)
+    folder = workdir.shards_dir(model_id, kind)
     rng = np.random.default_rng(seed)
     items = max(1, min(len(locations), -(-n // cells)))  # items whose vectors make up the sample
     chosen = sorted(rng.choice(len(locations), items, replace=False).tolist(), key=lambda r: locations[r][1:])

@@ -68,14 +68,14 @@ def evaluate_retrieval(workdir: Workdir, split: str, model_id: str | None = None
     if not images or not captions:
         raise InputError(f"split {split!r} has {len(images)} images and {len(captions)} captions: nothing to evaluate")
     try:
-        image_ids, image_vectors = load_embeddings(workdir, info["id"], "image", [i for i, _ in images])
-        caption_ids, caption_vectors = load_embeddings(workdir, info["id"], "caption", [c for c, _, _ in captions])
+        image_ids, image_vectors = load_embeddings(workdir, info.id, "image", [i for i, _ in images])
+        caption_ids, caption_vectors = load_embeddings(workdir, info.id, "caption", [c for c, _, _ in captions])
     except KeyError as e:
         raise InputError(f"{e.args[0]} (try `groundex index --split {split}`)") from None
     owner = {c: i for c, i, _ in captions}
     metrics = recall_at_k(image_vectors, image_ids, caption_vectors, [owner[c] for c in caption_ids.tolist()])
-    result = {"split": split, "model_id": info["id"], "images": len(image_ids), "queries": len(caption_ids),
+    result = {"split": split, "model_id": info.id, "images": len(image_ids), "queries": len(caption_ids),
               **metrics}
-    with recorded_run(workdir, "eval retrieval", {"split": split}, info["id"]) as (_, record):
+    with recorded_run(workdir, "eval retrieval", {"split": split}, info.id) as (_, record):
         record.update(result)
     return result

@@ -42,6 +42,7 @@ from torch import nn
 
 from warehouse import InputError, content_hash, place
 
+from .config import PRECISIONS
 from .data import RESIZE_MODES, check_resize, square_pixels
 from .tokenizer import OpenClipTokenizer, WordTokenizer, tokenizer_from_json
 
@@ -80,12 +81,11 @@ def bf16_is_fast(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-PRECISIONS = ("auto", "bf16", "fp32")  # a training config's `precision`
 
 
 def precision_uses_bf16(precision: str, device: torch.device) -> bool:
-    """Whether training autocasts to bfloat16: 'bf16' always, 'fp32' never, 'auto' where `bf16_is_fast`.
-    The one place this is decided (CLIP training and the captioner).
+    """Whether to autocast to bfloat16: 'bf16' always, 'fp32' never, 'auto' where `bf16_is_fast`.
+    The one place this is decided (CLIP training, embedding and the captioner).
 
     Known cost of the policy, kept on purpose for now: on an H200, 'auto' picks bf16 for the `tiny` preset,
     which is launch-bound there and trains 1.5x (batch 128) to 1.8x (batch 512) slower in bf16 than in fp32,
@@ -93,6 +93,12 @@ def precision_uses_bf16(precision: str, device: torch.device) -> bool:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
+
+
+def autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    """bfloat16 autocast on `device` when `bf16`, else a context that changes nothing. Encoders return float32
+    L2-normalized vectors either way (the normalization runs in float32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 @dataclass
@@ -186,7 +192,7 @@ class GroundexModel(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, D), L2-normalized."""
-        return F.normalize(self._visual(pixels)[0], dim=-1)
+        return F.normalize(self._visual(pixels)[0].float(), dim=-1)
 
     def encode_image_and_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass: global (B, D) and patch (B, P, D) embeddings, each L2-normalized.
@@ -196,7 +202,7 @@ class GroundexModel(nn.Module):
         pooled, patches = self._visual(pixels)
         if patches is None:
             raise NotImplementedError(f"{self.spec.name}: patch embeddings need a ViT image tower")
-        return F.normalize(pooled, dim=-1), F.normalize(patches, dim=-1)
+        return F.normalize(pooled.float(), dim=-1), F.normalize(patches.float(), dim=-1)
 
     def encode_patches(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, P, D), L2-normalized, P = grid_h * grid_w in row-major order."""
@@ -208,7 +214,7 @@ class GroundexModel(nn.Module):
     def encode_text(self, texts: str | Sequence[str] | torch.Tensor) -> torch.Tensor:
         """Strings or token ids (B, L) -> (B, D), L2-normalized."""
         tokens = texts if isinstance(texts, torch.Tensor) else self.tokenize(texts)
-        return F.normalize(self._encode_tokens(tokens.to(self.device)), dim=-1)
+        return F.normalize(self._encode_tokens(tokens.to(self.device)).float(), dim=-1)
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """open_clip's `CLIP.encode_text`, run on the shortest prefix that holds every sequence's tokens.

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from warehouse import Catalog, InputError, Workdir, recorded_run
 
-from .embed import EmbedConfig, EmbedReport, embed_captions, embed_images
+from .config import EmbedConfig
+from .embed import EmbedReport, embed_captions, embed_images
 from .index import update_index
-from .models import load_checkpoint
+from .models import load_checkpoint, precision_uses_bf16
 
 
 def index_workdir(workdir: Workdir, model_id: str | None = None, split: str | None = None,
@@ -32,28 +32,31 @@ def index_workdir(workdir: Workdir, model_id: str | None = None, split: str | No
         captions = catalog.caption_rows(split)
     if not images:
         raise InputError(f"no images in split {split!r}" if split else "the workdir has no images; ingest some first")
-    model = load_checkpoint(Path(info["path"]), device)
-    run_config = {"model_id": info["id"], "split": split, "factory": factory, "embed": asdict(config),
+    model = load_checkpoint(info.path, device)
+    run_config = {"model_id": info.id, "split": split, "factory": factory, "embed": asdict(config),
                   "engine": engine}
-    with recorded_run(workdir, "index", run_config, info["id"]) as (_, result):
+    with recorded_run(workdir, "index", run_config, info.id) as (_, result):
         started = time.perf_counter()
         report = EmbedReport()
         if engine == "ray":
-            from .distributed import RayEmbedConfig, ray_embed_images
+            from .config import RayEmbedConfig
+            from .distributed import ray_embed_images
 
-            ray_config = ray_config or RayEmbedConfig(batch_size=config.batch_size, patches=config.patches)
-            ray_embed_images(workdir, Path(info["path"]), info["id"], model.image_size, images, ray_config, report)
+            ray_config = ray_config or RayEmbedConfig(batch_size=config.batch_size, patches=config.patches,
+                                                      precision=config.precision)
+            ray_embed_images(workdir, info.path, info.id, model.image_size, images, ray_config, report)
         else:
-            embed_images(workdir, model, info["id"], images, config, report)
-        embed_captions(workdir, model, info["id"], captions, config, report)
+            embed_images(workdir, model, info.id, images, config, report)
+        embed_captions(workdir, model, info.id, captions, config, report)
         indexes = {}
         for kind in ("image", "caption", "patch") if config.patches else ("image", "caption"):
-            built = update_index(workdir, info["id"], kind, factory, rebuild)
+            built = update_index(workdir, info.id, kind, factory, rebuild)
             if built is not None:
                 indexes[kind] = asdict(built)
-        result.update(model_id=info["id"], split=split, embedded_images=report.images,
+        result.update(model_id=info.id, split=split, embedded_images=report.images,
+                      precision="bf16" if precision_uses_bf16(config.precision, model.device) else "fp32",
                       embedded_captions=report.captions, indexes=indexes,
                       stage_seconds={k: round(v, 2) for k, v in report.stage_seconds.items()},
                       seconds=round(time.perf_counter() - started, 2))
-    workdir.update_manifest(artefacts={f"index:{info['id']}:{k}": v for k, v in indexes.items()})
+    workdir.update_manifest(artefacts={f"index:{info.id}:{k}": v for k, v in indexes.items()})
     return result

@@ -52,8 +52,8 @@ class Searcher:
     def __init__(self, workdir: Workdir, model_id: str | None = None, device: str | None = None):
         self.workdir = workdir
         with Catalog.open(workdir, read_only=True) as catalog:
-            self.model_info = catalog.model(model_id)
-        self.model_id: str = self.model_info["id"]
+            self.model_record = catalog.model(model_id)
+        self.model_id: str = self.model_record.id
         self._device = device
         self._model: GroundexModel | None = None
         self._indexes: dict[str, tuple[int, faiss.Index]] = {}
@@ -61,7 +61,7 @@ class Searcher:
     @property
     def model(self) -> GroundexModel:
         if self._model is None:
-            self._model = load_checkpoint(Path(self.model_info["path"]), self._device)
+            self._model = load_checkpoint(self.model_record.path, self._device)
         return self._model
 
     @contextmanager

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -48,6 +47,7 @@ from warehouse import (
     recorded_run,
 )
 
+from .config import TrainConfig
 from .data import PixelCache, pixel_cache
 from .evaluate import recall_at_k
 from .model_store import store_model
@@ -56,66 +56,6 @@ from .phrase_region_loss import RegionTable, patch_coverage, pointing_for_eval, 
 from .tokenizer import WordTokenizer, tokenizer_from_json
 
 _logger = logging.getLogger(__name__)
-MODES = ("full", "locked-image", "lora")
-
-
-@dataclass
-class TrainConfig:
-    base: str = "tiny"                 # what to start from: a preset ('tiny', from scratch), a recorded model (label or
-    #                                    hash prefix), an open_clip name, or a checkpoint folder
-    pretrained: str | None = None      # with an open_clip name: its pretrained tag or a .safetensors file
-    mode: str = "full"                 # full | locked-image (LiT: image tower frozen) | lora (peft adapters)
-    epochs: int = 20                   # upper bound on passes over the training images
-    minutes: float | None = None       # wall-clock budget; when set, the schedule follows elapsed time
-    batch_size: int = 128              # images per micro-batch (each brings `captions_per_image` captions)
-    accumulate: int = 1                # micro-batches per optimizer step (each has its own negatives)
-    captions_per_image: int = 1        # captions drawn per image per step (all are positives of the image)
-    lr: float = 1e-3                   # peak learning rate (AdamW)
-    weight_decay: float = 0.1          # on weight matrices only (not norms, biases, embeddings, temperature)
-    warmup_fraction: float = 0.05      # of the schedule spent warming up linearly
-    min_lr_ratio: float = 0.02         # cosine floor as a fraction of lr
-    crop_scale: float = 0.6            # random resized crop keeps this fraction of the area or more (1: off)
-    jitter: float = 0.2                # brightness/contrast jitter amplitude (0: off); no hue: captions name colours
-    hflip: bool = False                # off by default: captions say "left" and "right"
-    patch_dropout: float = 0.5         # FLIP: drop this fraction of image tokens while training (faster, regularizes)
-    unmasked_fraction: float = 0.0     # the last fraction of the schedule trains without patch dropout (FLIP's
-    #                                    unmasked tuning: evaluation sees every patch)
-    grounding_weight: float = 1.0      # weight of the phrase-region objective (indexer/phrase_region_loss.py), used
-    #                                    when the split has phrases with boxes; 0: global only (docs/grounding.md)
-    grounding_phrases: int = 4         # entities sampled per image per step for that objective
-    precision: str = "auto"            # auto (bf16 where fast: AVX512-BF16/AMX CPUs, bf16 GPUs) | bf16 | fp32
-    train_split: str = "train"
-    max_train_images: int | None = None  # train on the first N images of the split (by id): quick runs, experiments
-    val_split: str | None = "val"      # None: no validation (the last epoch's model is kept)
-    val_max_images: int = 1000         # validate on at most this many val images (first by id)
-    vocab_min_count: int = 2           # word tokenizer: words seen fewer times map to <unk>
-    lora_rank: int = 8
-    seed: int = 0
-    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))  # image decoding processes
-    device: str | None = None          # default: cuda when available, else cpu
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("epochs", "batch_size", "accumulate", "captions_per_image"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.minutes is not None and self.minutes <= 0:
-            raise InputError(f"minutes must be > 0, got {self.minutes}")
-        if not 0 <= self.patch_dropout < 1:
-            raise InputError(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
-        if not 0 <= self.unmasked_fraction <= 1:
-            raise InputError(f"unmasked_fraction must be in [0, 1], got {self.unmasked_fraction}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise InputError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if not 0 < self.crop_scale <= 1:
-            raise InputError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
-        if self.grounding_weight < 0 or self.grounding_phrases < 1:
-            raise InputError(f"grounding_weight must be >= 0 and grounding_phrases >= 1, got "
-                             f"{self.grounding_weight} and {self.grounding_phrases}")
-
-
 @dataclass
 class TrainResult:
     run_id: int

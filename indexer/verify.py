@@ -30,8 +30,6 @@ from warehouse import (
     missing_files,
 )
 
-from .embed import shard_dir
-
 _logger = logging.getLogger(__name__)
 
 
@@ -161,8 +159,8 @@ def _check_embeddings(workdir: Workdir, catalog: Catalog, report: VerifyReport) 
     rows = catalog.embedding_shards()
     referenced: set[Path] = set()
     for model_id, kind, shard, n, max_row, distinct in rows:
-        paths = [shard_dir(workdir, model_id, kind) / shard]
-        patch = shard_dir(workdir, model_id, "patch") / shard
+        paths = [workdir.shards_dir(model_id, kind) / shard]
+        patch = workdir.shards_dir(model_id, "patch") / shard
         if kind == "image" and patch.parent.is_dir():
             paths.append(patch)
         dims = set()

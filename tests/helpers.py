@@ -123,8 +123,9 @@ def built_workdir(root: Path, n: int, epochs: int, index: bool = True, **train_o
     """A synthetic workdir of `n` scenes with a tiny CLIP trained for `epochs` (for real) and indexed
     (unless `index` is False)."""
     import warehouse
+    from indexer.config import TrainConfig
     from indexer.pipeline import index_workdir
-    from indexer.train import TrainConfig, train
+    from indexer.train import train
 
     workdir = warehouse.Workdir(root)
     warehouse.ingest_synthetic(workdir, warehouse.SyntheticConfig(n=n), config=warehouse.IngestConfig(progress=False))

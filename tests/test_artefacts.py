@@ -72,7 +72,7 @@ def test_one_lookup_by_label_or_prefix_with_one_error(tmp_path):
         assert catalog.find_artefact("model", "zzz") is None
         with pytest.raises(ValueError, match="already names model def333"):
             catalog.set_label("model", "abc111", "mine")
-        assert catalog.model("mine")["path"] == str(workdir.root / "models" / "def333")
+        assert catalog.model("mine").path == workdir.root / "models" / "def333"
         assert catalog.query("SELECT id, label, name FROM models WHERE label = 'mine'") == [("def333", "mine", "x")]
 
 
@@ -142,7 +142,7 @@ def test_a_schema_4_workdir_upgrades_in_place(tmp_path):
     with Catalog.open(workdir, read_only=True) as catalog:
         assert catalog.schema_version == SCHEMA_VERSION == 5
         model = catalog.model("m1")
-        assert (model["name"], model["mode"], model["run_id"], model["metrics"], model["source"]) == \
+        assert (model.info["name"], model.info["mode"], model.run_id, model.metrics, model.source) == \
             ("groundex-tiny", "full", 7, {"a": 1}, "trained")
         assert catalog.query("SELECT name, total_params FROM models") == [("groundex-tiny", 20)]
         captioner = catalog.artefact("captioner")

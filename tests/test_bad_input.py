@@ -295,7 +295,7 @@ def _(capsys, workdir, tmp_path):
     code, text = groundex(capsys, "search", "--workdir", workdir.root, "a dog", "-k", str(10**9), "--json")
     assert code == 0, text
     with Catalog.open(workdir, read_only=True) as c:
-        indexed = c.current_index(c.model()["id"], "image")["n"]
+        indexed = c.current_index(c.model().id, "image")["n"]
     assert text.count('"image_id"') == indexed
 
 
@@ -379,7 +379,7 @@ def _(capsys, workdir, tmp_path):
 
 def copy_checkpoint(workdir: Workdir, tmp_path: Path) -> Path:
     with Catalog.open(workdir, read_only=True) as c:
-        source = Path(c.model()["path"])
+        source = Path(c.model().path)
     return Path(shutil.copytree(source, tmp_path / "ckpt"))
 
 

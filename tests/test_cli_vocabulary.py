@@ -5,10 +5,8 @@ import argparse
 
 import pytest
 
-from heads.caption_decoder import CaptionerConfig
-from heads.tagging import TaggingConfig
-from indexer.embed import EmbedConfig
-from indexer.train import TrainConfig
+from heads.config import CaptionerConfig, TaggingConfig
+from indexer.config import EmbedConfig, TrainConfig
 from ui.cli import build_parser, main
 
 
@@ -45,7 +43,13 @@ def test_model_names_a_recorded_model_everywhere():
 
 
 def test_every_command_that_runs_a_model_on_demand_takes_device():
-    assert {"train", "index", "search", "ground", "eval grounding"} <= set(_uses("--device"))
+    assert {"train", "index", "search", "ground", "tag", "caption generate", "eval grounding", "eval tags",
+            "eval captions"} <= set(_uses("--device"))
+
+
+def test_every_command_with_a_progress_bar_can_turn_it_off():
+    assert {"ingest folder", "train", "index", "tag", "caption train", "caption generate", "eval grounding",
+            "eval captions", "demo"} <= set(_uses("--no-progress"))
 
 
 @pytest.mark.parametrize("argv, hint", [

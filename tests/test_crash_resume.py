@@ -118,7 +118,7 @@ def _snapshot(workdir: Workdir) -> dict:
             "tags": sorted(c.query("SELECT i.key, keyword, round(score, 4), method FROM tags t "
                                    "JOIN images i ON i.id = t.image_id")),
         }
-        model_id = c.model()["id"]
+        model_id = c.model().id
         indexes = {kind: c.current_index(model_id, kind) for kind in ("image", "caption", "patch")}
     ids, vectors = load_embeddings(workdir, model_id, "image")
     snap["image_vectors"] = {key[i]: v.tobytes() for i, v in zip(ids.tolist(), vectors, strict=True)}

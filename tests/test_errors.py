@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import ui.cli.info
-from indexer.embed import EmbedConfig
+from indexer.config import EmbedConfig
 from tests.helpers import write_entities_root
 from ui.cli import main
 from ui.cli._common import UserError, known_user_errors

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from heads.caption_decoder import CaptionerConfig
 from heads.caption_metrics import caption_metrics
 from heads.captioning import evaluate_captions, train_captioner
+from heads.config import CaptionerConfig
 from heads.tagging import evaluate_tags, load_tagger
 from indexer.search import Searcher
 from tests.helpers import built_workdir

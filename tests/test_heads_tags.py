@@ -50,7 +50,8 @@ def test_the_prior_baseline_scores_every_image_alike():
 
 
 def test_linear_probe_learns_separable_tags_and_round_trips(tmp_path):
-    from heads.tag_methods import LinearProbe, ProbeConfig, train_probe
+    from heads.config import ProbeConfig
+    from heads.tag_methods import LinearProbe, train_probe
 
     rng = np.random.default_rng(0)
     centres = unit(rng.normal(size=(3, 16)))

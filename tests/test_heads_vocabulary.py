@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from heads.vocabulary import Vocabulary, VocabularyConfig, keywords, lemma, mine_vocabulary
+from heads.config import VocabularyConfig
+from heads.vocabulary import Vocabulary, keywords, lemma, mine_vocabulary
 
 
 @pytest.mark.parametrize("word, expected", [
@@ -18,6 +19,11 @@ def test_lemma_singularizes_by_rule(word, expected):
 def test_keywords_drop_stopwords_and_normalize():
     assert keywords("Two Puppies are playing in the snow , next to a red bus .") == [
         "puppy", "playing", "snow", "red", "bus"]
+
+
+def test_keywords_drop_possessives_and_contractions():
+    # "man's" counts as "man" (it once became "man'", a keyword of its own); contractions are no keywords
+    assert keywords("The man's dogs and the children's toys don't move") == ["man", "dog", "child", "toy", "move"]
 
 
 def test_vocabulary_from_phrases_counts_images_not_mentions_and_labels_images():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import warehouse
-from indexer.embed import load_embeddings, shard_dir
+from indexer.embed import load_embeddings
 from indexer.index import build_index, configure_search, default_factory, patch_factory, patch_ids, update_index
 from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir
 from warehouse.workdir import atomic_write_npy
@@ -40,7 +40,7 @@ def test_default_factory_follows_collection_size():
 
 
 def _fake_embed(workdir: Workdir, model_id: str, image_ids: list[int], seed: int) -> None:
-    folder = shard_dir(workdir, model_id, "image")
+    folder = workdir.shards_dir(model_id, "image")
     folder.mkdir(parents=True, exist_ok=True)
     name = f"shard-{seed:05d}.npy"
     atomic_write_npy(folder / name, clustered(len(image_ids), 16, seed).astype(np.float16))
@@ -80,7 +80,7 @@ def test_index_updates_incrementally_and_drops_removed_images(tmp_path):
 def _fake_patches(workdir: Workdir, model_id: str, image_ids: list[int], seed: int, cells: int = 4) -> None:
     """Image and patch shards (patches row-aligned with the image shard), recorded like `embed_images` does."""
     for kind, shape in (("image", (len(image_ids), 16)), ("patch", (len(image_ids), cells, 16))):
-        folder = shard_dir(workdir, model_id, kind)
+        folder = workdir.shards_dir(model_id, kind)
         folder.mkdir(parents=True, exist_ok=True)
         vectors = clustered(int(np.prod(shape[:-1])), 16, seed).reshape(shape)
         atomic_write_npy(folder / f"shard-{seed:05d}.npy", vectors.astype(np.float16))

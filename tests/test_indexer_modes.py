@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import warehouse
+from indexer.config import TrainConfig
 from indexer.models import load_checkpoint
-from indexer.train import TrainConfig, train
+from indexer.train import train
 from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir
 
 
@@ -33,7 +34,7 @@ def test_locked_image_trains_only_the_text_side(base):
     assert result.trainable_params < result.total_params
     with Catalog.open(workdir, read_only=True) as catalog:
         recorded = catalog.model(result.model_id)
-    assert recorded["parent_id"] == base_result.model_id and recorded["mode"] == "locked-image"
+    assert recorded.parent_id == base_result.model_id and recorded.info["mode"] == "locked-image"
 
 
 def test_lora_trains_adapters_and_saves_a_merged_plain_checkpoint(base):

@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from indexer.config import TrainConfig
 from indexer.evaluate import recall_at_k
-from indexer.train import CaptionTable, TrainConfig, augment, clip_loss, lr_factor, param_groups
+from indexer.train import CaptionTable, augment, clip_loss, lr_factor, param_groups
 
 
 def test_clip_loss_prefers_aligned_pairs():

@@ -175,8 +175,8 @@ def test_train_base_fine_tunes_a_recorded_model_and_records_its_parent(trained, 
                     "32", "--label", "micro-tuned", "--no-progress")
     with Catalog.open(workdir, read_only=True) as catalog:
         model = catalog.model("micro-tuned")
-    assert model["id"] == tuned["model_id"] != added["id"]
-    assert model["parent_id"] == added["id"] and model["resize"] == "squash" and model["source"] == "trained"
+    assert model.id == tuned["model_id"] != added["id"]
+    assert model.parent_id == added["id"] and model.info["resize"] == "squash" and model.source == "trained"
     error(capsys, "train", "--workdir", workdir.root, "--base", "micro", "--epochs", "1", "--label", "micro",
           match="already names model")
 

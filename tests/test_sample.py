@@ -48,8 +48,9 @@ def test_sample_grounding_pipeline_and_protocol(sample_workdir, capsys):
     """Train briefly with the grounding objective on real phrases and boxes, then evaluate, ground and search.
     The baselines check the protocol on the real annotations (the issue's figures: ~55% and ~19%)."""
     from grounding import Grounder, evaluate_grounding
+    from indexer.config import TrainConfig
     from indexer.pipeline import index_workdir
-    from indexer.train import TrainConfig, train
+    from indexer.train import train
     from ui.cli import main
 
     result = train(sample_workdir, TrainConfig(epochs=1, batch_size=64, max_train_images=512, progress=False))

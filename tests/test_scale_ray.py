@@ -36,7 +36,7 @@ def test_ray_embeddings_match_the_local_pipeline(twins, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["embedded_images"] == 120 and set(result["indexes"]) == {"image", "caption", "patch"}
     with Catalog.open(local, read_only=True) as catalog:
-        model_id = catalog.model()["id"]
+        model_id = catalog.model().id
         ids = [i for i, _ in catalog.image_rows()]
     for kind in ("image", "patch"):
         _, a = load_embeddings(local, model_id, kind, ids)

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from heads.caption_decoder import CaptionerConfig
 from heads.captioning import train_captioner
+from heads.config import CaptionerConfig
 from heads.tagging import tag_workdir
 from indexer.evaluate import evaluate_retrieval
 from tests.helpers import built_workdir

@@ -64,7 +64,7 @@ def test_a_changed_image_is_found_by_deep(workdir):
 
 def test_a_changed_checkpoint_is_a_problem(workdir):
     with Catalog.open(workdir, read_only=True) as c:
-        folder = c.model()["path"]
+        folder = c.model().path
     config = Path(folder) / "config.json"
     config.write_text(config.read_text() + " ")
     assert any("[models]" in p and "hash to" in p for p in problems(workdir))
@@ -81,7 +81,7 @@ def test_a_short_shard_is_a_problem_and_a_stray_shard_a_note(workdir):
 
 def test_an_index_that_disagrees_with_the_embeddings_is_a_problem(workdir):
     with Catalog.open(workdir, read_only=True) as c:
-        info = c.current_index(c.model()["id"], "image")
+        info = c.current_index(c.model().id, "image")
     ids_path = Path(info["path"]).with_suffix(".ids.npy")
     ids = np.load(ids_path)
     np.save(ids_path, ids[1:])

@@ -24,12 +24,21 @@ from .ingest_sources import (
 )
 from .records import Box, Caption, Entity, Phrase, Reject, Sample
 from .synthetic import SyntheticConfig, generate_dataset, generate_scene
-from .workdir import DEFAULT_WORKDIR, Workdir, atomic_write_bytes, atomic_write_json, atomic_write_npy, utc_now
+from .workdir import (
+                      DEFAULT_WORKDIR,
+                      EMBEDDING_KINDS,
+                      Workdir,
+                      atomic_write_bytes,
+                      atomic_write_json,
+                      atomic_write_npy,
+                      utc_now,
+)
 
 __all__ = [
     "Artefact", "ARTEFACT_KINDS", "ArtefactError", "ArtefactStore", "atomic_write_bytes", "atomic_write_json",
     "atomic_write_npy", "Box", "Caption", "Catalog", "CatalogError", "Condition", "content_hash",
-    "DEFAULT_MAX_PIXELS", "DEFAULT_WORKDIR", "Entity", "FormatError", "generate_dataset", "generate_scene",
+    "DEFAULT_MAX_PIXELS", "DEFAULT_WORKDIR", "EMBEDDING_KINDS", "Entity", "FormatError", "generate_dataset",
+    "generate_scene",
     "GroundingRow", "ImageError", "ImageInfo", "ingest", "ingest_flickr30k", "ingest_folder", "ingest_hf",
     "ingest_karpathy", "ingest_results_csv", "ingest_synthetic", "IngestConfig", "IngestReport", "InputError",
     "inspect_image", "load_image", "load_image_bytes", "missing_files", "parse_annotation", "parse_caption",

@@ -13,11 +13,10 @@ import duckdb
 
 from .artefacts import KINDS, NONE_YET, Artefact
 from .errors import ArtefactError, InputError
-from .workdir import utc_now
+from .workdir import EMBEDDING_KINDS, utc_now
 
 _HEX = re.compile(r"[0-9a-f]+")
 _COLUMNS = ("kind", "id", "label", "path", "parent_id", "run_id", "source", "info", "metrics", "created_at")
-EMBEDDING_KINDS = ("image", "patch", "caption")
 
 
 class ArtefactRows:
@@ -137,20 +136,13 @@ class ArtefactRows:
 
     # -- models: the rows every model consumer reads -------------------------------------------------------------
 
-    @staticmethod
-    def _model_dict(artefact: Artefact) -> dict[str, Any]:
-        return {**artefact.info, "id": artefact.id, "label": artefact.label, "path": str(artefact.path),
-                "parent_id": artefact.parent_id, "run_id": artefact.run_id, "source": artefact.source,
-                "metrics": artefact.metrics, "created_at": artefact.created_at}
+    def models(self) -> list[Artefact]:
+        """All recorded models, newest first (`info` holds name, mode, spec, parameter counts)."""
+        return self.artefacts("model")
 
-    def models(self) -> list[dict[str, Any]]:
-        """All recorded models, newest first, as dicts (id, label, name, path, parent_id, run_id, source, mode,
-        trainable_params, total_params, metrics, created_at, and what else the model's info holds)."""
-        return [self._model_dict(a) for a in self.artefacts("model")]
-
-    def model(self, model_id: str | None = None) -> dict[str, Any]:
+    def model(self, model_id: str | None = None) -> Artefact:
         """A model by label or hash (a unique prefix is enough), or the newest one."""
-        return self._model_dict(self.artefact("model", model_id))
+        return self.artefact("model", model_id)
 
     # -- stored embedding kinds ----------------------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ DEFAULT_WORKDIR = Path("groundex-work")
 MANIFEST_FORMAT = "groundex-workdir"
 MANIFEST_VERSION = 1
 
+EMBEDDING_KINDS = ("image", "patch", "caption")  # what a model's embedding shards hold
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a partial one."""
@@ -99,6 +101,12 @@ class Workdir:
     def model_embeddings_dir(self, model_id: str) -> Path:
         """A model's embedding shards (image/, patch/, caption/)."""
         return self.embeddings_dir / model_id
+
+    def shards_dir(self, model_id: str, kind: str) -> Path:
+        """A model's embedding shards of one kind (image, patch or caption)."""
+        if kind not in EMBEDDING_KINDS:
+            raise ValueError(f"embedding kind must be one of {EMBEDDING_KINDS}, got {kind!r}")
+        return self.model_embeddings_dir(model_id) / kind
 
     def model_indexes_dir(self, model_id: str) -> Path:
         """A model's FAISS index files."""

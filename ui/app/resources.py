@@ -39,8 +39,8 @@ def workdir() -> Workdir:
 def indexed_models(root: str) -> list[tuple[str, str]]:
     """(model id, what the chooser shows) of the models that have an image index, newest first."""
     with Catalog.open(Workdir(root), read_only=True) as catalog:
-        return [(m["id"], " · ".join(filter(None, (m["label"], m["id"][:12], m["name"], str(m["created_at"])[:16]))))
-                for m in catalog.models() if catalog.current_index(m["id"], "image") is not None]
+        return [(m.id, " · ".join(filter(None, (m.label, m.id[:12], m.info.get("name"), str(m.created_at)[:16]))))
+                for m in catalog.models() if catalog.current_index(m.id, "image") is not None]
 
 
 def model_id(root: str) -> str:

@@ -19,7 +19,7 @@ class UserError(InputError):
 def known_user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean a user's mistake (exit 2, one line); any other is a bug (exit 1, traceback logged).
     FileNotFoundError and friends: our code raises them for paths the user named."""
-    from indexer.embed import MissingEmbeddingError
+    from indexer.config import MissingEmbeddingError
 
     return (InputError, FormatError, ImageError, CatalogError, MissingEmbeddingError, FileNotFoundError,
             NotADirectoryError, FileExistsError)

@@ -29,6 +29,16 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
+def add_precision(parser: argparse.ArgumentParser, default: str) -> None:
+    """--precision: fp32, bf16 autocast, or auto (bf16 where the CPU or GPU runs it fast); one test decides it for
+    every command (`indexer.models.precision_uses_bf16`)."""
+    from indexer.config import PRECISIONS
+
+    parser.add_argument("--precision", choices=PRECISIONS, default=default,
+                        help="auto: bf16 autocast where the CPU (AVX512-BF16, AMX) or GPU runs it fast; bf16: always; "
+                             "fp32: never (default: %(default)s)")
+
+
 def add_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout")
 

@@ -6,11 +6,19 @@ import argparse
 from pathlib import Path
 
 from ._common import UserError, add_resume, add_workdir, print_json, workdir_of
-from ._options import add_captioner, add_json, add_model, add_no_progress, add_renamed
+from ._options import (
+    add_captioner,
+    add_device,
+    add_json,
+    add_model,
+    add_no_progress,
+    add_precision,
+    add_renamed,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from heads.caption_decoder import CaptionerConfig
+    from heads.config import CaptionerConfig
 
     c = CaptionerConfig()
     p = sub.add_parser(
@@ -40,8 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "%(default)s)")
     t.add_argument("--layers", type=int, default=c.layers, help="decoder layers (default: %(default)s)")
     t.add_argument("--hidden-size", type=int, default=c.hidden_size, help="decoder width (default: %(default)s)")
-    t.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=c.precision,
-                   help="auto: bf16 autocast where the CPU or GPU runs it fast (default: %(default)s)")
+    add_precision(t, c.precision)
     t.add_argument("--seed", type=int, default=c.seed, help="random seed (default: %(default)s)")
     t.add_argument("--train-vision", action="store_true",
                    help="with --base: fine-tune the vision tower too (default: the text decoder only)")
@@ -67,6 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--length-penalty", type=float, default=None,
                    help="beam search length penalty; above 1 favours longer captions (default: "
                         f"{captioners.format(c.length_penalty)})")
+    add_device(g)
+    add_no_progress(g)
     add_json(g)
     add_renamed(g, "-k", "--neighbours (retrieved captions); -k is the number of results elsewhere")
     add_renamed(g, "--max-length", "--max-new-tokens")
@@ -75,8 +84,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from heads.caption_decoder import CaptionerConfig
     from heads.captioning import train_captioner
+    from heads.config import CaptionerConfig
 
     config = CaptionerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, k=args.neighbours,
                              layers=args.layers, hidden_size=args.hidden_size, precision=args.precision,
@@ -102,7 +111,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.image is not None:
         if args.split is not None:
             raise UserError("give --split or --image, not both")
-        captioner = Captioner(workdir_of(args), args.captioner)
+        captioner = Captioner(workdir_of(args), args.captioner, args.device)
         caption, retrieved = captioner.caption_file(args.image, args.neighbours, **decoding)
         if args.json:
             print_json({"captioner_id": captioner.id, "image": str(args.image), "caption": caption,
@@ -110,8 +119,8 @@ def run_generate(args: argparse.Namespace) -> int:
         else:
             print(caption)
         return 0
-    result = caption_workdir(workdir_of(args), args.captioner, args.split, args.neighbours,
-                             **{k: v for k, v in decoding.items() if v is not None})
+    result = caption_workdir(workdir_of(args), args.captioner, args.split, args.neighbours, device=args.device,
+                             progress=not args.no_progress, **{k: v for k, v in decoding.items() if v is not None})
     if args.json:
         print_json(result)
         return 0

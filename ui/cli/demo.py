@@ -17,7 +17,7 @@ DEMO_PHRASE = "a black dog"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from heads.caption_decoder import CaptionerConfig
+    from heads.config import CaptionerConfig
 
     p = sub.add_parser(
         "demo", help="build a demo workdir from the embedded synthetic scenes",
@@ -40,14 +40,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from grounding import Grounder, evaluate_grounding
-    from heads.caption_decoder import CaptionerConfig
     from heads.captioning import caption_workdir, evaluate_captions, find_captioner, train_captioner
+    from heads.config import CaptionerConfig
     from heads.tagging import evaluate_tags, tag_workdir
-    from indexer.embed import EmbedConfig
+    from indexer.config import EmbedConfig, TrainConfig
     from indexer.evaluate import evaluate_retrieval
     from indexer.pipeline import index_workdir
     from indexer.search import Searcher
-    from indexer.train import TrainConfig, train
+    from indexer.train import train
 
     workdir = workdir_of(args)
     started = time.perf_counter()
@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"      {report.added:,} added, {report.already_present:,} already present, {report.rejected:,} rejected")
     with Catalog.open(workdir, read_only=True) as catalog:
         counts = catalog.counts()
-        trained = [m for m in catalog.models() if m["metrics"] and m["mode"] == "full"]
+        trained = [m for m in catalog.models() if m.metrics and m.info.get("mode") == "full"]
     if trained:
-        print(f"[2/7] model {trained[0]['id']} already trained; skipping (`groundex model remove` it to retrain)")
+        print(f"[2/7] model {trained[0].id} already trained; skipping (`groundex model remove` it to retrain)")
     else:
         print(f"[2/7] training the tiny CLIP for {args.epochs} epochs on {counts['splits'].get('train', 0):,} images")
         result = train(workdir, TrainConfig(epochs=args.epochs, seed=args.seed, progress=progress))
@@ -72,13 +72,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"[4/7] val retrieval over {metrics['images']} images: text->image R@1/5/10 = "
           + "/".join(f"{v:.1f}" for v in metrics["text_to_image"].values())
           + f" (chance R@10 = {chance:.1f}); image->text R@10 = {metrics['image_to_text']['R@10']:.1f}")
-    grounding = evaluate_grounding(workdir, "val", tune_params=True, progress=False)
+    grounding = evaluate_grounding(workdir, "val", tune_params=True, progress=progress)
     print(f"[5/7] val grounding over {grounding['phrases']:,} phrases (parameters chosen on val): pointing game "
           f"{grounding['pointing_game']:.1f} (centre baseline {grounding['baselines']['center']['pointing_game']:.1f})"
           f", box acc@0.5 {grounding['box_acc@0.5']:.1f} (whole image "
           f"{grounding['baselines']['whole_image']['box_acc@0.5']:.1f})")
     tags = evaluate_tags(workdir, "val", methods=("knn", "probe", "zeroshot"))
-    tagged = tag_workdir(workdir, "knn")
+    tagged = tag_workdir(workdir, "knn", progress=progress)
     m = tags["methods"]
     print(f"[6/7] tags: {tagged['vocabulary']} keywords, {tagged['tags']:,} kNN tags stored; val micro-F1 / mAP: "
           + ", ".join(f"{name} {m[name]['micro_f1']:.1f} / {m[name]['mAP']:.1f}" for name in ("knn", "probe",
@@ -92,13 +92,13 @@ def run(args: argparse.Namespace) -> int:
                                   progress=progress)
         captioner_id = trained["captioner_id"]
         print(f"      captioner {captioner_id}: {trained['train_seconds']:.0f} s")
-    captions = evaluate_captions(workdir, "val", captioner_id, ks=(0, 1))
+    captions = evaluate_captions(workdir, "val", captioner_id, ks=(0, 1), progress=progress)
     c = captions["methods"]
     print(f"      val BLEU-4 / CIDEr: retrieval-augmented (k={captions['k']}) {c['retrieval_augmented']['BLEU-4']:.1f} "
           f"/ {c['retrieval_augmented']['CIDEr']:.1f}, no retrieval {c['no_retrieval']['BLEU-4']:.1f} / "
           f"{c['no_retrieval']['CIDEr']:.1f}, nearest caption {c['nearest_caption']['BLEU-4']:.1f} / "
           f"{c['nearest_caption']['CIDEr']:.1f}")
-    generated = caption_workdir(workdir, captioner_id)
+    generated = caption_workdir(workdir, captioner_id, progress=progress)
     example = generated["examples"][0]
     print(f"      {generated['stored']:,} generated captions stored, e.g. image {example['image_id']}: "
           f"{example['caption']!r}")

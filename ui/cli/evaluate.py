@@ -22,7 +22,7 @@ def _task(tasks: argparse._SubParsersAction, name: str, help: str, description: 
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from heads.tagging import METHODS
+    from heads.config import METHODS
 
     p = sub.add_parser("eval", help="evaluate on a split", description="Built-in evaluation on held-out data.")
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
               "images' own captions, which the labels come from; fusion_uncaptioned hides them.", run_tags)
     t.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated taggers to evaluate (default: %(default)s)")
+    add_device(t)
     c = _task(tasks, "captions", "BLEU-1..4, ROUGE-L and CIDEr of the captioner against its baselines",
               "Captions the split's images with the captioner (its retrieved captions), the same model without "
               "retrieved captions, and the nearest-neighbour-caption baseline (the caption of the nearest "
@@ -55,6 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated numbers of retrieved captions to score the captioner with; 0 and the "
                         "captioner's own are always scored (default: %(default)s)")
     c.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images of the split")
+    add_device(c)
+    add_no_progress(c)
     add_renamed(c, "--ks", "--neighbours (numbers of retrieved captions)")
 
 
@@ -97,7 +100,7 @@ def run_tags(args: argparse.Namespace) -> int:
     from heads.tagging import evaluate_tags
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    result = evaluate_tags(workdir_of(args), args.split, args.model, methods)
+    result = evaluate_tags(workdir_of(args), args.split, args.model, methods, device=args.device)
     if args.json:
         print_json(result)
         return 0
@@ -119,7 +122,8 @@ def run_captions(args: argparse.Namespace) -> int:
         raise UserError(f"--neighbours takes comma-separated integers, got {args.neighbours!r}") from None
     if any(k < 0 for k in ks):
         raise UserError(f"--neighbours must be >= 0, got {args.neighbours!r}")
-    result = evaluate_captions(workdir_of(args), args.split, args.captioner, ks, args.limit)
+    result = evaluate_captions(workdir_of(args), args.split, args.captioner, ks, args.limit, device=args.device,
+                               progress=not args.no_progress)
     if args.json:
         print_json(result)
         return 0

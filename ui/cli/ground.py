@@ -10,7 +10,7 @@ from ._options import add_device, add_json, add_k, add_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from grounding import DEFAULT_SHORTLIST
+    from grounding.config import DEFAULT_SHORTLIST
 
     p = sub.add_parser(
         "ground", help="find the region that shows a phrase (one image or the whole collection)",

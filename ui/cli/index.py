@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 
 from ._common import UserError, add_workdir, print_json, workdir_of
-from ._options import add_device, add_json, add_model, add_no_progress
+from ._options import add_device, add_json, add_model, add_no_progress, add_precision
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from indexer.distributed import RayEmbedConfig  # imports Ray only when it runs
-    from indexer.embed import EmbedConfig
+    from indexer.config import EmbedConfig, RayEmbedConfig
 
     embed = EmbedConfig()
     p = sub.add_parser(
@@ -29,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=embed.shard_size,
                    help="items per embedding shard file: the most an interrupted run loses (default: %(default)s)")
     add_device(p)
+    add_precision(p, embed.precision)
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="embed images in this process (local) or as a Ray Data job (ray: needs the [scale] extra; "
                         "Parquet shards under embeddings/<model>/ray/, then imported)")
@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from indexer.embed import EmbedConfig
+    from indexer.config import EmbedConfig
     from indexer.pipeline import index_workdir
 
     ray_config = None
@@ -51,21 +51,22 @@ def run(args: argparse.Namespace) -> int:
         try:
             import ray  # noqa: F401
 
-            from indexer.distributed import RayEmbedConfig
+            from indexer.config import RayEmbedConfig
         except ImportError:
             raise UserError("--engine ray needs Ray: pip install -e '.[scale]'") from None
         ray_config = RayEmbedConfig(address=args.address, actors=args.actors, batch_size=args.batch_size,
-                                    progress=not args.no_progress)
+                                    precision=args.precision, progress=not args.no_progress)
     elif args.address is not None:
         raise UserError("--address is for --engine ray")
-    embed_config = EmbedConfig(batch_size=args.batch_size, shard_size=args.shard_size, progress=not args.no_progress)
+    embed_config = EmbedConfig(batch_size=args.batch_size, shard_size=args.shard_size, precision=args.precision,
+                               progress=not args.no_progress)
     result = index_workdir(workdir_of(args), args.model, args.split, args.factory, args.rebuild, embed_config,
                            args.device, args.engine, ray_config)
     if args.json:
         print_json(result)
         return 0
     print(f"model {result['model_id']}: embedded {result['embedded_images']:,} images and "
-          f"{result['embedded_captions']:,} captions in {result['seconds']:.1f} s")
+          f"{result['embedded_captions']:,} captions in {result['seconds']:.1f} s ({result['precision']})")
     for kind, r in result["indexes"].items():
         print(f"  {kind} index v{r['version']} ({r['factory']}): {r['n']:,} vectors, +{r['added']:,} "
               f"-{r['removed']:,}{' (rebuilt)' if r['rebuilt'] else ''}")

@@ -125,7 +125,7 @@ def run_export(args: argparse.Namespace) -> int:
     out = export_model(workdir_of(args), args.model, args.out)
     if args.json:
         with Catalog.open(workdir_of(args), read_only=True) as catalog:
-            print_json({"model_id": catalog.model(args.model)["id"], "out": str(out)})
+            print_json({"model_id": catalog.model(args.model).id, "out": str(out)})
         return 0
     print(f"exported to {out}; add it elsewhere with `groundex model add {out} --workdir OTHER`")
     return 0

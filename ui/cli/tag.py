@@ -7,11 +7,11 @@ import math
 from pathlib import Path
 
 from ._common import add_workdir, print_json, workdir_of
-from ._options import add_json, add_model
+from ._options import add_device, add_json, add_model, add_no_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from heads.tagging import METHODS, TaggingConfig
+    from heads.config import METHODS, TaggingConfig
 
     d = TaggingConfig()
     p = sub.add_parser(
@@ -44,13 +44,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"standardized over the collection, reaches this (default: {d.untuned_threshold}, {z:.1f} "
                         f"standard deviations above the collection's usual match: about the top {top:.0f}%% of images "
                         "per keyword); with captioned val images it is chosen on val")
+    add_device(p)
+    add_no_progress(p)
     add_json(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from heads.tagging import TaggingConfig, tag_workdir
-    from heads.vocabulary import VocabularyConfig
+    from heads.config import TaggingConfig, VocabularyConfig
+    from heads.tagging import tag_workdir
 
     keywords = None
     if args.keywords is not None:
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     options = {"untuned_threshold": args.threshold} if args.threshold is not None else {}
     config = TaggingConfig(vocabulary=VocabularyConfig(min_images=args.min_images), max_tags=args.max_tags,
                            keywords=keywords, **options)
-    result = tag_workdir(workdir_of(args), args.method, args.model, args.split, config)
+    result = tag_workdir(workdir_of(args), args.method, args.model, args.split, config, device=args.device,
+                         progress=not args.no_progress)
     if args.json:
         print_json(result)
         return 0

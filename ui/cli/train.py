@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ._common import add_resume, add_workdir, print_json, workdir_of
-from ._options import add_device, add_json, add_no_progress, add_renamed
+from ._options import add_device, add_json, add_no_progress, add_precision, add_renamed
 
 # With --minutes the time budget ends training; the epoch count only has to be out of its way.
 EPOCHS_UNDER_A_BUDGET = 10_000
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from indexer.train import MODES, TrainConfig
+    from indexer.config import MODES, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser(
@@ -48,8 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "contrastive only (default: %(default)s)")
     p.add_argument("--grounding-phrases", type=int, default=d.grounding_phrases,
                    help="entities sampled per image per step for that objective (default: %(default)s)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=d.precision,
-                   help="auto: bf16 autocast where the CPU or GPU runs it fast (default: %(default)s)")
+    add_precision(p, d.precision)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's (default: %(default)s)")
     p.add_argument("--train-split", default=d.train_split, help="split to train on (default: %(default)s)")
     p.add_argument("--val-split", default=d.val_split,
@@ -63,8 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from indexer.config import TrainConfig
     from indexer.model_store import check_model_label, label_model
-    from indexer.train import TrainConfig, train
+    from indexer.train import train
     from warehouse import Catalog
 
     epochs = args.epochs if args.epochs is not None else EPOCHS_UNDER_A_BUDGET if args.minutes else TrainConfig.epochs

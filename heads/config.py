@@ -1,0 +1,130 @@
+"""The settings of the keyword vocabulary, the taggers and the captioner.
+
+They live apart from the code that uses them so that the command line can build its parser (and show the
+defaults in `--help`) without importing torch or transformers; each validates its own fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from warehouse import InputError
+
+__all__ = ["CaptionerConfig", "METHODS", "ProbeConfig", "PROMPT", "TaggingConfig", "VocabularyConfig"]
+
+PROMPT = "a photo of a {}"  # the zero-shot template; '{}' is the tag
+
+
+@dataclass
+class VocabularyConfig:
+    min_images: int = 20       # keep words mentioned for at least this many training images
+    max_size: int = 1000       # at most this many words, the most frequent first
+    source: str = "auto"       # phrases | captions | auto (phrases when the split has them)
+
+    def __post_init__(self) -> None:
+        if self.min_images < 1 or self.max_size < 1:
+            raise InputError(f"min_images and max_size must be >= 1, got {self.min_images} and {self.max_size}")
+        if self.source not in ("auto", "phrases", "captions"):
+            raise InputError(f"source must be auto, phrases or captions, got {self.source!r}")
+
+
+@dataclass
+class ProbeConfig:
+    epochs: int = 300            # full-batch passes (a probe on a few thousand 256-d vectors trains in seconds)
+    lr: float = 1e-2             # AdamW
+    weight_decay: float = 1e-4
+    pos_weight_cap: float = 10.0  # rare tags: positives weigh sqrt(negatives / positives), at most this
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.lr <= 0 or self.pos_weight_cap < 1:
+            raise InputError("epochs must be >= 1, lr > 0 and pos_weight_cap >= 1")
+
+
+METHODS = ("knn", "probe", "zeroshot", "fusion")
+
+
+@dataclass
+class TaggingConfig:
+    vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # also the fusion tagger's
+    prompt: str = PROMPT          # zero-shot template; '{}' is the tag
+    caption_neighbours: int = 5   # fusion: an image without captions reads those of this many nearest training images
+    max_tags: int = 20            # stored per image at most: its best tags at or above the threshold
+    keywords: tuple[str, ...] | None = None  # a given vocabulary instead of one mined from the training captions
+    #                                          (zero-shot tags for collections without captions)
+    untuned_threshold: float = 0.8  # zeroshot without labelled val images: keep a tag when its prompt matches the
+    #                                 image this much above the collection's usual (sigmoid of the z-score: 0.8 is
+    #                                 1.4 standard deviations, about the top 8% of images per keyword); with labelled
+    #                                 val images the threshold is chosen on val instead
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vocabulary, dict):
+            self.vocabulary = VocabularyConfig(**self.vocabulary)
+        if isinstance(self.probe, dict):
+            self.probe = ProbeConfig(**self.probe)
+        if self.caption_neighbours < 1 or self.max_tags < 1:
+            raise InputError("caption_neighbours and max_tags must be >= 1")
+        if "{}" not in self.prompt:
+            raise InputError(f"the prompt template needs a '{{}}' for the tag: {self.prompt!r}")
+        if self.keywords is not None:
+            self.keywords = tuple(dict.fromkeys(w.strip().lower() for w in self.keywords if w.strip()))
+            if not self.keywords:
+                raise InputError("keywords: the list is empty")
+        if not 0 < self.untuned_threshold < 1:
+            raise InputError(f"untuned_threshold must be in (0, 1), got {self.untuned_threshold}")
+
+
+@dataclass
+class CaptionerConfig:
+    # decoder (BlipTextConfig); the default trains at a useful speed on 2 CPU cores
+    hidden_size: int = 256
+    layers: int = 3
+    heads: int = 4
+    intermediate_size: int = 1024
+    vocab_size: int = 4000           # WordPiece vocabulary learned from the training captions (at most)
+    dropout: float = 0.1
+    image_tokens: str = "patches"    # patches: the image embedding and its patch embeddings (1 + P tokens);
+                                     # global: the image embedding only (1 token: cheaper, and the decoder leans
+                                     # on the retrieved captions more)
+    # retrieval augmentation
+    k: int = 4                       # retrieved captions in the prompt (the captions of the k nearest training images)
+    retrieval_dropout: float = 0.2   # share of training examples without retrieved captions (so k = 0 works too)
+    max_caption_tokens: int = 32     # target captions are cut to this many tokens
+    max_retrieved_tokens: int = 20   # each retrieved caption is cut to this many tokens in the prompt
+    # training (Hugging Face Trainer); an epoch shows each training image once, with one of its captions
+    max_train_images: int | None = None  # train the decoder on at most this many train images (a seeded random
+                                         # subset); retrieval always reads every captioned train image
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    seed: int = 0
+    precision: str = "auto"          # auto (bf16 where fast: AVX512-BF16/AMX CPUs, GPUs) | bf16 | fp32
+    # decoding
+    beams: int = 3
+    max_new_tokens: int = 30
+    min_new_tokens: int = 3
+    length_penalty: float = 1.0      # > 1 favours longer captions in beam search
+    # a pretrained BLIP in place of the small decoder
+    pretrained: str | None = None    # a BlipForConditionalGeneration checkpoint: a Hugging Face name or a local folder.
+                                     # Its vision tower reads the pixels (not the stored CLIP tokens) and its own
+                                     # tokenizer replaces the learned vocabulary; the decoder settings above are unused
+    freeze_vision: bool = True       # fine-tune the pretrained text decoder only (its vision tower stays as it is)
+
+    def __post_init__(self) -> None:
+        if self.epochs < (0 if self.pretrained else 1):  # a pretrained BLIP may be used as it is (epochs 0)
+            raise InputError(f"epochs must be >= 1 (or 0 with a pretrained checkpoint), got {self.epochs}")
+        if self.k < 0 or not 0 <= self.retrieval_dropout < 1:
+            raise InputError(f"k must be >= 0 and retrieval_dropout in [0, 1), got {self.k}, {self.retrieval_dropout}")
+        if min(self.hidden_size, self.layers, self.heads, self.batch_size, self.beams) < 1:
+            raise InputError("hidden_size, layers, heads, batch_size and beams must be >= 1")
+        if self.hidden_size % self.heads:
+            raise InputError(f"hidden_size {self.hidden_size} is not a multiple of heads {self.heads}")
+        if self.image_tokens not in ("patches", "global"):
+            raise InputError(f"image_tokens must be patches or global, got {self.image_tokens!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise InputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise InputError("min_new_tokens must be <= max_new_tokens")
