@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grounding.config import load_config  # noqa: E402
 from grounding.evaluate import metrics, split_maps  # noqa: E402
 from indexer.data import decode_square  # noqa: E402
+from indexer.devices import autocast, bf16_is_fast  # noqa: E402
 from indexer.evaluate import recall_at_k  # noqa: E402
-from indexer.models import autocast, bf16_is_fast, load_checkpoint  # noqa: E402
+from indexer.models import load_checkpoint  # noqa: E402
 from warehouse import Catalog, Workdir  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")

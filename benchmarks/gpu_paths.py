@@ -106,8 +106,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     import faiss
     import open_clip
 
+    from indexer.devices import bf16_is_fast
     from indexer.index import gpu_available
-    from indexer.models import bf16_is_fast
 
     env: dict[str, Any] = {
         "python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
@@ -188,7 +188,7 @@ def index_on(root: Path, model_id: str, device: str, workers: int) -> dict[str, 
 
 
 def compare_embeddings(gpu_root: Path, cpu_root: Path, model_id: str) -> dict[str, Any]:
-    from indexer.embed import load_embeddings
+    from indexer.shards import load_embeddings
 
     out: dict[str, Any] = {}
     for kind in ("image", "patch", "caption"):

@@ -49,8 +49,8 @@ def real_collection(workdir: Path, model_id: str | None, n_queries: int, rng: np
     """(global (N, D), patches (N, P, D), queries (Q, D), model id) from a workdir."""
     import torch
 
-    from indexer.embed import load_embeddings
     from indexer.models import load_checkpoint
+    from indexer.shards import load_embeddings
     from warehouse import Catalog, Workdir
 
     w = Workdir(workdir)

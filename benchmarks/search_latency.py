@@ -57,7 +57,7 @@ def structured(n: int, d: int, rng: np.random.Generator, seeds: np.ndarray | Non
 
 
 def real_seeds(workdir: Path) -> np.ndarray:
-    from indexer.embed import load_embeddings
+    from indexer.shards import load_embeddings
     from warehouse import Catalog, Workdir
 
     w = Workdir(workdir)

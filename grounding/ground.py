@@ -20,22 +20,25 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from indexer.data import FULL_FRAME, crop_window
-from indexer.embed import load_embeddings
 from indexer.index import patch_ids
 from indexer.knn import search_allowed
-from indexer.models import GroundexModel
+from indexer.model_spec import load_spec, spec_patch_grid
 from indexer.search import Searcher
+from indexer.shards import load_embeddings
 from warehouse import Catalog, Condition, InputError, Workdir, load_image, recorded_run
 
 from .config import DEFAULT_SHORTLIST, GroundingConfig, load_config
 from .heatmap import ScoredBox, boxes_from_map, in_window, points, score_maps
+
+if TYPE_CHECKING:  # open_clip is imported only when an image must be embedded
+    from indexer.models import GroundexModel
 
 _logger = logging.getLogger(__name__)
 PATCH_HITS = 1000          # patch-index: nearest patch vectors looked at
@@ -87,9 +90,16 @@ class Grounder:
         self.searcher = Searcher(workdir, model_id, device)
         self.model_id = self.searcher.model_id
         self.config = config or load_config(workdir, self.model_id)
+        self.spec = load_spec(self.searcher.model_record.path)  # grid and resize without loading the model
+        grid = spec_patch_grid(self.spec)
+        if grid is None:
+            raise InputError(f"model {self.model_id} ({self.spec.name}) has no patch grid: grounding needs a ViT "
+                             "image tower")
+        self.grid: tuple[int, int] = grid
 
     @property
     def model(self) -> GroundexModel:
+        """The whole model, loaded when an image must be embedded (an upload, or an image not indexed)."""
         return self.searcher.model
 
     # -- one image --------------------------------------------------------------------------------
@@ -121,11 +131,11 @@ class Grounder:
 
     def _grounding(self, phrase: str, vector: np.ndarray, patches: np.ndarray, image_id: int | None,
                    details: dict[str, Any]) -> Grounding:
-        grid = self.model.patch_grid
+        grid = self.grid
         heatmap = (patches @ vector).reshape(grid).astype(np.float32)  # (gh, gw)
         raw, scored = score_maps(heatmap[None], self.config)
         width, height = int(details["width"]), int(details["height"])
-        window = crop_window(width, height, self.model.resize)  # the patch grid covers this part of the image
+        window = crop_window(width, height, self.spec.resize)  # the patch grid covers this part of the image
         px, py = in_window(points(scored), window)[0]
         boxes = [b.in_window(window).scaled(width, height) for b in boxes_from_map(raw[0], scored[0], self.config)]
         window_px = ScoredBox(*window, 0.0).scaled(width, height)

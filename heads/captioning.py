@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer.embed import load_embeddings
 from indexer.index import load_index
+from indexer.shards import load_embeddings
 from warehouse import Artefact, ArtefactStore, Catalog, InputError, RunState, Workdir, recorded_run
 
 from .caption_decoder import (
@@ -309,7 +309,7 @@ def _quiet_logs(trainer: Any, progress: bool) -> None:
 
 def _use_bf16(config: CaptionerConfig) -> bool:
     """The shared precision policy (`indexer.models.precision_uses_bf16`) on the device the Trainer uses."""
-    from indexer.models import default_device, precision_uses_bf16
+    from indexer.devices import default_device, precision_uses_bf16
 
     return precision_uses_bf16(config.precision, default_device())
 

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer.embed import load_embeddings
+from indexer.devices import default_device
 from indexer.index import load_index
-from indexer.models import default_device, load_checkpoint
+from indexer.models import load_checkpoint
+from indexer.shards import load_embeddings
 from warehouse import Artefact, ArtefactStore, Catalog, InputError, Workdir, atomic_write_json, recorded_run
 
 from .config import METHODS, TaggingConfig

@@ -26,7 +26,8 @@ import numpy as np
 from warehouse import Catalog, Workdir, atomic_write_npy
 
 from .config import RayEmbedConfig
-from .embed import EmbedReport, _next_shard_name
+from .embed import EmbedReport
+from .shards import next_shard_name
 
 _logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class _Encode:
 
         import torch
 
-        from .models import autocast, load_checkpoint, precision_uses_bf16
+        from .devices import autocast, precision_uses_bf16
+        from .models import load_checkpoint
 
         # Ray sets OMP_NUM_THREADS to the actor's 1 CPU; the forward pass is the job's heavy part, so on CPU
         # it gets the node's cores (shared among the node's actors; decoding tasks are light)
@@ -75,7 +77,7 @@ def ray_embed_images(workdir: Workdir, checkpoint: Path, model_id: str, image_si
     checkpoint's config says (`ModelSpec.resize`)."""
     import ray
 
-    from .models import load_spec, spec_patch_grid
+    from .model_spec import load_spec, spec_patch_grid
 
     config = config or RayEmbedConfig()
     report = report or EmbedReport()
@@ -155,7 +157,7 @@ def import_parquet_shards(workdir: Workdir, model_id: str, folder: Path, patch_g
         if not keep.any():
             continue
         vectors = _tensor_column(table, "embedding")[keep]  # (n, D)
-        name = _next_shard_name(image_dir)
+        name = next_shard_name(image_dir)
         if patches:  # (n, P, D)
             atomic_write_npy(patch_dir / name, _tensor_column(table, "patches")[keep].reshape(len(vectors), -1,
                                                                                             vectors.shape[1]))

@@ -8,6 +8,7 @@ Each shard is written atomically and then recorded in the catalog's `embeddings`
 shard, row). Items already recorded are skipped, so an interrupted run resumes at the next shard; a
 shard written but not yet recorded is simply embedded again under a new name.
 Decoding runs on worker processes while the model embeds the previous batch (reader -> model -> writer).
+`indexer.shards` reads the shards back.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,9 +26,13 @@ from tqdm.auto import tqdm
 
 from warehouse import Catalog, ImageError, Workdir, atomic_write_npy
 
-from .config import EmbedConfig, MissingEmbeddingError
+from .config import EmbedConfig
 from .data import _decode_many, worker_pool
-from .models import GroundexModel, autocast, precision_uses_bf16
+from .devices import autocast, precision_uses_bf16
+from .shards import next_shard_name
+
+if TYPE_CHECKING:  # the model classes import open_clip: not needed to read embeddings
+    from .models import GroundexModel
 
 _logger = logging.getLogger(__name__)
 
@@ -38,11 +43,6 @@ class EmbedReport:
     captions: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # decode / model / write
-
-
-def _next_shard_name(folder: Path) -> str:
-    numbers = [int(p.stem.split("-")[1]) for p in folder.glob("shard-*.npy") if p.stem.split("-")[1].isdigit()]
-    return f"shard-{max(numbers, default=-1) + 1:05d}.npy"
 
 
 def _decoded_batches(paths: Sequence[str], size: int, batch_size: int, pool: ProcessPoolExecutor | None,
@@ -97,7 +97,7 @@ def embed_images(workdir: Workdir, model: GroundexModel, model_id: str, items: S
                     t = time.perf_counter()
                     stages["model"] = stages.get("model", 0.0) + t - t_model
                     bar.update(len(pixels))
-                name = _next_shard_name(image_dir)
+                name = next_shard_name(image_dir)
                 if config.patches:
                     atomic_write_npy(patch_dir / name, np.concatenate(patches))
                 atomic_write_npy(image_dir / name, np.concatenate(globals_))  # (n, D) float16
@@ -142,7 +142,7 @@ def embed_captions(workdir: Workdir, model: GroundexModel, model_id: str, rows: 
                 with autocast(model.device, bf16):
                     out.append(model.encode_text(texts).half().cpu().numpy())
                 bar.update(len(texts))
-            name = _next_shard_name(folder)
+            name = next_shard_name(folder)
             atomic_write_npy(folder / name, np.concatenate(out))
             with Catalog.open(workdir) as catalog:
                 catalog.record_embedding_set(model_id, "caption", model.embed_dim)
@@ -150,85 +150,3 @@ def embed_captions(workdir: Workdir, model: GroundexModel, model_id: str, rows: 
             report.captions += len(shard)
     report.seconds += time.perf_counter() - started
     return report
-
-
-def load_embeddings(workdir: Workdir, model_id: str, kind: str, ids: Sequence[int] | None = None,
-                    catalog: Catalog | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(ids (n,), float32 vectors) of this model's stored embeddings of `kind`, ordered by id.
-
-    `kind` is 'image', 'caption' or 'patch' (patches come back as (n, P, D)). `catalog`: an open one to
-    read the locations from (else one is opened)."""
-    row_kind = "image" if kind == "patch" else kind
-    if catalog is not None:
-        locations = catalog.embedding_locations(model_id, row_kind, ids)
-    else:
-        with Catalog.open(workdir, read_only=True) as opened:
-            locations = opened.embedding_locations(model_id, row_kind, ids)
-    if ids is not None:
-        wanted = {int(i) for i in ids}
-        if len(locations) != len(wanted):
-            have = {loc[0] for loc in locations}
-            missing = sorted(wanted - have)[:5]
-            raise MissingEmbeddingError(f"no {kind} embedding for id(s) {missing} with model {model_id} (not in the "
-                                        "catalog, or not embedded yet: run `groundex index`)")
-    folder = workdir.shards_dir(model_id, kind)
-    by_shard: dict[str, list[tuple[int, int]]] = {}
-    for position, (_, shard, row) in enumerate(locations):
-        by_shard.setdefault(shard, []).append((position, row))
-    out: np.ndarray | None = None
-    for shard, pairs in by_shard.items():
-        data = np.load(folder / shard, mmap_mode="r")
-        if out is None:
-            out = np.empty((len(locations), *data.shape[1:]), dtype=np.float32)
-        positions, rows = zip(*pairs, strict=True)
-        out[list(positions)] = data[list(rows)]
-    ids_out = np.array([loc[0] for loc in locations], dtype=np.int64)
-    if out is None:
-        out = np.zeros((0, 0), dtype=np.float32)
-    return ids_out, out
-
-
-def iter_embeddings(workdir: Workdir, model_id: str, kind: str, ids: Sequence[int] | None = None,
-                    chunk: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, float32 vectors) of this model's stored embeddings of `kind` in chunks of at most `chunk`
-    items, shard by shard (memory-mapped), so a collection larger than RAM can be read through."""
-    row_kind = "image" if kind == "patch" else kind
-    with Catalog.open(workdir, read_only=True) as catalog:
-        locations = catalog.embedding_locations(model_id, row_kind, ids)
-    by_shard: dict[str, list[tuple[int, int]]] = {}
-    for item, shard, row in locations:
-        by_shard.setdefault(shard, []).append((item, row))
-    folder = workdir.shards_dir(model_id, kind)
-    for shard in sorted(by_shard):
-        pairs = by_shard[shard]
-        data = np.load(folder / shard, mmap_mode="r")
-        for s in range(0, len(pairs), chunk):
-            part = pairs[s:s + chunk]
-            rows = np.array([r for _, r in part], dtype=np.int64)
-            yield np.array([i for i, _ in part], dtype=np.int64), np.asarray(data[rows], dtype=np.float32)
-
-
-def sample_embeddings(workdir: Workdir, model_id: str, kind: str, n: int, seed: int = 0) -> np.ndarray:
-    """About `n` float32 vectors drawn at random from this model's stored embeddings of `kind` (patch
-    vectors flattened), read shard by shard: the training sample of an IVF-PQ index."""
-    row_kind = "image" if kind == "patch" else kind
-    with Catalog.open(workdir, read_only=True) as catalog:
-        locations = catalog.embedding_locations(model_id, row_kind)
-        cells = catalog.patch_cells(model_id) if kind == "patch" and locations else 1
-    if not locations:
-        return np.zeros((0, 0), dtype=np.float32)
-    folder = workdir.shards_dir(model_id, kind)
-    rng = np.random.default_rng(seed)
-    items = max(1, min(len(locations), -(-n // cells)))  # items whose vectors make up the sample
-    chosen = sorted(rng.choice(len(locations), items, replace=False).tolist(), key=lambda r: locations[r][1:])
-    out, by_shard = [], {}
-    for r in chosen:
-        by_shard.setdefault(locations[r][1], []).append(locations[r][2])
-    for shard, rows in by_shard.items():
-        data = np.load(folder / shard, mmap_mode="r")
-        out.append(np.asarray(data[np.array(rows)], dtype=np.float32))
-    vectors = np.concatenate(out)
-    vectors = vectors.reshape(-1, vectors.shape[-1])
-    if len(vectors) > n:
-        vectors = vectors[rng.choice(len(vectors), n, replace=False)]
-    return np.ascontiguousarray(vectors)

@@ -15,7 +15,7 @@ import torch
 
 from warehouse import Catalog, InputError, Workdir, recorded_run
 
-from .embed import load_embeddings
+from .shards import load_embeddings
 
 KS = (1, 5, 10)
 

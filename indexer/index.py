@@ -24,7 +24,7 @@ import numpy as np
 
 from warehouse import Catalog, InputError, Workdir, atomic_write_npy
 
-from .embed import iter_embeddings, sample_embeddings
+from .shards import iter_embeddings, sample_embeddings
 
 _logger = logging.getLogger(__name__)
 EXACT_MAX = 50_000     # below this many vectors, exact search is fast enough and needs no training

@@ -26,7 +26,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,9 @@ from torch import nn
 
 from warehouse import InputError, content_hash, place
 
-from .config import PRECISIONS
-from .data import RESIZE_MODES, check_resize, square_pixels
+from .data import check_resize, square_pixels
+from .devices import default_device
+from .model_spec import CHECKPOINT_FILES, OPENAI_MEAN, OPENAI_STD, ModelSpec, load_spec
 from .tokenizer import OpenClipTokenizer, WordTokenizer, tokenizer_from_json
 
 _logger = logging.getLogger(__name__)
@@ -52,9 +53,6 @@ PRESETS_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(PRESETS_DIR)
 PRESET_PREFIX = "groundex-"
 HUB_PREFIX = "hf-hub:"
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 # What groundex adds to a preset beyond its open_clip config (which stays loadable by open_clip itself):
 # tiny gets a convolutional stem (+0.6 val R@10 at 5 minutes on the sample, docs/indexer.md).
 PRESET_EXTRAS: dict[str, dict[str, Any]] = {"groundex-tiny": {"conv_stem": [32, 64, 128]}}
@@ -63,63 +61,6 @@ PRESET_EXTRAS: dict[str, dict[str, Any]] = {"groundex-tiny": {"conv_stem": [32, 
 def list_presets() -> list[str]:
     """Short names of our presets ('tiny', ...); `groundex-<name>` is the open_clip name."""
     return sorted(p.stem.removeprefix(PRESET_PREFIX) for p in PRESETS_DIR.glob(f"{PRESET_PREFIX}*.json"))
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """bf16 autocast pays off on GPUs that support it and on CPUs with AVX512-BF16 or AMX; elsewhere
-    it is emulated and slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-
-
-def precision_uses_bf16(precision: str, device: torch.device) -> bool:
-    """Whether to autocast to bfloat16: 'bf16' always, 'fp32' never, 'auto' where `bf16_is_fast`.
-    The one place this is decided (CLIP training, embedding and the captioner).
-
-    Known cost of the policy, kept on purpose for now: on an H200, 'auto' picks bf16 for the `tiny` preset,
-    which is launch-bound there and trains 1.5x (batch 128) to 1.8x (batch 512) slower in bf16 than in fp32,
-    to the same accuracy (docs/scale.md, "GPU paths"). A larger model has not been measured."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
-
-
-def autocast(device: torch.device, bf16: bool) -> torch.autocast:
-    """bfloat16 autocast on `device` when `bf16`, else a context that changes nothing. Encoders return float32
-    L2-normalized vectors either way (the normalization runs in float32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to rebuild a model, saved as a checkpoint's config.json."""
-
-    name: str                                  # open_clip model name, e.g. 'groundex-tiny' or 'ViT-B-32'
-    config: dict[str, Any]                     # open_clip model config (embed_dim, vision_cfg, text_cfg)
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
-    pretrained: str | None = None              # where the first weights came from (tag, file); None: random
-    parent: str | None = None                  # hash of the checkpoint this one was trained from
-    extra: dict[str, Any] = field(default_factory=dict)  # training summary, free-form
-    # How images become the square input ("squash" | "center-crop", indexer.data.square_pixels). "squash"
-    # keeps the whole frame (grounding wants every pixel under a patch); "center-crop" is open_clip's eval
-    # preprocessing, which pretrained weights expect for faithful retrieval. Absent in old config.json: squash.
-    resize: str = "squash"
-
-    def __post_init__(self) -> None:
-        if self.resize not in RESIZE_MODES:
-            raise InputError(f"{self.name}: resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
 
 
 class GroundexModel(nn.Module):
@@ -468,16 +409,6 @@ def _load_weights(clip: nn.Module, path: Path) -> Path:
 # -- checkpoints ----------------------------------------------------------------------------------
 
 
-def spec_patch_grid(spec: ModelSpec) -> tuple[int, int] | None:
-    """The patch grid (rows, cols) a spec's ViT image tower makes, or None for other towers."""
-    vision = spec.config.get("vision_cfg", {})
-    if "patch_size" not in vision or vision.get("timm_model_name"):
-        return None
-    size = vision.get("image_size", 224)
-    rows, cols = (size, size) if isinstance(size, int) else size
-    return int(rows) // int(vision["patch_size"]), int(cols) // int(vision["patch_size"])
-
-
 def checkpoint_hash(folder: Path) -> str:
     """sha256 over the checkpoint's files (first 16 hex digits): same weights and config, same hash."""
     return content_hash("model", folder)
@@ -502,20 +433,6 @@ def save_checkpoint(model: GroundexModel, models_dir: Path) -> tuple[str, Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return place("model", staging, models_dir)
-
-
-def load_spec(folder: Path) -> ModelSpec:
-    """A checkpoint's ModelSpec (its config.json) without loading the weights; old configs lack `resize`
-    and read as "squash", which is how their models saw images."""
-    path = Path(folder) / "config.json"
-    try:
-        spec = ModelSpec(**json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{folder}: not a groundex checkpoint (missing config.json)") from None
-    except (json.JSONDecodeError, TypeError, KeyError, ValueError) as e:
-        raise InputError(f"{folder}: unreadable checkpoint config ({e})") from None
-    spec.mean, spec.std = tuple(spec.mean), tuple(spec.std)
-    return spec
 
 
 def load_checkpoint(folder: Path, device: torch.device | str | None = None) -> GroundexModel:

@@ -10,9 +10,10 @@ from typing import Any
 from warehouse import Catalog, InputError, Workdir, recorded_run
 
 from .config import EmbedConfig
+from .devices import precision_uses_bf16
 from .embed import EmbedReport, embed_captions, embed_images
 from .index import update_index
-from .models import load_checkpoint, precision_uses_bf16
+from .models import load_checkpoint
 
 
 def index_workdir(workdir: Workdir, model_id: str | None = None, split: str | None = None,

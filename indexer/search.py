@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
@@ -23,10 +23,13 @@ from PIL import Image
 
 from warehouse import Catalog, Condition, InputError, Workdir, load_image
 
-from .embed import load_embeddings
 from .index import load_index
 from .knn import search_allowed
-from .models import GroundexModel, load_checkpoint
+from .shards import load_embeddings
+from .text_tower import TextTower, load_text_tower
+
+if TYPE_CHECKING:  # open_clip is imported only when a query needs the whole model
+    from .models import GroundexModel
 
 _logger = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 2000
@@ -56,13 +59,27 @@ class Searcher:
         self.model_id: str = self.model_record.id
         self._device = device
         self._model: GroundexModel | None = None
+        self._text: TextTower | GroundexModel | None = None
         self._indexes: dict[str, tuple[int, faiss.Index]] = {}
 
     @property
     def model(self) -> GroundexModel:
+        """The whole model (image and text towers), loaded on first use."""
         if self._model is None:
+            from .models import load_checkpoint
+
             self._model = load_checkpoint(self.model_record.path, self._device)
         return self._model
+
+    @property
+    def text_encoder(self) -> TextTower | GroundexModel:
+        """What encodes text queries: the whole model once it is loaded, else the checkpoint's text tower run
+        without open_clip where `indexer.text_tower` can (a text query then never imports open_clip)."""
+        if self._model is not None:
+            return self._model
+        if self._text is None:
+            self._text = load_text_tower(self.model_record.path, self._device) or self.model
+        return self._text
 
     @contextmanager
     def reading(self, catalog: Catalog | None = None) -> Iterator[Catalog]:
@@ -95,7 +112,7 @@ class Searcher:
             raise InputError("the text query is empty")
         if len(query) > MAX_QUERY_CHARS:
             raise InputError(f"the text query is {len(query):,} characters; at most {MAX_QUERY_CHARS:,} are used")
-        return self.model.encode_text([query]).cpu().numpy()[0]
+        return self.text_encoder.encode_text([query]).cpu().numpy()[0]
 
     @torch.no_grad()
     def image_vector(self, image: Image.Image | str | Path | int) -> np.ndarray:

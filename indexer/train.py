@@ -49,9 +49,10 @@ from warehouse import (
 
 from .config import TrainConfig
 from .data import PixelCache, pixel_cache
+from .devices import default_device, precision_uses_bf16
 from .evaluate import recall_at_k
 from .model_store import store_model
-from .models import GroundexModel, TrackedPatchDropout, create_model, default_device, precision_uses_bf16
+from .models import GroundexModel, TrackedPatchDropout, create_model
 from .phrase_region_loss import RegionTable, patch_coverage, pointing_for_eval, region_losses
 from .tokenizer import WordTokenizer, tokenizer_from_json
 

@@ -101,8 +101,8 @@ def _processes_of(workdir: Workdir) -> list[int]:
 
 def _snapshot(workdir: Workdir) -> dict:
     """What a command's result is made of, by natural keys (image key, caption text), not row ids."""
-    from indexer.embed import load_embeddings
     from indexer.index import load_index
+    from indexer.shards import load_embeddings
     from indexer.verify import faiss_ids
 
     with Catalog.open(workdir, read_only=True) as c:

@@ -7,10 +7,10 @@ import pytest
 import warehouse
 from grounding import Grounder, evaluate_grounding
 from indexer.config import TrainConfig
-from indexer.embed import load_embeddings
 from indexer.evaluate import evaluate_retrieval
 from indexer.pipeline import index_workdir
 from indexer.search import Searcher
+from indexer.shards import load_embeddings
 from indexer.train import train
 from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import warehouse
-from indexer.embed import load_embeddings
 from indexer.index import build_index, configure_search, default_factory, patch_factory, patch_ids, update_index
+from indexer.shards import load_embeddings
 from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir
 from warehouse.workdir import atomic_write_npy
 
@@ -125,8 +125,8 @@ def test_an_exact_patch_index_that_outgrows_its_size_is_rebuilt_compressed(tmp_p
 
 
 def test_building_from_shards_reads_chunks_and_trains_on_a_sample(tmp_path, monkeypatch):
-    import indexer.embed
     import indexer.index
+    import indexer.shards
     from indexer.index import build_index_from_shards
 
     workdir = Workdir(tmp_path / "w")
@@ -135,7 +135,7 @@ def test_building_from_shards_reads_chunks_and_trains_on_a_sample(tmp_path, monk
     _fake_patches(workdir, "m1", list(range(21, 41)), seed=1)
     ids, vectors = load_embeddings(workdir, "m1", "image")
     reads = []
-    real_iter = indexer.embed.iter_embeddings
+    real_iter = indexer.shards.iter_embeddings
 
     def counting(*args, **kwargs):
         for chunk_ids, chunk in real_iter(*args, **kwargs):
@@ -157,10 +157,10 @@ def test_building_from_shards_reads_chunks_and_trains_on_a_sample(tmp_path, monk
 
 
 def test_rerank_scores_candidates_exactly_and_ivfpq_searches_rerank(tmp_path):
-    from indexer.embed import load_embeddings
     from indexer.index import needs_rerank, rerank
     from indexer.pipeline import index_workdir
     from indexer.search import Searcher
+    from indexer.shards import load_embeddings
     from tests.helpers import built_workdir
 
     vectors = np.eye(4, dtype=np.float32)

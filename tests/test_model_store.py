@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from indexer.embed import load_embeddings
 from indexer.models import load_checkpoint
+from indexer.shards import load_embeddings
 from tests.helpers import MICRO_VIT, MICRO_VIT_CONFIG, built_workdir, micro_vit_weights
 from ui.cli import main
 from warehouse import Catalog, Workdir

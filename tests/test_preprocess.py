@@ -27,7 +27,8 @@ from grounding.overlay import render_overlay
 from indexer.data import crop_window, decode_square, pixel_cache, square_pixels
 from indexer.distributed import _decode
 from indexer.embed import _decoded_batches
-from indexer.models import create_model, load_checkpoint, load_spec, save_checkpoint
+from indexer.model_spec import load_spec
+from indexer.models import create_model, load_checkpoint, save_checkpoint
 from tests.helpers import MICRO_VIT, micro_vit_weights
 from warehouse import GroundingRow
 
@@ -197,9 +198,9 @@ def test_points_and_boxes_map_into_the_window():
 
 
 def grounder_of(resize: str) -> Grounder:
-    """A Grounder around a stand-in model (patch grid and resize are all `_grounding` asks of it)."""
+    """A Grounder around a stand-in model spec (patch grid and resize are all `_grounding` asks of the model)."""
     grounder = Grounder.__new__(Grounder)
-    grounder.searcher = SimpleNamespace(model=SimpleNamespace(patch_grid=(4, 4), resize=resize))
+    grounder.grid, grounder.spec = (4, 4), SimpleNamespace(resize=resize)
     grounder.config = GroundingConfig(upsample=1, threshold=0.9)
     return grounder
 

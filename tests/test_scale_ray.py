@@ -9,9 +9,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from indexer.embed import load_embeddings
 from indexer.pipeline import index_workdir
 from indexer.search import Searcher
+from indexer.shards import load_embeddings
 from tests.helpers import built_workdir
 from ui.cli import main
 from warehouse import Catalog, Workdir

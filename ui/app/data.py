@@ -109,7 +109,7 @@ def embedding_map(workdir: Workdir, model_id: str, method: str = "pca", limit: i
     and path for each point."""
     from sklearn.decomposition import PCA
 
-    from indexer.embed import load_embeddings
+    from indexer.shards import load_embeddings
 
     with Catalog.open(workdir, read_only=True) as catalog:
         ids = np.array(catalog.embedded_ids(model_id, "image"), dtype=np.int64)
