@@ -60,6 +60,21 @@ def _embed(model, pixels: torch.Tensor, texts: list[str], bf16: bool) -> tuple[n
     return np.concatenate(images), np.concatenate(patches), np.concatenate(captions)
 
 
+class _AsIndexed:
+    """The model as grounding sees it after `groundex index --precision`: patch embeddings computed in that
+    precision and stored as float16; phrases encoded at query time in float32."""
+
+    def __init__(self, model, bf16: bool):
+        self.model, self.bf16 = model, bf16
+
+    def encode_patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        with autocast(self.model.device, self.bf16):
+            return self.model.encode_patches(pixels).half().float()
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
 @torch.no_grad()
 def _forward_speed(model, pixels: torch.Tensor, bf16: bool, rounds: int = 2) -> float:
     with autocast(model.device, bf16):
@@ -101,8 +116,7 @@ def main() -> None:
         bf16 = precision == "bf16"
         embedded[precision] = _embed(model, pixels, texts, bf16)
         images, _, caption_vectors = embedded[precision]
-        with autocast(model.device, bf16):
-            maps = split_maps(workdir, model, args.split, progress=False)
+        maps = split_maps(workdir, _AsIndexed(model, bf16), args.split, progress=False)
         grounding = metrics(maps, grounding_config)
         quality[precision] = {"retrieval": recall_at_k(images, image_ids, caption_vectors, owners),
                               "pointing_game": grounding["pointing_game"], "box_acc@0.5": grounding["box_acc@0.5"]}

@@ -141,11 +141,11 @@ def run_groundex(images: Path, weights: Path, arch: str, workdir: Path, precisio
     workdir_ = Workdir(workdir)
     with Catalog.open(workdir_, read_only=True) as catalog:
         paths = dict(catalog.image_rows())
-        model_id = catalog.model("bench").id
-    ids, vectors = load_embeddings(workdir_, model_id, "image")
+        model = catalog.model("bench")
+    ids, vectors = load_embeddings(workdir_, model.id, "image")
     return {"whole_s": ingest + add + index, "ingest_s": ingest, "model_add_s": add, "index_s": index,
             "loop_s": stages["decode"] + stages["model"] + stages["write"], "images": result["embedded_images"],
-            "precision": result["precision"], "model_path": str(workdir_ / "models" / model_id),
+            "precision": result["precision"], "model_path": str(model.path),
             "vectors": {Path(paths[int(i)]).name: v for i, v in zip(ids, vectors, strict=True)}}
 
 

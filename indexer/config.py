@@ -81,8 +81,8 @@ class EmbedConfig:
     shard_size: int = 4096     # items per shard file: the most an interrupted run can lose
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))  # decoding processes
     patches: bool = True       # also store patch embeddings (grounding needs them)
-    precision: str = "fp32"    # fp32 | bf16 (autocast) | auto (bf16 where fast: AVX512-BF16/AMX CPUs, bf16 GPUs);
-    #                            stored as float16 either way
+    precision: str = "auto"    # auto (bf16 autocast where fast: AVX512-BF16/AMX CPUs, bf16 GPUs) | bf16 | fp32; stored
+    #                            as float16 either way (docs/indexer.md: the same recall and pointing game as fp32)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -101,7 +101,7 @@ class RayEmbedConfig:
     batch_size: int = 256             # images per encoder call
     decode_batch_size: int = 64       # images per decoding task
     patches: bool = True
-    precision: str = "fp32"           # as EmbedConfig.precision, decided on each actor's device
+    precision: str = "auto"           # as EmbedConfig.precision, decided on each actor's device
     gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs, else 0
     torch_threads: int | None = None  # CPU encoder: torch threads per actor (default: the cores / actors)
     progress: bool = True

@@ -30,7 +30,7 @@ def test_k_is_the_number_of_results_and_nothing_else():
     assert all(a.help.startswith("number of ") and a.default == 10 for a in uses.values())
 
 
-@pytest.mark.parametrize("flag", ["--device", "--no-progress", "--workdir", "--captioner"])
+@pytest.mark.parametrize("flag", ["--device", "--no-progress", "--workdir", "--captioner", "--precision"])
 def test_a_shared_flag_has_one_help_text(flag):
     uses = _uses(flag)
     assert len(uses) > 1 and len({a.help for a in uses.values()}) == 1, uses
@@ -88,7 +88,8 @@ def _defaults(*argv: str) -> argparse.Namespace:
 
 def test_defaults_come_from_the_configs():
     index = _defaults("index")
-    assert (index.batch_size, index.shard_size) == (EmbedConfig().batch_size, EmbedConfig().shard_size)
+    assert (index.batch_size, index.shard_size, index.precision) == (EmbedConfig().batch_size,
+                                                                     EmbedConfig().shard_size, EmbedConfig().precision)
     caption, c = _defaults("caption", "train"), CaptionerConfig()
     assert (caption.epochs, caption.batch_size, caption.lr, caption.neighbours, caption.layers, caption.hidden_size,
             caption.precision, caption.seed, caption.base) == (c.epochs, c.batch_size, c.lr, c.k, c.layers,
