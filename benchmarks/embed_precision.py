@@ -6,8 +6,10 @@ One process, one model (the workdir's newest), the same images and captions in b
 - agreement: cosine between each image's, patch's and caption's float32 and bf16 embedding, both stored as
   float16 as `groundex index` stores them (min, 0.1st percentile, mean);
 - quality: the split's retrieval recall@K (Flickr30k protocol) and grounding (pointing game, box acc@0.5 with
-  the model's tuned parameters), once per precision;
-- speed: the bare forward pass (images and patches) on preloaded pixels, batches of 256, images/s per precision.
+  the model's tuned parameters), once per precision, as `groundex index` stores them: images, patches and
+  captions in that precision, while text queries and phrases are encoded in float32 (as `search` and `ground` do);
+- speed: the bare forward pass (images and patches) on preloaded pixels, in batches of `groundex index`'s
+  default size for the device, images/s per precision.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grounding.config import load_config  # noqa: E402
 from grounding.evaluate import metrics, split_maps  # noqa: E402
+from indexer.config import EmbedConfig  # noqa: E402
 from indexer.data import decode_square  # noqa: E402
 from indexer.devices import autocast, bf16_is_fast  # noqa: E402
 from indexer.evaluate import recall_at_k  # noqa: E402
@@ -77,13 +80,14 @@ class _AsIndexed:
 
 @torch.no_grad()
 def _forward_speed(model, pixels: torch.Tensor, bf16: bool, rounds: int = 2) -> float:
+    batch = EmbedConfig().batch_for(model.device.type)
     with autocast(model.device, bf16):
-        model.encode_image_and_patches(pixels[:32])  # warm up
+        model.encode_image_and_patches(pixels[:batch])  # warm up
         best = 0.0
         for _ in range(rounds):
             t = time.perf_counter()
-            for s in range(0, len(pixels), 256):
-                model.encode_image_and_patches(pixels[s:s + 256])
+            for s in range(0, len(pixels), batch):
+                model.encode_image_and_patches(pixels[s:s + batch])
             if model.device.type == "cuda":
                 torch.cuda.synchronize()
             best = max(best, len(pixels) / (time.perf_counter() - t))
@@ -118,7 +122,10 @@ def main() -> None:
         images, _, caption_vectors = embedded[precision]
         maps = split_maps(workdir, _AsIndexed(model, bf16), args.split, progress=False)
         grounding = metrics(maps, grounding_config)
-        quality[precision] = {"retrieval": recall_at_k(images, image_ids, caption_vectors, owners),
+        # text queries are encoded at search time in float32; the stored captions (image->text) in `precision`
+        retrieval = {"text_to_image": recall_at_k(images, image_ids, embedded["fp32"][2], owners)["text_to_image"],
+                     "image_to_text": recall_at_k(images, image_ids, caption_vectors, owners)["image_to_text"]}
+        quality[precision] = {"retrieval": retrieval,
                               "pointing_game": grounding["pointing_game"], "box_acc@0.5": grounding["box_acc@0.5"]}
     agreement = {kind: _cosines(embedded["fp32"][k], embedded["bf16"][k])
                  for k, kind in enumerate(("image", "patch", "caption"))}

@@ -268,8 +268,14 @@ def search(gpu_root: Path, cpu_root: Path | None, model_id: str, device: torch.d
 
     searcher = Searcher(Workdir(gpu_root), model_id, str(device))
     other = Searcher(Workdir(cpu_root), model_id, "cpu") if cpu_root is not None else None
-    out: dict[str, Any] = {"model_device": str(searcher.model.device)}
-    hits = searcher.text_to_image(QUERIES[0], k=10)
+    hits = searcher.text_to_image(QUERIES[0], k=10)  # before anything loads the whole model: the text tower's path
+    encoder = searcher.text_encoder
+    out: dict[str, Any] = {"text_encoder": type(encoder).__name__, "text_encoder_device": str(encoder.device)}
+    if other is not None:  # the torch-only text tower on the GPU against the whole model on the CPU
+        other.model  # noqa: B018
+        va, vb = searcher.text_vector(QUERIES[1]), other.text_vector(QUERIES[1])
+        out["text_tower_gpu_vs_model_cpu_cosine"] = float(va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb)))
+    out["model_device"] = str(searcher.model.device)
     out["text_to_image_hits"] = len(hits)
     out["text_to_image_top3"] = [{"id": h.id, "score": round(h.score, 4), "captions": h.captions[:1]} for h in hits[:3]]
     out["text_to_image_val_hits"] = len(searcher.text_to_image(QUERIES[0], k=10, where="split = 'val'"))

@@ -79,6 +79,12 @@ def make_report(out: Path) -> Path:
         lines += ["## Embedding throughput", "",
                   f"Machine: {r['machine']}; model {r['model']}, {r['images']:,} images.", ""]
         lines += _plot_embedding(r, out)
+    for name, title in (("vs_clip_retrieval", "Against clip-retrieval: embedding a folder of images"),
+                        ("embed_precision", "Embedding precision: bf16 against float32"),
+                        ("embed_options", "Embedding: batch size, channels_last, torch.compile")):
+        md = out / f"{name}.md"
+        if name in results and md.is_file():
+            lines += [f"## {title}", "", md.read_text().strip(), ""]
     for name in sorted(n for n in results if n.startswith("search_latency")):
         r = results[name]
         label = name.removeprefix("search_latency_").replace("d", "d = ", 1).replace("_5m", ", 5M vectors").replace(

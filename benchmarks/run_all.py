@@ -10,6 +10,9 @@
 - phrase -> region search at 31,783 images (the sample workdir's real patch embeddings when given, else
   the demo's);
 - the app's pages (sample workdir when given, else the demo);
+- --full: groundex against clip-retrieval on 2,000 sample images, ViT-S-32 and ViT-B-32 (clip-retrieval in its own
+  venv), and embedding options (batch size, channels_last, torch.compile at 2,000 and 30,000 images), ViT-S-32;
+- embedding precision, bf16 against float32: agreement, val recall and pointing game (sample workdir when given);
 - --full: end-to-end build time per stage of the demo (and of --sample-root, with a 5-minute training budget and
   3 captioner epochs), each in a new workdir.
 Each benchmark runs in its own process (`python benchmarks/<name>.py ... --out OUT/<name>.json`); a failed
@@ -52,6 +55,8 @@ def main() -> None:
         "region_search": ["region_search.py", "--workdir", str(real), "--images", "31783"],
         "ui_pages": ["ui_pages.py", "--workdir", str(real)],
     }
+    if args.sample_workdir:
+        jobs["embed_precision"] = ["embed_precision.py", "--workdir", str(args.sample_workdir)]
     if args.sample_workdir and args.sample_model:
         for name in ("region_search", "ui_pages"):
             jobs[name] += ["--model", args.sample_model]
@@ -64,6 +69,10 @@ def main() -> None:
                                           "--sizes", "5000000", "--factories", "Flat", "auto-ivfflat", "auto-ivfpq"]
         jobs["search_latency_d256_ivfpq"] = ["search_latency.py", "--workdir", str(args.demo_workdir), "--sizes",
                                              "1000000", "5000000", "--factories", "auto-ivfpq"]
+        # the real sample's first 2,000 images (needs ../shared/data); clip-retrieval in its own venv, made from
+        # the package registry on the first run
+        jobs["vs_clip_retrieval"] = ["vs_clip_retrieval.py", "--images", "2000", "--rounds", "2"]
+        jobs["embed_options"] = ["embed_options.py", "--arch", "ViT-S-32"]
         scratch = Path(tempfile.mkdtemp(prefix="groundex-build-"))
         jobs["build_stages_demo"] = ["build_stages.py", "--workdir", str(scratch / "demo")]
         if args.sample_root:

@@ -11,9 +11,10 @@ same weights (the architecture's random initialisation with seed 0, saved locall
   created here from the package registry on the first run (it pins numpy < 2 and needs setuptools < 81), and
   run under a timeout (it hangs on some failures). Its stats give its batch loop's time.
 - groundex, the whole path a user runs: `groundex ingest folder`, `groundex model add ARCH --pretrained FILE`,
-  `groundex index` (image and patch embeddings, FAISS indexes), in float32 and in bf16 (`--precision`).
+  `groundex index` (image and patch embeddings, FAISS indexes), with `--precision fp32` and with the default
+  (`auto`: bf16 where the CPU or GPU runs it fast; the row names what it ran in).
 - the limits: the bare forward pass of the same model (groundex's, images and patches) on preloaded pixels,
-  batches of 256, in float32 and bf16.
+  in batches of groundex's default size for the device, in float32 and bf16.
 - agreement: cosine between each image's groundex and clip-retrieval embedding.
 
 "steady" is the batch loop alone (decode, model, write) in images/s: clip-retrieval's stats, groundex's
@@ -40,6 +41,7 @@ from _report import emit  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from indexer.config import EmbedConfig  # noqa: E402
 from indexer.data import decode_square  # noqa: E402
 from indexer.devices import autocast, bf16_is_fast  # noqa: E402
 from indexer.models import load_checkpoint  # noqa: E402
@@ -112,13 +114,13 @@ def save_weights(arch: str, folder: Path) -> tuple[Path, Path]:
     return pt, st
 
 
-def run_clip_retrieval(binary: Path, images: Path, weights: Path, arch: str, out: Path, timeout: float
-                       ) -> dict[str, object]:
+def run_clip_retrieval(binary: Path, images: Path, weights: Path, arch: str, out: Path, timeout: float,
+                       batch_size: int) -> dict[str, object]:
     shutil.rmtree(out, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     seconds, _ = _run([str(binary), "inference", "--input_dataset", str(images), "--output_folder", str(out),
                        "--input_format", "files", "--enable_text", "False", "--enable_metadata", "False",
-                       "--batch_size", "256", "--num_prepro_workers", str(os.cpu_count() or 1),
+                       "--batch_size", str(batch_size), "--num_prepro_workers", str(os.cpu_count() or 1),
                        "--clip_model", f"open_clip:{arch}/{weights}"], timeout, env)
     stats = json.loads((out / "stats" / "0.json").read_text())
     import pyarrow.parquet as pq
@@ -151,15 +153,17 @@ def run_groundex(images: Path, weights: Path, arch: str, workdir: Path, precisio
 
 @torch.no_grad()
 def bare_forward(model_path: Path, images: Path, names: list[str], bf16: bool) -> float:
-    """Images/s of the model's forward pass (images and patches) on pixels already in memory."""
+    """Images/s of the model's forward pass (images and patches) on pixels already in memory, in batches of
+    groundex's size for the device."""
     model = load_checkpoint(model_path).eval()
+    batch = EmbedConfig().batch_for(model.device.type)
     pixels = torch.from_numpy(np.stack([decode_square(str(images / n), model.image_size, model.resize)
                                         for n in names]))
     with autocast(model.device, bf16):
-        model.encode_image_and_patches(pixels[:16])  # warm up
+        model.encode_image_and_patches(pixels[:batch])  # warm up
         started = time.perf_counter()
-        for s in range(0, len(pixels), 256):
-            model.encode_image_and_patches(pixels[s:s + 256])
+        for s in range(0, len(pixels), batch):
+            model.encode_image_and_patches(pixels[s:s + batch])
     return len(pixels) / (time.perf_counter() - started)
 
 
@@ -186,11 +190,14 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/gx-vs-cr"))
     parser.add_argument("--venv", type=Path, default=None, help="clip-retrieval's venv (default: SCRATCH/venv)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per command")
+    parser.add_argument("--cr-batch-sizes", default="256,64",
+                        help="clip-retrieval's --batch_size, one run each; the first (its default) is the baseline")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not SAMPLE.is_dir():
         raise SystemExit(f"the sample is not at {SAMPLE}")
     binary = clip_retrieval_venv(args.venv or args.scratch / "venv")
+    batches = [int(b) for b in args.cr_batch_sizes.split(",")]
     images = args.scratch / "images"
     names = image_folder(images, args.images)
 
@@ -201,9 +208,9 @@ def main() -> None:
         pt, st = save_weights(arch, args.scratch / "weights")
         best: dict[str, dict[str, object]] = {}
         for _ in range(args.rounds):
-            runs = {"clip-retrieval": run_clip_retrieval(binary, images, pt, arch, args.scratch / "cr-out",
-                                                         args.timeout)}
-            for precision in ("fp32", "bf16"):
+            runs = {f"clip-retrieval, batch {b}": run_clip_retrieval(binary, images, pt, arch, args.scratch / "cr-out",
+                                                                     args.timeout, b) for b in batches}
+            for precision in ("fp32", "auto"):  # auto: the default, bf16 where the CPU or GPU runs it fast
                 runs[f"groundex {precision}"] = run_groundex(images, st, arch, args.scratch / f"gx-{precision}",
                                                              precision, args.timeout)
             for name, run in runs.items():
@@ -211,17 +218,19 @@ def main() -> None:
                     best[name] = run
         model_path = Path(best["groundex fp32"]["model_path"])
         limits = {p: bare_forward(model_path, images, names, p == "bf16") for p in ("fp32", "bf16")}
-        cr = best["clip-retrieval"]
+        cr = best[f"clip-retrieval, batch {batches[0]}"]  # its default: the baseline of every ratio
         rows, figures = [], {}
         for name, run in best.items():
-            precision = "bf16" if name.endswith("bf16") else "fp32"
+            precision = run.get("precision", "fp32")  # what groundex's index ran in (clip-retrieval: float32)
+            if name == "groundex auto":
+                name = f"groundex auto ({precision})"
             figures[name] = {
                 "whole_s": round(run["whole_s"], 2), "steady_images_per_s": round(run["images"] / run["loop_s"], 1),
                 "whole_vs_clip_retrieval": round(cr["whole_s"] / run["whole_s"], 3),
                 "steady_vs_bare_forward": round(run["images"] / run["loop_s"] / limits[precision], 3),
                 **({k: round(run[k], 2) for k in ("ingest_s", "model_add_s", "index_s")} if "ingest_s" in run else {}),
                 **({"agreement_with_clip_retrieval": agreement(run["vectors"], cr["vectors"])}
-                   if name != "clip-retrieval" else {}),
+                   if not name.startswith("clip-retrieval") else {}),
             }
             f = figures[name]
             cos = f.get("agreement_with_clip_retrieval", {})

@@ -25,7 +25,7 @@ import numpy as np
 
 from warehouse import Catalog, Workdir, atomic_write_npy
 
-from .config import RayEmbedConfig
+from .config import EMBED_BATCH, RayEmbedConfig
 from .embed import EmbedReport
 from .shards import next_shard_name
 
@@ -109,7 +109,8 @@ def ray_embed_images(workdir: Workdir, checkpoint: Path, model_id: str, image_si
                                                                // config.actors))
         dataset = dataset.map_batches(_Encode, fn_constructor_args=(str(checkpoint), config.patches, threads,
                                                                      config.precision),
-                                      batch_size=config.batch_size, num_gpus=gpus,
+                                      batch_size=config.batch_size or EMBED_BATCH["cuda" if gpus else "cpu"],
+                                      num_gpus=gpus,
                                       compute=ray.data.ActorPoolStrategy(size=config.actors))
         dataset.write_parquet(str(out_dir))
         report.stage_seconds["ray_job"] = report.stage_seconds.get("ray_job", 0.0) + time.perf_counter() - job_started

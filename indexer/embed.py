@@ -75,14 +75,15 @@ def embed_images(workdir: Workdir, model: GroundexModel, model_id: str, items: S
     patch_dir.mkdir(parents=True, exist_ok=True)
     stages = report.stage_seconds
     started = time.perf_counter()
-    pool = worker_pool(config.workers) if config.workers > 1 and len(todo) > config.batch_size else None
+    batch = config.batch_for(model.device.type)
+    pool = worker_pool(config.workers) if config.workers > 1 and len(todo) > batch else None
     try:
         with tqdm(total=len(todo), desc="embed images", unit="img", disable=not config.progress) as bar:
             for s in range(0, len(todo), config.shard_size):
                 shard = todo[s:s + config.shard_size]
                 globals_, patches = [], []
                 t = time.perf_counter()
-                for pixels in _decoded_batches([p for _, p in shard], model.image_size, config.batch_size, pool,
+                for pixels in _decoded_batches([p for _, p in shard], model.image_size, batch, pool,
                                                model.resize):
                     t_model = time.perf_counter()
                     stages["decode"] = stages.get("decode", 0.0) + t_model - t
@@ -137,8 +138,9 @@ def embed_captions(workdir: Workdir, model: GroundexModel, model_id: str, rows: 
         for s in range(0, len(todo), config.shard_size):
             shard = todo[s:s + config.shard_size]
             out = []
-            for b in range(0, len(shard), config.batch_size):
-                texts = [t for _, t in shard[b:b + config.batch_size]]
+            batch = config.batch_for(model.device.type)
+            for b in range(0, len(shard), batch):
+                texts = [t for _, t in shard[b:b + batch]]
                 with autocast(model.device, bf16):
                     out.append(model.encode_text(texts).half().cpu().numpy())
                 bar.update(len(texts))

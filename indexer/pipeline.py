@@ -16,6 +16,14 @@ from .index import update_index
 from .models import load_checkpoint
 
 
+def _precision_used(precision: str, device: Any, engine: str, ray_config: Any) -> str:
+    """What the images were embedded in: decided on this process's device, or (Ray) on each actor's."""
+    if engine == "ray":
+        wanted = ray_config.precision
+        return f"{wanted} (decided on each Ray actor's device)" if wanted == "auto" else wanted
+    return "bf16" if precision_uses_bf16(precision, device) else "fp32"
+
+
 def index_workdir(workdir: Workdir, model_id: str | None = None, split: str | None = None,
                   factory: str | None = None, rebuild: bool = False, config: EmbedConfig | None = None,
                   device: str | None = None, engine: str = "local", ray_config: Any = None) -> dict[str, Any]:
@@ -55,7 +63,7 @@ def index_workdir(workdir: Workdir, model_id: str | None = None, split: str | No
             if built is not None:
                 indexes[kind] = asdict(built)
         result.update(model_id=info.id, split=split, embedded_images=report.images,
-                      precision="bf16" if precision_uses_bf16(config.precision, model.device) else "fp32",
+                      precision=_precision_used(config.precision, model.device, engine, ray_config),
                       embedded_captions=report.captions, indexes=indexes,
                       stage_seconds={k: round(v, 2) for k, v in report.stage_seconds.items()},
                       seconds=round(time.perf_counter() - started, 2))

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
+
+from warehouse import InputError
 
 from .devices import default_device
 from .model_spec import load_spec
@@ -77,8 +79,7 @@ class TextTower:
             x = x[rows, tokens.argmax(dim=-1)]
         else:
             x = x[:, 0] if self.pool == "first" else x[:, -1]
-        if "text_projection" in w:
-            x = x @ w["text_projection"]
+        x = x @ w["text_projection"]
         return F.normalize(x, dim=-1)
 
     def _block(self, x: torch.Tensor, p: str) -> torch.Tensor:
@@ -98,26 +99,50 @@ class TextTower:
 
 
 def load_text_tower(folder: Path, device: torch.device | str | None = None) -> TextTower | None:
-    """The checkpoint's text tower without open_clip, or None when it is not one this module computes."""
+    """The checkpoint's text tower without open_clip, or None when it is not one this module computes, or when
+    anything about the files is off (then the caller's `load_checkpoint` reports it)."""
     folder = Path(folder)
-    spec = load_spec(folder)
+    try:
+        spec = load_spec(folder)
+        tokenizer_spec = json.loads((folder / "tokenizer.json").read_text())
+    except (OSError, ValueError, InputError):
+        return None
     config = spec.config
     text_cfg = config.get("text_cfg", {})
     if set(config) - _TOP_LEVEL or any(
             key not in _SUPPORTED or (_SUPPORTED[key] is not None and value not in _SUPPORTED[key])
             for key, value in text_cfg.items()):
         return None
-    tokenizer = tokenizer_from_json(json.loads((folder / "tokenizer.json").read_text()))
-    if not isinstance(tokenizer, WordTokenizer):  # open_clip's tokenizers import open_clip
+    if not isinstance(tokenizer_spec, dict) or tokenizer_spec.get("kind") != "word":  # open_clip's import open_clip
         return None
-    weights = {k: v for k, v in load_file(str(folder / "model.safetensors")).items()
-               if not k.startswith("visual.") and k != "logit_scale" and k != "logit_bias"}
-    expected = {"token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias"}
-    if not expected <= set(weights) or any(k.startswith("text.") for k in weights):
+    try:
+        tokenizer = tokenizer_from_json(tokenizer_spec)
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:  # the text tower's tensors only
+            weights = {k: f.get_tensor(k) for k in f.keys()  # noqa: SIM118 (safe_open has no __iter__)
+                       if not k.startswith("visual.") and k not in ("logit_scale", "logit_bias")}
+    except (OSError, ValueError, KeyError, TypeError, InputError, SafetensorError):
         return None
-    if not all(k.startswith(("transformer.resblocks.", "text_projection", *expected)) for k in weights):
-        return None
-    if "text_projection.weight" in weights:  # an nn.Linear projection (proj_type linear with a bias): not here
-        return None
-    device = torch.device(device) if device is not None else default_device()
-    return TextTower(weights, text_cfg, bool(config.get("quick_gelu", False)), tokenizer, device)
+    return TextTower(weights, text_cfg, bool(config.get("quick_gelu", False)), tokenizer,
+                     torch.device(device) if device is not None else default_device()) \
+        if _fits(weights, text_cfg, tokenizer) else None
+
+
+def _fits(weights: dict[str, torch.Tensor], text_cfg: dict[str, Any], tokenizer: WordTokenizer) -> bool:
+    """Whether the weights are exactly a standard text tower of this config: every key known, every block there,
+    the shapes the forward pass assumes (a checkpoint whose weights and config disagree is left to open_clip's
+    strict loading, which reports it)."""
+    fixed = {"token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias", "text_projection"}
+    block = {"ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
+             "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight",
+             "mlp.c_proj.bias"}
+    layers, heads = int(text_cfg.get("layers", 12)), int(text_cfg.get("heads", 8))
+    scale = {"ls_1.gamma", "ls_2.gamma"} if text_cfg.get("ls_init_value") is not None else set()
+    expected = fixed | {f"transformer.resblocks.{i}.{name}" for i in range(layers) for name in block | scale}
+    if set(weights) != expected:
+        return False
+    vocab, width = weights["token_embedding.weight"].shape
+    return (width % heads == 0 and vocab >= tokenizer.vocab_size
+            and weights["positional_embedding"].shape == (tokenizer.context_length, width)
+            and weights["text_projection"].dim() == 2 and weights["text_projection"].shape[0] == width
+            and all(weights[f"transformer.resblocks.{i}.attn.in_proj_weight"].shape == (3 * width, width)
+                    for i in range(layers)))

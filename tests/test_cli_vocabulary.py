@@ -6,7 +6,7 @@ import argparse
 import pytest
 
 from heads.config import CaptionerConfig, TaggingConfig
-from indexer.config import EmbedConfig, TrainConfig
+from indexer.config import EMBED_BATCH, EmbedConfig, TrainConfig
 from ui.cli import build_parser, main
 
 
@@ -107,4 +107,5 @@ def test_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["index", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert f"(default: {EmbedConfig().batch_size})" in out and f"(default: {EmbedConfig().shard_size})" in out
+    assert f"(default: {EMBED_BATCH['cpu']} on the CPU, {EMBED_BATCH['cuda']} on a GPU)" in out
+    assert f"(default: {EmbedConfig().shard_size})" in out

@@ -24,6 +24,13 @@ def test_auto_means_bf16_only_where_the_device_runs_it_fast(monkeypatch, fast):
     assert precision_uses_bf16("bf16", cpu) is True and precision_uses_bf16("fp32", cpu) is False
 
 
+def test_the_batch_size_follows_the_device_unless_given():
+    assert EmbedConfig().batch_for("cpu") < EmbedConfig().batch_for("cuda")  # CPUs run small batches faster
+    assert EmbedConfig(batch_size=7).batch_for("cpu") == EmbedConfig(batch_size=7).batch_for("cuda") == 7
+    with pytest.raises(InputError, match="batch_size must be >= 1"):
+        EmbedConfig(batch_size=0)
+
+
 def test_a_precision_that_does_not_exist_is_refused():
     for config in (EmbedConfig, RayEmbedConfig):
         with pytest.raises(InputError, match="precision must be one of"):

@@ -104,3 +104,22 @@ def test_a_text_search_never_imports_open_clip(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     ids, imported = json.loads(out.stdout.strip().splitlines()[-1])
     assert imported == [] and ids == expected
+
+
+def test_files_that_are_off_are_left_to_the_whole_model_to_report(tmp_path):
+    """A truncated weights file, or weights that disagree with the config, get None here: `load_checkpoint`
+    (open_clip's strict loading) then reports them as the user's broken checkpoint, not as a bug."""
+    from warehouse import InputError
+
+    folder, _ = _checkpoint(tmp_path)
+    spec = json.loads((folder / "config.json").read_text())
+    spec["config"]["text_cfg"]["layers"] = 3  # the weights have 4 blocks
+    (folder / "config.json").write_text(json.dumps(spec))
+    assert load_text_tower(folder, "cpu") is None
+
+    folder, _ = _checkpoint(tmp_path / "b")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert load_text_tower(folder, "cpu") is None
+    with pytest.raises(InputError, match="not a readable safetensors file"):
+        load_checkpoint(folder, "cpu")

@@ -9,7 +9,7 @@ from ._options import add_device, add_json, add_model, add_no_progress, add_prec
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from indexer.config import EmbedConfig, RayEmbedConfig
+    from indexer.config import EMBED_BATCH, EmbedConfig, RayEmbedConfig
 
     embed = EmbedConfig()
     p = sub.add_parser(
@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--factory", default=None, help="faiss.index_factory string, e.g. Flat, HNSW32, IVF1024,PQ32")
     p.add_argument("--rebuild", action="store_true", help="build the indexes from scratch")
     p.add_argument("--batch-size", type=int, default=embed.batch_size,
-                   help="images or captions per forward pass (default: %(default)s)")
+                   help="images or captions per forward pass (default: " + ", ".join(
+                       f"{n} on {'a GPU' if d == 'cuda' else 'the CPU'}" for d, n in EMBED_BATCH.items()) + ")")
     p.add_argument("--shard-size", type=int, default=embed.shard_size,
                    help="items per embedding shard file: the most an interrupted run loses (default: %(default)s)")
     add_device(p)
