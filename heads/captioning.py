@@ -308,7 +308,7 @@ def _quiet_logs(trainer: Any, progress: bool) -> None:
 
 
 def _use_bf16(config: CaptionerConfig) -> bool:
-    """The shared precision policy (`indexer.models.precision_uses_bf16`) on the device the Trainer uses."""
+    """The shared precision policy (`indexer.devices.precision_uses_bf16`) on the device the Trainer uses."""
     from indexer.devices import default_device, precision_uses_bf16
 
     return precision_uses_bf16(config.precision, default_device())

@@ -65,8 +65,13 @@ class TaggingConfig:
             self.probe = ProbeConfig(**self.probe)
         if self.caption_neighbours < 1 or self.max_tags < 1:
             raise InputError("caption_neighbours and max_tags must be >= 1")
-        if "{}" not in self.prompt:
-            raise InputError(f"the prompt template needs a '{{}}' for the tag: {self.prompt!r}")
+        try:
+            filled = self.prompt.format("\0")
+        except (IndexError, KeyError, ValueError):
+            filled = ""
+        if filled.count("\0") != 1:
+            raise InputError(f"the prompt template needs exactly one '{{}}' for the tag and no other field: "
+                             f"{self.prompt!r}")
         if self.keywords is not None:
             self.keywords = tuple(dict.fromkeys(w.strip().lower() for w in self.keywords if w.strip()))
             if not self.keywords:

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from indexer.devices import default_device
 from indexer.index import load_index
-from indexer.models import load_checkpoint
 from indexer.shards import load_embeddings
+from indexer.text_tower import load_text_tower
 from warehouse import Artefact, ArtefactStore, Catalog, InputError, Workdir, atomic_write_json, recorded_run
 
 from .config import METHODS, TaggingConfig
@@ -145,7 +145,11 @@ class TagData:
 
     def prompt_vectors(self) -> np.ndarray:
         """(V, D) the text embedding of each keyword's zero-shot prompt, encoded on `self.device`."""
-        model = load_checkpoint(self.model_record.path, self.device)
+        model = load_text_tower(self.model_record.path, self.device)
+        if model is None:  # a text tower only open_clip computes
+            from indexer.models import load_checkpoint
+
+            model = load_checkpoint(self.model_record.path, self.device)
         with torch.no_grad():
             vectors = model.encode_text(prompts(self.vocabulary.words, self.config.prompt))
         return vectors.float().cpu().numpy()

@@ -17,7 +17,7 @@ __all__ = ["EMBED_BATCH", "EmbedConfig", "MissingEmbeddingError", "MODES", "PREC
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # Images or captions per forward pass when embedding, by device type: on CPUs smaller batches run faster (they stay
-# in cache: 1.2x to 1.8x over 256 for tiny, ViT-S-32 and ViT-B-32, docs/indexer.md), GPUs want large ones.
+# in cache: 1.2x to 1.7x over 256 for tiny, ViT-S-32 and ViT-B-32, docs/indexer.md), GPUs want large ones.
 EMBED_BATCH = {"cpu": 64, "cuda": 256}
 MODES = ("full", "locked-image", "lora")
 

@@ -26,7 +26,7 @@ from .index import RERANK_FACTOR, configure_search, needs_rerank
 from .index import rerank as exact_top_k
 
 # The vectors of the allowed items: an (M, D) array aligned with `allowed`, or a function ids -> (ids, vectors)
-# that reads them (e.g. `indexer.embed.load_embeddings` from the stored shards; any order of the ids it returns).
+# that reads them (e.g. `indexer.shards.load_embeddings` from the stored shards; any order of the ids it returns).
 VectorSource = np.ndarray | Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 

@@ -25,6 +25,7 @@ from warehouse import Catalog, Condition, InputError, Workdir, load_image
 
 from .index import load_index
 from .knn import search_allowed
+from .model_spec import load_spec
 from .shards import load_embeddings
 from .text_tower import TextTower, load_text_tower
 
@@ -60,6 +61,7 @@ class Searcher:
         self._device = device
         self._model: GroundexModel | None = None
         self._text: TextTower | GroundexModel | None = None
+        self._width: int | None = None  # the embedding width, read from the checkpoint's config when needed
         self._indexes: dict[str, tuple[int, faiss.Index]] = {}
 
     @property
@@ -128,17 +130,21 @@ class Searcher:
     # -- searches ---------------------------------------------------------------------------------
 
     def text_to_image(self, query: str, k: int = 10, where: str | Condition | None = None) -> list[Hit]:
-        return self._image_hits(self.text_vector(query), k, where)
+        return self.vector_to_image(self.text_vector(query), k, where)
 
     def image_to_image(self, image: Image.Image | str | Path | int, k: int = 10, where: str | Condition | None = None,
                        exclude_self: bool = True) -> list[Hit]:
         exclude = int(image) if isinstance(image, (int, np.integer)) and exclude_self else None
-        hits = self._image_hits(self.image_vector(image), k + (exclude is not None), where)
+        hits = self.vector_to_image(self.image_vector(image), k + (exclude is not None), where)
         return [h for h in hits if h.id != exclude][:k]
 
     def image_to_text(self, image: Image.Image | str | Path | int, k: int = 10, where: str | Condition | None = None
                       ) -> list[Hit]:
-        vector = self.image_vector(image)
+        return self.vector_to_text(self.image_vector(image), k, where)
+
+    def vector_to_text(self, vector: np.ndarray, k: int = 10, where: str | Condition | None = None) -> list[Hit]:
+        """The k captions (of images matching `where`) nearest to an embedding of this model's space."""
+        vector = self._query_vector(vector)
         allowed = None
         with self.reading() as catalog:
             if where:
@@ -170,12 +176,25 @@ class Searcher:
         with self.reading(catalog) as c:
             return self._search("image", vector, k, self.allowed_images(where, c), c)
 
-    def _image_hits(self, vector: np.ndarray, k: int, where: str | Condition | None) -> list[Hit]:
+    def vector_to_image(self, vector: np.ndarray, k: int = 10, where: str | Condition | None = None) -> list[Hit]:
+        """The k images (matching `where`) nearest to an embedding of this model's space (normalized here)."""
+        vector = self._query_vector(vector)
         with self.reading() as catalog:
             ids, scores = self.nearest_images(vector, k, where, catalog)
             details = catalog.image_details(ids)
         return [Hit(i, s, i, details[i]["path"], details[i]["split"], details[i]["captions"])
                 for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
+
+    def _query_vector(self, vector: np.ndarray) -> np.ndarray:
+        """A query embedding checked and L2-normalized: one finite vector of the model's width."""
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if self._width is None:
+            self._width = int(load_spec(self.model_record.path).config["embed_dim"])
+        width = self._width
+        if vector.shape != (width,) or not np.isfinite(vector).all() or not np.linalg.norm(vector) > 0:
+            raise InputError(f"an embedding query must be {width} finite numbers, not all zero, for model "
+                             f"{self.model_id}")
+        return vector / np.linalg.norm(vector)
 
     def _search(self, kind: str, vector: np.ndarray, k: int, allowed: np.ndarray | None, catalog: Catalog
                 ) -> tuple[np.ndarray, np.ndarray]:

@@ -214,7 +214,7 @@ def faiss_ids(index: faiss.Index) -> np.ndarray:
 
 
 def _check_indexes(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
-    from .index import patch_ids  # here: index imports embed; keep this module light to import
+    from .index import patch_ids
 
     current = catalog.indexed_kinds()
     for model_id, kind in current:

@@ -87,3 +87,13 @@ def test_zeroshot_scores_rank_images_by_their_prompt_and_share_one_scale():
     labels[:20, 0], labels[20:, 1] = True, True
     assert mean_average_precision(scores, labels) > 95 and scores.min() > 0 and scores.max() < 1
     assert abs(np.median(scores[:, 0]) - np.median(scores[:, 1])) < 0.2  # standardized: one threshold fits both
+
+
+@pytest.mark.parametrize("template", ["{} and {}", "{name} {}", "a photo"])
+def test_a_prompt_template_needs_exactly_one_field_for_the_tag(template):
+    from heads.config import TaggingConfig
+    from warehouse import InputError
+
+    with pytest.raises(InputError, match="exactly one"):
+        TaggingConfig(prompt=template)
+    assert TaggingConfig(prompt="a {{braced}} photo of {}").prompt  # literal braces are fine

@@ -31,7 +31,7 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 def add_precision(parser: argparse.ArgumentParser, default: str) -> None:
     """--precision: fp32, bf16 autocast, or auto (bf16 where the CPU or GPU runs it fast); one test decides it for
-    every command (`indexer.models.precision_uses_bf16`)."""
+    every command (`indexer.devices.precision_uses_bf16`)."""
     from indexer.config import PRECISIONS
 
     parser.add_argument("--precision", choices=PRECISIONS, default=default,

@@ -1,0 +1,234 @@
+"""`groundex serve`: the endpoints through the ASGI test client, clip-retrieval's clip back protocol as its client
+speaks it, bad requests (each a 4xx JSON error, the server still up), and one real server process over plain HTTP."""
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from tests.helpers import built_workdir, image_bytes
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from ui.serve import ServeOptions, create_app  # noqa: E402
+from ui.serve.service import Filters, decode_image  # noqa: E402
+from warehouse import ImageError  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a trained workdir
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return built_workdir(tmp_path_factory.mktemp("serve") / "w", n=80, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def client(workdir):
+    return TestClient(create_app(workdir, ServeOptions(max_k=50)))
+
+
+def _error(response, status):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "request_id"} and body["error"] and "Traceback" not in body["error"]
+    assert response.headers["x-request-id"] == body["request_id"]
+    return body["error"]
+
+
+def test_health_and_models(client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok"
+    models = client.get("/models").json()
+    assert [m["serving"] for m in models].count(True) == 1 and models[0]["indexes"]["image"] > 0
+
+
+def test_text_search_returns_k_hits_with_urls_this_server_answers(client):
+    out = client.post("/search", json={"text": "a red circle", "k": 5}).json()
+    assert len(out["hits"]) == 5 and all(h["url"].endswith(f"/images/{h['image_id']}/thumbnail") for h in out["hits"])
+    scores = [h["score"] for h in out["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    thumb = client.get(out["hits"][0]["url"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(thumb.content)).size[0] <= 256
+    meta = client.get(f"/images/{out['hits'][0]['image_id']}").json()
+    assert meta["captions"] and meta["phrases"] and "path" not in meta  # never a file path
+
+
+def test_every_query_input_finds_the_same_space(client, workdir):
+    from indexer.search import Searcher
+
+    searcher = Searcher(workdir)
+    vector = searcher.text_vector("a blue square").tolist()
+    by_text = [h["id"] for h in client.post("/search", json={"text": "a blue square", "k": 5}).json()["hits"]]
+    by_vector = [h["id"] for h in client.post("/search", json={"embedding": vector, "k": 5}).json()["hits"]]
+    assert by_text == by_vector
+    first = by_text[0]
+    similar = client.post("/search", json={"image_id": first, "k": 5}).json()["hits"]
+    assert first not in [h["id"] for h in similar] and len(similar) == 5
+    png = image_bytes((96, 96), (200, 30, 30), fmt="PNG")
+    as_json = client.post("/search", json={"image": base64.b64encode(png).decode(), "k": 3}).json()["hits"]
+    as_upload = client.post("/search", files={"image": ("x.png", png, "image/png")}, data={"k": "3"}).json()["hits"]
+    assert [h["id"] for h in as_json] == [h["id"] for h in as_upload]
+    captions = client.post("/search", json={"image_id": first, "k": 4, "modality": "text"}).json()["hits"]
+    assert len(captions) == 4 and all(h["text"] for h in captions)
+
+
+def test_filters_are_applied_inside_the_search(client):
+    hits = client.post("/search", json={"text": "a dog", "k": 10, "split": "val"}).json()["hits"]
+    assert hits and all(h["split"] == "val" for h in hits)
+    hits = client.post("/search", json={"text": "a dog", "k": 10, "where": "split = 'train'"}).json()["hits"]
+    assert hits and all(h["split"] == "train" for h in hits)
+
+
+@pytest.mark.parametrize("request_body, status, match", [
+    ({"text": "x", "image_id": 1}, 400, "exactly one"),
+    ({}, 400, "exactly one"),
+    ({"image": "not base64!!"}, 400, "base64"),
+    ({"image": base64.b64encode(b"GIF89a broken").decode()}, 400, "image"),
+    ({"text": "x", "k": 100000}, 400, "k must be between"),
+    ({"text": "x", "k": "many"}, 400, "k"),
+    ({"image_id": 10**9}, 400, "not in the catalog"),
+    ({"embedding": [1.0, 2.0]}, 400, "embedding"),
+    ({"text": "x", "where": "1=1; DROP TABLE images"}, 400, ""),
+    ({"text": "x", "where": "read_csv('/etc/passwd') IS NOT NULL"}, 400, ""),
+    ({"text": "x", "modality": "audio"}, 400, "modality"),
+], ids=lambda x: None)
+def test_bad_requests_get_a_json_4xx_and_the_server_stays_up(client, request_body, status, match):
+    assert match in _error(client.post("/search", json=request_body), status)
+    assert client.get("/health").status_code == 200
+
+
+def test_bodies_that_are_not_json_or_too_big_are_refused(workdir):
+    client = TestClient(create_app(workdir, ServeOptions(max_body_bytes=1000, warm=False)))
+    _error(client.post("/search", content=b"{not json"), 400)
+    _error(client.post("/search", content=b"[1, 2]"), 400)
+    _error(client.post("/search", json={"text": "x" * 2000}), 413)
+    assert "not found" in _error(client.get("/images/999999999"), 404)
+
+
+def test_a_token_is_required_when_set(workdir):
+    client = TestClient(create_app(workdir, ServeOptions(token="s3cret-token-0123456789", warm=False)))
+    assert client.get("/health").status_code == 200  # liveness stays open
+    _error(client.post("/search", json={"text": "x"}), 401)
+    _error(client.post("/search", json={"text": "x"}, headers={"Authorization": "Bearer wrong"}), 401)
+    ok = client.post("/search", json={"text": "x", "k": 2},
+                     headers={"Authorization": "Bearer s3cret-token-0123456789"})
+    assert ok.status_code == 200 and len(ok.json()["hits"]) == 2
+
+
+# -- clip-retrieval's clip back -------------------------------------------------------------------------------------
+
+def _clip_client_body(**fields) -> bytes:
+    """The document clip-retrieval's ClipClient posts: every field present, sent as the raw body (no Content-Type)."""
+    doc = {"text": None, "image": None, "image_url": None, "embedding_input": None, "deduplicate": True,
+           "use_safety_model": False, "use_violence_detector": False, "indice_name": None, "use_mclip": False,
+           "aesthetic_score": 9, "aesthetic_weight": 0.5, "modality": "image", "num_images": 5,
+           "num_result_ids": 5}
+    return json.dumps({**doc, **fields}).encode()
+
+
+def test_knn_service_answers_clip_retrieval_s_client(client):
+    names = client.get("/indices-list").json()
+    assert len(names) == 1
+    out = client.post("/knn-service", content=_clip_client_body(text="a red circle", indice_name=names[0]))
+    assert out.status_code == 200, out.text
+    hits = out.json()
+    assert 1 <= len(hits) <= 5 and all(set(h) == {"id", "similarity", "url", "caption"} for h in hits)
+    assert all(h["url"].startswith("http") and "/images/" in h["url"] for h in hits)
+    similarities = [h["similarity"] for h in hits]
+    assert similarities == sorted(similarities, reverse=True)
+    texts = client.post("/knn-service", content=_clip_client_body(text="a red circle", modality="text")).json()
+    assert texts and all(h["caption"] for h in texts)
+    meta = client.post("/metadata", content=json.dumps({"ids": [hits[0]["id"]], "indice_name": names[0]}).encode())
+    assert meta.json() == [{"id": hits[0]["id"], "metadata": {"url": hits[0]["url"], "caption": hits[0]["caption"]}}]
+
+
+def test_knn_service_deduplicates_near_identical_images(client):
+    plain = client.post("/knn-service", content=_clip_client_body(text="a circle", deduplicate=False,
+                                                                  num_images=20, num_result_ids=20)).json()
+    dedup = client.post("/knn-service", content=_clip_client_body(text="a circle", deduplicate=True,
+                                                                  num_images=20, num_result_ids=20)).json()
+    assert {h["id"] for h in dedup} <= {h["id"] for h in plain} and len(dedup) <= len(plain)
+
+
+def test_knn_service_refuses_what_it_cannot_do(client):
+    assert "image_url" in _error(client.post("/knn-service", content=_clip_client_body(
+        image_url="http://example.invalid/x.jpg")), 400)
+    _error(client.post("/knn-service", content=_clip_client_body(text="x", indice_name="nope")), 404)
+    _error(client.post("/knn-service", content=_clip_client_body(text="x", num_images=10**6)), 400)
+
+
+def test_decode_image_and_filters_without_a_server():
+    png = image_bytes((10, 10), fmt="PNG")
+    assert decode_image("data:image/png;base64," + base64.b64encode(png).decode()).size == (10, 10)
+    with pytest.raises(ImageError, match="pixels"):
+        decode_image(image_bytes((100, 100), fmt="PNG"), max_pixels=50)
+    condition = Filters(split="val", tags=("dog", "red"), where="width > 10").condition()
+    assert condition.sql == "split = ? AND list_has_all(tags, ?) AND (width > 10)"
+    assert condition.params == ("val", ("dog", "red"))
+    assert Filters().condition() is None
+
+
+# -- a real server ----------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_real_server_speaks_plain_http_and_stops_on_sigterm(workdir):
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", "--workdir", str(workdir.root), "--port",
+                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    assert json.loads(r.read())["status"] == "ok"
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.5)
+        # exactly as clip-retrieval's client posts: the JSON document as the body, no Content-Type header
+        request = urllib.request.Request(f"{base}/knn-service", data=_clip_client_body(text="a red circle"),
+                                         method="POST")
+        request.remove_header("Content-type")
+        with urllib.request.urlopen(request, timeout=30) as r:
+            hits = json.loads(r.read())
+        assert hits and hits[0]["url"].startswith(base)
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{base}/search", data=b"{oops", method="POST"), timeout=30)
+            raise AssertionError("a broken body was accepted")
+        except urllib.error.HTTPError as e:
+            assert e.code == 400 and "error" in json.loads(e.read())
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=30)
+    assert code in (0, -signal.SIGTERM)
+    with pytest.raises(ProcessLookupError):  # nothing of it is left: the whole process group is gone
+        os.killpg(server.pid, 0)
+
+
+def test_serve_refuses_other_addresses_without_a_token(tmp_path, capsys):
+    from ui.cli import main
+
+    assert main(["serve", "--workdir", str(tmp_path / "w"), "--host", "0.0.0.0"]) == 2
+    assert "--token-file" in capsys.readouterr().err
+    short = tmp_path / "token"
+    short.write_text("abc")
+    assert main(["serve", "--workdir", str(tmp_path / "w"), "--host", "0.0.0.0", "--token-file", str(short)]) == 2
+    assert "at least 16" in capsys.readouterr().err

@@ -1,0 +1,319 @@
+"""The HTTP API of `groundex serve` (FastAPI): groundex's own endpoints and clip-retrieval's `clip back` protocol.
+
+Safe by default: the server binds to 127.0.0.1 (`ui.cli.serve` refuses another address without a token); with a
+token every request but `/health` needs `Authorization: Bearer <token>`, compared in constant time. Request bodies
+are limited in size, uploads in pixels, `k` and `num_images` in count, and every request in time. Errors are JSON
+`{"error": message, "request_id": id}`: 4xx for the client's mistakes, 500 for bugs, whose traceback goes to the
+server's log under the same request id and never into the response.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, ValidationError
+
+from indexer.search import Hit
+from warehouse import DEFAULT_MAX_PIXELS, CatalogError, ImageError, InputError, Workdir
+
+from .service import Filters, Service, decode_image
+
+__all__ = ["create_app", "ServeOptions"]
+
+_logger = logging.getLogger("groundex.serve")
+
+
+@dataclass
+class ServeOptions:
+    model: str | None = None                 # a recorded model (label or hash prefix); default: the newest
+    token: str | None = None                 # required as a Bearer token on every request but /health when set
+    device: str | None = None
+    max_body_bytes: int = 16 * 2**20         # request bodies above this get 413
+    max_pixels: int = DEFAULT_MAX_PIXELS     # uploads with more pixels get 400 (the app's upload limit)
+    max_k: int = 1000                        # k, num_images and num_result_ids above this get 400
+    timeout_s: float = 30.0                  # a request still running after this gets 504
+    cors_origins: tuple[str, ...] = ()       # CORS off unless origins are given
+    warm: bool = True                        # load the text encoder and the image index at start-up
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ClientError(Exception):
+    """A request the server cannot answer because of what the client sent: `status` and a message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# -- request and response models (they make the OpenAPI docs at /docs) -----------------------------------------------
+
+class SearchRequest(BaseModel):
+    text: str | None = Field(None, description="a text query")
+    image: str | None = Field(None, description="an image, base64 (a data: URL works too)")
+    image_id: int | None = Field(None, description="a catalog image: its stored embedding (left out of its results)")
+    embedding: list[float] | None = Field(None, description="a raw embedding in the model's space")
+    k: int = Field(10, ge=1, description="how many hits")
+    modality: str = Field("image", description="image: the nearest images; text: the nearest captions")
+    split: str | None = Field(None, description="only images of this split")
+    tags: list[str] = Field(default_factory=list, description="only images with every one of these tags")
+    where: str | None = Field(None, description="an SQL condition over the images' columns, as `--where`")
+
+
+class SearchHit(BaseModel):
+    id: int = Field(description="the image id, or the caption id when modality is text")
+    score: float
+    image_id: int
+    split: str | None
+    captions: list[str]
+    text: str | None = Field(None, description="the caption, when modality is text")
+    url: str = Field(description="this server's URL of the image's thumbnail")
+
+
+class SearchResponse(BaseModel):
+    model_id: str
+    hits: list[SearchHit]
+
+
+class KnnRequest(BaseModel):
+    """clip-retrieval's `/knn-service` request (clip back's fields)."""
+
+    text: str | None = None
+    image: str | None = None
+    image_url: str | None = None
+    embedding_input: list[float] | None = None
+    modality: str = "image"
+    num_images: int = 100
+    num_result_ids: int | None = None
+    indice_name: str | None = None
+    deduplicate: bool = False
+    # accepted for compatibility and not applied (groundex has no safety, violence or aesthetic models)
+    use_mclip: bool = False
+    use_safety_model: bool = False
+    use_violence_detector: bool = False
+    aesthetic_score: Any = None
+    aesthetic_weight: Any = None
+
+
+def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI:
+    options = options or ServeOptions()
+    service = Service(workdir, options.model, options.device, options.max_pixels)
+    if options.warm:
+        service.warm_up()
+    app = FastAPI(title="groundex", description="Search, grounding and metadata of a groundex workdir; "
+                  "clip-retrieval's clip back protocol at /indices-list, /knn-service and /metadata.")
+    app.state.service = service
+    if options.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):  # request id, token, body size, time limit, errors
+        request_id = uuid.uuid4().hex[:12]
+        request.state.request_id = request_id
+        started = time.perf_counter()
+        try:
+            if options.token is not None and request.url.path != "/health":
+                given = request.headers.get("authorization", "")
+                expected = f"Bearer {options.token}"
+                if not hmac.compare_digest(given.encode(), expected.encode()):
+                    raise ClientError(401, "missing or wrong token (Authorization: Bearer TOKEN)")
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > options.max_body_bytes):
+                raise ClientError(413, f"request body over {options.max_body_bytes:,} bytes")
+            with anyio.fail_after(options.timeout_s):
+                response = await call_next(request)
+        except ClientError as e:
+            response = _error(e.status, str(e), request_id)
+        except TimeoutError:
+            response = _error(504, f"the request took longer than {options.timeout_s:g} s", request_id)
+        response.headers["X-Request-Id"] = request_id
+        _logger.info("%s %s %s %d %.1f ms", request_id, request.method, request.url.path, response.status_code,
+                     1000 * (time.perf_counter() - started))
+        return response
+
+    @app.exception_handler(ClientError)
+    async def client_error(request: Request, exc: ClientError) -> JSONResponse:
+        return _error(exc.status, str(exc), request.state.request_id)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", "-")
+        _logger.error("request %s failed", request_id, exc_info=exc)
+        return _error(500, "internal error (the server's log has its traceback under this request id)", request_id)
+
+    async def body(request: Request) -> dict[str, Any]:
+        """The JSON body, whatever the Content-Type says (clip-retrieval's client sends none), within the limit."""
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > options.max_body_bytes:
+                raise ClientError(413, f"request body over {options.max_body_bytes:,} bytes")
+        try:
+            data = json.loads(raw or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ClientError(400, f"the body is not JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ClientError(400, "the body must be a JSON object")
+        return data
+
+    def parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
+        try:
+            return model.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise ClientError(400, f"{where}: {first['msg']}") from None
+
+    def check_k(name: str, k: int) -> None:
+        if not 1 <= k <= options.max_k:
+            raise ClientError(400, f"{name} must be between 1 and {options.max_k}, got {k}")
+
+    async def run(fn, *args):
+        """A blocking call (model, index, catalog) on a worker thread; user mistakes become 400s."""
+        try:
+            return await anyio.to_thread.run_sync(fn, *args)
+        except (InputError, ImageError, CatalogError) as e:
+            raise ClientError(400, str(e)) from None
+        except KeyError as e:
+            raise ClientError(404, f"not found: {e.args[0] if e.args else ''}") from None
+
+    def hit_out(request: Request, hit: Hit) -> dict[str, Any]:
+        return {"id": hit.id, "score": hit.score, "image_id": hit.image_id, "split": hit.split,
+                "captions": hit.captions, "text": hit.text,
+                "url": str(request.url_for("thumbnail", image_id=hit.image_id))}
+
+    # -- groundex's endpoints ---------------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model_id": service.model_id}
+
+    @app.get("/models")
+    async def models() -> list[dict[str, Any]]:
+        return await run(service.models)
+
+    @app.post("/search", response_model=SearchResponse, openapi_extra={"requestBody": {"content": {
+        "application/json": {"schema": SearchRequest.model_json_schema()}}, "required": True}})
+    async def search(request: Request) -> dict[str, Any]:
+        """Text, image (base64 in JSON, or a multipart upload in the field `image`), catalog image or embedding ->
+        the k nearest images (or captions, modality text), with catalog filters."""
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form()
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise ClientError(400, "multipart: send the image as a file in the field 'image'")
+            data = {k: v for k, v in form.items() if k != "image"}
+            if "tags" in data:
+                data["tags"] = [t for t in str(data["tags"]).split(",") if t]
+            query = parse(SearchRequest, data)
+            image = await run(decode_image, await upload.read(), options.max_pixels)
+        else:
+            query = parse(SearchRequest, await body(request))
+            image = await run(decode_image, query.image, options.max_pixels) if query.image is not None else None
+        check_k("k", query.k)
+        vector, exclude = await run(service.query_vector, query.text, image, query.image_id, query.embedding)
+        filters = Filters(query.split, tuple(query.tags), query.where)
+        hits = await run(service.search, vector, query.k, query.modality, filters, exclude)
+        return {"model_id": service.model_id, "hits": [hit_out(request, h) for h in hits]}
+
+    @app.get("/images/{image_id}")
+    async def image(image_id: int) -> dict[str, Any]:
+        """An image's metadata, captions (human and generated), phrases with boxes (fractions of the image) and
+        tags."""
+        return await run(service.image, image_id)
+
+    @app.get("/images/{image_id}/thumbnail", name="thumbnail")
+    async def thumbnail(image_id: int) -> Response:
+        return Response(await run(service.thumbnail, image_id), media_type="image/jpeg")
+
+    # -- clip-retrieval's clip back -------------------------------------------------------------------------------
+
+    @app.get("/indices-list")
+    async def indices_list() -> list[str]:
+        """The workdir's models by label (or id): clip back's index names."""
+        return [m["label"] or m["id"] for m in await run(service.models) if m["indexes"].get("image")]
+
+    @app.post("/knn-service")
+    async def knn_service(request: Request) -> list[dict[str, Any]]:
+        """clip back's query: the nearest images (modality image) or captions (modality text) as
+        [{id, similarity, url, caption}]; `url` is this server's thumbnail URL of the image."""
+        query = parse(KnnRequest, await body(request))
+        if query.indice_name not in (None, *await run(_names, service)):
+            raise ClientError(404, f"indice_name {query.indice_name!r} is not served here (GET /indices-list)")
+        if query.image_url is not None:
+            raise ClientError(400, "image_url is not fetched by this server: send the image as base64 in 'image'")
+        wanted = query.num_result_ids or query.num_images
+        check_k("num_images", query.num_images)
+        check_k("num_result_ids", wanted)
+        image = await run(decode_image, query.image, options.max_pixels) if query.image is not None else None
+        vector, _ = await run(service.query_vector, query.text, image, None, query.embedding_input)
+        hits = await run(service.search, vector, max(wanted, query.num_images), query.modality)
+        if query.deduplicate:
+            hits = await run(_deduplicate, service, hits, query.modality)
+        return [{"id": h.id, "similarity": h.score, "url": str(request.url_for("thumbnail", image_id=h.image_id)),
+                 "caption": h.text if h.text is not None else (h.captions[0] if h.captions else "")}
+                for h in hits[:query.num_images]]
+
+    @app.post("/metadata")
+    async def metadata(request: Request) -> list[dict[str, Any]]:
+        """clip back's metadata: [{id, metadata: {url, caption}}] for image ids."""
+        data = await body(request)
+        ids = data.get("ids", [])
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+            raise ClientError(400, "ids must be a list of integers")
+        check_k("len(ids)", max(1, len(ids)))
+        out = []
+        for image_id in ids:
+            try:
+                info = await run(service.image, image_id)
+            except ClientError:
+                continue
+            out.append({"id": image_id, "metadata": {
+                "url": str(request.url_for("thumbnail", image_id=image_id)),
+                "caption": info["captions"][0] if info["captions"] else ""}})
+        return out
+
+    return app
+
+
+def _names(service: Service) -> list[str]:
+    names = []
+    for m in service.models():
+        names += [m["id"], *([m["label"]] if m["label"] else [])]
+    return names
+
+
+def _deduplicate(service: Service, hits: list[Hit], modality: str) -> list[Hit]:
+    """Drop hits whose image is a near-duplicate (cosine >= 0.99) of a better hit's image (clip back's
+    `deduplicate`); captions: the same text once."""
+    if modality == "text":
+        seen: set[str] = set()
+        return [h for h in hits if not (h.text in seen or seen.add(h.text))]
+    from indexer.shards import load_embeddings
+
+    ids, vectors = load_embeddings(service.workdir, service.model_id, "image", [h.image_id for h in hits])
+    row = {int(i): r for r, i in enumerate(ids)}
+    kept: list[Hit] = []
+    kept_vectors: list[Any] = []
+    for h in hits:
+        v = vectors[row[h.image_id]]
+        v = v / max(float((v * v).sum()) ** 0.5, 1e-12)
+        if all(float(v @ u) < 0.99 for u in kept_vectors):
+            kept.append(h)
+            kept_vectors.append(v)
+    return kept
+
+
+def _error(status: int, message: str, request_id: str) -> JSONResponse:
+    return JSONResponse({"error": message, "request_id": request_id}, status_code=status)

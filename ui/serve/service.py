@@ -1,0 +1,148 @@
+"""What `groundex serve` answers, without HTTP: one warm `Searcher` (model, indexes) over a workdir, and the
+catalog's metadata. The HTTP layer (`ui.serve.app`) only parses requests and shapes responses.
+
+Model calls are serialized by one lock: torch already uses every core for one forward pass, and the text tower and
+the indexes are shared. Indexes are reloaded when `groundex index` records a newer version (`Searcher.index`), so
+a build running in the same workdir never breaks a query: readers follow the catalog's current version, which a
+build switches only once its files are complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from indexer.search import Hit, Searcher
+from warehouse import DEFAULT_MAX_PIXELS, Catalog, Condition, InputError, Workdir, load_image, load_image_bytes
+
+__all__ = ["decode_image", "Service", "THUMB_SIDE"]
+
+THUMB_SIDE = 256
+
+
+def decode_image(data: bytes | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An uploaded image (bytes, or base64 text with or without a data: prefix), at most `max_pixels`."""
+    if isinstance(data, str):
+        text = data.split(",", 1)[1] if data.startswith("data:") else data
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError("image: not valid base64") from None
+    if not data:
+        raise InputError("image: empty")
+    return load_image_bytes(data, max_pixels)
+
+
+@dataclass
+class Filters:
+    """The catalog filters a query may carry: a split, tags every hit must have, and an SQL condition over the
+    images' columns (the same locked-down condition as `--where`)."""
+
+    split: str | None = None
+    tags: tuple[str, ...] = ()
+    where: str | None = None
+
+    def condition(self) -> Condition | None:
+        parts, params = [], []
+        if self.split:
+            parts, params = [*parts, "split = ?"], [*params, self.split]
+        if self.tags:
+            parts, params = [*parts, "list_has_all(tags, ?)"], [*params, tuple(self.tags)]
+        if self.where:
+            parts.append(f"({self.where})")
+        return Condition(" AND ".join(parts), tuple(params)) if parts else None
+
+
+class Service:
+    """One workdir and model, warm: search by text, image, catalog image or raw embedding; image metadata."""
+
+    def __init__(self, workdir: Workdir, model: str | None = None, device: str | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.workdir = workdir
+        self.searcher = Searcher(workdir, model, device)
+        self.model_id = self.searcher.model_id
+        self.max_pixels = max_pixels
+        self.lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Load the text encoder and the image index now, so the first request does not pay for them."""
+        with self.lock:
+            self.searcher.text_vector("warm up")
+            self.searcher.index("image")
+
+    # -- queries ------------------------------------------------------------------------------------------------
+
+    def query_vector(self, text: str | None = None, image: Image.Image | None = None, image_id: int | None = None,
+                     embedding: list[float] | None = None) -> tuple[np.ndarray, int | None]:
+        """The query's embedding from exactly one input, and the catalog image to leave out of its own results."""
+        given = [x is not None for x in (text, image, image_id, embedding)]
+        if sum(given) != 1:
+            raise InputError("give exactly one of: text, image, image_id, embedding")
+        with self.lock:
+            if text is not None:
+                return self.searcher.text_vector(text), None
+            if image is not None:
+                return self.searcher.image_vector(image), None
+            if image_id is not None:
+                try:
+                    return self.searcher.image_vector(int(image_id)), int(image_id)
+                except KeyError:
+                    raise InputError(f"image id {image_id} is not in the catalog or has no embedding") from None
+        return np.asarray(embedding, dtype=np.float32), None
+
+    def search(self, vector: np.ndarray, k: int, modality: str = "image", filters: Filters | None = None,
+               exclude: int | None = None) -> list[Hit]:
+        """The k nearest images (modality "image") or captions ("text") matching the filters."""
+        condition = (filters or Filters()).condition()
+        with self.lock:
+            if modality == "text":
+                return self.searcher.vector_to_text(vector, k, condition)
+            if modality != "image":
+                raise InputError(f"modality must be image or text, got {modality!r}")
+            hits = self.searcher.vector_to_image(vector, k + (exclude is not None), condition)
+        return [h for h in hits if h.id != exclude][:k]
+
+    # -- the catalog --------------------------------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            return [{"id": m.id, "label": m.label, "name": m.info.get("name"), "source": m.source,
+                     "created_at": str(m.created_at), "indexes": catalog.index_kinds(m.id),
+                     "serving": m.id == self.model_id} for m in catalog.models()]
+
+    def image(self, image_id: int) -> dict[str, Any]:
+        """An image's metadata, human and generated captions, phrases with boxes, and tags."""
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            details = catalog.image_details([image_id]).get(image_id)
+            if details is None:
+                raise KeyError(image_id)
+            phrases = catalog.grounding_rows(image_ids=[image_id])
+            generated = catalog.generated_captions([image_id]).get(image_id, [])
+            tags = catalog.tags_of([image_id]).get(image_id, [])
+        return {"id": image_id, "split": details["split"], "width": details["width"], "height": details["height"],
+                "dataset": details["dataset"], "key": details["key"], "captions": details["captions"],
+                "generated_captions": generated,
+                "phrases": [{"text": r.text, "types": list(r.types), "boxes": [list(b) for b in r.boxes]}
+                            for r in phrases],
+                "tags": tags}
+
+    def image_path(self, image_id: int) -> str:
+        with Catalog.open(self.workdir, read_only=True) as catalog:
+            details = catalog.image_details([image_id]).get(image_id)
+        if details is None:
+            raise KeyError(image_id)
+        return details["path"]
+
+    def thumbnail(self, image_id: int, side: int = THUMB_SIDE) -> bytes:
+        image = load_image(self.image_path(image_id))
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        return buffer.getvalue()
