@@ -85,9 +85,10 @@ class Grounder:
     """Loads a model (and, for collection search, its image index) once; grounds phrases on demand."""
 
     def __init__(self, workdir: Workdir, model_id: str | None = None, device: str | None = None,
-                 config: GroundingConfig | None = None):
+                 config: GroundingConfig | None = None, searcher: Searcher | None = None):
+        """`searcher`: an already warm one of the same model to share (its model and indexes), e.g. a server's."""
         self.workdir = workdir
-        self.searcher = Searcher(workdir, model_id, device)
+        self.searcher = searcher or Searcher(workdir, model_id, device)
         self.model_id = self.searcher.model_id
         self.config = config or load_config(workdir, self.model_id)
         self.spec = load_spec(self.searcher.model_record.path)  # grid and resize without loading the model

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -29,7 +30,15 @@ pytestmark = pytest.mark.slow  # a trained workdir
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    return built_workdir(tmp_path_factory.mktemp("serve") / "w", n=80, epochs=1)
+    from heads.captioning import train_captioner
+    from heads.config import CaptionerConfig
+    from heads.tagging import tag_workdir
+
+    workdir = built_workdir(tmp_path_factory.mktemp("serve") / "w", n=80, epochs=1)
+    tag_workdir(workdir, "knn", progress=False)
+    train_captioner(workdir, CaptionerConfig(hidden_size=64, layers=1, heads=2, intermediate_size=128, epochs=1),
+                    progress=False)
+    return workdir
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +171,6 @@ def test_knn_service_deduplicates_near_identical_images(client):
 
 
 def test_knn_service_refuses_what_it_cannot_do(client):
-    assert "image_url" in _error(client.post("/knn-service", content=_clip_client_body(
-        image_url="http://example.invalid/x.jpg")), 400)
     _error(client.post("/knn-service", content=_clip_client_body(text="x", indice_name="nope")), 404)
     _error(client.post("/knn-service", content=_clip_client_body(text="x", num_images=10**6)), 400)
 
@@ -232,3 +239,65 @@ def test_serve_refuses_other_addresses_without_a_token(tmp_path, capsys):
     short.write_text("abc")
     assert main(["serve", "--workdir", str(tmp_path / "w"), "--host", "0.0.0.0", "--token-file", str(short)]) == 2
     assert "at least 16" in capsys.readouterr().err
+
+
+def test_ground_a_phrase_in_one_image_and_across_the_collection(client):
+    hit = client.post("/search", json={"text": "a red circle", "k": 1}).json()["hits"][0]
+    one = client.post("/ground", json={"phrase": "a red circle", "image_id": hit["image_id"]})
+    assert one.status_code == 200, one.text
+    [g] = one.json()["results"]
+    assert g["image_id"] == hit["image_id"] and "path" not in g and g["url"].endswith("/thumbnail")
+    assert 0 <= g["point"][0] <= g["width"] and 0 <= g["point"][1] <= g["height"] and g["boxes"]
+    heatmap = np.array(g["heatmap"])
+    assert heatmap.ndim == 2 and np.isclose(heatmap.max(), g["score"], atol=1e-3)
+    png = image_bytes((120, 90), (30, 30, 200), fmt="PNG")
+    upload = client.post("/ground", json={"phrase": "a blue square", "image": base64.b64encode(png).decode()})
+    [u] = upload.json()["results"]
+    assert u["image_id"] is None and (u["width"], u["height"]) == (120, 90)
+    many = client.post("/ground", json={"phrase": "a red circle", "k": 3, "split": "train"}).json()["results"]
+    assert len(many) == 3 and all(r["split"] == "train" for r in many)
+    scores = [r["score"] for r in many]
+    assert scores == sorted(scores, reverse=True)
+    _error(client.post("/ground", json={"phrase": "", "image_id": hit["image_id"]}), 400)
+    _error(client.post("/ground", json={"phrase": "x", "image_id": 1, "image": base64.b64encode(png).decode()}), 400)
+
+
+def test_tags_and_captions_of_a_catalog_image_and_of_an_upload(client):
+    image_id = client.post("/search", json={"text": "a red circle", "k": 1}).json()["hits"][0]["image_id"]
+    png = base64.b64encode(image_bytes((64, 64), (200, 30, 30), fmt="PNG")).decode()
+    for query in ({"image_id": image_id}, {"image": png}):
+        tags = client.post("/tags", json=query)
+        assert tags.status_code == 200, tags.text
+        assert set(tags.json()["tags"]) == {"knn"}  # the one tagger fitted
+        assert all(set(t) == {"keyword", "score"} for t in tags.json()["tags"]["knn"])
+        caption = client.post("/caption", json=query).json()
+        assert isinstance(caption["caption"], str) and caption["captioner_id"]
+        assert isinstance(caption["retrieved"], list)
+    _error(client.post("/tags", json={}), 400)
+    _error(client.post("/caption", json={"image_id": "seven"}), 400)
+    _error(client.post("/caption", json={"image_id": image_id, "image": png}), 400)
+
+
+def test_image_url_is_fetched_only_when_the_operator_allows_it(workdir, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "red.png").write_bytes(image_bytes((64, 64), (200, 30, 30), fmt="PNG"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    handler.log_message = lambda *a: None
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # loopback only
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{site.server_address[1]}/red.png"
+    try:
+        allowed = TestClient(create_app(workdir, ServeOptions(allow_url_fetch=True, warm=False)))
+        hits = allowed.post("/knn-service", content=_clip_client_body(image_url=url, deduplicate=False)).json()
+        assert len(hits) == 5
+        _error(allowed.post("/knn-service", content=_clip_client_body(image_url=url + ".missing")), 400)
+        _error(allowed.post("/knn-service", content=_clip_client_body(image_url="file:///etc/passwd")), 400)
+        refused = TestClient(create_app(workdir, ServeOptions(warm=False)))
+        assert "--allow-url-fetch" in _error(refused.post("/knn-service", content=_clip_client_body(image_url=url)),
+                                             400)
+    finally:
+        site.shutdown()

@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve search and metadata over HTTP (JSON; clip-retrieval's clip back protocol too)",
         description="Runs one warm process (FastAPI on uvicorn) that loads the model and indexes once and answers "
-                    "JSON: GET /health, /models, /images/{id}, /images/{id}/thumbnail; POST /search; and clip back's "
+                    "JSON: GET /health, /models, /images/{id}, /images/{id}/thumbnail; POST /search, /ground, /tags, "
+                    "/caption; and clip back's "
                     "GET /indices-list, POST /knn-service, POST /metadata, so clip-retrieval's ClipClient works "
                     "unchanged. OpenAPI docs at /docs. Binds to 127.0.0.1; any other address needs --token-file. "
                     "docs/serve.md lists every endpoint.")
@@ -29,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "TOKEN' (required to bind to any address other than loopback)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser pages from this origin (repeatable; default: CORS off)")
+    p.add_argument("--allow-url-fetch", action="store_true",
+                   help="let /knn-service fetch the image at a request's image_url (off by default: the server then "
+                        "makes requests to any address a client names)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take (default: %(default)s)")
     p.set_defaults(run=run)
 
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from ui.serve import ServeOptions, create_app
 
     app = create_app(workdir_of(args), ServeOptions(model=args.model, token=token, device=args.device,
-                                                    cors_origins=tuple(args.cors_origin), timeout_s=args.timeout))
+                                                    cors_origins=tuple(args.cors_origin), timeout_s=args.timeout,
+                                                    allow_url_fetch=args.allow_url_fetch))
     print(f"groundex serve: {args.workdir} on http://{args.host}:{args.port} (docs at /docs; Ctrl-C stops)",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

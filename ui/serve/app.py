@@ -9,6 +9,7 @@ server's log under the same request id and never into the response.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import logging
@@ -42,6 +43,7 @@ class ServeOptions:
     max_k: int = 1000                        # k, num_images and num_result_ids above this get 400
     timeout_s: float = 30.0                  # a request still running after this gets 504
     cors_origins: tuple[str, ...] = ()       # CORS off unless origins are given
+    allow_url_fetch: bool = False            # /knn-service's image_url: fetched only when the operator allows it
     warm: bool = True                        # load the text encoder and the image index at start-up
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -66,6 +68,16 @@ class SearchRequest(BaseModel):
     split: str | None = Field(None, description="only images of this split")
     tags: list[str] = Field(default_factory=list, description="only images with every one of these tags")
     where: str | None = Field(None, description="an SQL condition over the images' columns, as `--where`")
+
+
+class GroundRequest(BaseModel):
+    phrase: str = Field(description="what to find, e.g. 'the man in the red jacket'")
+    image: str | None = Field(None, description="ground in this image, base64")
+    image_id: int | None = Field(None, description="ground in this catalog image")
+    k: int = Field(10, ge=1, description="without an image: how many regions across the collection")
+    split: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    where: str | None = None
 
 
 class SearchHit(BaseModel):
@@ -227,6 +239,42 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
         hits = await run(service.search, vector, query.k, query.modality, filters, exclude)
         return {"model_id": service.model_id, "hits": [hit_out(request, h) for h in hits]}
 
+    @app.post("/ground", openapi_extra={"requestBody": {"content": {
+        "application/json": {"schema": GroundRequest.model_json_schema()}}, "required": True}})
+    async def ground(request: Request) -> dict[str, Any]:
+        """A phrase in one image (`image` or `image_id`): its point, boxes (pixels of the image) and the patch heatmap
+        of cosine similarities; without an image, the k best regions across the collection (with the filters)."""
+        query = parse(GroundRequest, await body(request))
+        check_k("k", query.k)
+        image = await run(decode_image, query.image, options.max_pixels) if query.image is not None else None
+        grounded = await run(service.ground, query.phrase, image, query.image_id, query.k,
+                             Filters(query.split, tuple(query.tags), query.where))
+        for g in grounded:
+            if g["image_id"] is not None:
+                g["url"] = str(request.url_for("thumbnail", image_id=g["image_id"]))
+        return {"model_id": service.model_id, "results": grounded}
+
+    @app.post("/tags")
+    async def tags(request: Request) -> dict[str, Any]:
+        """Tags of an upload (`image`, base64) or a catalog image (`image_id`) from every fitted tagger."""
+        image, image_id = await image_input(request)
+        return {"model_id": service.model_id, "tags": await run(service.tags, image, image_id)}
+
+    @app.post("/caption")
+    async def caption(request: Request) -> dict[str, Any]:
+        """A caption of an upload (`image`, base64) or a catalog image (`image_id`) by the newest captioner, with
+        the retrieved captions it read."""
+        image, image_id = await image_input(request)
+        return await run(service.caption, image, image_id)
+
+    async def image_input(request: Request) -> tuple[Any, int | None]:
+        data = await body(request)
+        image_id = data.get("image_id")
+        if image_id is not None and (not isinstance(image_id, int) or isinstance(image_id, bool)):
+            raise ClientError(400, "image_id must be an integer")
+        image = await run(decode_image, data["image"], options.max_pixels) if data.get("image") is not None else None
+        return image, image_id
+
     @app.get("/images/{image_id}")
     async def image(image_id: int) -> dict[str, Any]:
         """An image's metadata, captions (human and generated), phrases with boxes (fractions of the image) and
@@ -251,8 +299,13 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
         query = parse(KnnRequest, await body(request))
         if query.indice_name not in (None, *await run(_names, service)):
             raise ClientError(404, f"indice_name {query.indice_name!r} is not served here (GET /indices-list)")
+        if query.image_url is not None and not options.allow_url_fetch:
+            raise ClientError(400, "image_url is not fetched by this server (its operator has not allowed it with "
+                                   "--allow-url-fetch): send the image as base64 in 'image'")
         if query.image_url is not None:
-            raise ClientError(400, "image_url is not fetched by this server: send the image as base64 in 'image'")
+            if query.image is not None:
+                raise ClientError(400, "give image or image_url, not both")
+            query.image = await run(_fetch, query.image_url, options.max_body_bytes)
         wanted = query.num_result_ids or query.num_images
         check_k("num_images", query.num_images)
         check_k("num_result_ids", wanted)
@@ -285,6 +338,23 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
         return out
 
     return app
+
+
+def _fetch(url: str, limit: int) -> bytes:
+    """An image by URL (http or https only), at most `limit` bytes, within 10 s."""
+    import urllib.error
+    import urllib.request
+
+    if not url.lower().startswith(("http://", "https://")):
+        raise InputError("image_url must be an http or https URL")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "groundex"}), timeout=10) as r:
+            data = r.read(limit + 1)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise InputError(f"image_url could not be fetched: {getattr(e, 'reason', e)}") from None
+    if len(data) > limit:
+        raise InputError(f"image_url: the image is over {limit:,} bytes")
+    return base64.b64encode(data).decode()
 
 
 def _names(service: Service) -> list[str]:

@@ -20,7 +20,16 @@ import numpy as np
 from PIL import Image
 
 from indexer.search import Hit, Searcher
-from warehouse import DEFAULT_MAX_PIXELS, Catalog, Condition, InputError, Workdir, load_image, load_image_bytes
+from warehouse import (
+    DEFAULT_MAX_PIXELS,
+    ArtefactError,
+    Catalog,
+    Condition,
+    InputError,
+    Workdir,
+    load_image,
+    load_image_bytes,
+)
 
 __all__ = ["decode_image", "Service", "THUMB_SIDE"]
 
@@ -70,6 +79,9 @@ class Service:
         self.model_id = self.searcher.model_id
         self.max_pixels = max_pixels
         self.lock = threading.Lock()
+        self._grounder: Any = None
+        self._taggers: dict[str, Any] = {}   # method -> (Tagger, TagData), or None when none is fitted
+        self._captioner: Any = None
 
     def warm_up(self) -> None:
         """Load the text encoder and the image index now, so the first request does not pay for them."""
@@ -108,6 +120,67 @@ class Service:
                 raise InputError(f"modality must be image or text, got {modality!r}")
             hits = self.searcher.vector_to_image(vector, k + (exclude is not None), condition)
         return [h for h in hits if h.id != exclude][:k]
+
+    def ground(self, phrase: str, image: Image.Image | None = None, image_id: int | None = None, k: int = 10,
+               filters: Filters | None = None) -> list[dict[str, Any]]:
+        """`phrase` grounded in one image (an upload or a catalog image: one result), or across the collection (the
+        k best regions of images matching the filters), each with its point, boxes and patch heatmap."""
+        if image is not None and image_id is not None:
+            raise InputError("give an image or an image_id, not both (or neither: search the collection)")
+        with self.lock:
+            if self._grounder is None:
+                from grounding import Grounder
+
+                self._grounder = Grounder(self.workdir, searcher=self.searcher)  # one warm model and set of indexes
+            if image is not None or image_id is not None:
+                grounded = [self._grounder.ground(phrase, image if image is not None else int(image_id))]
+            else:
+                grounded = self._grounder.search(phrase, k, (filters or Filters()).condition())
+        return [{k: v for k, v in g.as_dict(heatmap=True).items() if k != "path"} for g in grounded]  # no file paths
+
+    def tags(self, image: Image.Image | None = None, image_id: int | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Each fitted tagger's tags (at or above its threshold, best first) for an upload or a catalog image."""
+        from heads.config import METHODS
+        from heads.tagging import load_tagger
+
+        vector, ids = self._image_query(image, image_id)
+        out = {}
+        with self.lock:
+            for method in METHODS:
+                if method not in self._taggers:
+                    try:
+                        self._taggers[method] = load_tagger(self.workdir, method, self.model_id)
+                    except ArtefactError:
+                        self._taggers[method] = None
+                if self._taggers[method] is None:
+                    continue
+                tagger, data = self._taggers[method]
+                out[method] = [{"keyword": w, "score": round(s, 4)} for w, s in tagger.predict(data, vector, ids)[0]]
+        if not out:
+            raise InputError("no tagger is fitted for this model yet: run `groundex tag`")
+        return out
+
+    def caption(self, image: Image.Image | None = None, image_id: int | None = None) -> dict[str, Any]:
+        """The newest captioner's caption of an upload or a catalog image, with the captions it retrieved."""
+        self._image_query(image, image_id)  # checks that exactly one is given
+        with self.lock:
+            if self._captioner is None:
+                from heads.captioning import Captioner
+
+                self._captioner = Captioner(self.workdir)
+            if image_id is not None:
+                captions, retrieved = self._captioner.caption_images(np.array([int(image_id)], dtype=np.int64))
+                caption, retrieved = captions[0], retrieved[0]
+            else:
+                caption, retrieved = self._captioner.caption_image(image)
+        return {"captioner_id": self._captioner.id, "caption": caption, "retrieved": retrieved}
+
+    def _image_query(self, image: Image.Image | None, image_id: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(1, D) the image's embedding and (1,) its catalog id (None for an upload)."""
+        if (image is None) == (image_id is None):
+            raise InputError("give exactly one of: image, image_id")
+        vector, _ = self.query_vector(image=image, image_id=image_id)
+        return vector[None, :], None if image_id is None else np.array([int(image_id)], dtype=np.int64)
 
     # -- the catalog --------------------------------------------------------------------------------------------
 
