@@ -301,3 +301,49 @@ def test_image_url_is_fetched_only_when_the_operator_allows_it(workdir, tmp_path
                                              400)
     finally:
         site.shutdown()
+
+
+def test_limits_and_error_shapes_hold_on_every_path(workdir, tmp_path):
+    client = TestClient(create_app(workdir, ServeOptions(max_body_bytes=2000, warm=False)))
+
+    def chunks(data: bytes):
+        yield from (data[i:i + 500] for i in range(0, len(data), 500))
+
+    big = image_bytes((200, 200), (10, 200, 30), fmt="BMP")  # 120 kB, sent without a Content-Length
+    boundary = "b0undary"
+    multipart = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.bmp\"\r\n"
+                 f"Content-Type: image/bmp\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()
+    _error(client.post("/search", content=chunks(multipart),
+                       headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}), 413)
+    _error(client.post("/search", content=chunks(json.dumps({"text": "x" * 5000}).encode())), 413)
+    _error(client.get("/no-such-endpoint"), 404)
+    _error(client.get("/images/abc"), 400)
+    _error(client.get(f"/images/{10**30}"), 400)
+    # `path` is not a column to a client: no probing where the files are
+    assert "path" in _error(client.post("/search", json={"text": "x", "where": "path LIKE '/%'"}), 400)
+
+
+def test_a_catalog_file_that_went_missing_is_a_500_that_names_no_path(workdir):
+    from warehouse import Catalog
+
+    client = TestClient(create_app(workdir, ServeOptions(warm=False)), raise_server_exceptions=False)
+    with Catalog.open(workdir, read_only=True) as catalog:
+        image_id, path = catalog.image_rows()[-1]
+    moved = path + ".moved"
+    os.rename(path, moved)
+    try:
+        message = _error(client.get(f"/images/{image_id}/thumbnail"), 500)
+        assert path not in message and "request id" in message
+    finally:
+        os.rename(moved, path)
+
+
+def test_a_browser_preflight_passes_the_token_check_and_gets_cors_headers(workdir):
+    client = TestClient(create_app(workdir, ServeOptions(token="s3cret-token-0123456789", warm=False,
+                                                         cors_origins=("http://localhost:3000",))))
+    preflight = client.options("/search", headers={"Origin": "http://localhost:3000",
+                                                   "Access-Control-Request-Method": "POST",
+                                                   "Access-Control-Request-Headers": "authorization"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
+    _error(client.post("/search", json={"text": "x"}, headers={"Origin": "http://localhost:3000"}), 401)

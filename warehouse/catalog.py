@@ -289,14 +289,17 @@ class Catalog(ArtefactRows, HeadsRows, ReportRows):
         Two more columns come from the stored tags: `tag` (one of the image's tags: "tag = 'dog'" keeps
         images tagged dog) and `tags` (all of them, a list: "list_has_all(tags, ['dog', 'grass'])")."""
         params: list[Any] = []
+        hidden: tuple[str, ...] = ()
         if isinstance(where, Condition):
-            where, params = where.sql, [_bindable(v) for v in where.params]
+            where, params, hidden = where.sql, [_bindable(v) for v in where.params], where.hidden
         source = "images"
         if _MENTIONS_TAGS.search(where):  # the join only when the condition reads tags
             source = ("(SELECT i.*, t.keyword AS tag, coalesce(a.tags, []) AS tags FROM images i "
                       "LEFT JOIN (SELECT DISTINCT image_id, keyword FROM tags) t ON t.image_id = i.id "
                       "LEFT JOIN (SELECT image_id, list(DISTINCT keyword ORDER BY keyword) AS tags FROM tags "
                       "GROUP BY 1) a ON a.image_id = i.id)")
+        if hidden:  # columns the condition may not read (a server's clients never see file paths)
+            source = f"(SELECT * EXCLUDE ({', '.join(hidden)}) FROM {source})"
         sql = f"SELECT DISTINCT id FROM {source} WHERE ({where}) ORDER BY id"
         try:
             if len(duckdb.extract_statements(sql)) != 1:  # '1=1); DROP TABLE images; --' ends the condition early
@@ -592,6 +595,7 @@ class Condition:
 
     sql: str
     params: tuple[Any, ...] = ()
+    hidden: tuple[str, ...] = ()  # columns of `images` the condition may not read (literal names, not user input)
 
     def __str__(self) -> str:  # for display only (the app shows the filter); never executed
         values = iter(self.params)

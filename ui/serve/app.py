@@ -16,17 +16,20 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexer.search import Hit
 from warehouse import DEFAULT_MAX_PIXELS, CatalogError, ImageError, InputError, Workdir
 
-from .service import Filters, Service, decode_image
+from .service import Filters, ServerFault, Service, decode_image
 
 __all__ = ["create_app", "ServeOptions"]
 
@@ -46,6 +49,9 @@ class ServeOptions:
     allow_url_fetch: bool = False            # /knn-service's image_url: fetched only when the operator allows it
     warm: bool = True                        # load the text encoder and the image index at start-up
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+ImageId = Annotated[int, PathParam(ge=0, le=2**63 - 1, description="a catalog image id")]
 
 
 class ClientError(Exception):
@@ -115,6 +121,33 @@ class KnnRequest(BaseModel):
     aesthetic_weight: Any = None
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body (chunked or not, JSON or multipart) stops being read past `limit` bytes."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(f"request body over {self.limit:,} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI:
     options = options or ServeOptions()
     service = Service(workdir, options.model, options.device, options.max_pixels)
@@ -123,11 +156,6 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
     app = FastAPI(title="groundex", description="Search, grounding and metadata of a groundex workdir; "
                   "clip-retrieval's clip back protocol at /indices-list, /knn-service and /metadata.")
     app.state.service = service
-    if options.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
 
     @app.middleware("http")
     async def guard(request: Request, call_next):  # request id, token, body size, time limit, errors
@@ -135,7 +163,8 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
         request.state.request_id = request_id
         started = time.perf_counter()
         try:
-            if options.token is not None and request.url.path != "/health":
+            preflight = request.method == "OPTIONS" and "access-control-request-method" in request.headers
+            if options.token is not None and request.url.path != "/health" and not preflight:
                 given = request.headers.get("authorization", "")
                 expected = f"Bearer {options.token}"
                 if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -149,20 +178,46 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
             response = _error(e.status, str(e), request_id)
         except TimeoutError:
             response = _error(504, f"the request took longer than {options.timeout_s:g} s", request_id)
+        except BodyTooLarge as e:
+            response = _error(413, str(e), request_id)
+        except Exception as e:  # a bug or a server fault: the log gets the traceback, the client the request id
+            too_large = _find(e, BodyTooLarge)  # raised while the middleware's task read the body: in a group
+            if too_large is not None:
+                response = _error(413, str(too_large), request_id)
+            else:
+                _logger.error("request %s failed", request_id, exc_info=e)
+                response = _error(500, "internal error (the server's log has its details under this request id)",
+                                  request_id)
         response.headers["X-Request-Id"] = request_id
         _logger.info("%s %s %s %d %.1f ms", request_id, request.method, request.url.path, response.status_code,
                      1000 * (time.perf_counter() - started))
         return response
 
+    # CORS outside the guard, so a browser's preflight gets its answer (and never needs the token)
+    if options.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(_BodyLimit, limit=options.max_body_bytes)
+
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:
         return _error(exc.status, str(exc), request.state.request_id)
 
-    @app.exception_handler(Exception)
-    async def bug(request: Request, exc: Exception) -> JSONResponse:
-        request_id = getattr(request.state, "request_id", "-")
-        _logger.error("request %s failed", request_id, exc_info=exc)
-        return _error(500, "internal error (the server's log has its traceback under this request id)", request_id)
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return _error(413, str(exc), request.state.request_id)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:  # unknown routes, 405s
+        return _error(exc.status_code, str(exc.detail), getattr(request.state, "request_id", "-"))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:  # e.g. /images/abc
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return _error(400, f"{where}: {first['msg']}", request.state.request_id)
 
     async def body(request: Request) -> dict[str, Any]:
         """The JSON body, whatever the Content-Type says (clip-retrieval's client sends none), within the limit."""
@@ -195,6 +250,8 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
         """A blocking call (model, index, catalog) on a worker thread; user mistakes become 400s."""
         try:
             return await anyio.to_thread.run_sync(fn, *args)
+        except ServerFault as e:
+            raise RuntimeError(str(e)) from None  # a 500; the message goes to the log only
         except (InputError, ImageError, CatalogError) as e:
             raise ClientError(400, str(e)) from None
         except KeyError as e:
@@ -221,7 +278,7 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
         """Text, image (base64 in JSON, or a multipart upload in the field `image`), catalog image or embedding ->
         the k nearest images (or captions, modality text), with catalog filters."""
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            form = await request.form()
+            form = await request.form(max_files=1, max_fields=16)
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
                 raise ClientError(400, "multipart: send the image as a file in the field 'image'")
@@ -276,28 +333,28 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
         return image, image_id
 
     @app.get("/images/{image_id}")
-    async def image(image_id: int) -> dict[str, Any]:
+    async def image(image_id: ImageId) -> dict[str, Any]:
         """An image's metadata, captions (human and generated), phrases with boxes (fractions of the image) and
         tags."""
         return await run(service.image, image_id)
 
     @app.get("/images/{image_id}/thumbnail", name="thumbnail")
-    async def thumbnail(image_id: int) -> Response:
+    async def thumbnail(image_id: ImageId) -> Response:
         return Response(await run(service.thumbnail, image_id), media_type="image/jpeg")
 
     # -- clip-retrieval's clip back -------------------------------------------------------------------------------
 
     @app.get("/indices-list")
     async def indices_list() -> list[str]:
-        """The workdir's models by label (or id): clip back's index names."""
-        return [m["label"] or m["id"] for m in await run(service.models) if m["indexes"].get("image")]
+        """The served model's name (its label, or its id): clip back's index names."""
+        return [m["label"] or m["id"] for m in await run(service.models) if m["serving"]]
 
     @app.post("/knn-service")
     async def knn_service(request: Request) -> list[dict[str, Any]]:
         """clip back's query: the nearest images (modality image) or captions (modality text) as
         [{id, similarity, url, caption}]; `url` is this server's thumbnail URL of the image."""
         query = parse(KnnRequest, await body(request))
-        if query.indice_name not in (None, *await run(_names, service)):
+        if query.indice_name not in (None, *await run(_served_names, service)):
             raise ClientError(404, f"indice_name {query.indice_name!r} is not served here (GET /indices-list)")
         if query.image_url is not None and not options.allow_url_fetch:
             raise ClientError(400, "image_url is not fetched by this server (its operator has not allowed it with "
@@ -345,11 +402,26 @@ def _fetch(url: str, limit: int) -> bytes:
     import urllib.error
     import urllib.request
 
+    class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            if not newurl.lower().startswith(("http://", "https://")):
+                raise InputError("image_url redirects to a URL that is not http or https")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
     if not url.lower().startswith(("http://", "https://")):
         raise InputError("image_url must be an http or https URL")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _HttpOnlyRedirects())  # no proxies
+    deadline, data = time.monotonic() + 10, b""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "groundex"}), timeout=10) as r:
-            data = r.read(limit + 1)
+        with opener.open(urllib.request.Request(url, headers={"User-Agent": "groundex"}), timeout=10) as r:
+            while len(data) <= limit and time.monotonic() < deadline:
+                chunk = r.read(65536)
+                if not chunk:
+                    break
+                data += chunk
+            else:
+                if len(data) <= limit:
+                    raise InputError("image_url: the download took longer than 10 s")
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise InputError(f"image_url could not be fetched: {getattr(e, 'reason', e)}") from None
     if len(data) > limit:
@@ -357,11 +429,10 @@ def _fetch(url: str, limit: int) -> bytes:
     return base64.b64encode(data).decode()
 
 
-def _names(service: Service) -> list[str]:
-    names = []
-    for m in service.models():
-        names += [m["id"], *([m["label"]] if m["label"] else [])]
-    return names
+def _served_names(service: Service) -> list[str]:
+    """The names clients may give as `indice_name`: the served model's id and label (one model per server)."""
+    [served] = [m for m in service.models() if m["serving"]]
+    return [served["id"], *([served["label"]] if served["label"] else [])]
 
 
 def _deduplicate(service: Service, hits: list[Hit], modality: str) -> list[Hit]:
@@ -383,6 +454,17 @@ def _deduplicate(service: Service, hits: list[Hit], modality: str) -> list[Hit]:
             kept.append(h)
             kept_vectors.append(v)
     return kept
+
+
+def _find(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`error` itself or the first `kind` inside an exception group, else None."""
+    if isinstance(error, kind):
+        return error
+    for inner in getattr(error, "exceptions", ()):
+        found = _find(inner, kind)
+        if found is not None:
+            return found
+    return None
 
 
 def _error(status: int, message: str, request_id: str) -> JSONResponse:

@@ -25,15 +25,21 @@ from warehouse import (
     ArtefactError,
     Catalog,
     Condition,
+    ImageError,
     InputError,
     Workdir,
     load_image,
     load_image_bytes,
 )
 
-__all__ = ["decode_image", "Service", "THUMB_SIDE"]
+__all__ = ["decode_image", "Filters", "ServerFault", "Service", "THUMB_SIDE"]
 
 THUMB_SIDE = 256
+HIDDEN_COLUMNS = ("path", "sha256")
+
+
+class ServerFault(Exception):
+    """Something on the server's side (a catalog image's file unreadable): a 500 whose details stay in the log."""
 
 
 def decode_image(data: bytes | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -66,7 +72,8 @@ class Filters:
             parts, params = [*parts, "list_has_all(tags, ?)"], [*params, tuple(self.tags)]
         if self.where:
             parts.append(f"({self.where})")
-        return Condition(" AND ".join(parts), tuple(params)) if parts else None
+        # a client never learns where the files are: `path` (and the file hash) are not columns to it
+        return Condition(" AND ".join(parts), tuple(params), hidden=HIDDEN_COLUMNS) if parts else None
 
 
 class Service:
@@ -78,6 +85,7 @@ class Service:
         self.searcher = Searcher(workdir, model, device)
         self.model_id = self.searcher.model_id
         self.max_pixels = max_pixels
+        self.device = device
         self.lock = threading.Lock()
         self._grounder: Any = None
         self._taggers: dict[str, Any] = {}   # method -> (Tagger, TagData), or None when none is fitted
@@ -133,7 +141,12 @@ class Service:
 
                 self._grounder = Grounder(self.workdir, searcher=self.searcher)  # one warm model and set of indexes
             if image is not None or image_id is not None:
-                grounded = [self._grounder.ground(phrase, image if image is not None else int(image_id))]
+                try:
+                    grounded = [self._grounder.ground(phrase, image if image is not None else int(image_id))]
+                except ImageError as e:
+                    if image is not None:
+                        raise
+                    raise ServerFault(f"image {image_id}: {e}") from None  # the catalog's file, not the client's
             else:
                 grounded = self._grounder.search(phrase, k, (filters or Filters()).condition())
         return [{k: v for k, v in g.as_dict(heatmap=True).items() if k != "path"} for g in grounded]  # no file paths
@@ -148,12 +161,10 @@ class Service:
         with self.lock:
             for method in METHODS:
                 if method not in self._taggers:
-                    try:
+                    try:  # not cached when absent: a tagger fitted while the server runs is found next time
                         self._taggers[method] = load_tagger(self.workdir, method, self.model_id)
                     except ArtefactError:
-                        self._taggers[method] = None
-                if self._taggers[method] is None:
-                    continue
+                        continue
                 tagger, data = self._taggers[method]
                 out[method] = [{"keyword": w, "score": round(s, 4)} for w, s in tagger.predict(data, vector, ids)[0]]
         if not out:
@@ -167,7 +178,7 @@ class Service:
             if self._captioner is None:
                 from heads.captioning import Captioner
 
-                self._captioner = Captioner(self.workdir)
+                self._captioner = Captioner(self.workdir, device=self.device)
             if image_id is not None:
                 captions, retrieved = self._captioner.caption_images(np.array([int(image_id)], dtype=np.int64))
                 caption, retrieved = captions[0], retrieved[0]
@@ -214,7 +225,11 @@ class Service:
         return details["path"]
 
     def thumbnail(self, image_id: int, side: int = THUMB_SIDE) -> bytes:
-        image = load_image(self.image_path(image_id))
+        path = self.image_path(image_id)
+        try:
+            image = load_image(path)
+        except ImageError as e:
+            raise ServerFault(f"image {image_id}: {e}") from None
         image.thumbnail((side, side))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
