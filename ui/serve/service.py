@@ -88,7 +88,7 @@ class Service:
         self.device = device
         self.lock = threading.Lock()
         self._grounder: Any = None
-        self._taggers: dict[str, Any] = {}   # method -> (Tagger, TagData), or None when none is fitted
+        self._taggers: dict[str, Any] = {}   # method -> (Tagger, TagData) of the fitted ones loaded so far
         self._captioner: Any = None
 
     def warm_up(self) -> None:
