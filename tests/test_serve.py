@@ -162,12 +162,25 @@ def test_knn_service_answers_clip_retrieval_s_client(client):
     assert meta.json() == [{"id": hits[0]["id"], "metadata": {"url": hits[0]["url"], "caption": hits[0]["caption"]}}]
 
 
-def test_knn_service_deduplicates_near_identical_images(client):
+def test_knn_service_deduplicates_near_identical_images(client, workdir):
+    from indexer.shards import load_embeddings
+    from warehouse import Catalog
+
     plain = client.post("/knn-service", content=_clip_client_body(text="a circle", deduplicate=False,
                                                                   num_images=20, num_result_ids=20)).json()
     dedup = client.post("/knn-service", content=_clip_client_body(text="a circle", deduplicate=True,
                                                                   num_images=20, num_result_ids=20)).json()
-    assert {h["id"] for h in dedup} <= {h["id"] for h in plain} and len(dedup) <= len(plain)
+    with Catalog.open(workdir, read_only=True) as catalog:
+        model_id = catalog.model().id
+    ids, vectors = load_embeddings(workdir, model_id, "image", [h["id"] for h in plain])
+    unit = {int(i): v / np.linalg.norm(v) for i, v in zip(ids, vectors, strict=True)}
+    kept = [h["id"] for h in dedup]
+    assert kept == [h["id"] for h in plain if h["id"] in set(kept)]  # the order of the plain ranking
+    for a in range(len(kept)):  # no two kept images are near-duplicates ...
+        assert all(unit[kept[a]] @ unit[kept[b]] < 0.99 for b in range(a))
+    for h in plain:  # ... and every dropped one is a near-duplicate of a better kept one
+        if h["id"] not in kept:
+            assert any(unit[h["id"]] @ unit[k] >= 0.99 for k in kept), h
 
 
 def test_knn_service_refuses_what_it_cannot_do(client):
