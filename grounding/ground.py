@@ -30,9 +30,9 @@ from indexer.data import FULL_FRAME, crop_window
 from indexer.index import patch_ids
 from indexer.knn import search_allowed
 from indexer.model_spec import load_spec, spec_patch_grid
-from indexer.search import Searcher
+from indexer.search import Searcher, Where
 from indexer.shards import load_embeddings
-from warehouse import Catalog, Condition, InputError, Workdir, load_image, recorded_run
+from warehouse import Catalog, InputError, Workdir, load_image, recorded_run
 
 from .config import DEFAULT_SHORTLIST, GroundingConfig, load_config
 from .heatmap import ScoredBox, boxes_from_map, in_window, points, score_maps
@@ -146,7 +146,7 @@ class Grounder:
 
     # -- the collection ---------------------------------------------------------------------------
 
-    def search(self, phrase: str, k: int = 10, where: str | Condition | None = None, shortlist: int = DEFAULT_SHORTLIST,
+    def search(self, phrase: str, k: int = 10, where: Where = None, shortlist: int = DEFAULT_SHORTLIST,
                method: str = "auto") -> list[Grounding]:
         """The k images (matching `where`) whose best patch matches `phrase` best, each grounded.
 

@@ -5,7 +5,7 @@
     TrainConfig, EmbedConfig, RayEmbedConfig       the settings (indexer.config: no torch to read them)
     train                                          contrastive training (`groundex train`)
     index_workdir                                  embeddings and FAISS indexes (`groundex index`)
-    Searcher, search_allowed                       search, and the one filtered-kNN policy
+    Searcher, Where, search_allowed                search (and its filters), and the one filtered-kNN policy
     evaluate_retrieval, verify_workdir             `groundex eval retrieval`, `groundex verify`
 
 Names load on first use (PEP 562), so `import indexer` costs nothing until one is needed: torch, open_clip
@@ -32,7 +32,7 @@ _HOMES = {  # public name -> the module that defines it
     "spec_patch_grid": "model_spec", "load_text_tower": "text_tower", "TextTower": "text_tower",
     "phrase_maps": "phrase_region_loss",
     "index_workdir": "pipeline",
-    "Hit": "search", "Searcher": "search",
+    "Hit": "search", "Searcher": "search", "Where": "search",
     "words": "tokenizer",
     "train": "train",
     "verify_workdir": "verify",

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from warehouse import Catalog, Condition, InputError, Workdir, load_image
+from warehouse import Catalog, Condition, InputError, SharedReader, Workdir, load_image
 
 from .index import load_index
 from .knn import search_allowed
@@ -34,6 +34,10 @@ if TYPE_CHECKING:  # open_clip is imported only when a query needs the whole mod
 
 _logger = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 2000
+
+# A search's catalog filter: an SQL condition over the images' columns (text or a `Condition` with bound values),
+# or the ids of the images it allows, resolved already (a server resolves filters outside its model lock).
+Where = str | Condition | np.ndarray | None
 
 
 @dataclass
@@ -53,8 +57,12 @@ class Hit:
 class Searcher:
     """Loads a model and its indexes once; each query reads the catalog for filters and metadata."""
 
-    def __init__(self, workdir: Workdir, model_id: str | None = None, device: str | None = None):
+    def __init__(self, workdir: Workdir, model_id: str | None = None, device: str | None = None,
+                 catalogs: SharedReader | None = None):
+        """`catalogs`: where queries read the catalog from (a long-running process shares one connection); by
+        default each query opens the catalog and closes it again."""
         self.workdir = workdir
+        self.catalogs = catalogs
         with Catalog.open(workdir, read_only=True) as catalog:
             self.model_record = catalog.model(model_id)
         self.model_id: str = self.model_record.id
@@ -85,14 +93,17 @@ class Searcher:
 
     @contextmanager
     def reading(self, catalog: Catalog | None = None) -> Iterator[Catalog]:
-        """A read-only catalog for one query: `catalog` when given, else one opened (and closed) here.
-        Opening costs ~25 ms, so a query opens one and passes it down; none is held between queries,
-        which would lock writers out."""
+        """A read-only catalog for one query: `catalog` when given, else one from the shared reader, else one
+        opened (and closed) here. Opening costs ~20 ms, so a query takes one and passes it down; none is held
+        between queries except by a `SharedReader`, which lets go when a writer asks."""
         if catalog is not None:
             yield catalog
-            return
-        with Catalog.open(self.workdir, read_only=True) as opened:
-            yield opened
+        elif self.catalogs is not None:
+            with self.catalogs.reading() as shared:
+                yield shared
+        else:
+            with Catalog.open(self.workdir, read_only=True) as opened:
+                yield opened
 
     def index(self, kind: str, catalog: Catalog | None = None) -> faiss.Index:
         """The current FAISS index of `kind` ('image', 'caption', 'patch') for this model, reloaded when a
@@ -120,7 +131,8 @@ class Searcher:
     def image_vector(self, image: Image.Image | str | Path | int) -> np.ndarray:
         """A PIL image, an image file, or a catalog image id (whose stored embedding is used)."""
         if isinstance(image, (int, np.integer)):
-            _, vectors = load_embeddings(self.workdir, self.model_id, "image", [int(image)])
+            with self.reading() as catalog:
+                _, vectors = load_embeddings(self.workdir, self.model_id, "image", [int(image)], catalog)
             return vectors[0]
         if not isinstance(image, Image.Image):
             image = load_image(image)
@@ -129,26 +141,27 @@ class Searcher:
 
     # -- searches ---------------------------------------------------------------------------------
 
-    def text_to_image(self, query: str, k: int = 10, where: str | Condition | None = None) -> list[Hit]:
+    def text_to_image(self, query: str, k: int = 10, where: Where = None) -> list[Hit]:
         return self.vector_to_image(self.text_vector(query), k, where)
 
-    def image_to_image(self, image: Image.Image | str | Path | int, k: int = 10, where: str | Condition | None = None,
+    def image_to_image(self, image: Image.Image | str | Path | int, k: int = 10, where: Where = None,
                        exclude_self: bool = True) -> list[Hit]:
         exclude = int(image) if isinstance(image, (int, np.integer)) and exclude_self else None
         hits = self.vector_to_image(self.image_vector(image), k + (exclude is not None), where)
         return [h for h in hits if h.id != exclude][:k]
 
-    def image_to_text(self, image: Image.Image | str | Path | int, k: int = 10, where: str | Condition | None = None
+    def image_to_text(self, image: Image.Image | str | Path | int, k: int = 10, where: Where = None
                       ) -> list[Hit]:
         return self.vector_to_text(self.image_vector(image), k, where)
 
-    def vector_to_text(self, vector: np.ndarray, k: int = 10, where: str | Condition | None = None) -> list[Hit]:
+    def vector_to_text(self, vector: np.ndarray, k: int = 10, where: Where = None) -> list[Hit]:
         """The k captions (of images matching `where`) nearest to an embedding of this model's space."""
         vector = self._query_vector(vector)
         allowed = None
         with self.reading() as catalog:
-            if where:
-                allowed = np.array(catalog.caption_ids_of_images(catalog.image_ids_where(where)), dtype=np.int64)
+            images = self.allowed_images(where, catalog)
+            if images is not None:
+                allowed = np.array(catalog.caption_ids_of_images(images.tolist()), dtype=np.int64)
             ids, scores = self._search("caption", vector, k, allowed, catalog)
             captions = catalog.caption_details(ids)
             images = catalog.image_details({c["image_id"] for c in captions.values()})
@@ -163,20 +176,22 @@ class Searcher:
         with self.reading(catalog) as c:
             return c.current_index(self.model_id, kind) is not None
 
-    def allowed_images(self, where: str | Condition | None, catalog: Catalog | None = None) -> np.ndarray | None:
-        """Ids of the images matching `where` (None: no filter)."""
+    def allowed_images(self, where: Where, catalog: Catalog | None = None) -> np.ndarray | None:
+        """Ids of the images matching `where` (None: no filter; an array: these ids, filtered already)."""
+        if isinstance(where, np.ndarray):
+            return where.astype(np.int64, copy=False)
         if not where:
             return None
         with self.reading(catalog) as c:
             return np.array(c.image_ids_where(where), dtype=np.int64)
 
-    def nearest_images(self, vector: np.ndarray, k: int, where: str | Condition | None = None,
+    def nearest_images(self, vector: np.ndarray, k: int, where: Where = None,
                        catalog: Catalog | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) of the k images nearest to an embedding, among those matching `where`."""
         with self.reading(catalog) as c:
             return self._search("image", vector, k, self.allowed_images(where, c), c)
 
-    def vector_to_image(self, vector: np.ndarray, k: int = 10, where: str | Condition | None = None) -> list[Hit]:
+    def vector_to_image(self, vector: np.ndarray, k: int = 10, where: Where = None) -> list[Hit]:
         """The k images (matching `where`) nearest to an embedding of this model's space (normalized here)."""
         vector = self._query_vector(vector)
         with self.reading() as catalog:

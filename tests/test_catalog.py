@@ -1,11 +1,12 @@
 import json
+import re
 
 import duckdb
 import pytest
 
 import warehouse
 from tests.helpers import catalog_at_version
-from warehouse import Catalog, CatalogError, Condition, IngestConfig, SyntheticConfig, Workdir
+from warehouse import Catalog, CatalogError, Condition, IngestConfig, InputError, SyntheticConfig, Workdir
 from warehouse._schema import SCHEMA_VERSION
 from warehouse.catalog import ImageInfo, PreparedSample
 from warehouse.records import Box, Caption, Entity, Phrase, Reject, Sample
@@ -61,6 +62,14 @@ def test_tags_replace_per_method_and_filter_searches(tmp_path):
         assert catalog.image_ids_where(both) == [1]
         assert str(both) == "list_has_all(tags, ['dog', 'grass']::VARCHAR[]) AND id < 5"
         assert catalog.image_ids_where(Condition("tag = ?", ("dog' OR 1=1 --",))) == []
+        # a server's condition (hidden columns): the small client language, and a time limit for any condition
+        client = Condition("tag = ? AND key <> 'x'", ("dog",), hidden=("path", "sha256"))
+        assert catalog.image_ids_where(client, time_limit_s=5.0) == [1, 2]
+        with pytest.raises(InputError, match="columns only"):
+            catalog.image_ids_where(Condition("path IS NOT NULL", hidden=("path", "sha256")))
+        with pytest.raises(TimeoutError, match="the filter ran past 0.2 s"):
+            catalog.image_ids_where("id IN (SELECT count(*) FROM range(100000000000))", time_limit_s=0.2)
+        assert catalog.image_ids_where("key = 'b'") == [2]  # usable after the stop
         catalog.replace_tags("m", "knn", [1], [(1, "cat", 0.4)])  # a new run replaces that method's rows
         assert [t["keyword"] for t in catalog.tags_of([1])[1]] == ["cat"]
         assert catalog.tag_counts() == [("cat", 2), ("dog", 1), ("grass", 1)]
@@ -234,3 +243,21 @@ def test_no_module_outside_warehouse_runs_sql_of_its_own():
     offenders = [f"{path.relative_to(root)}: {m.group(0).strip()}" for path in files
                  for m in raw.finditer(path.read_text())]
     assert offenders == []
+
+
+def test_a_client_filter_is_one_cheap_condition_over_the_allowed_columns():
+    """`groundex serve`'s filters: the parse is DuckDB's own, so what is checked is what would run."""
+    from warehouse.client_filter import check_client_condition
+
+    con = duckdb.connect(":memory:")
+    columns = ["id", "key", "split", "width", "tags", "added_at"]
+    for fine in ["split = 'val'", "key LIKE 'a%' OR key ILIKE '%B'", "id IN (1, 2) AND NOT width < 3",
+                 "list_has_all(tags, ?)", "width::BIGINT BETWEEN ? AND 100", "year(added_at) = 2024",
+                 "CASE WHEN width > 10 THEN split = 'train' ELSE false END", "regexp_matches(key, '^[0-9]+$')"]:
+        check_client_condition(con, fine, columns)
+    for bad, message in [("length(repeat(key, 100000000)) > 0", "repeat"), ("id IN (SELECT 1)", "subquery"),
+                         ("path = 'x'", "columns only"), ("count(*) > 1", "count_star"),
+                         ("sum(width) FILTER (WHERE width > 1) > 1", "sum"), ("main.lower(key) = 'a'", "lower"),
+                         ("1=1); DROP TABLE images; --", "bad filter"), ("EXISTS (SELECT 1)", "subquery")]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            check_client_condition(con, bad, columns)

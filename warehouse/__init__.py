@@ -23,6 +23,7 @@ from .ingest_sources import (
                       ingest_synthetic,
 )
 from .records import Box, Caption, Entity, Phrase, Reject, Sample
+from .shared_reader import SharedReader
 from .synthetic import SyntheticConfig, generate_dataset, generate_scene
 from .workdir import (
                       DEFAULT_WORKDIR,
@@ -43,5 +44,5 @@ __all__ = [
     "ingest_karpathy", "ingest_results_csv", "ingest_synthetic", "IngestConfig", "IngestReport", "InputError",
     "inspect_image", "load_image", "load_image_bytes", "missing_files", "parse_annotation", "parse_caption",
     "parse_sentences", "Phrase", "place", "PreparedSample", "recorded_run", "Reject", "RunState", "same_settings",
-    "Sample", "SqlResult", "SyntheticConfig", "utc_now", "Workdir",
+    "Sample", "SharedReader", "SqlResult", "SyntheticConfig", "utc_now", "Workdir",
 ]

@@ -7,12 +7,40 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 from .errors import InputError
+
+
+@contextmanager
+def time_limited(con: duckdb.DuckDBPyConnection, seconds: float | None, what: str) -> Iterator[threading.Event]:
+    """Interrupts `con`'s statement once it runs past `seconds` (None: no limit), raising TimeoutError naming
+    `what` in place of DuckDB's error; the connection stays usable. Yields the event set on a timeout."""
+    timed_out = threading.Event()
+    if seconds is None:
+        yield timed_out
+        return
+
+    def stop() -> None:
+        timed_out.set()
+        con.interrupt()
+
+    timer = threading.Timer(seconds, stop)
+    timer.start()
+    try:
+        yield timed_out
+    except duckdb.Error:
+        if timed_out.is_set():
+            raise TimeoutError(f"{what} ran past {seconds:g} s and was stopped") from None
+        raise
+    finally:
+        timer.cancel()
+
 
 # Rows that must point at a row of another table (DuckDB holds no foreign keys: removal cascades by hand):
 # what is wrong -> the query that counts it.
@@ -115,23 +143,14 @@ class ReportRows:
         sql = sql.strip().rstrip(";").strip()
         if not sql:
             raise InputError("the query is empty")
-        timed_out = threading.Event()
-
-        def stop() -> None:
-            timed_out.set()
-            self.con.interrupt()
-
-        timer = threading.Timer(time_limit_s, stop)
         started = time.perf_counter()
-        timer.start()
-        try:
-            cursor = self.con.execute(sql)
-            columns = [d[0] for d in cursor.description or []]
-            rows = cursor.fetchmany(max_rows + 1) if columns else []
-        except duckdb.Error as e:
-            if timed_out.is_set():
-                raise TimeoutError(f"the query ran past {time_limit_s:g} s and was stopped") from None
-            raise InputError(str(e).splitlines()[0]) from None
-        finally:
-            timer.cancel()
+        with time_limited(self.con, time_limit_s, "the query") as timed_out:
+            try:
+                cursor = self.con.execute(sql)
+                columns = [d[0] for d in cursor.description or []]
+                rows = cursor.fetchmany(max_rows + 1) if columns else []
+            except duckdb.Error as e:
+                if timed_out.is_set():
+                    raise
+                raise InputError(str(e).splitlines()[0]) from None
         return SqlResult(columns, rows[:max_rows], len(rows) > max_rows, time.perf_counter() - started)

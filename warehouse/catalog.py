@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,8 +24,9 @@ import pyarrow as pa
 from ._catalog_artefacts import ArtefactRows
 from ._catalog_heads import CAPTIONS_SCHEMA as _CAPTIONS
 from ._catalog_heads import HeadsRows
-from ._catalog_reports import ReportRows
+from ._catalog_reports import ReportRows, time_limited
 from ._schema import MIGRATIONS, SCHEMA_VERSION
+from .client_filter import check_client_condition
 from .errors import CatalogError, InputError
 from .records import Box, Reject, Sample
 from .workdir import Workdir, utc_now
@@ -84,28 +86,69 @@ def lock_timeout_s() -> float:
     return float(os.environ.get("GROUNDEX_LOCK_TIMEOUT", "120"))
 
 
+def writer_waiting_path(path: Path) -> Path:
+    """The file a writer touches while it waits for the catalog at `path`: readers let go of the file and wait."""
+    return path.with_name(path.name + ".writer-waiting")
+
+
+WRITER_WAITING_FRESH_S = 1.0  # a marker older than this is a writer that gave up or died
+
+
+def writer_waiting(path: Path) -> bool:
+    """Whether a writer is waiting for the catalog at `path` (it touched the marker within the last second)."""
+    try:
+        return time.time() - writer_waiting_path(path).stat().st_mtime < WRITER_WAITING_FRESH_S
+    except FileNotFoundError:
+        return False
+
+
+# Connections this process holds open, by catalog file: a process that already holds the file does not wait for a
+# waiting writer before opening another (it would wait for itself), so only the first reader waits.
+_held: dict[Path, int] = {}
+_held_lock = threading.Lock()
+
+
+def _hold(path: Path, delta: int) -> int:
+    with _held_lock:
+        _held[path] = _held.get(path, 0) + delta
+        return _held[path]
+
+
 def _connect_waiting(path: Path, read_only: bool, limits: dict[str, Any] | None = None
                      ) -> duckdb.DuckDBPyConnection:
     """`_connect`, waiting while another process holds the file. DuckDB lets one process write, or several
     read, at a time; groundex's writers hold the catalog only for one transaction (a chunk of an ingest, a
-    shard of embeddings, a finished index), and its readers for one query, so the wait is short: a search
-    run during a build gets through between two writes."""
+    shard of embeddings, a finished index), and its readers for one query, so the wait is short.
+
+    Writers go first: a writer that finds the file held touches `<catalog>.writer-waiting` on every try, and a
+    reader that does not hold the file yet waits while that marker is fresh. So a stream of searches (a busy
+    `groundex serve`, whose shared connection lets go when it sees the marker) never starves a build."""
     deadline = time.monotonic() + lock_timeout_s()
     delay = 0.02
+    marker = writer_waiting_path(path)
     while True:
-        try:
-            return _connect(path, read_only, limits)
-        except duckdb.IOException as e:
-            if "lock" not in str(e).lower():
-                raise CatalogError(f"cannot open catalog {path}: {e}") from None
-            if time.monotonic() >= deadline:
-                holder = re.search(r"PID (\d+)", str(e))
-                raise CatalogError(
-                    f"catalog {path} is held by another process{f' (PID {holder.group(1)})' if holder else ''} "
-                    f"for more than {lock_timeout_s():g} s; wait for it to finish or raise $GROUNDEX_LOCK_TIMEOUT"
-                ) from None
-            time.sleep(delay)
-            delay = min(0.5, delay * 1.5)
+        if read_only and writer_waiting(path) and _held.get(path.resolve(), 0) == 0:
+            error: Exception | None = None  # let the writer in first
+        else:
+            try:
+                con = _connect(path, read_only, limits)
+                if not read_only:
+                    marker.unlink(missing_ok=True)
+                return con
+            except duckdb.IOException as e:
+                if "lock" not in str(e).lower():
+                    raise CatalogError(f"cannot open catalog {path}: {e}") from None
+                error = e
+                if not read_only:
+                    marker.touch()  # ask the readers to let go
+        if time.monotonic() >= deadline:
+            holder = re.search(r"PID (\d+)", str(error or ""))
+            raise CatalogError(
+                f"catalog {path} is held by another process{f' (PID {holder.group(1)})' if holder else ''} "
+                f"for more than {lock_timeout_s():g} s; wait for it to finish or raise $GROUNDEX_LOCK_TIMEOUT"
+            ) from None
+        time.sleep(delay)
+        delay = min(0.5 if read_only else 0.1, delay * 1.5)  # a writer keeps its marker fresh
 
 
 class Catalog(ArtefactRows, HeadsRows, ReportRows):
@@ -135,6 +178,8 @@ class Catalog(ArtefactRows, HeadsRows, ReportRows):
                 except BaseException:  # the failed migration rolled back; the next open tries again
                     self.con.close()
                     raise
+        self._holding = self.path.resolve()
+        _hold(self._holding, +1)
 
     @classmethod
     def open(cls, workdir: Workdir, read_only: bool = False) -> Catalog:
@@ -151,8 +196,19 @@ class Catalog(ArtefactRows, HeadsRows, ReportRows):
         and bounded memory (CONSOLE_LIMITS). Open one per query: a reader held open locks writers out."""
         return cls(path, read_only=True, limits=CONSOLE_LIMITS)
 
+    @classmethod
+    def on_cursor(cls, con: duckdb.DuckDBPyConnection, path: Path) -> Catalog:
+        """A catalog over `con`, a cursor of a connection opened (and checked) by another `Catalog` that stays open
+        longer (`SharedReader`): closing it closes the cursor only."""
+        catalog = cls.__new__(cls)
+        catalog.path, catalog.read_only, catalog.con, catalog._holding = Path(path), True, con, None
+        return catalog
+
     def close(self) -> None:
         self.con.close()
+        if self._holding is not None:
+            _hold(self._holding, -1)
+            self._holding = None
 
     def __enter__(self) -> Catalog:
         return self
@@ -282,16 +338,20 @@ class Catalog(ArtefactRows, HeadsRows, ReportRows):
             params.append([int(i) for i in image_ids])
         return self.con.execute(sql + " ORDER BY c.image_id, c.ordinal", params).fetchall()
 
-    def image_ids_where(self, where: str | Condition) -> list[int]:
+    def image_ids_where(self, where: str | Condition, time_limit_s: float | None = None) -> list[int]:
         """Ids of images matching a user's SQL condition over the `images` columns (e.g. "split = 'val'"),
-        or a `Condition` whose values are bound parameters.
+        or a `Condition` whose values are bound parameters. Past `time_limit_s` the query stops (TimeoutError).
 
         Two more columns come from the stored tags: `tag` (one of the image's tags: "tag = 'dog'" keeps
-        images tagged dog) and `tags` (all of them, a list: "list_has_all(tags, ['dog', 'grass'])")."""
+        images tagged dog) and `tags` (all of them, a list: "list_has_all(tags, ['dog', 'grass'])").
+        A condition with hidden columns comes from a server's client: it reads the image's other columns only,
+        in the small language of `warehouse.client_filter`."""
         params: list[Any] = []
         hidden: tuple[str, ...] = ()
         if isinstance(where, Condition):
             where, params, hidden = where.sql, [_bindable(v) for v in where.params], where.hidden
+        if hidden:
+            check_client_condition(self.con, where, [*(c for c in _IMAGES.names if c not in hidden), "tag", "tags"])
         source = "images"
         if _MENTIONS_TAGS.search(where):  # the join only when the condition reads tags
             source = ("(SELECT i.*, t.keyword AS tag, coalesce(a.tags, []) AS tags FROM images i "
@@ -304,7 +364,8 @@ class Catalog(ArtefactRows, HeadsRows, ReportRows):
         try:
             if len(duckdb.extract_statements(sql)) != 1:  # '1=1); DROP TABLE images; --' ends the condition early
                 raise InputError(f"--where takes one condition, not statements: {where!r}")
-            return [r[0] for r in self.con.execute(sql, params).fetchall()]
+            with time_limited(self.con, time_limit_s, "the filter"):
+                return [r[0] for r in self.con.execute(sql, params).fetchall()]
         except duckdb.Error as e:
             raise InputError(f"bad --where condition {where!r}: {str(e).splitlines()[0]}") from None
 

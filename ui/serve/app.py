@@ -15,6 +15,7 @@ import json
 import logging
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -153,8 +154,14 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
     service = Service(workdir, options.model, options.device, options.max_pixels)
     if options.warm:
         service.warm_up()
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        service.close()  # lets go of the catalog
+
     app = FastAPI(title="groundex", description="Search, grounding and metadata of a groundex workdir; "
-                  "clip-retrieval's clip back protocol at /indices-list, /knn-service and /metadata.")
+                  "clip-retrieval's clip back protocol at /indices-list, /knn-service and /metadata.",
+                  lifespan=lifespan)
     app.state.service = service
 
     @app.middleware("http")
@@ -253,6 +260,8 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
         except ServerFault as e:
             raise RuntimeError(str(e)) from None  # a 500; the message goes to the log only
         except (InputError, ImageError, CatalogError) as e:
+            raise ClientError(400, str(e)) from None
+        except TimeoutError as e:  # the request's catalog filter ran past its limit (the service's own clock)
             raise ClientError(400, str(e)) from None
         except KeyError as e:
             raise ClientError(404, f"not found: {e.args[0] if e.args else ''}") from None

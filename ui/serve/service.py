@@ -2,9 +2,11 @@
 catalog's metadata. The HTTP layer (`ui.serve.app`) only parses requests and shapes responses.
 
 Model calls are serialized by one lock: torch already uses every core for one forward pass, and the text tower and
-the indexes are shared. Indexes are reloaded when `groundex index` records a newer version (`Searcher.index`), so
-a build running in the same workdir never breaks a query: readers follow the catalog's current version, which a
-build switches only once its files are complete.
+the indexes are shared. Catalog filters are resolved before taking it (a slow filter holds up no other request),
+under a time limit. Indexes are reloaded when `groundex index` records a newer version (`Searcher.index`), so a
+build running in the same workdir never breaks a query: readers follow the catalog's current version, which a
+build switches only once its files are complete. The catalog is read through one shared connection
+(`warehouse.SharedReader`), which lets go whenever a writer (`ingest`, `index`, `tag`) asks for the file.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from indexer.search import Hit, Searcher
 from warehouse import (
     DEFAULT_MAX_PIXELS,
     ArtefactError,
-    Catalog,
     Condition,
     ImageError,
     InputError,
+    SharedReader,
     Workdir,
     load_image,
     load_image_bytes,
@@ -35,6 +37,7 @@ from warehouse import (
 __all__ = ["decode_image", "Filters", "ServerFault", "Service", "THUMB_SIDE"]
 
 THUMB_SIDE = 256
+FILTER_TIME_LIMIT_S = 5.0  # a request's catalog filter is stopped past this (the app's console has the same)
 HIDDEN_COLUMNS = ("path", "sha256")
 
 
@@ -80,9 +83,11 @@ class Service:
     """One workdir and model, warm: search by text, image, catalog image or raw embedding; image metadata."""
 
     def __init__(self, workdir: Workdir, model: str | None = None, device: str | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, filter_time_limit_s: float = FILTER_TIME_LIMIT_S):
         self.workdir = workdir
-        self.searcher = Searcher(workdir, model, device)
+        self.catalogs = SharedReader(workdir)
+        self.searcher = Searcher(workdir, model, device, catalogs=self.catalogs)
+        self.filter_time_limit_s = filter_time_limit_s
         self.model_id = self.searcher.model_id
         self.max_pixels = max_pixels
         self.device = device
@@ -120,13 +125,13 @@ class Service:
     def search(self, vector: np.ndarray, k: int, modality: str = "image", filters: Filters | None = None,
                exclude: int | None = None) -> list[Hit]:
         """The k nearest images (modality "image") or captions ("text") matching the filters."""
-        condition = (filters or Filters()).condition()
+        if modality not in ("image", "text"):
+            raise InputError(f"modality must be image or text, got {modality!r}")
+        allowed = self.allowed(filters)
         with self.lock:
             if modality == "text":
-                return self.searcher.vector_to_text(vector, k, condition)
-            if modality != "image":
-                raise InputError(f"modality must be image or text, got {modality!r}")
-            hits = self.searcher.vector_to_image(vector, k + (exclude is not None), condition)
+                return self.searcher.vector_to_text(vector, k, allowed)
+            hits = self.searcher.vector_to_image(vector, k + (exclude is not None), allowed)
         return [h for h in hits if h.id != exclude][:k]
 
     def ground(self, phrase: str, image: Image.Image | None = None, image_id: int | None = None, k: int = 10,
@@ -135,6 +140,7 @@ class Service:
         k best regions of images matching the filters), each with its point, boxes and patch heatmap."""
         if image is not None and image_id is not None:
             raise InputError("give an image or an image_id, not both (or neither: search the collection)")
+        allowed = self.allowed(filters) if image is None and image_id is None else None
         with self.lock:
             if self._grounder is None:
                 from grounding import Grounder
@@ -148,7 +154,7 @@ class Service:
                         raise
                     raise ServerFault(f"image {image_id}: {e}") from None  # the catalog's file, not the client's
             else:
-                grounded = self._grounder.search(phrase, k, (filters or Filters()).condition())
+                grounded = self._grounder.search(phrase, k, allowed)
         return [{k: v for k, v in g.as_dict(heatmap=True).items() if k != "path"} for g in grounded]  # no file paths
 
     def tags(self, image: Image.Image | None = None, image_id: int | None = None) -> dict[str, list[dict[str, Any]]]:
@@ -195,15 +201,23 @@ class Service:
 
     # -- the catalog --------------------------------------------------------------------------------------------
 
+    def allowed(self, filters: Filters | None) -> np.ndarray | None:
+        """The ids of the images the filters allow (None: no filter), found within the filter time limit."""
+        condition = (filters or Filters()).condition()
+        if condition is None:
+            return None
+        with self.catalogs.reading() as catalog:
+            return np.array(catalog.image_ids_where(condition, self.filter_time_limit_s), dtype=np.int64)
+
     def models(self) -> list[dict[str, Any]]:
-        with Catalog.open(self.workdir, read_only=True) as catalog:
+        with self.catalogs.reading() as catalog:
             return [{"id": m.id, "label": m.label, "name": m.info.get("name"), "source": m.source,
                      "created_at": str(m.created_at), "indexes": catalog.index_kinds(m.id),
                      "serving": m.id == self.model_id} for m in catalog.models()]
 
     def image(self, image_id: int) -> dict[str, Any]:
         """An image's metadata, human and generated captions, phrases with boxes, and tags."""
-        with Catalog.open(self.workdir, read_only=True) as catalog:
+        with self.catalogs.reading() as catalog:
             details = catalog.image_details([image_id]).get(image_id)
             if details is None:
                 raise KeyError(image_id)
@@ -218,7 +232,7 @@ class Service:
                 "tags": tags}
 
     def image_path(self, image_id: int) -> str:
-        with Catalog.open(self.workdir, read_only=True) as catalog:
+        with self.catalogs.reading() as catalog:
             details = catalog.image_details([image_id]).get(image_id)
         if details is None:
             raise KeyError(image_id)
@@ -234,3 +248,7 @@ class Service:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
         return buffer.getvalue()
+
+    def close(self) -> None:
+        """Lets go of the catalog (the shared connection), e.g. when the server shuts down."""
+        self.catalogs.close()
