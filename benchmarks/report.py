@@ -82,7 +82,8 @@ def make_report(out: Path) -> Path:
     for name, title in (("vs_clip_retrieval", "Against clip-retrieval: embedding a folder of images"),
                         ("embed_precision", "Embedding precision: bf16 against float32"),
                         ("embed_options", "Embedding: batch size, channels_last, torch.compile"),
-                        ("serve_latency", "groundex serve: HTTP against in-process and the CLI")):
+                        ("serve_latency", "groundex serve: HTTP against in-process and the CLI"),
+                        ("serve_load", "groundex serve under load: 8 clients, an index build halfway")):
         md = out / f"{name}.md"
         if name in results and md.is_file():
             lines += [f"## {title}", "", md.read_text().strip(), ""]

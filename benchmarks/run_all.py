@@ -13,7 +13,8 @@
 - --full: groundex against clip-retrieval on 2,000 sample images, ViT-S-32 and ViT-B-32 (clip-retrieval in its own
   venv), and embedding options (batch size, channels_last, torch.compile at 2,000 and 30,000 images), ViT-S-32;
 - embedding precision, bf16 against float32: agreement, val recall and pointing game (sample workdir when given);
-- `groundex serve`: text -> image over HTTP against in-process and the CLI (sample workdir when given);
+- `groundex serve`: text -> image over HTTP against in-process and the CLI, and 8 clients for 60 s with an index
+  build halfway (sample workdir when given);
 - --full: end-to-end build time per stage of the demo (and of --sample-root, with a 5-minute training budget and
   3 captioner epochs), each in a new workdir.
 Each benchmark runs in its own process (`python benchmarks/<name>.py ... --out OUT/<name>.json`); a failed
@@ -59,6 +60,7 @@ def main() -> None:
     if args.sample_workdir:
         jobs["embed_precision"] = ["embed_precision.py", "--workdir", str(args.sample_workdir)]
     jobs["serve_latency"] = ["serve_latency.py", "--workdir", str(real)]
+    jobs["serve_load"] = ["serve_load.py", "--workdir", str(real)]  # on a hard-linked copy: `real` stays as it was
     if args.sample_workdir and args.sample_model:
         for name in ("region_search", "ui_pages"):
             jobs[name] += ["--model", args.sample_model]

@@ -2,7 +2,8 @@
 
     python benchmarks/serve_latency.py --workdir W [--queries 200] [--cli-runs 3] [--out FILE.json]
 
-One run, one machine, the same workdir and model: `Searcher.text_to_image` in this process (warm); `POST /search`
+One run, one machine, the same workdir and model: `Searcher.text_to_image` in this process (warm; opening the
+catalog per query as a script does, and again with a `SharedReader` as the server reads it); `POST /search`
 to a real `groundex serve` process on a loopback port (warm, one client, one request at a time, a new connection
 each, as a script would make them); and `groundex search` as a new process each time (cold: what a script calling
 the CLI pays). Queries are the split's captions, k = 10. Figures: p50 and p99 in milliseconds, and the ratios the
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from indexer.search import Searcher  # noqa: E402
-from warehouse import Catalog, Workdir  # noqa: E402
+from warehouse import Catalog, SharedReader, Workdir  # noqa: E402
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
@@ -63,6 +64,14 @@ def main() -> None:
         t = time.perf_counter()
         searcher.text_to_image(text, k=10)
         in_process.append(time.perf_counter() - t)
+    with SharedReader(workdir) as reader:  # what the server does: one catalog connection held between queries
+        shared = Searcher(workdir, catalogs=reader)
+        shared.text_to_image(texts[0], k=10)
+        in_process_shared = []
+        for text in texts:
+            t = time.perf_counter()
+            shared.text_to_image(text, k=10)
+            in_process_shared.append(time.perf_counter() - t)
 
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", "--workdir", str(workdir.root), "--port",
@@ -106,17 +115,23 @@ def main() -> None:
 
     result = {"machine": f"{platform.machine()}, {platform.python_version()}", "workdir": str(workdir.root),
               "model": searcher.model_id, "queries": len(texts), "server_ready_s": round(ready_s, 2),
-              "in_process": _percentiles(in_process), "http": _percentiles(http), "cli": _percentiles(cli)}
+              "in_process": _percentiles(in_process), "in_process_shared": _percentiles(in_process_shared),
+              "http": _percentiles(http), "cli": _percentiles(cli)}
     result["http_p50_over_in_process"] = round(result["http"]["p50_ms"] / result["in_process"]["p50_ms"], 2)
+    result["http_p50_over_in_process_shared"] = round(
+        result["http"]["p50_ms"] / result["in_process_shared"]["p50_ms"], 2)
     result["cli_p50_over_http"] = round(result["cli"]["p50_ms"] / result["http"]["p50_ms"], 1)
     markdown = "\n".join([
         f"Machine: {result['machine']}; workdir {workdir.root}, model {searcher.model_id}; {len(texts)} {args.split} "
         f"captions as text queries, k = 10; the server was ready {ready_s:.1f} s after its start.", "",
         "| path | p50 ms | p99 ms | runs |", "|---|---:|---:|---:|",
         *[f"| {name} | {result[key]['p50_ms']} | {result[key]['p99_ms']} | {result[key]['n']} |" for name, key in (
-            ("`Searcher.text_to_image`, in process", "in_process"), ("`POST /search` to `groundex serve`", "http"),
+            ("`Searcher.text_to_image`, in process", "in_process"),
+            ("the same with a `SharedReader` (the server's catalog access)", "in_process_shared"),
+            ("`POST /search` to `groundex serve`", "http"),
             ("`groundex search`, a new process", "cli"))], "",
-        f"HTTP p50 / in-process p50: {result['http_p50_over_in_process']}x; CLI p50 / HTTP p50: "
+        f"HTTP p50 / in-process p50: {result['http_p50_over_in_process']}x (over the same catalog access: "
+        f"{result['http_p50_over_in_process_shared']}x); CLI p50 / HTTP p50: "
         f"{result['cli_p50_over_http']}x.", ""])
     emit(result, args.out, markdown)
 

@@ -117,6 +117,10 @@ class Searcher:
             self._indexes[kind] = (current["version"], load_index(current["path"]))
         return self._indexes[kind][1]
 
+    def loaded_indexes(self) -> dict[str, int]:
+        """The version of each index kind this searcher holds in memory now (what it answers from)."""
+        return {kind: version for kind, (version, _) in sorted(self._indexes.items())}
+
     # -- query vectors ----------------------------------------------------------------------------
 
     @torch.no_grad()

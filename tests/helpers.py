@@ -173,3 +173,73 @@ def catalog_at_version(path: Path, version: int) -> None:
             con.execute(step)
         con.execute("INSERT INTO schema_version VALUES (?, now())", [number])
     con.close()
+
+
+# -- servers the tests start: `groundex serve`, `groundex ui` ------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """A `preexec_fn` for servers a test starts: the kernel sends them SIGTERM if the test process dies first (a
+    crash, a CI timeout), so no server outlives the suite even when a fixture's own cleanup never runs."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def start_server(argv: list[str], health_url: str, log: Path, timeout_s: float = 120):
+    """`argv` started in a session of its own (so that nothing it starts can hide among the test's processes),
+    once `health_url` answers 200; its output goes to `log`."""
+    import subprocess
+    import time
+    import urllib.request
+
+    with open(log, "w") as out:
+        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                  preexec_fn=die_with_parent)
+    deadline = time.monotonic() + timeout_s
+    while True:  # bounded: health checks on our own loopback port
+        try:
+            with urllib.request.urlopen(health_url, timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"{argv[2:4]} did not come up: {log.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def stop_server(server, sig: int, port: int) -> int:
+    """Sends `sig` to the server's process alone (as `kill` or a process manager does), and checks that nothing of
+    it is left: no process in its session's group, and its port free to listen on again. Returns its exit code."""
+    import os
+    import socket
+    import subprocess
+
+    server.send_signal(sig)
+    try:
+        code = server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, 9)
+        raise AssertionError(f"the server did not stop within 30 s of signal {sig}") from None
+    try:
+        os.killpg(server.pid, 0)
+        left = True
+    except ProcessLookupError:
+        left = False
+    if left:
+        os.killpg(server.pid, 9)
+        raise AssertionError(f"processes of the server's group outlived it after signal {sig}")
+    with socket.socket() as s:  # SO_REUSEADDR: closed connections may linger; a listener still there may not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+    return code

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import built_workdir, image_bytes
+from tests.helpers import built_workdir, free_port, image_bytes, start_server, stop_server
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -56,7 +55,7 @@ def _error(response, status):
 
 def test_health_and_models(client):
     health = client.get("/health").json()
-    assert health["status"] == "ok"
+    assert health["status"] == "ok" and health["indexes"]["image"] >= 1  # warm: the image index version it serves
     models = client.get("/models").json()
     assert [m["serving"] for m in models].count(True) == 1 and models[0]["indexes"]["image"] > 0
 
@@ -200,6 +199,11 @@ def test_knn_service_answers_clip_retrieval_s_client(client):
     assert texts and all(h["caption"] for h in texts)
     meta = client.post("/metadata", content=json.dumps({"ids": [hits[0]["id"]], "indice_name": names[0]}).encode())
     assert meta.json() == [{"id": hits[0]["id"], "metadata": {"url": hits[0]["url"], "caption": hits[0]["caption"]}}]
+    ids = [h["id"] for h in hits][::-1]
+    meta = client.post("/metadata", content=json.dumps({"ids": [*ids, 10**9]}).encode()).json()
+    assert [m["id"] for m in meta] == ids  # in the order asked; an id not in the catalog is left out
+    assert all(m["metadata"]["caption"] == client.get(f"/images/{m['id']}").json()["captions"][0] for m in meta)
+    _error(client.post("/metadata", content=json.dumps({"ids": [10**30]}).encode()), 400)
 
 
 def test_knn_service_deduplicates_near_identical_images(client, workdir):
@@ -241,28 +245,13 @@ def test_decode_image_and_filters_without_a_server():
 
 # -- a real server ----------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_a_real_server_speaks_plain_http_and_stops_on_sigterm(workdir):
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", "--workdir", str(workdir.root), "--port",
-                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_real_server_speaks_plain_http_and_leaves_nothing_behind_on_a_signal(workdir, tmp_path, sig):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server([sys.executable, "-m", "ui.cli", "serve", "--workdir", str(workdir.root), "--port",
+                           str(port)], f"{base}/health", tmp_path / "serve.log")
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    assert json.loads(r.read())["status"] == "ok"
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.5)
         # exactly as clip-retrieval's client posts: the JSON document as the body, no Content-Type header
         request = urllib.request.Request(f"{base}/knn-service", data=_clip_client_body(text="a red circle"),
                                          method="POST")
@@ -276,11 +265,8 @@ def test_a_real_server_speaks_plain_http_and_stops_on_sigterm(workdir):
         except urllib.error.HTTPError as e:
             assert e.code == 400 and "error" in json.loads(e.read())
     finally:
-        server.send_signal(signal.SIGTERM)
-        code = server.wait(timeout=30)
-    assert code in (0, -signal.SIGTERM)
-    with pytest.raises(ProcessLookupError):  # nothing of it is left: the whole process group is gone
-        os.killpg(server.pid, 0)
+        code = stop_server(server, sig, port)
+    assert code in (0, -sig), (tmp_path / "serve.log").read_text()[-2000:]
 
 
 def test_serve_refuses_other_addresses_without_a_token(tmp_path, capsys):

@@ -3,6 +3,8 @@ hits and filters, the image page, phrase -> region, explore, evaluation, the SQL
 page shown without a workdir, uploads' checks, and `groundex ui`'s command line."""
 
 import io
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from heads.captioning import train_captioner
 from heads.config import CaptionerConfig
 from heads.tagging import tag_workdir
 from indexer.evaluate import evaluate_retrieval
-from tests.helpers import built_workdir
+from tests.helpers import built_workdir, free_port, start_server, stop_server
 from ui.app.console import SqlConsole
 from ui.app.data import decode_upload
 from warehouse import Catalog
@@ -168,6 +170,18 @@ def test_groundex_ui_builds_the_streamlit_command():
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("ui/app/main.py")
     assert cmd[cmd.index("--server.port") + 1] == "8600" and cmd[cmd.index("--server.headless") + 1] == "true"
     assert cmd[-2:] == ["--server.address", "127.0.0.1"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_groundex_ui_leaves_nothing_behind_on_a_signal(tmp_path, sig):
+    """`groundex ui` as a process manager or Ctrl-C stops it: the signal to its process alone (not its group) must
+    stop the Streamlit server and free the port (it once ran as an orphan child that kept the port)."""
+    port = free_port()
+    server = start_server([sys.executable, "-m", "ui.cli", "ui", "--workdir", str(tmp_path / "w"), "--port",
+                           str(port), "--headless", "--", "--server.address", "127.0.0.1"],
+                          f"http://127.0.0.1:{port}/_stcore/health", tmp_path / "ui.log", timeout_s=60)
+    code = stop_server(server, sig, port)
+    assert code in (0, -sig), (tmp_path / "ui.log").read_text()[-2000:]
 
 
 def test_upload_page_tags_captions_grounds_and_finds_similar_images(app, workdir):

@@ -5,16 +5,13 @@ a failure: `.ci/install-browser` installs Chromium."""
 
 import os
 import shutil
-import socket
-import subprocess
+import signal
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import built_workdir
+from tests.helpers import built_workdir, free_port, start_server, stop_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.slow
@@ -34,41 +31,17 @@ def _need_browser():
         pytest.skip("missing: " + ", ".join(missing))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     _need_browser()
     workdir = built_workdir(tmp_path_factory.mktemp("browser") / "work", n=200, epochs=1)
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("logs") / "streamlit.log", "w")  # noqa: SIM115 (open while it serves)
-    server = subprocess.Popen([sys.executable, "-m", "ui.cli", "ui", "--workdir", str(workdir.root), "--port",
-                               str(port), "--headless", "--", "--server.address", "127.0.0.1"],
-                              stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:  # bounded: at most 60 s of health checks on our own port
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            pytest.fail(f"streamlit did not start: {Path(log.name).read_text()[-2000:]}")
-        time.sleep(0.5)
+    server = start_server([sys.executable, "-m", "ui.cli", "ui", "--workdir", str(workdir.root), "--port", str(port),
+                           "--headless", "--", "--server.address", "127.0.0.1"], f"{url}/_stcore/health",
+                          tmp_path_factory.mktemp("logs") / "streamlit.log", timeout_s=60)
     yield url, workdir
-    server.terminate()
-    try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+    stop_server(server, signal.SIGTERM, port)  # and nothing of it is left
 
 
 def test_a_query_typed_in_chromium_renders_result_images(served, tmp_path):

@@ -275,7 +275,7 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model_id": service.model_id}
+        return {"status": "ok", "model_id": service.model_id, "indexes": service.searcher.loaded_indexes()}
 
     @app.get("/models")
     async def models() -> list[dict[str, Any]]:
@@ -389,19 +389,14 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
         """clip back's metadata: [{id, metadata: {url, caption}}] for image ids."""
         data = await body(request)
         ids = data.get("ids", [])
-        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-            raise ClientError(400, "ids must be a list of integers")
+        if not isinstance(ids, list) or not all(isinstance(i, int) and 0 <= i < 2**63 for i in ids):
+            raise ClientError(400, "ids must be a list of image ids (non-negative integers)")
         check_k("len(ids)", max(1, len(ids)))
-        out = []
-        for image_id in ids:
-            try:
-                info = await run(service.image, image_id)
-            except ClientError:
-                continue
-            out.append({"id": image_id, "metadata": {
-                "url": str(request.url_for("thumbnail", image_id=image_id)),
-                "caption": info["captions"][0] if info["captions"] else ""}})
-        return out
+        found = await run(service.images, ids)
+        return [{"id": image_id, "metadata": {
+                    "url": str(request.url_for("thumbnail", image_id=image_id)),
+                    "caption": found[image_id]["captions"][0] if found[image_id]["captions"] else ""}}
+                for image_id in ids if image_id in found]
 
     return app
 

@@ -217,19 +217,26 @@ class Service:
 
     def image(self, image_id: int) -> dict[str, Any]:
         """An image's metadata, human and generated captions, phrases with boxes, and tags."""
+        found = self.images([image_id])
+        if image_id not in found:
+            raise KeyError(image_id)
+        return found[image_id]
+
+    def images(self, image_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """`image` for several ids at once (one query per table), by id; ids not in the catalog are left out."""
         with self.catalogs.reading() as catalog:
-            details = catalog.image_details([image_id]).get(image_id)
-            if details is None:
-                raise KeyError(image_id)
-            phrases = catalog.grounding_rows(image_ids=[image_id])
-            generated = catalog.generated_captions([image_id]).get(image_id, [])
-            tags = catalog.tags_of([image_id]).get(image_id, [])
-        return {"id": image_id, "split": details["split"], "width": details["width"], "height": details["height"],
-                "dataset": details["dataset"], "key": details["key"], "captions": details["captions"],
-                "generated_captions": generated,
-                "phrases": [{"text": r.text, "types": list(r.types), "boxes": [list(b) for b in r.boxes]}
-                            for r in phrases],
-                "tags": tags}
+            details = catalog.image_details(image_ids)
+            found = sorted(details)
+            phrases: dict[int, list[Any]] = {i: [] for i in found}
+            for row in catalog.grounding_rows(image_ids=found) if found else []:
+                phrases[row.image_id].append(row)
+            generated = catalog.generated_captions(found) if found else {}
+            tags = catalog.tags_of(found) if found else {}
+        return {i: {"id": i, "split": d["split"], "width": d["width"], "height": d["height"], "dataset": d["dataset"],
+                    "key": d["key"], "captions": d["captions"], "generated_captions": generated.get(i, []),
+                    "phrases": [{"text": r.text, "types": list(r.types), "boxes": [list(b) for b in r.boxes]}
+                                for r in phrases[i]],
+                    "tags": tags.get(i, [])} for i, d in details.items()}
 
     def image_path(self, image_id: int) -> str:
         with self.catalogs.reading() as catalog:
