@@ -20,6 +20,7 @@ here (`RSS_BOUND`: at the end at most 25% above half-way, with the new index ver
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -32,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -122,8 +122,8 @@ def main() -> None:
     result.update(machine=f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} cores",
                   workdir=str(source.root), rss_bound=RSS_BOUND)
     result["rss_ok"] = result["rss_mb"]["after"] <= RSS_BOUND * result["rss_mb"]["warm"]
-    result["new_indexes_served"] = all(result["indexes_after"].get(k, 0) > v
-                                       for k, v in result["indexes_before"].items())
+    result["new_indexes_served"] = bool(result["indexes_before"]) and all(
+        result["indexes_after"].get(k, 0) > v for k, v in result["indexes_before"].items())
     emit(result, args.out, _markdown(result))
     if result["errors"] or not result["rss_ok"] or not result["new_indexes_served"]:
         raise SystemExit(1)
@@ -182,7 +182,7 @@ def _load(args, base, server, workdir, texts, phrases, image_ids) -> dict:
             started = time.monotonic()
             try:
                 call(base, kind, rng, texts, phrases, image_ids)
-            except (OSError, AssertionError, KeyError, ValueError, urllib.error.HTTPError) as e:
+            except (OSError, AssertionError, KeyError, ValueError, http.client.HTTPException) as e:
                 with lock:
                     errors.append(f"{kind}: {type(e).__name__}: {str(e)[:200]}")
                 continue
@@ -205,9 +205,9 @@ def _load(args, base, server, workdir, texts, phrases, image_ids) -> dict:
         if build is None and now >= args.seconds / 2:
             build_window = [now, None]
             rss["warm"] = _rss_mb(server.pid)  # after half the load, just before the build
+            build_log = open(workdir.parent / "build.log", "w")  # noqa: SIM115 (open while the build runs)
             build = subprocess.Popen([sys.executable, "-m", "ui.cli", "index", "--workdir", str(workdir), "--rebuild",
-                                      "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+                                      "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=build_log)
         if build is not None and build_window[1] is None and build.poll() is not None:
             build_window[1] = now
         built = build_window is not None and build_window[1] is not None
@@ -219,7 +219,11 @@ def _load(args, base, server, workdir, texts, phrases, image_ids) -> dict:
     if build is not None and build.poll() is None:
         build.wait(timeout=600)
         build_window[1] = time.monotonic() - t0
-    build_error = None if build is None or build.returncode == 0 else build.stderr.read()[-2000:]
+    build_error = None
+    if build is not None:
+        build_log.close()
+        if build.returncode != 0:
+            build_error = (workdir.parent / "build.log").read_text()[-2000:]
     rss["after"] = _rss_mb(server.pid)
     rss["peak"] = max([rss["after"], *(m for _, m in series)])
 

@@ -20,13 +20,20 @@ class GroundingConfig:
     threshold: float = 0.5       # box cells: normalized heat >= threshold (0..1)
     max_boxes: int = 3           # boxes per phrase and image
     min_box_area: float = 0.01   # extra boxes smaller than this fraction of the image are dropped
+    head_threshold: float = 0.8  # box head: cells at or above this (normalized, with the prior) also draw boxes
+    nms_iou: float = 0.5         # box head: a box overlapping a better one this much (IoU) is dropped
+    boxes: str = "auto"          # head | heatmap | auto (the box head when the model has one); tuning picks the
+    #                              head only where it beats the heatmap on val (box acc@0.5, any-box)
     tuned_on: str | None = None  # the split the parameters were chosen on (None: defaults)
 
     def __post_init__(self) -> None:
         if self.upsample < 1 or self.max_boxes < 1:
             raise InputError(f"upsample and max_boxes must be >= 1, got {self.upsample} and {self.max_boxes}")
-        if not 0 <= self.threshold <= 1:
-            raise InputError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.boxes not in ("auto", "head", "heatmap"):
+            raise InputError(f"boxes must be auto, head or heatmap, got {self.boxes!r}")
+        for name in ("threshold", "head_threshold", "nms_iou"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.center_prior < 0 or self.prior_sigma <= 0:
             raise InputError("center_prior must be >= 0 and prior_sigma > 0")
 

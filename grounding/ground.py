@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from indexer.box_head import BoxHead, load_box_head
 from indexer.data import FULL_FRAME, crop_window
 from indexer.index import patch_ids
 from indexer.knn import search_allowed
@@ -35,7 +36,7 @@ from indexer.shards import load_embeddings
 from warehouse import Catalog, InputError, Workdir, load_image, recorded_run
 
 from .config import DEFAULT_SHORTLIST, GroundingConfig, load_config
-from .heatmap import ScoredBox, boxes_from_map, in_window, points, score_maps
+from .heatmap import ScoredBox, boxes_from_head, boxes_from_map, cell_of, in_window, points, score_maps
 
 if TYPE_CHECKING:  # open_clip is imported only when an image must be embedded
     from indexer.models import GroundexModel
@@ -92,6 +93,7 @@ class Grounder:
         self.model_id = self.searcher.model_id
         self.config = config or load_config(workdir, self.model_id)
         self.spec = load_spec(self.searcher.model_record.path)  # grid and resize without loading the model
+        self._box_head: BoxHead | None | bool = False  # False: not looked for yet
         grid = spec_patch_grid(self.spec)
         if grid is None:
             raise InputError(f"model {self.model_id} ({self.spec.name}) has no patch grid: grounding needs a ViT "
@@ -130,6 +132,13 @@ class Grounder:
     def _patches(self, image: Image.Image) -> np.ndarray:
         return self.model.encode_patches(self.model.pixels_from_images([image])).float().cpu().numpy()
 
+    @property
+    def box_head(self) -> BoxHead | None:
+        """The model's box head (loaded once), or None: boxes then come from the heatmap."""
+        if self._box_head is False:
+            self._box_head = load_box_head(self.searcher.model_record.path)
+        return self._box_head
+
     def _grounding(self, phrase: str, vector: np.ndarray, patches: np.ndarray, image_id: int | None,
                    details: dict[str, Any]) -> Grounding:
         grid = self.grid
@@ -137,8 +146,15 @@ class Grounder:
         raw, scored = score_maps(heatmap[None], self.config)
         width, height = int(details["width"]), int(details["height"])
         window = crop_window(width, height, self.spec.resize)  # the patch grid covers this part of the image
-        px, py = in_window(points(scored), window)[0]
-        boxes = [b.in_window(window).scaled(width, height) for b in boxes_from_map(raw[0], scored[0], self.config)]
+        point = points(scored)
+        px, py = in_window(point, window)[0]
+        if self.box_head is not None and self.config.boxes != "heatmap":
+            cells = self.box_head.cell_boxes(torch.from_numpy(np.asarray(patches, np.float32))[None],
+                                             torch.from_numpy(np.asarray(vector, np.float32))[None])[0].numpy()
+            found = boxes_from_head(cells, heatmap, cell_of(point[0], grid), self.config)
+        else:
+            found = boxes_from_map(raw[0], scored[0], self.config)
+        boxes = [b.in_window(window).scaled(width, height) for b in found]
         window_px = ScoredBox(*window, 0.0).scaled(width, height)
         return Grounding(phrase, image_id, width, height, float(heatmap.max()), (px * width, py * height), boxes,
                          heatmap, details.get("path"), details.get("split"), list(details.get("captions") or []),

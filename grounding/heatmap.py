@@ -16,6 +16,10 @@ The method (parameters in `GroundingConfig`, chosen on `val` by `grounding.tune`
    component holding the maximum gives the top box (its bounding box), further components the next
    ones, by peak, up to `max_boxes`, ignoring those smaller than `min_box_area` of the image.
    Each box's score is the highest raw cosine similarity inside it, so scores compare across images.
+6. **Boxes from the box head** (a model trained with boxes, `indexer/box_head.py`), in place of 5: the cell holding
+   the point draws the top box; every other cell at or above `head_threshold` on the cell-level normalized map
+   (with the prior) draws one too, best first; boxes overlapping a better one by `nms_iou` or more are dropped
+   (non-maximum suppression), up to `max_boxes`. Several instances ("two men") get a box each.
 """
 
 from __future__ import annotations
@@ -129,3 +133,34 @@ def iou(box: tuple[float, float, float, float], boxes: np.ndarray) -> np.ndarray
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return inter / np.maximum(area + areas - inter, 1e-12)
+
+
+def cell_of(point: np.ndarray, grid: tuple[int, int]) -> int:
+    """The row-major index of the patch cell holding `point` (x, y in [0, 1] of the model's input)."""
+    gh, gw = grid
+    return min(int(point[1] * gh), gh - 1) * gw + min(int(point[0] * gw), gw - 1)
+
+
+def boxes_from_head(cell_boxes: np.ndarray, maps: np.ndarray, top: int, config: GroundingConfig) -> list[ScoredBox]:
+    """The box head's boxes for one phrase on one image (step 6): cell_boxes (P, 4) each cell's box in [0, 1] of the
+    model's input, maps (gh, gw) the raw cosine map, `top` the cell holding the point. Best first."""
+    raw = maps.reshape(-1)
+    _, scored = score_maps(maps[None], GroundingConfig(**{**config.__dict__, "upsample": 1}))
+    scored = scored.reshape(-1)
+    others = [int(c) for c in np.argsort(-scored, kind="stable") if scored[c] >= config.head_threshold and c != top]
+    out: list[ScoredBox] = []
+    for cell in [top, *others]:
+        box = cell_boxes[cell]
+        if any(_overlap(box, (b.x1, b.y1, b.x2, b.y2)) >= config.nms_iou for b in out):
+            continue
+        out.append(ScoredBox(float(box[0]), float(box[1]), float(box[2]), float(box[3]), float(raw[cell])))
+        if len(out) == config.max_boxes:
+            break
+    return out
+
+
+def _overlap(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return float(ix * iy / union) if union > 0 else 0.0

@@ -46,6 +46,10 @@ class TrainConfig:
     grounding_weight: float = 1.0      # weight of the phrase-region objective (indexer/phrase_region_loss.py), used
     #                                    when the split has phrases with boxes; 0: global only (docs/grounding.md)
     grounding_phrases: int = 4         # entities sampled per image per step for that objective
+    box_weight: float = 0.0            # weight of the box head's loss (L1 + GIoU, indexer/box_head.py), trained with
+    #                                    the phrase-region objective; 0: no box head (boxes from the heatmap). Off by
+    #                                    default: in 15 minutes on the sample it has not beaten the heatmap yet
+    box_pairs: int = 8                 # patches inside its box that regress each sampled entity's box per step
     precision: str = "auto"            # auto (bf16 where fast: AVX512-BF16/AMX CPUs, bf16 GPUs) | bf16 | fp32
     train_split: str = "train"
     max_train_images: int | None = None  # train on the first N images of the split (by id): quick runs, experiments
@@ -74,6 +78,8 @@ class TrainConfig:
             raise InputError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0 < self.crop_scale <= 1:
             raise InputError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
+        if self.box_weight < 0 or self.box_pairs < 1:
+            raise InputError(f"box_weight must be >= 0 and box_pairs >= 1, got {self.box_weight} and {self.box_pairs}")
         if self.grounding_weight < 0 or self.grounding_phrases < 1:
             raise InputError(f"grounding_weight must be >= 0 and grounding_phrases >= 1, got "
                              f"{self.grounding_weight} and {self.grounding_phrases}")

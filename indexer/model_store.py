@@ -26,12 +26,12 @@ from warehouse import (
     Workdir,
     atomic_write_json,
     content_hash,
+    hashed_files,
     missing_files,
     utc_now,
 )
 
 from .models import (
-    CHECKPOINT_FILES,
     PRESET_PREFIX,
     GroundexModel,
     create_model,
@@ -151,7 +151,7 @@ def _import_folder(workdir: Workdir, folder: Path, label: str | None, resize: st
     info["exported_runs"] = record.get("runs", [])
     store = ArtefactStore(workdir)
     with store.staging("model") as staging:
-        for name in CHECKPOINT_FILES:
+        for name in hashed_files("model", folder):  # the weights, config and tokenizer, and a box head if any
             shutil.copyfile(folder / name, staging / name)
         return store.commit("model", staging, source=f"import:{folder.resolve()}",
                             parent_id=record.get("parent_id"), metrics=record.get("metrics"), label=label, info=info)
@@ -190,7 +190,7 @@ def export_model(workdir: Workdir, ref: str | None, out: Path) -> Path:
     record = model_records(workdir, ref)[0]
     out.mkdir(parents=True, exist_ok=True)
     source = Path(record["path"])
-    for name in CHECKPOINT_FILES:
+    for name in hashed_files("model", source):
         shutil.copyfile(source / name, out / name)
     if content_hash("model", out) != record["id"]:
         raise InputError(f"model {record['id']}: its files in {source} no longer match its hash; run `groundex verify`")

@@ -42,6 +42,7 @@ from torch import nn
 
 from warehouse import InputError, content_hash, place
 
+from .box_head import BoxHead, load_box_head
 from .data import check_resize, square_pixels
 from .devices import default_device
 from .model_spec import CHECKPOINT_FILES, OPENAI_MEAN, OPENAI_STD, ModelSpec, load_spec
@@ -78,6 +79,7 @@ class GroundexModel(nn.Module):
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.register_buffer("_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        self.box_head: BoxHead | None = None  # patch -> box (indexer/box_head.py), when trained with boxes
 
     @property
     def device(self) -> torch.device:
@@ -420,6 +422,8 @@ def write_checkpoint(model: GroundexModel, folder: Path) -> None:
     save_file(state, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(asdict(model.spec), indent=2, sort_keys=True, default=list))
     (folder / "tokenizer.json").write_text(json.dumps(model.tokenizer.to_json()))
+    if model.box_head is not None:
+        model.box_head.save(folder)
 
 
 def save_checkpoint(model: GroundexModel, models_dir: Path) -> tuple[str, Path]:
@@ -448,4 +452,6 @@ def load_checkpoint(folder: Path, device: torch.device | str | None = None) -> G
     clip = _build_clip(spec.config)
     _load_weights(clip, folder / "model.safetensors")
     device = torch.device(device) if device is not None else default_device()
-    return GroundexModel(clip, tokenizer, spec).to(device).eval()
+    model = GroundexModel(clip, tokenizer, spec)
+    model.box_head = load_box_head(folder)
+    return model.to(device).eval()

@@ -87,6 +87,20 @@ class RegionTable:
                            torch.tensor(box_region, dtype=torch.long), torch.tensor(localize, dtype=torch.bool))
 
 
+def boxes_in_crop(boxes: torch.Tensor, crops: torch.Tensor, box_image: torch.Tensor, clip: bool = True
+                  ) -> torch.Tensor:
+    """Boxes (NB, 4) in [0, 1] of their image, seen through their image's crop (`crops` (B, 4), x1, y1, x2, y2 in the
+    image's units; a flip is a crop with x2 < x1), as x1 <= x2, y1 <= y2 in the crop's frame; `clip`: cut to it (a
+    box the crop cut away becomes empty)."""
+    crop = crops[box_image]  # (NB, 4)
+    x1 = (boxes[:, 0] - crop[:, 0]) / (crop[:, 2] - crop[:, 0])
+    x2 = (boxes[:, 2] - crop[:, 0]) / (crop[:, 2] - crop[:, 0])
+    y1 = (boxes[:, 1] - crop[:, 1]) / (crop[:, 3] - crop[:, 1])
+    y2 = (boxes[:, 3] - crop[:, 1]) / (crop[:, 3] - crop[:, 1])
+    out = torch.stack([torch.minimum(x1, x2), y1, torch.maximum(x1, x2), y2], dim=1)  # a flipped crop mirrors it
+    return out.clamp(0, 1) if clip else out
+
+
 def patch_coverage(boxes: torch.Tensor, box_region: torch.Tensor, n_regions: int, crops: torch.Tensor,
                    box_image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Fraction of each patch cell covered by each region's boxes, seen through its image's crop.
@@ -95,12 +109,7 @@ def patch_coverage(boxes: torch.Tensor, box_region: torch.Tensor, n_regions: int
     (x1, y1, x2, y2; a flip is a crop with x2 < x1); box_image (NB,) image row of each box.
     Returns (R, gh * gw) in [0, 1], row-major like the patch tokens; several boxes of a region: max."""
     gh, gw = grid
-    crop = crops[box_image]  # (NB, 4)
-    x1 = (boxes[:, 0] - crop[:, 0]) / (crop[:, 2] - crop[:, 0])
-    x2 = (boxes[:, 2] - crop[:, 0]) / (crop[:, 2] - crop[:, 0])
-    y1 = (boxes[:, 1] - crop[:, 1]) / (crop[:, 3] - crop[:, 1])
-    y2 = (boxes[:, 3] - crop[:, 1]) / (crop[:, 3] - crop[:, 1])
-    x1, x2 = torch.minimum(x1, x2), torch.maximum(x1, x2)  # a flipped crop mirrors the box
+    x1, y1, x2, y2 = boxes_in_crop(boxes, crops, box_image, clip=False).unbind(dim=1)
     xs = torch.arange(gw + 1, dtype=boxes.dtype, device=boxes.device) / gw  # cell edges
     ys = torch.arange(gh + 1, dtype=boxes.dtype, device=boxes.device) / gh
     cover_x = (torch.minimum(x2[:, None], xs[None, 1:]) - torch.maximum(x1[:, None], xs[None, :-1])).clamp(min=0) * gw
@@ -150,14 +159,22 @@ def _multi_positive(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tenso
     return -torch.logsumexp(log_probs.masked_fill(~positive, float("-inf")), dim=1).mean()
 
 
-@torch.no_grad()
 def phrase_maps(model: GroundexModel, cache: PixelCache, rows: Sequence[GroundingRow], batch_size: int = 256
                 ) -> np.ndarray:
-    """Cosine similarity of each row's phrase with every patch of its image: (N, gh, gw) float32.
+    """Cosine similarity of each row's phrase with every patch of its image: (N, gh, gw) float32."""
+    return phrase_maps_and_boxes(model, cache, rows, batch_size, boxes=False)[0]
+
+
+@torch.no_grad()
+def phrase_maps_and_boxes(model: GroundexModel, cache: PixelCache, rows: Sequence[GroundingRow],
+                          batch_size: int = 256, boxes: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """`phrase_maps`, and (when the model has a box head and `boxes`) every cell's box for each row's phrase:
+    (N, gh * gw, 4) in [0, 1] of the model's input (indexer/box_head.py); else None.
 
     Images and distinct phrase texts are embedded once each; the model's train/eval modes are restored."""
+    head = model.box_head if boxes else None
     if not rows:
-        return np.zeros((0, *model.patch_grid), dtype=np.float32)
+        return np.zeros((0, *model.patch_grid), dtype=np.float32), None
     modes = [m.training for m in model.modules()]
     model.eval()
     image_ids = sorted({r.image_id for r in rows})
@@ -171,12 +188,16 @@ def phrase_maps(model: GroundexModel, cache: PixelCache, rows: Sequence[Groundin
     image_row = {i: k for k, i in enumerate(image_ids)}
     text_row = {t: k for k, t in enumerate(texts)}
     out = np.empty((len(rows), *model.patch_grid), dtype=np.float32)
+    cell_boxes = np.empty((len(rows), out.shape[1] * out.shape[2], 4), dtype=np.float32) if head is not None else None
     for s in range(0, len(rows), 4096):  # (chunk, P, D) at a time: a whole split's would not fit
         chunk = rows[s:s + 4096]
-        sims = torch.einsum("rpd,rd->rp", patches[[image_row[r.image_id] for r in chunk]],
-                            phrases[[text_row[r.text] for r in chunk]])
+        chunk_patches = patches[[image_row[r.image_id] for r in chunk]]
+        chunk_phrases = phrases[[text_row[r.text] for r in chunk]]
+        sims = torch.einsum("rpd,rd->rp", chunk_patches, chunk_phrases)
         out[s:s + len(chunk)] = sims.reshape(len(chunk), *model.patch_grid).cpu().numpy()
-    return out
+        if head is not None:
+            cell_boxes[s:s + len(chunk)] = head.cell_boxes(chunk_patches, chunk_phrases).cpu().numpy()
+    return out, cell_boxes
 
 
 def pointing_for_eval(model: GroundexModel, cache: PixelCache, rows: Sequence[GroundingRow]) -> float:

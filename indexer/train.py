@@ -47,13 +47,14 @@ from warehouse import (
     recorded_run,
 )
 
+from .box_head import BOX_HEAD_FILE, BoxHead, box_losses
 from .config import TrainConfig
 from .data import PixelCache, pixel_cache
 from .devices import default_device, precision_uses_bf16
 from .evaluate import recall_at_k
 from .model_store import store_model
 from .models import GroundexModel, TrackedPatchDropout, create_model
-from .phrase_region_loss import RegionTable, patch_coverage, pointing_for_eval, region_losses
+from .phrase_region_loss import RegionTable, boxes_in_crop, patch_coverage, pointing_for_eval, region_losses
 from .tokenizer import WordTokenizer, tokenizer_from_json
 
 _logger = logging.getLogger(__name__)
@@ -148,14 +149,20 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return (text_to_image + image_to_text) / 2
 
 
+BOX_HEAD_LR_SCALE = 10.0  # the box head starts from nothing in a run's few hundred steps: a larger step
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    """AdamW groups: weight matrices with decay, the rest without; the box head's with `BOX_HEAD_LR_SCALE`."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         plain = p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("bias")
-        (no_decay if plain else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((plain, name.startswith("box_head.")), []).append(p)
+    return [{"params": params, "weight_decay": 0.0 if plain else weight_decay,
+             "lr_scale": BOX_HEAD_LR_SCALE if head else 1.0}
+            for (plain, head), params in sorted(groups.items())]
 
 
 def lr_factor(progress: float, warmup: float, floor: float) -> float:
@@ -246,6 +253,8 @@ def _save_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optim
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.clip.state_dict().items()},
               str(tmp / "model.safetensors"))
+    if model.box_head is not None:
+        model.box_head.save(tmp)
     opt = optimizer.state_dict()
     tensors = {f"{i}.{k}": v.contiguous().cpu() for i, s in opt["state"].items() for k, v in s.items()}
     save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -265,6 +274,8 @@ def _load_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optim
     lacks keeps its value in `state`)."""
     saved = json.loads((folder / "state.json").read_text())
     model.clip.load_state_dict(load_file(str(folder / "model.safetensors")))
+    if model.box_head is not None:
+        model.box_head.load_state_dict(load_file(str(folder / BOX_HEAD_FILE)))
     tensors = load_file(str(folder / "optimizer.safetensors"))
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -320,8 +331,6 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool | None = None) -> 
     if config.patch_dropout > 0:  # active in train mode only; remembers which patches it kept
         model.clip.visual.patch_dropout = TrackedPatchDropout(config.patch_dropout)
     apply_mode(model, config.mode, config.lora_rank)
-    set_train_mode(model, config.mode)
-    trainable, total = count_params(model)
 
     train_captions = CaptionTable(train_rows, model.tokenize)
     regions = None
@@ -333,6 +342,10 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool | None = None) -> 
         _logger.warning("split %r has no phrases with boxes: training the global objective only (the grounding "
                         "objective needs Flickr30k Entities-style annotations)", config.train_split)
         regions = None
+    if regions is not None and config.box_weight > 0 and model.box_head is None:  # a base's own head trains on
+        model.box_head = BoxHead(model.embed_dim, model.patch_grid).to(device)
+    set_train_mode(model, config.mode)
+    trainable, total = count_params(model)
     val_captions = CaptionTable(val_rows, model.tokenize) if val_rows else None
     train_images = np.array(sorted(train_captions.by_image), dtype=np.int64)[: config.max_train_images]
     val_images = None
@@ -504,7 +517,7 @@ def _apply_schedule(run: _TrainRun, progress: float) -> float:
     if isinstance(dropout, TrackedPatchDropout):
         dropout.prob = 0.0 if progress >= 1 - config.unmasked_fraction else config.patch_dropout
     for group in run.optimizer.param_groups:
-        group["lr"] = config.lr * factor
+        group["lr"] = config.lr * factor * group.get("lr_scale", 1.0)
     return config.lr * factor
 
 
@@ -540,9 +553,9 @@ def _batch_loss(run: _TrainRun, batch: np.ndarray, rng: np.random.Generator, gen
             text_features, scale = model.encode_text(tokens), model.logit_scale.exp()
     loss = clip_loss(image_features.float(), text_features.float(), scale.float(), config.captions_per_image)
     if data.regions is not None:
-        nce, loc = _grounding_step(run, batch, patches, crops, scale, rng)
-        stats.region_losses.append((nce.item(), loc.item()))
-        loss = loss + config.grounding_weight * (nce + loc)
+        nce, loc, box = _grounding_step(run, batch, patches, crops, scale, rng, generator)
+        stats.region_losses.append((nce.item(), loc.item(), box.item()))
+        loss = loss + config.grounding_weight * (nce + loc) + config.box_weight * box
     return loss
 
 
@@ -553,7 +566,8 @@ def _end_epoch(run: _TrainRun, state: _LoopState, clock: _Clock, stats: _EpochSt
     entry = {"epoch": state.epoch, "step": state.step, "loss": round(float(np.mean(stats.losses)), 4),
              "images_per_s": round(stats.images_per_s(), 1), "seconds": round(clock.elapsed(), 1)}
     if stats.region_losses:
-        entry["region_nce"], entry["region_loc"] = (round(float(v), 4) for v in np.mean(stats.region_losses, 0))
+        entry["region_nce"], entry["region_loc"], entry["region_box"] = (
+            round(float(v), 4) for v in np.mean(stats.region_losses, 0))
     if data.val_captions is not None:
         entry["val"] = embed_for_eval(run.model, data.eval_cache, data.val_images, data.val_captions)
         if data.val_regions:
@@ -572,14 +586,16 @@ def _end_epoch(run: _TrainRun, state: _LoopState, clock: _Clock, stats: _EpochSt
 
 
 def _grounding_step(run: _TrainRun, batch: np.ndarray, patches: torch.Tensor, crops: torch.Tensor,
-                    scale: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The phrase-region losses of one micro-batch (see indexer/phrase_region_loss.py)."""
+                    scale: torch.Tensor, rng: np.random.Generator, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The phrase-region losses of one micro-batch (see indexer/phrase_region_loss.py), and the box head's
+    (indexer/box_head.py; zero without a head)."""
     model, regions, use_bf16 = run.model, run.data.regions, run.use_bf16
     sampled = regions.sample(batch, run.config.grounding_phrases, rng)
     device = patches.device
     if len(sampled.image_index) < 2:
         zero = patches.float().sum() * 0
-        return zero, zero
+        return zero, zero, zero
     coverage = patch_coverage(sampled.boxes.to(device), sampled.box_region.to(device), len(sampled.image_index),
                               crops.to(device), sampled.image_index[sampled.box_region].to(device),
                               model.patch_grid)
@@ -591,7 +607,14 @@ def _grounding_step(run: _TrainRun, batch: np.ndarray, patches: torch.Tensor, cr
     nce, loc, _ = region_losses(patches.float(), kept, coverage, sampled.image_index.to(device),
                                 phrase_features.float(), sampled.text_ids.to(device), sampled.localize.to(device),
                                 scale.float())
-    return nce, loc
+    box = nce * 0
+    if model.box_head is not None:
+        box_region = sampled.box_region.to(device)
+        in_crop = boxes_in_crop(sampled.boxes.to(device), crops.to(device), sampled.image_index.to(device)[box_region])
+        box, _ = box_losses(model.box_head, F.normalize(patches.float(), dim=-1), kept, in_crop, box_region,
+                            sampled.image_index.to(device), F.normalize(phrase_features.float(), dim=-1),
+                            sampled.localize.to(device), run.config.box_pairs, generator)
+    return nce, loc, box
 
 
 def _logit_scale(model: GroundexModel) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Synthetic scenes -> train tiny (global + phrase-region objectives) -> index -> search, ground -> eval:
 quality far above chance and the baselines, and the search and grounding APIs."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.slow
 def trained(tmp_path_factory):
     workdir = Workdir(tmp_path_factory.mktemp("e2e") / "work")
     warehouse.ingest_synthetic(workdir, SyntheticConfig(n=800), config=IngestConfig(progress=False))
-    result = train(workdir, TrainConfig(epochs=8, batch_size=64, grounding_weight=1.0, progress=False))
+    result = train(workdir, TrainConfig(epochs=8, batch_size=64, grounding_weight=1.0, box_weight=1.0, progress=False))
     index_workdir(workdir)
     return workdir, result
 
@@ -81,6 +83,14 @@ def test_grounding_is_far_above_the_centre_baseline(trained):
     assert metrics["box_acc@0.5"] > metrics["baselines"]["whole_image"]["box_acc@0.5"] + 10, metrics
     assert workdir.grounding_config_path(metrics["model_id"]).is_file()
     assert set(metrics["by_type"]) >= {"people", "animals", "vehicles"}
+    # trained with a box head too: both paths are reported, the better on val serves
+    with Catalog.open(workdir, read_only=True) as catalog:
+        assert (Path(catalog.model(metrics["model_id"]).path) / "box_head.safetensors").is_file()
+    head, heat = metrics["tuning"]["boxes"]["box head"], metrics["tuning"]["boxes"]["heatmap"]
+    assert head > metrics["baselines"]["whole_image"]["box_acc@0.5"] + 10, metrics  # the head learned boxes
+    assert metrics["config"]["boxes"] == ("head" if head > heat else "heatmap")
+    assert metrics["box_acc@0.5"] == max(head, heat)
+    assert metrics["box_acc@0.5_merged"] >= metrics["baselines"]["whole_image"]["box_acc@0.5_merged"]
     with pytest.raises(ValueError, match="never on test"):
         evaluate_grounding(workdir, "test", tune_params=True)
 

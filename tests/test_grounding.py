@@ -9,7 +9,7 @@ from PIL import Image
 
 import warehouse
 from grounding import GroundingConfig, ScoredBox, metrics, tune
-from grounding.evaluate import SplitMaps
+from grounding.evaluate import SplitMaps, _box_hits, _inside, _near, merged_box
 from grounding.ground import Grounding
 from grounding.heatmap import boxes_from_map, center_prior, iou, points, score_maps
 from grounding.overlay import render_overlay
@@ -178,10 +178,55 @@ def test_metrics_count_hits_by_type_with_baselines():
     result = metrics(SplitMaps(rows, maps), GroundingConfig(threshold=0.5))
     assert result["phrases"] == 3 and result["images"] == 2
     assert result["pointing_game"] == pytest.approx(200 / 3, abs=0.01)
-    assert result["baselines"] == {"center": {"pointing_game": pytest.approx(100 / 3, abs=0.01)},
-                                   "whole_image": {"box_acc@0.5": pytest.approx(100 / 3, abs=0.01)}}
+    third = pytest.approx(100 / 3, abs=0.01)
+    assert result["baselines"] == {"center": {"pointing_game": third},  # no sizes given: no 15 px figure
+                                   "whole_image": {"box_acc@0.5": third, "box_acc@0.5_merged": third}}
     assert result["by_type"]["animals"]["pointing_game"] == 100 and result["by_type"]["people"]["phrases"] == 2
     assert result["by_type"]["animals"]["box_acc@0.5"] == 0  # the blob's box is much smaller than the dog's
+
+
+def test_any_box_and_merged_box_protocols_and_the_pointing_tolerance_on_hand_made_cases():
+    """Two people side by side (one phrase, two boxes): a box on one of them is a hit for any-box and a miss for
+    merged-box, a box around both the reverse. A point 10 px left of a box is a hit with Zhang et al.'s 15 px
+    tolerance only."""
+    two = [(0.0, 0.2, 0.4, 1.0), (0.6, 0.2, 1.0, 1.0)]
+    assert merged_box(two) == (0.0, 0.2, 1.0, 1.0)
+    rows = [row(1, 1, 1, "two men", two), row(2, 1, 1, "two men", two), row(3, 2, 1, "a dog", [(0.5, 0.5, 1.0, 1.0)])]
+    any_box, merged = _box_hits([(0.0, 0.2, 0.4, 1.0), (0.0, 0.2, 1.0, 1.0), (0.5, 0.5, 1.0, 1.0)], rows)
+    assert any_box.tolist() == [True, False, True] and merged.tolist() == [False, True, True]
+    size = np.array([200.0, 100.0])  # 10 px left of the dog's box at x = 100: 0.45 of 200 px
+    assert not _inside(np.array([0.45, 0.75]), rows[2].boxes)
+    assert _near(np.array([0.45, 0.75]), rows[2].boxes, size) and not _near(np.array([0.40, 0.75]), rows[2].boxes,
+                                                                            size)  # 20 px away
+    # through `metrics`: a map high on the left man only, so its box is his alone
+    maps = np.zeros((2, 8, 8), dtype=np.float32)
+    maps[:, 2:8, 0:3] = 1.0
+    result = metrics(SplitMaps(rows[:2], maps, sizes=np.array([size, size])), GroundingConfig(threshold=0.5))
+    assert result["phrases_with_several_boxes"] == 2
+    assert result["box_acc@0.5"] > result["box_acc@0.5_merged"]
+    assert result["pointing_game_15px"] >= result["pointing_game"]
+
+
+def test_with_a_box_head_both_paths_are_reported_and_tuning_keeps_the_better():
+    """Each phrase's map peaks on a cell inside its box; the heatmap's box (the hot cells) is a sliver of the
+    true box, while the head's box for that cell is the true box (a good head) or a cell-sized one (a bad head)."""
+    rows = [row(i, i, 1, "a dog", [(0.0, 0.0, 0.5, 0.5)]) for i in range(6)]
+    maps = np.zeros((6, 4, 4), dtype=np.float32)
+    maps[:, 0, 0] = 1.0
+    good = np.tile(np.array([0.0, 0.0, 0.5, 0.5], dtype=np.float32), (6, 16, 1))
+    bad = np.tile(np.array([0.0, 0.0, 0.1, 0.1], dtype=np.float32), (6, 16, 1))
+    base = GroundingConfig(upsample=1, threshold=0.9)
+    with_good = metrics(SplitMaps(rows, maps, cell_boxes=good), base)
+    assert with_good["boxes_from"] == "box head" and with_good["box_acc@0.5"] == 100
+    assert with_good["heatmap_boxes"]["box_acc@0.5"] == 0  # one cell of four: IoU 0.25
+    config, trials = tune(SplitMaps(rows, maps, cell_boxes=good), base)
+    assert config.boxes == "head" and trials["boxes"] == {"box head": 100.0, "heatmap": 0.0}
+    wide = maps.copy()
+    wide[:, 0:2, 0:2] = np.array([[1.0, 0.95], [0.95, 0.95]])  # now the heatmap's hot cells are the whole box
+    config, _ = tune(SplitMaps(rows, wide, cell_boxes=bad), base)
+    assert config.boxes == "heatmap"
+    chosen = metrics(SplitMaps(rows, wide, cell_boxes=bad), config)
+    assert chosen["boxes_from"] == "heatmap" and chosen["box_head_boxes"]["box_acc@0.5"] == 0
 
 
 def test_tuning_finds_the_prior_when_the_maps_are_noise():

@@ -201,6 +201,7 @@ def grounder_of(resize: str) -> Grounder:
     """A Grounder around a stand-in model spec (patch grid and resize are all `_grounding` asks of the model)."""
     grounder = Grounder.__new__(Grounder)
     grounder.grid, grounder.spec = (4, 4), SimpleNamespace(resize=resize)
+    grounder._box_head = None  # a model without a box head: boxes from the heatmap
     grounder.config = GroundingConfig(upsample=1, threshold=0.9)
     return grounder
 

@@ -42,7 +42,9 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(workdir):
-    return TestClient(create_app(workdir, ServeOptions(max_k=50)))
+    with TestClient(create_app(workdir, ServeOptions(max_k=50))) as client:  # runs start-up and shutdown
+        yield client
+    assert not client.app.state.service.catalogs.is_open  # shut down: the catalog let go
 
 
 def _error(response, status):
@@ -119,6 +121,10 @@ def test_filters_are_applied_inside_the_search(client):
     ({"text": "x", "where": "images.id = 1"}, 400, "columns only"),
     ({"text": "x", "where": "1=1) UNION SELECT 1 FROM images WHERE (1=1"}, 400, "UNION"),
     ({"text": "x", "where": "row_number() OVER () < 3"}, 400, "window"),
+    ({"text": "x", "where": "length(list_value(" + ", ".join(["key"] * 100) + ")::VARCHAR) > 0"}, 400, "at most 64"),
+    ({"text": "x", "where": "CAST(NULL AS BIGINT[100000][100000]) IS NULL"}, 400, "scalar types"),
+    ({"text": "x", "where": "split = ?"}, 400, "placeholders"),
+    ({"text": "x", "where": "id > 0 OR " * 300 + "id > 0"}, 400, "at most 2,000 characters"),
     ({"text": "x", "modality": "audio"}, 400, "modality"),
 ], ids=lambda x: None)
 def test_bad_requests_get_a_json_4xx_and_the_server_stays_up(client, request_body, status, match):

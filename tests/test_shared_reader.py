@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from warehouse import Catalog, CatalogError, SharedReader, Workdir
-from warehouse.catalog import writer_waiting, writer_waiting_path
+from warehouse.catalog import writer_waiting_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,28 @@ def test_one_connection_serves_many_queries_and_is_let_go_when_idle(workdir):
         pass
 
 
+def test_a_query_waiting_for_a_writer_when_the_reader_closes_opens_nothing(workdir):
+    marker = writer_waiting_path(workdir.catalog_path)
+    reader = SharedReader(workdir)
+    errors = []
+
+    def query() -> None:
+        try:
+            with reader.reading():
+                pass
+        except CatalogError as e:
+            errors.append(e)
+
+    marker.touch()  # a writer waits: the query waits for it
+    thread = threading.Thread(target=query)
+    thread.start()
+    time.sleep(0.2)
+    reader.close()
+    marker.unlink()
+    thread.join(timeout=30)
+    assert len(errors) == 1 and "closed" in str(errors[0]) and not reader.is_open
+
+
 def test_a_writer_gets_in_while_queries_never_pause(workdir, monkeypatch):
     """Threads query through one shared connection without a break (its idle release never comes); a writer in
     another process still gets the file, and the next queries see what it committed."""
@@ -86,7 +108,7 @@ def test_a_writer_gets_in_while_queries_never_pause(workdir, monkeypatch):
     assert not errors, errors
     assert seen == {0, 1}  # before and after the write, through the same reader
     assert reader.opened >= 2  # it let go for the writer and opened again
-    assert not writer_waiting(workdir.catalog_path)  # the writer cleared its marker once in
+    assert not writer_waiting_path(workdir.catalog_path).exists()  # the writer cleared its marker once in
 
 
 def test_a_reader_waits_for_a_waiting_writer_but_a_stale_marker_is_ignored(workdir, monkeypatch):

@@ -8,7 +8,16 @@
 
 from ._catalog_reports import SqlResult
 from .artefacts import KINDS as ARTEFACT_KINDS
-from .artefacts import Artefact, ArtefactStore, RunState, content_hash, missing_files, place, same_settings
+from .artefacts import (
+    Artefact,
+    ArtefactStore,
+    RunState,
+    content_hash,
+    hashed_files,
+    missing_files,
+    place,
+    same_settings,
+)
 from .catalog import Catalog, Condition, GroundingRow, ImageInfo, PreparedSample, recorded_run
 from .entities import FormatError, parse_annotation, parse_caption, parse_sentences
 from .errors import ArtefactError, CatalogError, InputError
@@ -39,7 +48,7 @@ __all__ = [
     "Artefact", "ARTEFACT_KINDS", "ArtefactError", "ArtefactStore", "atomic_write_bytes", "atomic_write_json",
     "atomic_write_npy", "Box", "Caption", "Catalog", "CatalogError", "Condition", "content_hash",
     "DEFAULT_MAX_PIXELS", "DEFAULT_WORKDIR", "EMBEDDING_KINDS", "Entity", "FormatError", "generate_dataset",
-    "generate_scene",
+    "generate_scene", "hashed_files",
     "GroundingRow", "ImageError", "ImageInfo", "ingest", "ingest_flickr30k", "ingest_folder", "ingest_hf",
     "ingest_karpathy", "ingest_results_csv", "ingest_synthetic", "IngestConfig", "IngestReport", "InputError",
     "inspect_image", "load_image", "load_image_bytes", "missing_files", "parse_annotation", "parse_caption",

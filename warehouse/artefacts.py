@@ -32,11 +32,11 @@ KIND_FOLDERS = {"model": "models", "captioner": "captioners", "tagger": "taggers
 # The files an artefact's hash covers (a tagger's weights only when it has some). Models hash each file's name
 # with its bytes and captioners the bytes alone: the schemes of the first releases, kept so that their ids stay.
 HASHED_FILES = {
-    "model": ("model.safetensors", "config.json", "tokenizer.json"),
+    "model": ("model.safetensors", "config.json", "tokenizer.json", "box_head.safetensors"),
     "captioner": ("model.safetensors", "tokenizer.json", "captioner.json"),
     "tagger": ("tagger.json", "vocabulary.json", "weights.safetensors"),
 }
-_OPTIONAL_FILES = {"tagger": ("weights.safetensors",)}
+_OPTIONAL_FILES = {"model": ("box_head.safetensors",), "tagger": ("weights.safetensors",)}  # hashed when present
 _NAMES_HASHED = {"model": True, "captioner": False, "tagger": True}
 # What each kind's error says to do when a workdir has none.
 NONE_YET = {

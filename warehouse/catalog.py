@@ -114,20 +114,21 @@ def _hold(path: Path, delta: int) -> int:
         return _held[path]
 
 
-def _connect_waiting(path: Path, read_only: bool, limits: dict[str, Any] | None = None
-                     ) -> duckdb.DuckDBPyConnection:
+def _connect_waiting(path: Path, read_only: bool, limits: dict[str, Any] | None = None,
+                     yield_to_writers: bool = True) -> duckdb.DuckDBPyConnection:
     """`_connect`, waiting while another process holds the file. DuckDB lets one process write, or several
     read, at a time; groundex's writers hold the catalog only for one transaction (a chunk of an ingest, a
     shard of embeddings, a finished index), and its readers for one query, so the wait is short.
 
     Writers go first: a writer that finds the file held touches `<catalog>.writer-waiting` on every try, and a
     reader that does not hold the file yet waits while that marker is fresh. So a stream of searches (a busy
-    `groundex serve`, whose shared connection lets go when it sees the marker) never starves a build."""
+    `groundex serve`, whose shared connection lets go when it sees the marker) never starves a build.
+    `yield_to_writers=False`: do not wait for the marker (a caller that waited for it already)."""
     deadline = time.monotonic() + lock_timeout_s()
     delay = 0.02
     marker = writer_waiting_path(path)
     while True:
-        if read_only and writer_waiting(path) and _held.get(path.resolve(), 0) == 0:
+        if read_only and yield_to_writers and writer_waiting(path) and _held.get(path.resolve(), 0) == 0:
             error: Exception | None = None  # let the writer in first
         else:
             try:
@@ -152,14 +153,15 @@ def _connect_waiting(path: Path, read_only: bool, limits: dict[str, Any] | None 
 
 
 class Catalog(ArtefactRows, HeadsRows, ReportRows):
-    def __init__(self, path: Path | str, read_only: bool = False, *, limits: dict[str, Any] | None = None):
+    def __init__(self, path: Path | str, read_only: bool = False, *, limits: dict[str, Any] | None = None,
+                 yield_to_writers: bool = True):
         """Open the catalog at `path` (waiting while another process holds it), upgrading an older schema.
         `limits`: more locked DuckDB settings for the connection (CONSOLE_LIMITS: see `open_console`)."""
         self.path = Path(path)
         self.read_only = read_only
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"no catalog at {self.path}")
-        self.con = _connect_waiting(self.path, read_only, limits)
+        self.con = _connect_waiting(self.path, read_only, limits, yield_to_writers)
         version = self._stored_version()
         if version > SCHEMA_VERSION:
             self.con.close()
@@ -205,10 +207,12 @@ class Catalog(ArtefactRows, HeadsRows, ReportRows):
         return catalog
 
     def close(self) -> None:
-        self.con.close()
-        if self._holding is not None:
-            _hold(self._holding, -1)
-            self._holding = None
+        try:
+            self.con.close()
+        finally:
+            if self._holding is not None:
+                _hold(self._holding, -1)
+                self._holding = None
 
     def __enter__(self) -> Catalog:
         return self
@@ -338,6 +342,11 @@ class Catalog(ArtefactRows, HeadsRows, ReportRows):
             params.append([int(i) for i in image_ids])
         return self.con.execute(sql + " ORDER BY c.image_id, c.ordinal", params).fetchall()
 
+    def check_client_filter(self, where: str, hidden: Sequence[str]) -> None:
+        """Raises InputError unless a remote client's filter text is in `warehouse.client_filter`'s language over
+        the images' columns other than `hidden` (no placeholders: bound values are the server's own)."""
+        check_client_condition(self.con, where, _client_columns(hidden), parameters=False)
+
     def image_ids_where(self, where: str | Condition, time_limit_s: float | None = None) -> list[int]:
         """Ids of images matching a user's SQL condition over the `images` columns (e.g. "split = 'val'"),
         or a `Condition` whose values are bound parameters. Past `time_limit_s` the query stops (TimeoutError).
@@ -351,7 +360,7 @@ class Catalog(ArtefactRows, HeadsRows, ReportRows):
         if isinstance(where, Condition):
             where, params, hidden = where.sql, [_bindable(v) for v in where.params], where.hidden
         if hidden:
-            check_client_condition(self.con, where, [*(c for c in _IMAGES.names if c not in hidden), "tag", "tags"])
+            check_client_condition(self.con, where, _client_columns(hidden))
         source = "images"
         if _MENTIONS_TAGS.search(where):  # the join only when the condition reads tags
             source = ("(SELECT i.*, t.keyword AS tag, coalesce(a.tags, []) AS tags FROM images i "
@@ -367,7 +376,8 @@ class Catalog(ArtefactRows, HeadsRows, ReportRows):
             with time_limited(self.con, time_limit_s, "the filter"):
                 return [r[0] for r in self.con.execute(sql, params).fetchall()]
         except duckdb.Error as e:
-            raise InputError(f"bad --where condition {where!r}: {str(e).splitlines()[0]}") from None
+            shown = where if len(where) <= 200 else where[:197] + "..."
+            raise InputError(f"bad --where condition {shown!r}: {str(e).splitlines()[0][:300]}") from None
 
     def image_details(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         """id -> {path, split, width, height, dataset, key, captions: [text, ...]} (human captions)."""
@@ -665,6 +675,10 @@ class Condition:
 
 def _bindable(value: Any) -> Any:
     return [_bindable(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _client_columns(hidden: Sequence[str]) -> list[str]:
+    return [*(c for c in _IMAGES.names if c not in hidden), "tag", "tags"]
 
 
 _MENTIONS_TAGS = re.compile(r"\btags?\b", re.IGNORECASE)

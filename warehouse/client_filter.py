@@ -19,7 +19,7 @@ import duckdb
 
 from .errors import InputError
 
-__all__ = ["check_client_condition", "CLIENT_FUNCTIONS"]
+__all__ = ["check_client_condition", "CLIENT_FUNCTIONS", "MAX_CHARS"]
 
 CLIENT_FUNCTIONS = frozenset({
     "~~", "!~~", "~~*", "!~~*",                                    # LIKE, NOT LIKE, ILIKE, NOT ILIKE
@@ -34,40 +34,63 @@ CLIENT_FUNCTIONS = frozenset({
 })
 _CLASSES = frozenset({"CONSTANT", "PARAMETER", "COLUMN_REF", "COMPARISON", "CONJUNCTION", "OPERATOR", "BETWEEN",
                       "CASE", "CAST", "TYPE", "FUNCTION"})
+# Cast targets: scalars, and lists of them (a fixed-size ARRAY type allocates its size for every row up front).
+CAST_TYPES = frozenset({"varchar", "text", "string", "bigint", "int8", "integer", "int", "int4", "smallint", "int2",
+                        "tinyint", "hugeint", "ubigint", "uinteger", "double", "float8", "float", "float4", "real",
+                        "decimal", "numeric", "boolean", "bool", "date", "time", "timestamp", "timestamptz",
+                        "interval", "list"})
+MAX_CHARS = 2000       # a filter's length
+MAX_NODES = 400        # expressions in it
+MAX_ARGUMENTS = 64     # arguments of one function, items of one IN list (a list literal of 50,000 keys is memory)
 
 
-def check_client_condition(con: duckdb.DuckDBPyConnection, condition: str, columns: Iterable[str]) -> None:
-    """Raises InputError unless `condition` (with `?` placeholders allowed) reads only `columns` through the
-    constructs above. `con`: any connection (the parse runs no query)."""
+def check_client_condition(con: duckdb.DuckDBPyConnection, condition: str, columns: Iterable[str],
+                           parameters: bool = True) -> None:
+    """Raises InputError unless `condition` reads only `columns` through the constructs above, within the size
+    limits. `parameters`: whether `?` placeholders may appear (the server's own bound parts; never a client's
+    text). `con`: any connection (the parse runs no query)."""
+    shown = condition if len(condition) <= 120 else condition[:117] + "..."
+    if len(condition) > MAX_CHARS:
+        raise InputError(f"a filter here is at most {MAX_CHARS:,} characters, not {len(condition):,}")
     columns = {c.lower() for c in columns}
     statement = f"SELECT 1 FROM images WHERE ({condition})"
     try:
         parsed = json.loads(con.execute("SELECT json_serialize_sql(?)", [statement]).fetchall()[0][0])
     except duckdb.Error as e:
-        raise InputError(f"bad filter {condition!r}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"bad filter {shown!r}: {str(e).splitlines()[0][:200]}") from None
     if parsed.get("error"):
-        raise InputError(f"bad filter {condition!r}: {parsed.get('error_message', 'not one condition')}")
+        raise InputError(f"bad filter {shown!r}: {str(parsed.get('error_message', 'not one condition'))[:200]}")
     statements = parsed.get("statements") or []
     node = statements[0].get("node", {}) if len(statements) == 1 else {}
     if (node.get("type") != "SELECT_NODE" or node.get("modifiers") or node.get("group_expressions")
             or node.get("having") or node.get("qualify") or node.get("sample")
             or (node.get("cte_map") or {}).get("map") or node.get("where_clause") is None):
-        raise InputError(f"a filter is one condition over the image's columns, not a query: {condition!r}")
-    _check(node["where_clause"], columns, condition)
+        raise InputError(f"a filter is one condition over the image's columns, not a query: {shown!r}")
+    count = [0]
+    _check(node["where_clause"], columns, shown, parameters, count)
 
 
-def _check(node: Any, columns: set[str], condition: str) -> None:
+def _check(node: Any, columns: set[str], condition: str, parameters: bool, count: list[int]) -> None:
     if isinstance(node, list):
+        if len(node) > MAX_ARGUMENTS:
+            raise InputError(f"a filter here takes at most {MAX_ARGUMENTS} items in one list or call: {condition!r}")
         for item in node:
-            _check(item, columns, condition)
+            _check(item, columns, condition, parameters, count)
         return
     if not isinstance(node, dict):
         return
     kind = node.get("class")
     if kind is not None:
-        if kind not in _CLASSES:
-            what = {"SUBQUERY": "a subquery", "WINDOW": "a window function"}.get(kind, kind.lower())
+        count[0] += 1
+        if count[0] > MAX_NODES:
+            raise InputError(f"a filter here has at most {MAX_NODES} terms: {condition!r}")
+        if kind not in _CLASSES or (kind == "PARAMETER" and not parameters):
+            what = {"SUBQUERY": "a subquery", "WINDOW": "a window function",
+                    "PARAMETER": "placeholders"}.get(kind, kind.lower())
             raise InputError(f"a filter here may not use {what}: {condition!r}")
+        if kind == "TYPE" and str(node.get("type_name", "")).lower() not in CAST_TYPES:
+            raise InputError(f"a filter here may cast to scalar types and lists only, not {node.get('type_name')}: "
+                             f"{condition!r}")
         if kind == "COLUMN_REF":
             names = [n.lower() for n in node.get("column_names", [])]
             if len(names) != 1 or names[0] not in columns:
@@ -81,4 +104,4 @@ def _check(node: Any, columns: set[str], condition: str) -> None:
             if node.get("filter") is not None or node.get("distinct") or (node.get("order_bys") or {}).get("orders"):
                 raise InputError(f"a filter here may not aggregate: {condition!r}")
     for value in node.values():
-        _check(value, columns, condition)
+        _check(value, columns, condition, parameters, count)

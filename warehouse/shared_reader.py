@@ -10,16 +10,20 @@ the next query opens the catalog again and sees what the writer committed.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .catalog import Catalog, lock_timeout_s, writer_waiting
+from .catalog import Catalog, writer_waiting
 from .errors import CatalogError
 from .workdir import Workdir
 
 __all__ = ["SharedReader"]
+
+_logger = logging.getLogger(__name__)
+YIELD_S = 10.0  # how long a query waits for a waiting writer to get in before it opens the catalog anyway
 
 
 class SharedReader:
@@ -52,13 +56,15 @@ class SharedReader:
         with self._state:
             if self._closed:
                 raise CatalogError("this catalog reader is closed")
-            deadline = time.monotonic() + lock_timeout_s()
-            while depth == 0 and writer_waiting(self.path):  # let the writer in before starting another query
-                if time.monotonic() >= deadline:
-                    break  # the writer is stuck: read anyway (its own wait ends with a clear error)
-                self._state.wait(self.poll_s)
+            deadline = time.monotonic() + YIELD_S
+            while depth == 0 and writer_waiting(self.path) and time.monotonic() < deadline:
+                self._state.wait(self.poll_s)  # let the writer in before starting another query
+            if self._closed:
+                raise CatalogError("this catalog reader is closed")
             if self._root is None:
-                self._root = Catalog(self.path, read_only=True)
+                # after YIELD_S the writer is stuck on something else (another process holding the file): open
+                # without waiting for it again, though still waiting for the file itself
+                self._root = Catalog(self.path, read_only=True, yield_to_writers=False)
                 self.opened += 1
             cursor = self._root.con.cursor()
             self._active += 1
@@ -78,19 +84,24 @@ class SharedReader:
         with self._state:
             while not self._closed:
                 self._state.wait(self.poll_s)
-                if self._root is not None and self._active == 0 and (
-                        writer_waiting(self.path) or time.monotonic() - self._last_used > self.idle_s):
-                    self._root.close()
-                    self._root = None
+                try:
+                    if self._root is not None and self._active == 0 and (
+                            writer_waiting(self.path) or time.monotonic() - self._last_used > self.idle_s):
+                        root, self._root = self._root, None
+                        root.close()
+                except Exception:  # noqa: BLE001 - a dead releaser would lock writers out for good
+                    _logger.exception("catalog reader: letting go of %s failed", self.path)
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 10.0) -> None:
+        """Lets go of the catalog once running queries end (at most `wait_s`; then it closes under them)."""
         with self._state:
             self._closed = True
-            while self._active:
+            deadline = time.monotonic() + wait_s
+            while self._active and time.monotonic() < deadline:
                 self._state.wait(self.poll_s)
             if self._root is not None:
-                self._root.close()
-                self._root = None
+                root, self._root = self._root, None
+                root.close()
             self._state.notify_all()
         self._releaser.join(timeout=5)
 

@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
     grounding = evaluate_grounding(workdir, "val", tune_params=True, progress=progress)
     print(f"[5/7] val grounding over {grounding['phrases']:,} phrases (parameters chosen on val): pointing game "
           f"{grounding['pointing_game']:.1f} (centre baseline {grounding['baselines']['center']['pointing_game']:.1f})"
-          f", box acc@0.5 {grounding['box_acc@0.5']:.1f} (whole image "
-          f"{grounding['baselines']['whole_image']['box_acc@0.5']:.1f})")
+          f", box acc@0.5 any-box {grounding['box_acc@0.5']:.1f} / merged-box {grounding['box_acc@0.5_merged']:.1f} "
+          f"(whole image {grounding['baselines']['whole_image']['box_acc@0.5']:.1f} / "
+          f"{grounding['baselines']['whole_image']['box_acc@0.5_merged']:.1f})")
     tags = evaluate_tags(workdir, "val", methods=("knn", "probe", "zeroshot"))
     tagged = tag_workdir(workdir, "knn", progress=progress)
     m = tags["methods"]

@@ -31,8 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
           "Uses the embeddings stored by `groundex index`.", run_retrieval)
     g = _task(tasks, "grounding", "pointing game and box accuracy on Flickr30k Entities phrases",
               "Every phrase occurrence of the split whose entity has a box, given its image: pointing game "
-              "(the heatmap's maximum inside one of its boxes) and box_acc@0.5 (the top box has IoU >= 0.5 "
-              "with one of them), overall and by phrase type, with the centre-point and whole-image "
+              "(the heatmap's maximum inside one of its boxes; also within 15 px of one, Zhang et al.'s "
+              "tolerance) and box accuracy at IoU 0.5 of the top box, any-box (IoU >= 0.5 with one of the "
+              "phrase's boxes: MDETR's ANY-BOX) and merged-box (with the box enclosing them all: Plummer et al.'s "
+              "protocol, MDETR's MERGED-BOX), overall and by phrase type, with the centre-point and whole-image "
               "baselines, in percent. --tune first chooses the heatmap-to-box parameters on this split "
               "(val) and saves them for the model; `groundex ground` then uses them.", run_grounding)
     g.add_argument("--tune", action="store_true", help="choose the parameters on this split first (not on test)")
@@ -86,13 +88,23 @@ def run_grounding(args: argparse.Namespace) -> int:
     base = result["baselines"]
     print(f"split {result['split']}: {result['phrases']:,} phrases with boxes in {result['images']:,} images, "
           f"model {result['model_id']}" + (" (parameters tuned on this split)" if args.tune else ""))
-    print(f"  {'':<12} {'phrases':>8} {'pointing':>9} {'centre':>7} {'box@0.5':>8} {'whole':>6}")
-    rows = [("all", result["phrases"], result["pointing_game"], base["center"]["pointing_game"],
-             result["box_acc@0.5"], base["whole_image"]["box_acc@0.5"])]
-    rows += [(t, v["phrases"], v["pointing_game"], v["center_pointing_game"], v["box_acc@0.5"],
-              v["whole_image_box_acc@0.5"]) for t, v in result["by_type"].items()]
-    for name, n, pointing, centre, box, whole in rows:
-        print(f"  {name:<12} {n:>8,} {pointing:>9.1f} {centre:>7.1f} {box:>8.1f} {whole:>6.1f}")
+    print(f"  {'':<12} {'phrases':>8} {'pointing':>9} {'15px':>6} {'centre':>7} {'any-box':>8} {'merged':>7} "
+          f"{'whole':>6}")
+    rows = [("all", result["phrases"], result, base["center"]["pointing_game"], base["whole_image"]["box_acc@0.5"])]
+    rows += [(t, v["phrases"], v, v["center_pointing_game"], v["whole_image_box_acc@0.5"])
+             for t, v in result["by_type"].items()]
+    for name, n, r, centre, whole in rows:
+        print(f"  {name:<12} {n:>8,} {r['pointing_game']:>9.1f} {r.get('pointing_game_15px', float('nan')):>6.1f} "
+              f"{centre:>7.1f} {r['box_acc@0.5']:>8.1f} {r.get('box_acc@0.5_merged', float('nan')):>7.1f} "
+              f"{whole:>6.1f}")
+    for key, chosen, other in (("heatmap_boxes", "the model's box head", "the heatmap"),
+                               ("box_head_boxes", "the heatmap", "the model's box head")):
+        if key in result:
+            h = result[key]
+            print(f"  boxes from {chosen}; from {other} instead: any-box {h['box_acc@0.5']:.1f}, merged "
+                  f"{h['box_acc@0.5_merged']:.1f}")
+    print("  pointing: no pixel tolerance; 15px: within 15 px of a box (Zhang et al.). any-box: IoU >= 0.5 with one "
+          "of the phrase's boxes; merged: with their enclosing box (Plummer et al.; docs/grounding.md)")
     return 0
 
 

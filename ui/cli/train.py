@@ -48,6 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "contrastive only (default: %(default)s)")
     p.add_argument("--grounding-phrases", type=int, default=d.grounding_phrases,
                    help="entities sampled per image per step for that objective (default: %(default)s)")
+    p.add_argument("--box-weight", type=float, default=d.box_weight,
+                   help="weight of the box head's loss: a head that draws each phrase's box from the patch it picks "
+                        "(docs/grounding.md), trained with the phrase-region objective; 0: no head, boxes come from "
+                        "the heatmap (default: %(default)s)")
     add_precision(p, d.precision)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's (default: %(default)s)")
     p.add_argument("--train-split", default=d.train_split, help="split to train on (default: %(default)s)")
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, accumulate=args.accumulate,
         captions_per_image=args.captions_per_image, lr=args.lr, weight_decay=args.weight_decay,
         patch_dropout=args.patch_dropout, precision=args.precision, grounding_weight=args.grounding_weight,
-        grounding_phrases=args.grounding_phrases,
+        grounding_phrases=args.grounding_phrases, box_weight=args.box_weight,
         train_split=args.train_split, val_split=None if args.val_split in (None, "none") else args.val_split,
         seed=args.seed, device=args.device, progress=not args.no_progress)
     workdir = workdir_of(args)

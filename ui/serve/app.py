@@ -259,7 +259,11 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
             return await anyio.to_thread.run_sync(fn, *args)
         except ServerFault as e:
             raise RuntimeError(str(e)) from None  # a 500; the message goes to the log only
-        except (InputError, ImageError, CatalogError) as e:
+        except CatalogError as e:  # busy (a writer holding it past the lock timeout) or unreadable: the log has it
+            _logger.error("catalog: %s", e)
+            raise ClientError(503, "the catalog is busy or unreadable; try again (the server's log has the "
+                                   "details)") from None
+        except (InputError, ImageError) as e:
             raise ClientError(400, str(e)) from None
         except TimeoutError as e:  # the request's catalog filter ran past its limit (the service's own clock)
             raise ClientError(400, str(e)) from None

@@ -203,10 +203,13 @@ class Service:
 
     def allowed(self, filters: Filters | None) -> np.ndarray | None:
         """The ids of the images the filters allow (None: no filter), found within the filter time limit."""
-        condition = (filters or Filters()).condition()
+        filters = filters or Filters()
+        condition = filters.condition()
         if condition is None:
             return None
         with self.catalogs.reading() as catalog:
+            if filters.where:  # the client's own text, checked alone: no placeholders of its own
+                catalog.check_client_filter(filters.where, HIDDEN_COLUMNS)
             return np.array(catalog.image_ids_where(condition, self.filter_time_limit_s), dtype=np.int64)
 
     def models(self) -> list[dict[str, Any]]:

@@ -13,6 +13,14 @@ if not any(runs.values()):
     st.stop()
 
 
+def _other_boxes(result: dict) -> str:
+    """The box path the evaluation did not choose (a model with a box head has both), as any-box / merged-box."""
+    for key, name in (("heatmap_boxes", "heatmap"), ("box_head_boxes", "box head")):
+        if key in result:
+            return f"{name}: {result[key]['box_acc@0.5']:.1f} / {result[key]['box_acc@0.5_merged']:.1f}"
+    return ""
+
+
 def latest_by(rows: list[dict], key: str) -> list[dict]:
     """The newest run for each (model or captioner, split)."""
     seen, out = set(), []
@@ -41,8 +49,16 @@ grounding = latest_by(runs["eval grounding"], "model_id")
 if grounding:
     st.header("Grounding (Flickr30k Entities)")
     st.dataframe([{"model": r["result"]["model_id"], "split": r["result"]["split"], "phrases": r["result"]["phrases"],
-                   "pointing game": r["result"]["pointing_game"], "box acc@0.5": r["result"]["box_acc@0.5"]}
+                   "pointing game": r["result"]["pointing_game"],
+                   "pointing game (15 px)": r["result"].get("pointing_game_15px"),
+                   "box acc@0.5 any-box": r["result"]["box_acc@0.5"],
+                   "box acc@0.5 merged-box": r["result"].get("box_acc@0.5_merged"),  # runs before both were kept
+                   "boxes from": r["result"].get("boxes_from", "heatmap"),
+                   "other path's any-box / merged-box": _other_boxes(r["result"])}
                   for r in grounding], hide_index=True, width="stretch")
+    st.caption("Pointing game: the heatmap's peak inside one of the phrase's boxes (no tolerance; 15 px: Zhang et "
+               "al.'s). Box accuracy at IoU 0.5 of the top box: any-box counts any one of the phrase's boxes "
+               "(MDETR's ANY-BOX); merged-box their enclosing box (Plummer et al.'s protocol, MDETR's MERGED-BOX).")
     by_type = pd.DataFrame([{"model": r["result"]["model_id"][:8], "type": t, "pointing game": v["pointing_game"],
                              "centre baseline": v.get("center_pointing_game")}
                             for r in grounding for t, v in r["result"].get("by_type", {}).items()])
