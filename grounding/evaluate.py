@@ -214,10 +214,13 @@ def tune(data: SplitMaps, base: GroundingConfig | None = None, split: str = "val
             best_threshold, best_acc = threshold, value
     chosen = GroundingConfig(**{**asdict(base), "center_prior": best_prior[0], "prior_sigma": best_prior[1],
                                 "threshold": best_threshold, "tuned_on": split})
-    if data.cell_boxes is not None:  # a model with a box head: draw boxes the way that wins on this split
-        head = _percent(_hits(data, chosen, head=True).box_any)
-        trials["boxes"] = {"box head": head, "heatmap": best_acc}
-        chosen.boxes = "head" if head > best_acc else "heatmap"
+    if data.cell_boxes is not None:  # a model with a box head: the head only where it wins on both protocols
+        head_hits, heat_hits = _hits(data, chosen, head=True), _hits(data, chosen, head=False)
+        head, heat = _percent(head_hits.box_any), _percent(heat_hits.box_any)
+        head_merged, heat_merged = _percent(head_hits.box_merged), _percent(heat_hits.box_merged)
+        trials["boxes"] = {"box head": head, "heatmap": heat, "box head merged": head_merged,
+                           "heatmap merged": heat_merged}
+        chosen.boxes = "head" if head > heat and head_merged >= heat_merged else "heatmap"
     return chosen, trials
 
 

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from warehouse import InputError
+
 __all__ = ["BoxHead", "BOX_HEAD_FILE", "box_losses", "cell_centres", "load_box_head", "window_cells"]
 
 BOX_HEAD_FILE = "box_head.safetensors"
@@ -109,17 +111,20 @@ def load_box_head(folder: Path, device: torch.device | str = "cpu") -> BoxHead |
     path = Path(folder) / BOX_HEAD_FILE
     if not path.is_file():
         return None
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        grid = tuple(int(n) for n in (f.metadata() or {}).get("grid", "0x0").split("x"))
-    state = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    radius = int(meta.get("radius", 3))
-    first = state["mlp.0.weight"]  # (hidden, 2 * dim + 2 * (2r+1)^2)
-    head = BoxHead((first.shape[1] - 2 * (2 * radius + 1) ** 2) // 2, grid, hidden=first.shape[0], radius=radius)
-    head.load_state_dict(state)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        gh, gw = (int(n) for n in meta["grid"].split("x"))
+        radius = int(meta["radius"])
+        state = load_file(str(path))
+        first = state["mlp.0.weight"]  # (hidden, 2 * dim + 2 * (2r+1)^2)
+        head = BoxHead((first.shape[1] - 2 * (2 * radius + 1) ** 2) // 2, (gh, gw), hidden=first.shape[0],
+                       radius=radius)
+        head.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError, OSError, SafetensorError) as e:
+        raise InputError(f"{path}: not a box head this groundex can read ({e})") from None
     return head.to(device).eval()
 
 
@@ -172,13 +177,15 @@ def box_losses(head: BoxHead, patches: torch.Tensor, kept: torch.Tensor | None, 
     chosen = order[position[rank < per_region]]
     box_idx, k_idx, region = box_idx[chosen], k_idx[chosen], region[chosen]
     image = image_index[region]
-    # each region's phrase against every cell of its image (cells dropped this step: absent)
+    # each region's phrase against every cell of its image, once per region (cells dropped this step: absent)
     cells_total = head.grid[0] * head.grid[1]
-    sims = torch.einsum("rkd,rd->rk", patches[image], phrases[region])  # (pairs, K)
-    maps = torch.zeros(len(region), cells_total, device=device, dtype=sims.dtype).scatter(1, cells[image], sims)
-    present = torch.zeros(len(region), cells_total, device=device, dtype=torch.bool).scatter(
-        1, cells[image], torch.ones_like(cells[image], dtype=torch.bool))
-    predicted = head(patches[image, k_idx], phrases[region], cells[image, k_idx], maps, present)
+    used, slot = torch.unique(region, return_inverse=True)
+    sims = torch.einsum("rkd,rd->rk", patches[image_index[used]], phrases[used])  # (regions used, K)
+    region_cells = cells[image_index[used]]
+    maps = torch.zeros(len(used), cells_total, device=device, dtype=sims.dtype).scatter(1, region_cells, sims)
+    present = torch.zeros(len(used), cells_total, device=device, dtype=torch.bool).scatter(
+        1, region_cells, torch.ones_like(region_cells, dtype=torch.bool))
+    predicted = head(patches[image, k_idx], phrases[region], cells[image, k_idx], maps[slot], present[slot])
     target = boxes_in_crop[box_idx]
     loss = F.l1_loss(predicted, target, reduction="none").sum(dim=-1) + (1 - generalized_iou(predicted, target))
     return loss.mean(), int(len(chosen))

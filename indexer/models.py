@@ -454,4 +454,7 @@ def load_checkpoint(folder: Path, device: torch.device | str | None = None) -> G
     device = torch.device(device) if device is not None else default_device()
     model = GroundexModel(clip, tokenizer, spec)
     model.box_head = load_box_head(folder)
+    if model.box_head is not None and model.box_head.grid != model.patch_grid:
+        raise InputError(f"{folder}: its box head is for a {model.box_head.grid} patch grid, the model has "
+                         f"{model.patch_grid}")
     return model.to(device).eval()

@@ -342,8 +342,16 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool | None = None) -> 
         _logger.warning("split %r has no phrases with boxes: training the global objective only (the grounding "
                         "objective needs Flickr30k Entities-style annotations)", config.train_split)
         regions = None
-    if regions is not None and config.box_weight > 0 and model.box_head is None:  # a base's own head trains on
+    # The box head: trained when boxes are (a base's own head trains on), resumed when the interrupted run had one,
+    # and dropped otherwise: a head whose backbone moved on without it would draw stale boxes.
+    wants_head = (previous / BOX_HEAD_FILE).is_file() if previous is not None else (
+        regions is not None and config.box_weight > 0)
+    if wants_head and model.box_head is None:
         model.box_head = BoxHead(model.embed_dim, model.patch_grid).to(device)
+    elif not wants_head and model.box_head is not None:
+        _logger.warning("the base model's box head is dropped: this run does not train it (box_weight %g)",
+                        config.box_weight)
+        model.box_head = None
     set_train_mode(model, config.mode)
     trainable, total = count_params(model)
     val_captions = CaptionTable(val_rows, model.tokenize) if val_rows else None
@@ -430,7 +438,7 @@ class _EpochStats:
     started: float = field(default_factory=time.perf_counter)
     images: int = 0
     losses: list[float] = field(default_factory=list)                         # one per micro-batch
-    region_losses: list[tuple[float, float]] = field(default_factory=list)    # (nce, loc) per micro-batch
+    region_losses: list[tuple[float, float, float]] = field(default_factory=list)  # (nce, loc, box) per micro-batch
 
     def images_per_s(self) -> float:
         return self.images / (time.perf_counter() - self.started)
@@ -608,7 +616,7 @@ def _grounding_step(run: _TrainRun, batch: np.ndarray, patches: torch.Tensor, cr
                                 phrase_features.float(), sampled.text_ids.to(device), sampled.localize.to(device),
                                 scale.float())
     box = nce * 0
-    if model.box_head is not None:
+    if model.box_head is not None and run.config.box_weight > 0:
         box_region = sampled.box_region.to(device)
         in_crop = boxes_in_crop(sampled.boxes.to(device), crops.to(device), sampled.image_index.to(device)[box_region])
         box, _ = box_losses(model.box_head, F.normalize(patches.float(), dim=-1), kept, in_crop, box_region,

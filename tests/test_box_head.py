@@ -9,6 +9,7 @@ from grounding import GroundingConfig
 from grounding.heatmap import boxes_from_head, cell_of
 from indexer.box_head import BoxHead, box_losses, cell_centres, generalized_iou, load_box_head
 from indexer.phrase_region_loss import boxes_in_crop
+from warehouse import InputError
 
 
 def test_an_untrained_head_draws_each_cell_and_round_trips_through_its_file(tmp_path):
@@ -24,6 +25,10 @@ def test_an_untrained_head_draws_each_cell_and_round_trips_through_its_file(tmp_
     assert loaded.grid == (4, 4)
     assert torch.allclose(loaded.cell_boxes(patches, phrases), head.cell_boxes(patches, phrases))
     assert load_box_head(tmp_path / "elsewhere") is None  # a model without a head: grounding uses the heatmap
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "box_head.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match="box_head.safetensors"):
+        load_box_head(tmp_path / "broken")
 
 
 def test_generalized_iou():

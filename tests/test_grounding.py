@@ -220,7 +220,8 @@ def test_with_a_box_head_both_paths_are_reported_and_tuning_keeps_the_better():
     assert with_good["boxes_from"] == "box head" and with_good["box_acc@0.5"] == 100
     assert with_good["heatmap_boxes"]["box_acc@0.5"] == 0  # one cell of four: IoU 0.25
     config, trials = tune(SplitMaps(rows, maps, cell_boxes=good), base)
-    assert config.boxes == "head" and trials["boxes"] == {"box head": 100.0, "heatmap": 0.0}
+    assert config.boxes == "head" and trials["boxes"] == {"box head": 100.0, "heatmap": 0.0, "box head merged": 100.0,
+                                                          "heatmap merged": 0.0}
     wide = maps.copy()
     wide[:, 0:2, 0:2] = np.array([[1.0, 0.95], [0.95, 0.95]])  # now the heatmap's hot cells are the whole box
     config, _ = tune(SplitMaps(rows, wide, cell_boxes=bad), base)
