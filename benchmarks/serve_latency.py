@@ -16,7 +16,6 @@ import argparse
 import json
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from _report import emit  # noqa: E402
+from serve_load import free_port, wait_healthy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,10 +39,15 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
             "n": len(seconds)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _timed(searcher: Searcher, texts: list[str]) -> list[float]:
+    """Seconds per `text_to_image` call, after one to warm up."""
+    searcher.text_to_image(texts[0], k=10)
+    out = []
+    for text in texts:
+        t = time.perf_counter()
+        searcher.text_to_image(text, k=10)
+        out.append(time.perf_counter() - t)
+    return out
 
 
 def main() -> None:
@@ -58,35 +63,17 @@ def main() -> None:
         texts = [t for _, _, t in catalog.caption_rows(args.split)][: args.queries]
 
     searcher = Searcher(workdir)
-    searcher.text_to_image(texts[0], k=10)  # warm
-    in_process = []
-    for text in texts:
-        t = time.perf_counter()
-        searcher.text_to_image(text, k=10)
-        in_process.append(time.perf_counter() - t)
+    in_process = _timed(searcher, texts)
     with SharedReader(workdir) as reader:  # what the server does: one catalog connection held between queries
-        shared = Searcher(workdir, catalogs=reader)
-        shared.text_to_image(texts[0], k=10)
-        in_process_shared = []
-        for text in texts:
-            t = time.perf_counter()
-            shared.text_to_image(text, k=10)
-            in_process_shared.append(time.perf_counter() - t)
+        in_process_shared = _timed(Searcher(workdir, catalogs=reader), texts)
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", "--workdir", str(workdir.root), "--port",
-                               str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         started = time.perf_counter()
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.perf_counter() - started > 120:
-                    raise SystemExit(f"the server did not come up: {server.stderr.read().decode()[-2000:]}") from None
-                time.sleep(0.2)
+        wait_healthy(base, server)
         ready_s = time.perf_counter() - started
 
         def post(text: str) -> list:

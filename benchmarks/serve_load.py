@@ -48,7 +48,7 @@ RSS_BOUND = 1.25  # RSS after the load / RSS before it
 MIX = [("search", 4), ("ground", 2), ("image", 1), ("metadata", 1)]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -96,14 +96,14 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="groundex-load-"))
     workdir = scratch / "w"
     copy_workdir(source.root, workdir)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     try:
         with open(scratch / "server.log", "w") as log:
             server = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", "--workdir", str(workdir), "--port",
                                        str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
             try:
-                _wait_healthy(base, server)
+                wait_healthy(base, server)
                 call(base, "search")  # warm every path once before measuring
                 call(base, "ground")
                 health_before = _get(base, "/health")
@@ -129,7 +129,7 @@ def main() -> None:
         raise SystemExit(1)
 
 
-def _wait_healthy(base: str, server: subprocess.Popen) -> None:
+def wait_healthy(base: str, server: subprocess.Popen) -> None:
     started = time.monotonic()
     while True:
         try:
