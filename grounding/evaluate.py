@@ -48,8 +48,9 @@ class SplitMaps:
     maps: np.ndarray
     windows: np.ndarray | None = None  # (N, 4) the part of each phrase's image its map covers; None: all of it
     sizes: np.ndarray | None = None    # (N, 2) each phrase's image width and height in pixels (the 15 px tolerance)
-    cell_boxes: np.ndarray | None = None  # (N, P, 4) the box head's box of every cell for the row's phrase; None:
-    #                                       a model without a box head (boxes come from the heatmap)
+    head_scores: np.ndarray | None = None  # (N, gh, gw) the box head's scores of the cells for the row's phrase
+    cell_boxes: np.ndarray | None = None   # (N, P, 4) the box head's box of every cell for the row's phrase; both None:
+    #                                        a model without a box head (points and boxes come from the heatmap)
 
 
 @dataclass
@@ -76,16 +77,18 @@ def split_maps(workdir: Workdir, model: GroundexModel, split: str, progress: boo
     windows = None
     if model.resize != "squash":  # the maps cover each image's crop window only
         windows = np.array([crop_window(int(w), int(h), model.resize) for w, h in sizes])
-    maps, cell_boxes = phrase_maps_and_boxes(model, cache, rows)
-    return SplitMaps(rows, maps, windows, sizes, cell_boxes)
+    maps, head_scores, cell_boxes = phrase_maps_and_boxes(model, cache, rows)
+    return SplitMaps(rows, maps, windows, sizes, head_scores, cell_boxes)
 
 
 def _hits(data: SplitMaps, config: GroundingConfig, with_boxes: bool = True, head: bool = True) -> Hits:
     """Which phrases each figure counts: pointing (and within 15 px when the images' sizes are known), and (if
-    `with_boxes`) the top box at IoU 0.5, any-box and merged-box: the box head's (when the model has one and
-    `head`), else the heatmap's."""
+    `with_boxes`) the top box at IoU 0.5, any-box and merged-box. The point and the box come from the box head
+    (its scores, and the box of the cell holding the point) when the model has one and `head`, else from the
+    heatmap."""
     rows = data.rows
-    raw, scored = score_maps(data.maps, config)
+    use_head = head and data.cell_boxes is not None
+    raw, scored = score_maps(data.head_scores if use_head else data.maps, config)
     pts = points(scored)
     if data.windows is not None:  # the part of each image its map covers (a center-crop model's)
         pts = in_window(pts, data.windows)
@@ -93,7 +96,7 @@ def _hits(data: SplitMaps, config: GroundingConfig, with_boxes: bool = True, hea
     if data.sizes is not None:
         hits.pointing_15px = np.array([_near(p, r.boxes, size) for p, r, size in zip(pts, rows, data.sizes,
                                                                                      strict=True)])
-    if with_boxes and head and data.cell_boxes is not None:  # the top box is the box of the cell holding the point
+    if with_boxes and use_head:  # the top box is the box of the cell holding the point
         grid = data.maps.shape[1:]
         tops = [ScoredBox(*data.cell_boxes[k, cell_of(p, grid)].tolist(), 0.0) for k, p in enumerate(points(scored))]
     elif with_boxes:
@@ -171,7 +174,7 @@ def metrics(data: SplitMaps, config: GroundingConfig) -> dict[str, Any]:
         return out
 
     other = _hits(data, config, head=not uses_head) if has_head else None  # the path not chosen, for comparison
-    other_name = "heatmap_" if uses_head else "box_head_"
+    other_name = "heatmap_" if uses_head else "box_head_"  # with the same centre prior
     everything = np.ones(len(rows), dtype=bool)
     by_type: dict[str, dict[str, Any]] = {}
     for t in sorted({t for r in rows for t in r.types}):
@@ -179,48 +182,61 @@ def metrics(data: SplitMaps, config: GroundingConfig) -> dict[str, Any]:
         by_type[t] = {"phrases": int(mask.sum()), **figures(hits, mask),
                       **figures(center, mask, "center_", boxes=False),
                       **figures(center, mask, "whole_image_", points=False),
-                      **(figures(other, mask, other_name, points=False) if other is not None else {})}
+                      **(figures(other, mask, other_name) if other is not None else {})}
     return {"phrases": len(rows), "images": len({r.image_id for r in rows}),
             "phrases_with_several_boxes": sum(len(r.boxes) > 1 for r in rows),
             "boxes_from": "box head" if uses_head else "heatmap",
             **figures(hits, everything), "by_type": by_type,
-            **({f"{other_name}boxes": figures(other, everything, points=False)} if other is not None else {}),
+            **({f"{other_name}path": figures(other, everything)} if other is not None else {}),
             "baselines": {"center": figures(center, everything, boxes=False),
                           "whole_image": figures(center, everything, points=False)}}
 
 
 def tune(data: SplitMaps, base: GroundingConfig | None = None, split: str = "val") -> tuple[GroundingConfig,
                                                                                                dict[str, Any]]:
-    """Choose the centre prior by pointing game, then the box threshold by box accuracy, on `data`.
-    Returns the chosen config and every tried setting's figure."""
+    """Choose the parameters on `data`: for the heatmap, the centre prior by pointing game, then the box threshold
+    by box accuracy (any-box); for a model with a box head, its own centre prior by pointing game, then the path
+    (head or heatmap) whose boxes score higher on the mean of any-box and merged-box. Returns the chosen config
+    and every tried setting's figure."""
     base = base or GroundingConfig()
     trials: dict[str, Any] = {"pointing_game": [], "box_acc@0.5": []}
-    best_prior, best_pointing = (base.center_prior, base.prior_sigma), -1.0
-    for weight, sigma in itertools.product(PRIOR_GRID["center_prior"], PRIOR_GRID["prior_sigma"]):
-        if weight == 0 and sigma != PRIOR_GRID["prior_sigma"][0]:
-            continue  # without a prior, its width does not matter
-        config = GroundingConfig(**{**asdict(base), "center_prior": weight, "prior_sigma": sigma})
-        value = _percent(_hits(data, config, with_boxes=False).pointing)
-        trials["pointing_game"].append({"center_prior": weight, "prior_sigma": sigma, "pointing_game": value})
-        if value > best_pointing:
-            best_prior, best_pointing = (weight, sigma), value
+
+    def best_prior(head: bool, key: str) -> tuple[float, float]:
+        best, best_pointing = (base.center_prior, base.prior_sigma), -1.0
+        for weight, sigma in itertools.product(PRIOR_GRID["center_prior"], PRIOR_GRID["prior_sigma"]):
+            if weight == 0 and sigma != PRIOR_GRID["prior_sigma"][0]:
+                continue  # without a prior, its width does not matter
+            config = GroundingConfig(**{**asdict(base), "center_prior": weight, "prior_sigma": sigma})
+            value = _percent(_hits(data, config, with_boxes=False, head=head).pointing)
+            trials[key].append({"center_prior": weight, "prior_sigma": sigma, "pointing_game": value})
+            if value > best_pointing:
+                best, best_pointing = (weight, sigma), value
+        return best
+
+    prior = best_prior(head=False, key="pointing_game")
     best_threshold, best_acc = base.threshold, -1.0
     for threshold in THRESHOLD_GRID:
-        config = GroundingConfig(**{**asdict(base), "center_prior": best_prior[0], "prior_sigma": best_prior[1],
+        config = GroundingConfig(**{**asdict(base), "center_prior": prior[0], "prior_sigma": prior[1],
                                     "threshold": threshold})
         value = _percent(_hits(data, config, head=False).box_any)  # the threshold shapes the heatmap's boxes only
         trials["box_acc@0.5"].append({"threshold": threshold, "box_acc@0.5": value})
         if value > best_acc:
             best_threshold, best_acc = threshold, value
-    chosen = GroundingConfig(**{**asdict(base), "center_prior": best_prior[0], "prior_sigma": best_prior[1],
-                                "threshold": best_threshold, "tuned_on": split})
-    if data.cell_boxes is not None:  # a model with a box head: the head only where it wins on both protocols
-        head_hits, heat_hits = _hits(data, chosen, head=True), _hits(data, chosen, head=False)
-        head, heat = _percent(head_hits.box_any), _percent(heat_hits.box_any)
-        head_merged, heat_merged = _percent(head_hits.box_merged), _percent(heat_hits.box_merged)
-        trials["boxes"] = {"box head": head, "heatmap": heat, "box head merged": head_merged,
-                           "heatmap merged": heat_merged}
-        chosen.boxes = "head" if head > heat and head_merged >= heat_merged else "heatmap"
+    chosen = GroundingConfig(**{**asdict(base), "center_prior": prior[0], "prior_sigma": prior[1],
+                                "threshold": best_threshold, "boxes": "heatmap", "tuned_on": split})
+    if data.cell_boxes is not None:  # a model with a box head: it serves where its boxes win on both protocols' mean
+        trials["head_pointing_game"] = []
+        head_prior = best_prior(head=True, key="head_pointing_game")
+        with_head = GroundingConfig(**{**asdict(chosen), "center_prior": head_prior[0], "prior_sigma": head_prior[1],
+                                       "boxes": "head"})
+        head_hits, heat_hits = _hits(data, with_head, head=True), _hits(data, chosen, head=False)
+        trials["boxes"] = {"box head": _percent(head_hits.box_any), "heatmap": _percent(heat_hits.box_any),
+                           "box head merged": _percent(head_hits.box_merged),
+                           "heatmap merged": _percent(heat_hits.box_merged)}
+        head_mean = (_percent(head_hits.box_any) + _percent(head_hits.box_merged)) / 2
+        heat_mean = (_percent(heat_hits.box_any) + _percent(heat_hits.box_merged)) / 2
+        if head_mean > heat_mean:
+            chosen = with_head
     return chosen, trials
 
 

@@ -58,7 +58,8 @@ class Grounding:
     score: float                  # best patch cosine similarity in the image
     point: tuple[float, float]    # where the heatmap peaks (the pointing game's answer)
     boxes: list[ScoredBox]              # best first
-    heatmap: np.ndarray           # (gh, gw) raw cosine similarities on the patch grid
+    heatmap: np.ndarray           # (gh, gw) what the point is the maximum of: the box head's scores of the cells when
+    #                               the model has one, else the raw cosine similarities
     path: str | None = None
     split: str | None = None
     captions: list[str] = field(default_factory=list)
@@ -142,21 +143,24 @@ class Grounder:
     def _grounding(self, phrase: str, vector: np.ndarray, patches: np.ndarray, image_id: int | None,
                    details: dict[str, Any]) -> Grounding:
         grid = self.grid
-        heatmap = (patches @ vector).reshape(grid).astype(np.float32)  # (gh, gw)
+        cosine = (patches @ vector).reshape(grid).astype(np.float32)  # (gh, gw)
+        heatmap, cells = cosine, None
+        if self.box_head is not None and self.config.boxes != "heatmap":  # the head's scores pick the point
+            scores, boxes = self.box_head.predict(torch.from_numpy(np.asarray(patches, np.float32))[None],
+                                                  torch.from_numpy(np.asarray(vector, np.float32))[None])
+            heatmap, cells = scores[0].reshape(grid).numpy(), boxes[0].numpy()
         raw, scored = score_maps(heatmap[None], self.config)
         width, height = int(details["width"]), int(details["height"])
         window = crop_window(width, height, self.spec.resize)  # the patch grid covers this part of the image
         point = points(scored)
         px, py = in_window(point, window)[0]
-        if self.box_head is not None and self.config.boxes != "heatmap":
-            cells = self.box_head.cell_boxes(torch.from_numpy(np.asarray(patches, np.float32))[None],
-                                             torch.from_numpy(np.asarray(vector, np.float32))[None])[0].numpy()
-            found = boxes_from_head(cells, heatmap, cell_of(point[0], grid), self.config)
+        if cells is not None:
+            found = boxes_from_head(cells, heatmap, cosine, cell_of(point[0], grid), self.config)
         else:
             found = boxes_from_map(raw[0], scored[0], self.config)
         boxes = [b.in_window(window).scaled(width, height) for b in found]
         window_px = ScoredBox(*window, 0.0).scaled(width, height)
-        return Grounding(phrase, image_id, width, height, float(heatmap.max()), (px * width, py * height), boxes,
+        return Grounding(phrase, image_id, width, height, float(cosine.max()), (px * width, py * height), boxes,
                          heatmap, details.get("path"), details.get("split"), list(details.get("captions") or []),
                          None if window == FULL_FRAME else (window_px.x1, window_px.y1, window_px.x2, window_px.y2))
 

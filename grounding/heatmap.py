@@ -16,10 +16,11 @@ The method (parameters in `GroundingConfig`, chosen on `val` by `grounding.tune`
    component holding the maximum gives the top box (its bounding box), further components the next
    ones, by peak, up to `max_boxes`, ignoring those smaller than `min_box_area` of the image.
    Each box's score is the highest raw cosine similarity inside it, so scores compare across images.
-6. **Boxes from the box head** (a model trained with boxes, `indexer/box_head.py`), in place of 5: the cell holding
-   the point draws the top box; every other cell at or above `head_threshold` on the cell-level normalized map
-   (with the prior) draws one too, best first; boxes overlapping a better one by `nms_iou` or more are dropped
-   (non-maximum suppression), up to `max_boxes`. Several instances ("two men") get a box each.
+6. **The box head** (a model trained with boxes, `indexer/box_head.py`), in place of 1 to 5: its scores of the cells
+   replace the cosine map in steps 2 to 4 (the point); the cell holding the point draws the top box; every other
+   cell at or above `head_threshold` on the cell-level normalized scores (with the prior) draws one too, best first;
+   boxes overlapping a better one by `nms_iou` or more are dropped (non-maximum suppression), up to `max_boxes`.
+   Several instances ("two men") get a box each. Each box's score is the cosine similarity of its cell.
 """
 
 from __future__ import annotations
@@ -141,11 +142,13 @@ def cell_of(point: np.ndarray, grid: tuple[int, int]) -> int:
     return min(int(point[1] * gh), gh - 1) * gw + min(int(point[0] * gw), gw - 1)
 
 
-def boxes_from_head(cell_boxes: np.ndarray, maps: np.ndarray, top: int, config: GroundingConfig) -> list[ScoredBox]:
+def boxes_from_head(cell_boxes: np.ndarray, scores: np.ndarray, maps: np.ndarray, top: int, config: GroundingConfig
+                    ) -> list[ScoredBox]:
     """The box head's boxes for one phrase on one image (step 6): cell_boxes (P, 4) each cell's box in [0, 1] of the
-    model's input, maps (gh, gw) the raw cosine map, `top` the cell holding the point. Best first."""
+    model's input, scores (gh, gw) the head's scores of the cells, maps (gh, gw) the raw cosine map, `top` the cell
+    holding the point. Best first."""
     raw = maps.reshape(-1)
-    _, scored = score_maps(maps[None], GroundingConfig(**{**config.__dict__, "upsample": 1}))
+    _, scored = score_maps(scores[None], GroundingConfig(**{**config.__dict__, "upsample": 1}))
     scored = scored.reshape(-1)
     others = [int(c) for c in np.argsort(-scored, kind="stable") if scored[c] >= config.head_threshold and c != top]
     out: list[ScoredBox] = []

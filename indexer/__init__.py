@@ -3,7 +3,8 @@
     create_model, load_checkpoint, GroundexModel   models (presets, open_clip names, checkpoints)
     add_model, export_model, remove_model, ...     models as artefacts of a workdir (`groundex model`)
     TrainConfig, EmbedConfig, RayEmbedConfig       the settings (indexer.config: no torch to read them)
-    BoxHead, load_box_head                         the patch -> box head trained with the phrase boxes
+    BoxHead, load_box_head, fit_box_head           the grounding head (the phrase picks a patch, the patch draws
+                                                   the box), fitted to a trained model's frozen embeddings
     train                                          contrastive training (`groundex train`)
     index_workdir                                  embeddings and FAISS indexes (`groundex index`)
     Searcher, Where, search_allowed                search (and its filters), and the one filtered-kNN policy
@@ -32,7 +33,7 @@ _HOMES = {  # public name -> the module that defines it
     "precision_uses_bf16": "devices", "autocast": "devices", "ModelSpec": "model_spec", "load_spec": "model_spec",
     "spec_patch_grid": "model_spec", "load_text_tower": "text_tower", "TextTower": "text_tower",
     "phrase_maps": "phrase_region_loss", "phrase_maps_and_boxes": "phrase_region_loss",
-    "BoxHead": "box_head", "load_box_head": "box_head",
+    "BoxHead": "box_head", "load_box_head": "box_head", "BoxFitConfig": "box_fit", "fit_box_head": "box_fit",
     "index_workdir": "pipeline",
     "Hit": "search", "Searcher": "search", "Where": "search",
     "words": "tokenizer",

@@ -1,20 +1,23 @@
-"""A box head on the patch tokens: the phrase picks the patch, the patch draws the box.
+"""A grounding head on the patch tokens: the phrase picks the patch, the patch draws the box.
 
 A heatmap thresholded on an 8 x 8 grid cannot draw a box tighter than a cell, nor separate two people side by
-side. Following OWL-ViT (Minderer et al., 2022), each patch token predicts the box of the thing it belongs to:
-its centre as an offset from the patch's own centre, and its width and height, through sigmoids whose biases put
-an untrained head's box on the patch's cell. One difference: the head also reads the phrase (the patch embedding
-times the phrase embedding, beside the patch embedding). Flickr30k's entities nest ("a man" and "his shirt" share
-patches), and a class-agnostic head can draw only one box per patch.
+side. Following OWL-ViT (Minderer et al., 2022), each patch cell predicts the box of the thing it belongs to: its
+centre as an offset from the cell's own centre, and its width and height, through sigmoids whose biases put an
+untrained head's box on the cell. The head also re-scores the cells (which one the phrase points at).
 
-Trained with the Entities boxes `groundex train` already uses (`indexer/phrase_region_loss.py`): for every phrase
-of the batch, a few of the patches whose centre lies inside one of its boxes, after the random crop, each
-regressing that box (the smallest when several contain it) with L1 plus generalized IoU (DETR's pair). The head
-reads the same L2-normalized patch embeddings that `groundex index` stores, so region search can draw boxes from
-stored vectors without the image tower.
+Two streams, so that the per-phrase work stays small:
+- the image stream reads the patch embeddings once per image (a linear map, a learned position per cell, and
+  residual 3 x 3 convolutions over the grid): what is where, whatever the phrase;
+- the phrase stream modulates those features with the phrase (FiLM: a scale and a shift per channel from the phrase
+  embedding), adds the phrase's similarity map (raw, and relative to its maximum), and runs two more residual
+  3 x 3 convolutions. Its outputs per cell: a score added to the scaled cosine similarity (so an untrained head
+  points where the heatmap does) and the box. Flickr30k's entities nest ("a man" and "his shirt" share cells), so
+  the box depends on the phrase, not only on the cell.
 
-Stored as `box_head.safetensors` beside a checkpoint's weights; a model without it (added, not trained here)
-grounds with the heatmap alone.
+The head reads the same L2-normalized patch embeddings that `groundex index` stores, so region search draws boxes
+from stored vectors without the image tower. It is fitted after contrastive training, on the frozen embeddings
+(`indexer/box_fit.py`), and stored as `box_head.safetensors` beside the checkpoint's weights; a model without it
+(added, not trained here) grounds with the heatmap alone.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from torch import nn
 
 from warehouse import InputError
 
-__all__ = ["BoxHead", "BOX_HEAD_FILE", "box_losses", "cell_centres", "load_box_head", "window_cells"]
+__all__ = ["BoxHead", "BOX_HEAD_FILE", "box_targets", "cell_centres", "generalized_iou", "head_losses",
+           "load_box_head"]
 
 BOX_HEAD_FILE = "box_head.safetensors"
+FORMAT = "2"  # format 1 (a per-cell MLP trained jointly with the backbone) is no longer read: retrain
 
 
 def cell_centres(grid: tuple[int, int]) -> torch.Tensor:
@@ -40,70 +45,91 @@ def cell_centres(grid: tuple[int, int]) -> torch.Tensor:
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
 
 
-def window_cells(grid: tuple[int, int], radius: int) -> torch.Tensor:
-    """(P, (2r+1)^2) the row-major indices of each cell's neighbours within `radius` (-1 past the grid's edge)."""
-    gh, gw = grid
-    offsets = torch.arange(-radius, radius + 1)
-    ys = torch.arange(gh)[:, None, None, None] + offsets[None, None, :, None]
-    xs = torch.arange(gw)[None, :, None, None] + offsets[None, None, None, :]
-    inside = (ys >= 0) & (ys < gh) & (xs >= 0) & (xs < gw)
-    return torch.where(inside, ys * gw + xs, torch.full_like(inside, -1, dtype=torch.long)).reshape(gh * gw, -1)
-
-
 class BoxHead(nn.Module):
-    """(patch embeddings, phrase embeddings, cell indices, the phrase's similarity map) -> boxes (x1, y1, x2, y2) in
-    [0, 1] of the model's input frame. Besides the patch (and its product with the phrase), the head reads the
-    phrase's similarities in the cell's neighbourhood (`radius` cells each way): how far the match extends is
-    most of what a box is."""
+    """(patch embeddings of images, phrase embeddings) -> (a score per cell, a box per cell) for each phrase.
 
-    def __init__(self, dim: int, grid: tuple[int, int], hidden: int = 256, radius: int = 3):
+    Boxes are (x1, y1, x2, y2) in [0, 1] of the model's input frame; scores are logits over the cells (the largest
+    is where the phrase points)."""
+
+    def __init__(self, dim: int, grid: tuple[int, int], hidden: int = 64, layers: int = 3, phrase_hidden: int = 32,
+                 phrase_layers: int = 2):
         super().__init__()
         self.grid = (int(grid[0]), int(grid[1]))
-        self.radius = int(radius)
-        side = 2 * self.radius + 1
-        self.mlp = nn.Sequential(nn.Linear(2 * dim + 2 * side * side, hidden), nn.GELU(), nn.Linear(hidden, hidden),
-                                 nn.GELU(), nn.Linear(hidden, 4))
-        nn.init.zeros_(self.mlp[-1].weight)  # untrained: the box of the patch's own cell
-        nn.init.zeros_(self.mlp[-1].bias)
+        self.sizes = {"hidden": int(hidden), "layers": int(layers), "phrase_hidden": int(phrase_hidden),
+                      "phrase_layers": int(phrase_layers)}
         gh, gw = self.grid
+        self.embed = nn.Linear(dim, hidden)
+        self.position = nn.Parameter(torch.zeros(1, hidden, gh, gw))
+        self.image_convs = nn.ModuleList([nn.Conv2d(hidden, hidden, 3, padding=1) for _ in range(layers)])
+        self.film = nn.Linear(dim, 2 * hidden)
+        self.phrase_in = nn.Conv2d(hidden + 2, phrase_hidden, 1)
+        self.phrase_convs = nn.ModuleList([nn.Conv2d(phrase_hidden, phrase_hidden, 3, padding=1)
+                                           for _ in range(phrase_layers)])
+        self.out = nn.Conv2d(phrase_hidden, 5, 1)
+        nn.init.zeros_(self.out.weight)  # untrained: the heatmap's scores and each cell's own box
+        nn.init.zeros_(self.out.bias)
+        self.scale = nn.Parameter(torch.tensor(10.0))
         centres = cell_centres(self.grid)
         size = torch.tensor([1.0 / gw, 1.0 / gh]).expand_as(centres)
-        self.register_buffer("_anchor", torch.cat([torch.logit(centres), torch.logit(size)], dim=1), persistent=False)
-        self.register_buffer("_window", window_cells(self.grid, self.radius), persistent=False)
+        anchor = torch.cat([torch.logit(centres), torch.logit(size)], dim=1).T.reshape(1, 4, gh, gw)
+        self.register_buffer("_anchor", anchor, persistent=False)
 
-    def forward(self, patches: torch.Tensor, phrases: torch.Tensor, cells: torch.Tensor, maps: torch.Tensor,
-                present: torch.Tensor | None = None) -> torch.Tensor:
-        """patches (N, D), phrases (N, D), cells (N,) long, maps (N, P) the phrase's cosine similarity with every
-        cell of the patch's image, present (N, P) bool which cells were seen (patch dropout; None: all): (N, 4)."""
-        window = self._window[cells]  # (N, W)
-        valid = window >= 0
-        if present is not None:
-            valid &= present.gather(1, window.clamp(min=0))
-        sims = maps.float().gather(1, window.clamp(min=0))
-        own = maps.float().gather(1, cells[:, None])
-        local = torch.where(valid, (sims - own) * 10, torch.zeros_like(sims))  # the map's shape around the cell
-        features = torch.cat([patches, patches * phrases, local, valid.float()], dim=-1)
-        out = self.mlp(features.to(self.mlp[0].weight.dtype)).float()
-        cxcywh = torch.sigmoid(out + self._anchor[cells])
+    def image_features(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches (I, P, D) -> (I, hidden, gh, gw)."""
+        gh, gw = self.grid
+        x = self.embed(patches).transpose(1, 2).reshape(len(patches), -1, gh, gw)
+        x = F.gelu(x + self.position)
+        for conv in self.image_convs:
+            x = x + F.gelu(conv(x))
+        return x
+
+    def forward(self, patches: torch.Tensor, phrases: torch.Tensor, image_of: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """patches (I, P, D) L2-normalized, phrases (N, D) L2-normalized, image_of (N,) long: each phrase's image
+        (None: I == N, one image per phrase). Returns scores (N, P) and boxes (N, P, 4)."""
+        gh, gw = self.grid
+        dtype = self.embed.weight.dtype
+        patches, phrases = patches.to(dtype), phrases.to(dtype)
+        features = self.image_features(patches)
+        if image_of is not None:
+            features, patches = features[image_of], patches[image_of]
+        n = len(phrases)
+        sims = torch.einsum("npd,nd->np", patches, phrases)  # (N, P) the heatmap
+        scale, shift = self.film(phrases).chunk(2, dim=-1)
+        x = features * (1 + scale[..., None, None]) + shift[..., None, None]
+        relative = sims - sims.max(dim=1, keepdim=True).values
+        x = torch.cat([x, (10 * sims).reshape(n, 1, gh, gw), (10 * relative).reshape(n, 1, gh, gw)], dim=1)
+        x = F.gelu(self.phrase_in(x))
+        for conv in self.phrase_convs:
+            x = x + F.gelu(conv(x))
+        out = self.out(x).float()
+        scores = sims.float() * self.scale.float() + out[:, 0].reshape(n, gh * gw)
+        cxcywh = torch.sigmoid(out[:, 1:] + self._anchor).reshape(n, 4, gh * gw).transpose(1, 2)
         centre, half = cxcywh[..., :2], cxcywh[..., 2:] / 2
-        return torch.cat([centre - half, centre + half], dim=-1).clamp(0, 1)
+        return scores, torch.cat([centre - half, centre + half], dim=-1).clamp(0, 1)
 
     @torch.no_grad()
-    def cell_boxes(self, patches: torch.Tensor, phrases: torch.Tensor) -> torch.Tensor:
-        """Every cell's box: patches (N, P, D) and phrases (N, D) -> (N, P, 4)."""
-        p = patches.to(self._anchor.device, torch.float32)
-        t = phrases.to(p.device, torch.float32)
-        n, cells = p.shape[0], p.shape[1]
-        maps = torch.einsum("npd,nd->np", p, t)
-        flat = torch.arange(cells, device=p.device).repeat(n)
-        rows = torch.arange(n, device=p.device).repeat_interleave(cells)
-        boxes = self(p.reshape(n * cells, -1), t[rows], flat, maps[rows])
-        return boxes.reshape(n, cells, 4)
+    def predict(self, patches: torch.Tensor, phrases: torch.Tensor, chunk: int = 2048
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image per phrase: patches (N, P, D), phrases (N, D) -> scores (N, P), boxes (N, P, 4), float32 on
+        the CPU, in chunks (a split's phrases at once would not fit)."""
+        device = self._anchor.device
+        scores, boxes = [], []
+        for s in range(0, len(phrases), chunk):
+            sc, bx = self(patches[s:s + chunk].to(device, torch.float32),
+                          phrases[s:s + chunk].to(device, torch.float32))
+            scores.append(sc.cpu())
+            boxes.append(bx.cpu())
+        if not scores:
+            cells = self.grid[0] * self.grid[1]
+            return torch.zeros(0, cells), torch.zeros(0, cells, 4)
+        return torch.cat(scores), torch.cat(boxes)
 
     def save(self, folder: Path) -> None:
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(tensors, str(Path(folder) / BOX_HEAD_FILE),
-                  metadata={"grid": f"{self.grid[0]}x{self.grid[1]}", "radius": str(self.radius)})
+                  metadata={"format": FORMAT, "grid": f"{self.grid[0]}x{self.grid[1]}",
+                            **{k: str(v) for k, v in self.sizes.items()}})
 
 
 def load_box_head(folder: Path, device: torch.device | str = "cpu") -> BoxHead | None:
@@ -116,12 +142,15 @@ def load_box_head(folder: Path, device: torch.device | str = "cpu") -> BoxHead |
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise InputError(f"{path}: a box head from an earlier groundex (format {meta.get('format', '1')}, this "
+                             f"one reads {FORMAT}); train the model again, or delete the file to ground with the "
+                             "heatmap")
         gh, gw = (int(n) for n in meta["grid"].split("x"))
-        radius = int(meta["radius"])
         state = load_file(str(path))
-        first = state["mlp.0.weight"]  # (hidden, 2 * dim + 2 * (2r+1)^2)
-        head = BoxHead((first.shape[1] - 2 * (2 * radius + 1) ** 2) // 2, (gh, gw), hidden=first.shape[0],
-                       radius=radius)
+        head = BoxHead(state["embed.weight"].shape[1], (gh, gw), hidden=int(meta["hidden"]),
+                       layers=int(meta["layers"]), phrase_hidden=int(meta["phrase_hidden"]),
+                       phrase_layers=int(meta["phrase_layers"]))
         head.load_state_dict(state)
     except (KeyError, ValueError, RuntimeError, OSError, SafetensorError) as e:
         raise InputError(f"{path}: not a box head this groundex can read ({e})") from None
@@ -140,52 +169,39 @@ def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return iou - (hull - union) / hull.clamp(min=1e-7)
 
 
-def box_losses(head: BoxHead, patches: torch.Tensor, kept: torch.Tensor | None, boxes_in_crop: torch.Tensor,
-               box_region: torch.Tensor, image_index: torch.Tensor, phrases: torch.Tensor, localize: torch.Tensor,
-               per_region: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-    """(L1 + GIoU of the head's boxes, pairs used) for one batch.
+def box_targets(boxes: list[list[tuple[float, float, float, float]]], grid: tuple[int, int], flip: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each phrase's training targets on the grid, from its boxes ((x1, y1, x2, y2) in [0, 1]; `flip`: of the
+    mirrored image): (N, P) bool, the cells whose centre lies inside one of its boxes, and (N, P, 4) the box each
+    such cell regresses (the smallest holding it: with two people, each cell draws its own person)."""
+    centres = cell_centres(grid)
+    cells = len(centres)
+    inside = torch.zeros(len(boxes), cells, dtype=torch.bool)
+    targets = torch.zeros(len(boxes), cells, 4)
+    for k, phrase_boxes in enumerate(boxes):
+        if not phrase_boxes:
+            continue
+        b = torch.tensor(phrase_boxes, dtype=torch.float32).reshape(-1, 4)
+        if flip:
+            b = torch.stack([1 - b[:, 2], b[:, 1], 1 - b[:, 0], b[:, 3]], dim=1)
+        x, y = centres[:, None, 0], centres[:, None, 1]
+        holds = (x >= b[:, 0]) & (x <= b[:, 2]) & (y >= b[:, 1]) & (y <= b[:, 3])  # (P, boxes)
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        smallest = torch.where(holds, area, torch.full_like(area, float("inf"))).argmin(dim=1)
+        inside[k] = holds.any(dim=1)
+        targets[k] = b[smallest]
+    return inside, targets
 
-    patches (B, K, D) the kept patches' embeddings, kept (B, K) their cell indices (None: all cells);
-    boxes_in_crop (NB, 4) each region's boxes in its image's crop frame (x1 <= x2); box_region (NB,);
-    image_index (R,) each region's image; phrases (R, D); localize (R,) bool (scene regions say nothing of boxes).
-    Each region regresses from at most `per_region` of the patches whose centre lies inside one of its boxes."""
-    B, K, _ = patches.shape
-    device = patches.device
-    cells = kept if kept is not None else torch.arange(K, device=device).expand(B, K)
-    centres = cell_centres(head.grid).to(device)[cells]  # (B, K, 2)
-    box_image = image_index[box_region]  # (NB,)
-    c = centres[box_image]  # (NB, K, 2)
-    b = boxes_in_crop[:, None, :]
-    inside = (c[..., 0] >= b[..., 0]) & (c[..., 0] <= b[..., 2]) & (c[..., 1] >= b[..., 1]) & (c[..., 1] <= b[..., 3])
-    area = (boxes_in_crop[:, 2] - boxes_in_crop[:, 0]) * (boxes_in_crop[:, 3] - boxes_in_crop[:, 1])
-    inside &= localize[box_region][:, None] & (area[:, None] > 0)
-    # a patch inside several boxes of one region regresses the smallest
-    area_pairs = torch.where(inside, area[:, None], torch.full_like(inside, float("inf"), dtype=area.dtype))
-    smallest = torch.full((len(image_index), K), float("inf"), device=device, dtype=area.dtype)
-    smallest = smallest.scatter_reduce(0, box_region[:, None].expand(-1, K), area_pairs, reduce="amin")
-    inside &= area_pairs <= smallest[box_region]
-    box_idx, k_idx = inside.nonzero(as_tuple=True)
-    zero = patches.sum() * 0
-    if len(box_idx) == 0:
-        return zero, 0
-    # at most `per_region` pairs per region, chosen at random
-    region = box_region[box_idx]
-    order = torch.randperm(len(box_idx), generator=generator, device="cpu").to(device)
-    region_sorted, position = torch.sort(region[order], stable=True)
-    first = torch.searchsorted(region_sorted, region_sorted)  # index of each region's first pair in the sort
-    rank = torch.arange(len(region_sorted), device=device) - first
-    chosen = order[position[rank < per_region]]
-    box_idx, k_idx, region = box_idx[chosen], k_idx[chosen], region[chosen]
-    image = image_index[region]
-    # each region's phrase against every cell of its image, once per region (cells dropped this step: absent)
-    cells_total = head.grid[0] * head.grid[1]
-    used, slot = torch.unique(region, return_inverse=True)
-    sims = torch.einsum("rkd,rd->rk", patches[image_index[used]], phrases[used])  # (regions used, K)
-    region_cells = cells[image_index[used]]
-    maps = torch.zeros(len(used), cells_total, device=device, dtype=sims.dtype).scatter(1, region_cells, sims)
-    present = torch.zeros(len(used), cells_total, device=device, dtype=torch.bool).scatter(
-        1, region_cells, torch.ones_like(region_cells, dtype=torch.bool))
-    predicted = head(patches[image, k_idx], phrases[region], cells[image, k_idx], maps[slot], present[slot])
-    target = boxes_in_crop[box_idx]
-    loss = F.l1_loss(predicted, target, reduction="none").sum(dim=-1) + (1 - generalized_iou(predicted, target))
-    return loss.mean(), int(len(chosen))
+
+def head_losses(scores: torch.Tensor, boxes: torch.Tensor, inside: torch.Tensor, targets: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pointing loss, box loss) of a batch: -log of the softmax mass on the cells inside the phrase's boxes (the
+    pointing game, as a loss), and L1 + generalized IoU of the boxes drawn by those cells (DETR's pair)."""
+    has = inside.any(dim=1)
+    zero = scores.sum() * 0
+    if not bool(has.any()):
+        return zero, zero
+    log_probs = scores.log_softmax(dim=1).masked_fill(~inside, float("-inf"))
+    pointing = -torch.logsumexp(log_probs[has], dim=1).mean()
+    per_cell = F.l1_loss(boxes, targets, reduction="none").sum(dim=-1) + (1 - generalized_iou(boxes, targets))
+    return pointing, (per_cell * inside).sum() / inside.sum()

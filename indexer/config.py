@@ -46,10 +46,11 @@ class TrainConfig:
     grounding_weight: float = 1.0      # weight of the phrase-region objective (indexer/phrase_region_loss.py), used
     #                                    when the split has phrases with boxes; 0: global only (docs/grounding.md)
     grounding_phrases: int = 4         # entities sampled per image per step for that objective
-    box_weight: float = 0.0            # weight of the box head's loss (L1 + GIoU, indexer/box_head.py), trained with
-    #                                    the phrase-region objective; 0: no box head (boxes from the heatmap). Off by
-    #                                    default: in 15 minutes on the sample it has not beaten the heatmap yet
-    box_pairs: int = 8                 # patches inside its box that regress each sampled entity's box per step
+    box_head_epochs: int = 20          # after the contrastive epochs, fit the grounding head (indexer/box_fit.py) on
+    #                                    the kept checkpoint's frozen embeddings for this many epochs, when the split
+    #                                    has phrases with boxes; 0: no head (boxes come from the heatmap)
+    box_head_minutes: float = 2.0      # with a time budget (`minutes`), the head's share of it, by time (at most
+    #                                    half the budget); the contrastive epochs get the rest
     precision: str = "auto"            # auto (bf16 where fast: AVX512-BF16/AMX CPUs, bf16 GPUs) | bf16 | fp32
     train_split: str = "train"
     max_train_images: int | None = None  # train on the first N images of the split (by id): quick runs, experiments
@@ -61,6 +62,12 @@ class TrainConfig:
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))  # image decoding processes
     device: str | None = None          # default: cuda when available, else cpu
     progress: bool = True
+
+    def head_seconds(self) -> float | None:
+        """The box head's share of the time budget in seconds (None: no budget, or no head)."""
+        if self.minutes is None or self.box_head_epochs == 0:
+            return None
+        return 60 * min(self.box_head_minutes, self.minutes / 2)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -78,8 +85,9 @@ class TrainConfig:
             raise InputError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0 < self.crop_scale <= 1:
             raise InputError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
-        if self.box_weight < 0 or self.box_pairs < 1:
-            raise InputError(f"box_weight must be >= 0 and box_pairs >= 1, got {self.box_weight} and {self.box_pairs}")
+        if self.box_head_epochs < 0 or self.box_head_minutes <= 0:
+            raise InputError(f"box_head_epochs must be >= 0 and box_head_minutes > 0, got {self.box_head_epochs} and "
+                             f"{self.box_head_minutes}")
         if self.grounding_weight < 0 or self.grounding_phrases < 1:
             raise InputError(f"grounding_weight must be >= 0 and grounding_phrases >= 1, got "
                              f"{self.grounding_weight} and {self.grounding_phrases}")

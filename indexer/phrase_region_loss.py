@@ -167,14 +167,16 @@ def phrase_maps(model: GroundexModel, cache: PixelCache, rows: Sequence[Groundin
 
 @torch.no_grad()
 def phrase_maps_and_boxes(model: GroundexModel, cache: PixelCache, rows: Sequence[GroundingRow],
-                          batch_size: int = 256, boxes: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """`phrase_maps`, and (when the model has a box head and `boxes`) every cell's box for each row's phrase:
-    (N, gh * gw, 4) in [0, 1] of the model's input (indexer/box_head.py); else None.
+                          batch_size: int = 256, boxes: bool = True
+                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """`phrase_maps`, and (when the model has a box head and `boxes`) the head's outputs for each row's phrase:
+    its scores (N, gh, gw) (where it points) and every cell's box (N, gh * gw, 4) in [0, 1] of the model's input
+    (indexer/box_head.py); else None, None.
 
     Images and distinct phrase texts are embedded once each; the model's train/eval modes are restored."""
     head = model.box_head if boxes else None
     if not rows:
-        return np.zeros((0, *model.patch_grid), dtype=np.float32), None
+        return np.zeros((0, *model.patch_grid), dtype=np.float32), None, None
     modes = [m.training for m in model.modules()]
     model.eval()
     image_ids = sorted({r.image_id for r in rows})
@@ -188,16 +190,20 @@ def phrase_maps_and_boxes(model: GroundexModel, cache: PixelCache, rows: Sequenc
     image_row = {i: k for k, i in enumerate(image_ids)}
     text_row = {t: k for k, t in enumerate(texts)}
     out = np.empty((len(rows), *model.patch_grid), dtype=np.float32)
-    cell_boxes = np.empty((len(rows), out.shape[1] * out.shape[2], 4), dtype=np.float32) if head is not None else None
+    with_head = head is not None
+    scores = np.empty_like(out) if with_head else None
+    cell_boxes = np.empty((len(rows), out.shape[1] * out.shape[2], 4), dtype=np.float32) if with_head else None
     for s in range(0, len(rows), 4096):  # (chunk, P, D) at a time: a whole split's would not fit
         chunk = rows[s:s + 4096]
         chunk_patches = patches[[image_row[r.image_id] for r in chunk]]
         chunk_phrases = phrases[[text_row[r.text] for r in chunk]]
         sims = torch.einsum("rpd,rd->rp", chunk_patches, chunk_phrases)
         out[s:s + len(chunk)] = sims.reshape(len(chunk), *model.patch_grid).cpu().numpy()
-        if head is not None:
-            cell_boxes[s:s + len(chunk)] = head.cell_boxes(chunk_patches, chunk_phrases).cpu().numpy()
-    return out, cell_boxes
+        if with_head:
+            head_scores, head_boxes = head.predict(chunk_patches, chunk_phrases)
+            scores[s:s + len(chunk)] = head_scores.reshape(len(chunk), *model.patch_grid).numpy()
+            cell_boxes[s:s + len(chunk)] = head_boxes.numpy()
+    return out, scores, cell_boxes
 
 
 def pointing_for_eval(model: GroundexModel, cache: PixelCache, rows: Sequence[GroundingRow]) -> float:

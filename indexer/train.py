@@ -47,14 +47,14 @@ from warehouse import (
     recorded_run,
 )
 
-from .box_head import BOX_HEAD_FILE, BoxHead, box_losses
+from .box_fit import BoxFitConfig, fit_box_head
 from .config import TrainConfig
 from .data import PixelCache, pixel_cache
 from .devices import default_device, precision_uses_bf16
 from .evaluate import recall_at_k
 from .model_store import store_model
 from .models import GroundexModel, TrackedPatchDropout, create_model
-from .phrase_region_loss import RegionTable, boxes_in_crop, patch_coverage, pointing_for_eval, region_losses
+from .phrase_region_loss import RegionTable, patch_coverage, pointing_for_eval, region_losses
 from .tokenizer import WordTokenizer, tokenizer_from_json
 
 _logger = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     trainable_params: int
     total_params: int
+    box_head: dict[str, Any] | None = None  # what fitting the grounding head measured (None: no head)
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -149,20 +150,16 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return (text_to_image + image_to_text) / 2
 
 
-BOX_HEAD_LR_SCALE = 10.0  # the box head starts from nothing in a run's few hundred steps: a larger step
-
-
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight matrices with decay, the rest without; the box head's with `BOX_HEAD_LR_SCALE`."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    """AdamW groups: weight matrices with decay, the rest without."""
+    groups: dict[bool, list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         plain = p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("bias")
-        groups.setdefault((plain, name.startswith("box_head.")), []).append(p)
-    return [{"params": params, "weight_decay": 0.0 if plain else weight_decay,
-             "lr_scale": BOX_HEAD_LR_SCALE if head else 1.0}
-            for (plain, head), params in sorted(groups.items())]
+        groups.setdefault(plain, []).append(p)
+    return [{"params": params, "weight_decay": 0.0 if plain else weight_decay}
+            for plain, params in sorted(groups.items())]
 
 
 def lr_factor(progress: float, warmup: float, floor: float) -> float:
@@ -253,8 +250,6 @@ def _save_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optim
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.clip.state_dict().items()},
               str(tmp / "model.safetensors"))
-    if model.box_head is not None:
-        model.box_head.save(tmp)
     opt = optimizer.state_dict()
     tensors = {f"{i}.{k}": v.contiguous().cpu() for i, s in opt["state"].items() for k, v in s.items()}
     save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -274,8 +269,6 @@ def _load_state(folder: Path, model: GroundexModel, optimizer: torch.optim.Optim
     lacks keeps its value in `state`)."""
     saved = json.loads((folder / "state.json").read_text())
     model.clip.load_state_dict(load_file(str(folder / "model.safetensors")))
-    if model.box_head is not None:
-        model.box_head.load_state_dict(load_file(str(folder / BOX_HEAD_FILE)))
     tensors = load_file(str(folder / "optimizer.safetensors"))
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -336,22 +329,15 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool | None = None) -> 
     regions = None
     with Catalog.open(workdir, read_only=True) as catalog:  # val pointing game is reported whenever it can be
         val_regions = catalog.grounding_rows(config.val_split) if config.val_split else None
+        train_grounding = catalog.grounding_rows(config.train_split)
         if config.grounding_weight > 0:
-            regions = RegionTable(catalog.grounding_rows(config.train_split), model.tokenize)
+            regions = RegionTable(train_grounding, model.tokenize)
     if regions is not None and not len(regions):
         _logger.warning("split %r has no phrases with boxes: training the global objective only (the grounding "
                         "objective needs Flickr30k Entities-style annotations)", config.train_split)
         regions = None
-    # The box head: trained when boxes are (a base's own head trains on), resumed when the interrupted run had one,
-    # and dropped otherwise: a head whose backbone moved on without it would draw stale boxes.
-    wants_head = (previous / BOX_HEAD_FILE).is_file() if previous is not None else (
-        regions is not None and config.box_weight > 0)
-    if wants_head and model.box_head is None:
-        model.box_head = BoxHead(model.embed_dim, model.patch_grid).to(device)
-    elif not wants_head and model.box_head is not None:
-        _logger.warning("the base model's box head is dropped: this run does not train it (box_weight %g)",
-                        config.box_weight)
-        model.box_head = None
+    # A base's box head read its old embeddings: this run fits a new one on its own (or grounds with the heatmap).
+    model.box_head = None
     set_train_mode(model, config.mode)
     trainable, total = count_params(model)
     val_captions = CaptionTable(val_rows, model.tokenize) if val_rows else None
@@ -370,8 +356,12 @@ def train(workdir: Workdir, config: TrainConfig, resume: bool | None = None) -> 
     if val_regions is not None:  # phrases with boxes of the validated images
         wanted = set(val_images.tolist()) if val_images is not None else set()
         val_regions = [r for r in val_regions if r.boxes and r.image_id in wanted]
+    head_rows = None
+    if config.box_head_epochs > 0:
+        chosen = set(train_images.tolist())
+        head_rows = [r for r in train_grounding if r.boxes and r.image_id in chosen] or None
     data = _TrainData(train_images, train_captions, train_cache, val_images, val_captions, eval_cache,
-                      regions, val_regions)
+                      regions, val_regions, head_rows)
 
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     use_bf16 = precision_uses_bf16(config.precision, device)
@@ -396,6 +386,8 @@ class _TrainData:
     eval_cache: PixelCache                   # at the model's input size
     regions: RegionTable | None = None       # phrases with boxes, when training with the grounding objective
     val_regions: list[GroundingRow] | None = None
+    head_rows: list[GroundingRow] | None = None  # train phrases with boxes the grounding head is fitted on (None: no
+    #                                              head; eval_cache holds their images)
 
 
 @dataclass
@@ -423,7 +415,7 @@ class _TrainRun:
 class _Clock:
     """Training time, counting the time trained before a resume, and the time budget."""
     started: float                     # time.perf_counter() at which an uninterrupted run would have started
-    budget_s: float | None             # config.minutes in seconds; None: no budget
+    budget_s: float | None             # the contrastive epochs' share of config.minutes, in seconds; None: no budget
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -438,7 +430,7 @@ class _EpochStats:
     started: float = field(default_factory=time.perf_counter)
     images: int = 0
     losses: list[float] = field(default_factory=list)                         # one per micro-batch
-    region_losses: list[tuple[float, float, float]] = field(default_factory=list)  # (nce, loc, box) per micro-batch
+    region_losses: list[tuple[float, float]] = field(default_factory=list)  # (nce, loc) per micro-batch
 
     def images_per_s(self) -> float:
         return self.images / (time.perf_counter() - self.started)
@@ -455,7 +447,9 @@ def _loop(run: _TrainRun, previous: Path | None, run_id: int) -> TrainResult:
     folder = _state_dir(run.workdir, state.run_id) / "last"
     if previous is None:
         RunState(folder.parent).start(asdict(config))
-    clock = _Clock(time.perf_counter() - state.elapsed, config.minutes * 60 if config.minutes else None)
+    head_s = config.head_seconds() if run.data.head_rows else None
+    budget = config.minutes * 60 - (head_s or 0) if config.minutes else None
+    clock = _Clock(time.perf_counter() - state.elapsed, budget)
     generator = torch.Generator()
     out_of_time = False
     while state.epoch < config.epochs and not out_of_time:
@@ -464,11 +458,35 @@ def _loop(run: _TrainRun, previous: Path | None, run_id: int) -> TrainResult:
         _end_epoch(run, state, clock, stats)
         state.elapsed = clock.elapsed()
         _save_state(folder, run.model, run.optimizer, state)
-    RunState(folder.parent).finish(model_id=state.best_model[0])
-    seconds = round(clock.elapsed(), 1)
     model_id, model_path = state.best_model
+    head_stats = None
+    if run.data.head_rows:  # an interrupted fit is redone on resume: the epochs' state is saved above
+        (model_id, model_path), head_stats = _fit_box_head(run, state, head_s)
+    RunState(folder.parent).finish(model_id=model_id)
+    seconds = round(clock.elapsed(), 1)
     return TrainResult(run_id, model_id, model_path, state.epoch, state.step, seconds, state.best, state.history,
-                       run.trainable, run.total)
+                       run.trainable, run.total, head_stats)
+
+
+def _fit_box_head(run: _TrainRun, state: _LoopState, seconds: float | None
+                  ) -> tuple[tuple[str, str], dict[str, Any]]:
+    """The kept checkpoint with a grounding head fitted to its frozen embeddings (indexer/box_fit.py), stored as a
+    model of its own (the head is one of the model's hashed files); returns its (id, path) and the fit's figures."""
+    from .models import load_checkpoint
+
+    config = run.config
+    model = load_checkpoint(Path(state.best_model[1]), run.device)
+    fit = BoxFitConfig(epochs=config.box_head_epochs, seconds=seconds, seed=config.seed, progress=config.progress)
+    model.box_head, stats = fit_box_head(model, run.data.eval_cache, run.data.head_rows, fit, run.device)
+    if config.progress:
+        tqdm.write(f"box head: {stats['epochs']} epochs over {stats['images']:,} images and {stats['phrases']:,} "
+                   f"phrases in {stats['seconds']:.0f} s")
+    model.spec.extra = {**(model.spec.extra or {}), "box_head_epochs": stats["epochs"]}
+    artefact = store_model(run.workdir, model, source="trained", parent_id=run.parent, run_id=state.run_id,
+                           metrics=(state.best or {}).get("val", {}), mode=config.mode,
+                           trainable_params=run.trainable, total_params=run.total, data=run.data_summary,
+                           box_head=stats)
+    return (artefact.id, str(artefact.path)), stats
 
 
 def _train_epoch(run: _TrainRun, state: _LoopState, clock: _Clock, generator: torch.Generator
@@ -525,7 +543,7 @@ def _apply_schedule(run: _TrainRun, progress: float) -> float:
     if isinstance(dropout, TrackedPatchDropout):
         dropout.prob = 0.0 if progress >= 1 - config.unmasked_fraction else config.patch_dropout
     for group in run.optimizer.param_groups:
-        group["lr"] = config.lr * factor * group.get("lr_scale", 1.0)
+        group["lr"] = config.lr * factor
     return config.lr * factor
 
 
@@ -561,9 +579,9 @@ def _batch_loss(run: _TrainRun, batch: np.ndarray, rng: np.random.Generator, gen
             text_features, scale = model.encode_text(tokens), model.logit_scale.exp()
     loss = clip_loss(image_features.float(), text_features.float(), scale.float(), config.captions_per_image)
     if data.regions is not None:
-        nce, loc, box = _grounding_step(run, batch, patches, crops, scale, rng, generator)
-        stats.region_losses.append((nce.item(), loc.item(), box.item()))
-        loss = loss + config.grounding_weight * (nce + loc) + config.box_weight * box
+        nce, loc = _grounding_step(run, batch, patches, crops, scale, rng)
+        stats.region_losses.append((nce.item(), loc.item()))
+        loss = loss + config.grounding_weight * (nce + loc)
     return loss
 
 
@@ -574,7 +592,7 @@ def _end_epoch(run: _TrainRun, state: _LoopState, clock: _Clock, stats: _EpochSt
     entry = {"epoch": state.epoch, "step": state.step, "loss": round(float(np.mean(stats.losses)), 4),
              "images_per_s": round(stats.images_per_s(), 1), "seconds": round(clock.elapsed(), 1)}
     if stats.region_losses:
-        entry["region_nce"], entry["region_loc"], entry["region_box"] = (
+        entry["region_nce"], entry["region_loc"] = (
             round(float(v), 4) for v in np.mean(stats.region_losses, 0))
     if data.val_captions is not None:
         entry["val"] = embed_for_eval(run.model, data.eval_cache, data.val_images, data.val_captions)
@@ -594,16 +612,14 @@ def _end_epoch(run: _TrainRun, state: _LoopState, clock: _Clock, stats: _EpochSt
 
 
 def _grounding_step(run: _TrainRun, batch: np.ndarray, patches: torch.Tensor, crops: torch.Tensor,
-                    scale: torch.Tensor, rng: np.random.Generator, generator: torch.Generator
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The phrase-region losses of one micro-batch (see indexer/phrase_region_loss.py), and the box head's
-    (indexer/box_head.py; zero without a head)."""
+                    scale: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The phrase-region losses of one micro-batch (see indexer/phrase_region_loss.py)."""
     model, regions, use_bf16 = run.model, run.data.regions, run.use_bf16
     sampled = regions.sample(batch, run.config.grounding_phrases, rng)
     device = patches.device
     if len(sampled.image_index) < 2:
         zero = patches.float().sum() * 0
-        return zero, zero, zero
+        return zero, zero
     coverage = patch_coverage(sampled.boxes.to(device), sampled.box_region.to(device), len(sampled.image_index),
                               crops.to(device), sampled.image_index[sampled.box_region].to(device),
                               model.patch_grid)
@@ -615,14 +631,7 @@ def _grounding_step(run: _TrainRun, batch: np.ndarray, patches: torch.Tensor, cr
     nce, loc, _ = region_losses(patches.float(), kept, coverage, sampled.image_index.to(device),
                                 phrase_features.float(), sampled.text_ids.to(device), sampled.localize.to(device),
                                 scale.float())
-    box = nce * 0
-    if model.box_head is not None and run.config.box_weight > 0:
-        box_region = sampled.box_region.to(device)
-        in_crop = boxes_in_crop(sampled.boxes.to(device), crops.to(device), sampled.image_index.to(device)[box_region])
-        box, _ = box_losses(model.box_head, F.normalize(patches.float(), dim=-1), kept, in_crop, box_region,
-                            sampled.image_index.to(device), F.normalize(phrase_features.float(), dim=-1),
-                            sampled.localize.to(device), run.config.box_pairs, generator)
-    return nce, loc, box
+    return nce, loc
 
 
 def _logit_scale(model: GroundexModel) -> torch.Tensor:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def trained(tmp_path_factory):
     workdir = Workdir(tmp_path_factory.mktemp("e2e") / "work")
     warehouse.ingest_synthetic(workdir, SyntheticConfig(n=800), config=IngestConfig(progress=False))
-    result = train(workdir, TrainConfig(epochs=8, batch_size=64, grounding_weight=1.0, box_weight=1.0, progress=False))
+    result = train(workdir, TrainConfig(epochs=8, batch_size=64, grounding_weight=1.0, progress=False))
     index_workdir(workdir)
     return workdir, result
 
@@ -83,15 +83,19 @@ def test_grounding_is_far_above_the_centre_baseline(trained):
     assert metrics["box_acc@0.5"] > metrics["baselines"]["whole_image"]["box_acc@0.5"] + 10, metrics
     assert workdir.grounding_config_path(metrics["model_id"]).is_file()
     assert set(metrics["by_type"]) >= {"people", "animals", "vehicles"}
-    # trained with a box head too: both paths are reported, the better on val serves
+    # training fitted a box head (by default): both paths are reported, and the head's boxes are far better than
+    # the heatmap's (this machine: any-box 73.2 against 53.3, merged-box 54.6 against 47.3), so the head serves
+    assert result.box_head is not None and result.box_head["epochs"] == TrainConfig.box_head_epochs
     with Catalog.open(workdir, read_only=True) as catalog:
         assert (Path(catalog.model(metrics["model_id"]).path) / "box_head.safetensors").is_file()
+    assert metrics["model_id"] == result.model_id
     boxes = metrics["tuning"]["boxes"]
     head, heat = boxes["box head"], boxes["heatmap"]
-    assert head > metrics["baselines"]["whole_image"]["box_acc@0.5"] + 10, metrics  # the head learned boxes
-    wins = head > heat and boxes["box head merged"] >= boxes["heatmap merged"]
-    assert metrics["config"]["boxes"] == ("head" if wins else "heatmap")
-    assert metrics["box_acc@0.5"] == (head if wins else heat)
+    assert head > heat + 10, metrics
+    assert boxes["box head merged"] >= boxes["heatmap merged"], metrics
+    assert metrics["config"]["boxes"] == "head" and metrics["boxes_from"] == "box head"
+    assert metrics["box_acc@0.5"] == head  # reported beside it: the heatmap with the head's centre prior
+    assert metrics["heatmap_path"]["box_acc@0.5"] < head - 10 and "pointing_game" in metrics["heatmap_path"]
     assert metrics["box_acc@0.5_merged"] >= metrics["baselines"]["whole_image"]["box_acc@0.5_merged"]
     with pytest.raises(ValueError, match="never on test"):
         evaluate_grounding(workdir, "test", tune_params=True)

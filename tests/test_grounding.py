@@ -216,18 +216,37 @@ def test_with_a_box_head_both_paths_are_reported_and_tuning_keeps_the_better():
     good = np.tile(np.array([0.0, 0.0, 0.5, 0.5], dtype=np.float32), (6, 16, 1))
     bad = np.tile(np.array([0.0, 0.0, 0.1, 0.1], dtype=np.float32), (6, 16, 1))
     base = GroundingConfig(upsample=1, threshold=0.9)
-    with_good = metrics(SplitMaps(rows, maps, cell_boxes=good), base)
+    with_good = metrics(SplitMaps(rows, maps, head_scores=maps, cell_boxes=good), base)
     assert with_good["boxes_from"] == "box head" and with_good["box_acc@0.5"] == 100
-    assert with_good["heatmap_boxes"]["box_acc@0.5"] == 0  # one cell of four: IoU 0.25
-    config, trials = tune(SplitMaps(rows, maps, cell_boxes=good), base)
+    assert with_good["heatmap_path"]["box_acc@0.5"] == 0  # one cell of four: IoU 0.25
+    config, trials = tune(SplitMaps(rows, maps, head_scores=maps, cell_boxes=good), base)
     assert config.boxes == "head" and trials["boxes"] == {"box head": 100.0, "heatmap": 0.0, "box head merged": 100.0,
                                                           "heatmap merged": 0.0}
     wide = maps.copy()
     wide[:, 0:2, 0:2] = np.array([[1.0, 0.95], [0.95, 0.95]])  # now the heatmap's hot cells are the whole box
-    config, _ = tune(SplitMaps(rows, wide, cell_boxes=bad), base)
+    config, _ = tune(SplitMaps(rows, wide, head_scores=wide, cell_boxes=bad), base)
     assert config.boxes == "heatmap"
-    chosen = metrics(SplitMaps(rows, wide, cell_boxes=bad), config)
-    assert chosen["boxes_from"] == "heatmap" and chosen["box_head_boxes"]["box_acc@0.5"] == 0
+    chosen = metrics(SplitMaps(rows, wide, head_scores=wide, cell_boxes=bad), config)
+    assert chosen["boxes_from"] == "heatmap" and chosen["box_head_path"]["box_acc@0.5"] == 0
+
+
+def test_the_head_s_scores_choose_the_point_and_its_box():
+    """The heatmap peaks outside the box (a far corner); the head's scores peak inside it: with the head, the point
+    and the box come from its scores, and the heatmap path is reported beside them."""
+    rows = [row(i, i, 1, "a dog", [(0.0, 0.0, 0.5, 0.5)]) for i in range(4)]
+    maps = np.zeros((4, 4, 4), dtype=np.float32)
+    maps[:, 3, 3] = 1.0
+    scores = np.zeros_like(maps)
+    scores[:, 0, 0] = 5.0
+    cells = np.tile(np.array([0.0, 0.0, 0.5, 0.5], dtype=np.float32), (4, 16, 1))
+    cells[:, 15] = (0.75, 0.75, 1.0, 1.0)  # the corner cell draws its own box
+    result = metrics(SplitMaps(rows, maps, head_scores=scores, cell_boxes=cells), GroundingConfig(upsample=1))
+    assert result["pointing_game"] == 100 and result["box_acc@0.5"] == 100
+    assert result["heatmap_path"]["pointing_game"] == 0 and result["heatmap_path"]["box_acc@0.5"] == 0
+    assert result["by_type"]["people"]["heatmap_pointing_game"] == 0
+    heatmap_only = metrics(SplitMaps(rows, maps, head_scores=scores, cell_boxes=cells),
+                           GroundingConfig(upsample=1, boxes="heatmap"))
+    assert heatmap_only["pointing_game"] == 0 and heatmap_only["box_head_path"]["pointing_game"] == 100
 
 
 def test_tuning_finds_the_prior_when_the_maps_are_noise():

@@ -97,12 +97,12 @@ def run_grounding(args: argparse.Namespace) -> int:
         print(f"  {name:<12} {n:>8,} {r['pointing_game']:>9.1f} {r.get('pointing_game_15px', float('nan')):>6.1f} "
               f"{centre:>7.1f} {r['box_acc@0.5']:>8.1f} {r.get('box_acc@0.5_merged', float('nan')):>7.1f} "
               f"{whole:>6.1f}")
-    for key, chosen, other in (("heatmap_boxes", "the model's box head", "the heatmap"),
-                               ("box_head_boxes", "the heatmap", "the model's box head")):
+    for key, chosen, other in (("heatmap_path", "the model's box head", "the heatmap"),
+                               ("box_head_path", "the heatmap", "the model's box head")):
         if key in result:
             h = result[key]
-            print(f"  boxes from {chosen}; from {other} instead: any-box {h['box_acc@0.5']:.1f}, merged "
-                  f"{h['box_acc@0.5_merged']:.1f}")
+            print(f"  points and boxes from {chosen}; from {other} instead: pointing {h['pointing_game']:.1f}, "
+                  f"any-box {h['box_acc@0.5']:.1f}, merged {h['box_acc@0.5_merged']:.1f}")
     print("  pointing: no pixel tolerance; 15px: within 15 px of a box (Zhang et al.). any-box: IoU >= 0.5 with one "
           "of the phrase's boxes; merged: with their enclosing box (Plummer et al.; docs/grounding.md)")
     return 0

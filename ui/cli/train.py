@@ -48,10 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "contrastive only (default: %(default)s)")
     p.add_argument("--grounding-phrases", type=int, default=d.grounding_phrases,
                    help="entities sampled per image per step for that objective (default: %(default)s)")
-    p.add_argument("--box-weight", type=float, default=d.box_weight,
-                   help="weight of the box head's loss: a head that draws each phrase's box from the patch it picks "
-                        "(docs/grounding.md), trained with the phrase-region objective; 0: no head, boxes come from "
-                        "the heatmap (default: %(default)s)")
+    p.add_argument("--box-head-epochs", type=int, default=d.box_head_epochs,
+                   help="after the contrastive epochs, fit the grounding head (the phrase picks a patch, the patch "
+                        "draws the box; docs/grounding.md) on the kept model's frozen embeddings for this many "
+                        "epochs, when the split has phrases with boxes; 0: no head, boxes come from the heatmap "
+                        "(default: %(default)s)")
+    p.add_argument("--box-head-minutes", type=float, default=d.box_head_minutes,
+                   help="with --minutes, the head's share of the budget, fitted by time (at most half of it; "
+                        "default: %(default)s)")
     add_precision(p, d.precision)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's (default: %(default)s)")
     p.add_argument("--train-split", default=d.train_split, help="split to train on (default: %(default)s)")
@@ -77,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, accumulate=args.accumulate,
         captions_per_image=args.captions_per_image, lr=args.lr, weight_decay=args.weight_decay,
         patch_dropout=args.patch_dropout, precision=args.precision, grounding_weight=args.grounding_weight,
-        grounding_phrases=args.grounding_phrases, box_weight=args.box_weight,
+        grounding_phrases=args.grounding_phrases,
+        box_head_epochs=args.box_head_epochs, box_head_minutes=args.box_head_minutes,
         train_split=args.train_split, val_split=None if args.val_split in (None, "none") else args.val_split,
         seed=args.seed, device=args.device, progress=not args.no_progress)
     workdir = workdir_of(args)
@@ -99,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
         summary += f", pointing game {val['pointing_game']:.1f} (patch cells)"
     print(f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds:.0f} s); best epoch {best['epoch']}: "
           f"{summary}")
+    if result.box_head is not None:
+        head = result.box_head
+        print(f"box head: fitted for {head['epochs']} epochs on {head['phrases']:,} phrases of {head['images']:,} "
+              f"images in {head['seconds']:.0f} s (`groundex eval grounding --split val --tune` chooses it or the "
+              "heatmap)")
     print(f"model {result.model_id} -> {result.model_path} ({result.trainable_params:,} of "
           f"{result.total_params:,} parameters trained)")
     return 0

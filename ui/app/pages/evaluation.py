@@ -15,7 +15,8 @@ if not any(runs.values()):
 
 def _other_boxes(result: dict) -> str:
     """The box path the evaluation did not choose (a model with a box head has both), as any-box / merged-box."""
-    for key, name in (("heatmap_boxes", "heatmap"), ("box_head_boxes", "box head")):
+    for key, name in (("heatmap_path", "heatmap"), ("box_head_path", "box head"),
+                      ("heatmap_boxes", "heatmap"), ("box_head_boxes", "box head")):  # the last two: older runs
         if key in result:
             return f"{name}: {result[key]['box_acc@0.5']:.1f} / {result[key]['box_acc@0.5_merged']:.1f}"
     return ""
