@@ -150,7 +150,7 @@ def train_once(base: Path, root: Path, device: torch.device, precision: str, arg
     t = time.perf_counter()
     result = train(Workdir(root), TrainConfig(device=str(device), precision=precision, epochs=args.epochs,
                                               batch_size=args.batch_size, seed=args.seed, progress=False,
-                                              workers=args.workers))
+                                              workers=args.workers, box_head_epochs=0))  # the towers only
     sync(device)
     wall = time.perf_counter() - t
     history = result.history

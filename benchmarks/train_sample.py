@@ -60,7 +60,8 @@ def main() -> None:
     overrides = dict(item.split("=", 1) for item in args.set)
     config = TrainConfig(minutes=args.minutes, epochs=1000, progress=False,
                          **{k: _value(v) for k, v in overrides.items()})
-    base = TrainConfig(**{**dataclasses.asdict(config), "minutes": None, "epochs": 1, "lr": 0.0})
+    base = TrainConfig(**{**dataclasses.asdict(config), "minutes": None, "epochs": 1, "lr": 0.0,
+                          "box_head_epochs": 0})  # the init's recall only
     for item in args.arch:
         key, value = item.split("=", 1)
         PRESET_EXTRAS["groundex-tiny"][key] = json.loads(value)

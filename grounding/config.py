@@ -22,8 +22,9 @@ class GroundingConfig:
     min_box_area: float = 0.01   # extra boxes smaller than this fraction of the image are dropped
     head_threshold: float = 0.8  # box head: cells at or above this (normalized, with the prior) also draw boxes
     nms_iou: float = 0.5         # box head: a box overlapping a better one this much (IoU) is dropped
-    boxes: str = "auto"          # head | heatmap | auto (the box head when the model has one); tuning picks the
-    #                              head only where it beats the heatmap on val (box acc@0.5, any-box)
+    boxes: str = "auto"          # head | heatmap | auto (the box head when the model has one): what points and draws
+    #                              the boxes; tuning serves the one whose boxes score higher on val (the mean of
+    #                              any-box and merged-box box acc@0.5)
     tuned_on: str | None = None  # the split the parameters were chosen on (None: defaults)
 
     def __post_init__(self) -> None:

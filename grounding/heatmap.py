@@ -16,11 +16,12 @@ The method (parameters in `GroundingConfig`, chosen on `val` by `grounding.tune`
    component holding the maximum gives the top box (its bounding box), further components the next
    ones, by peak, up to `max_boxes`, ignoring those smaller than `min_box_area` of the image.
    Each box's score is the highest raw cosine similarity inside it, so scores compare across images.
-6. **The box head** (a model trained with boxes, `indexer/box_head.py`), in place of 1 to 5: its scores of the cells
-   replace the cosine map in steps 2 to 4 (the point); the cell holding the point draws the top box; every other
-   cell at or above `head_threshold` on the cell-level normalized scores (with the prior) draws one too, best first;
-   boxes overlapping a better one by `nms_iou` or more are dropped (non-maximum suppression), up to `max_boxes`.
-   Several instances ("two men") get a box each. Each box's score is the cosine similarity of its cell.
+6. **The box head** (fitted by `groundex train` when the data has boxes, `indexer/box_head.py`), in place of 1 to
+   5: its scores of the cells replace the cosine map in steps 2 to 4 (the point); the cell holding the point draws
+   the top box; every other cell at or above `head_threshold` on the cell-level normalized scores (with the prior)
+   draws one too, best first; boxes overlapping a better one by `nms_iou` or more are dropped (non-maximum
+   suppression), up to `max_boxes`. Several instances ("two men") get a box each. Each box's score is the cosine
+   similarity of its cell.
 """
 
 from __future__ import annotations

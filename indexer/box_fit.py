@@ -16,6 +16,7 @@ On the real sample (docs/grounding.md, "The box head") the fit takes about two m
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from warehouse import GroundingRow
+from warehouse import GroundingRow, InputError
 
 from .box_head import BoxHead, box_targets, head_losses
 from .data import PixelCache
@@ -37,17 +38,31 @@ __all__ = ["BoxFitConfig", "fit_box_head"]
 
 @dataclass
 class BoxFitConfig:
-    epochs: int = 6                 # passes over the images (each view); unused with `seconds`
+    epochs: int = 20                # passes over the images (each view); unused with `seconds`
     seconds: float | None = None    # wall-clock budget for the whole fit (embedding included); None: `epochs`
     per_image: int = 4              # phrases of an image per step, drawn anew each epoch
     batch_images: int = 64          # images per step
     lr: float = 3e-3
     weight_decay: float = 0.01
     warmup: float = 0.05            # fraction of the schedule
-    box_weight: float = 1.0         # box loss against the pointing loss
+    box_loss_weight: float = 1.0    # the box loss against the pointing loss
     max_images: int = 20_000        # images embedded (at random beyond that): memory stays bounded
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "per_image", "batch_images", "max_images"):
+            if getattr(self, name) < 1:
+                raise InputError(f"box head: {name} must be >= 1, got {getattr(self, name)}")
+        if self.seconds is not None and self.seconds <= 0:
+            raise InputError(f"box head: seconds must be > 0, got {self.seconds}")
+        if self.lr <= 0 or self.box_loss_weight < 0:
+            raise InputError(f"box head: lr must be > 0 and box_loss_weight >= 0, got {self.lr}, "
+                             f"{self.box_loss_weight}")
+
+
+# "his left hand" is the right hand of the mirrored image: such phrases train on the image as it is only
+SIDED = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
 
 @torch.no_grad()
@@ -73,11 +88,12 @@ def _embed(model, cache: PixelCache, image_ids: Sequence[int], texts: Sequence[s
 
 
 def fit_box_head(model, cache: PixelCache, rows: Sequence[GroundingRow], config: BoxFitConfig | None = None,
-                 device: torch.device | str | None = None) -> tuple[BoxHead, dict[str, Any]]:
+                 device: torch.device | str | None = None) -> tuple[BoxHead | None, dict[str, Any]]:
     """A head fitted to `model`'s embeddings of `rows` (phrases with boxes; scene phrases too: their boxes are
     what a person draws for "the street"); `cache` holds the rows' images at the model's input size.
 
-    Returns the head (in eval mode, on `device`) and what the fit measured."""
+    Returns the head (in eval mode, on `device`) and what the fit measured; with a time budget that embedding the
+    images leaves no time to fit in, no head (None, with a warning) rather than an untrained one."""
     from .train import lr_factor
 
     config = config or BoxFitConfig()
@@ -104,15 +120,23 @@ def fit_box_head(model, cache: PixelCache, rows: Sequence[GroundingRow], config:
     starts = np.searchsorted(row_image[order], np.arange(len(image_ids)))
     ends = np.searchsorted(row_image[order], np.arange(len(image_ids)), side="right")
     targets = [box_targets([r.boxes for r in rows], model.patch_grid, flip=flip) for flip in (False, True)]
+    sided = torch.tensor([bool(SIDED.search(r.text)) for r in rows])
+    targets[1][0][sided] = False  # no loss on the mirrored view for them
 
-    torch.manual_seed(config.seed)
-    head = BoxHead(model.embed_dim, model.patch_grid).to(device)
+    train_s = None if config.seconds is None else config.seconds - (time.perf_counter() - started)
+    stats: dict[str, Any] = {"images": len(image_ids), "phrases": len(rows), "embed_seconds": round(embed_s, 1)}
+    if train_s is not None and train_s < 0.1 * config.seconds:
+        _logger.warning("no box head: embedding %d images took %.0f s of its %.0f s (give it more time: "
+                        "--box-head-minutes)", len(image_ids), embed_s, config.seconds)
+        return None, {**stats, "epochs": 0, "steps": 0, "seconds": round(time.perf_counter() - started, 1)}
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        torch.manual_seed(config.seed)
+        head = BoxHead(model.embed_dim, model.patch_grid).to(device)
     head.train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches_per_view = -(-len(image_ids) // config.batch_images)
     steps_per_epoch = 2 * batches_per_view
     total_steps = config.epochs * steps_per_epoch
-    train_s = None if config.seconds is None else max(config.seconds - (time.perf_counter() - started), 0.0)
     bar = tqdm(total=total_steps if train_s is None else round(train_s), unit="step" if train_s is None else "s",
                desc="box head", disable=not config.progress, leave=False)
     step, epoch, losses = 0, 0, []
@@ -121,7 +145,12 @@ def fit_box_head(model, cache: PixelCache, rows: Sequence[GroundingRow], config:
     def progress() -> float:
         if train_s is None:
             return step / total_steps
-        return (time.perf_counter() - train_started) / max(train_s, 1e-9)
+        if step < 5:  # too early to tell how long an epoch takes
+            return 0.0
+        elapsed = time.perf_counter() - train_started
+        # the schedule spans at least one epoch (estimated from the steps so far): a budget shorter than that
+        # still ends with a decayed learning rate, one epoch late, rather than training most of it at zero
+        return elapsed / max(train_s, elapsed / step * steps_per_epoch)
 
     out_of_time = False
     while (train_s is not None or epoch < config.epochs) and not out_of_time:
@@ -140,7 +169,7 @@ def fit_box_head(model, cache: PixelCache, rows: Sequence[GroundingRow], config:
             scores, boxes = head(views[view, images].to(device).float(), phrases[row_text[chosen]].to(device),
                                  image_of.to(device))
             pointing, box = head_losses(scores, boxes, inside.to(device), cell_targets.to(device))
-            loss = pointing + config.box_weight * box
+            loss = pointing + config.box_loss_weight * box
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -151,15 +180,14 @@ def fit_box_head(model, cache: PixelCache, rows: Sequence[GroundingRow], config:
             else:
                 bar.n = min(round(time.perf_counter() - train_started), bar.total)
                 bar.refresh()
-                if progress() >= 1.0 and epoch >= 1:  # the budget is spent (after one epoch at least)
+                if progress() >= 1.0 and step >= steps_per_epoch:  # the budget is spent (one epoch at least)
                     out_of_time = True
                     break
         epoch += 1
     bar.close()
     head.eval()
     tail = np.mean(losses[-max(1, steps_per_epoch // 2):], axis=0)
-    stats = {"epochs": epoch, "steps": step, "images": len(image_ids), "phrases": len(rows),
-             "embed_seconds": round(embed_s, 1), "seconds": round(time.perf_counter() - started, 1),
-             "pointing_loss": round(float(tail[0]), 4), "box_loss": round(float(tail[1]), 4)}
+    stats.update(epochs=round(step / steps_per_epoch, 2), steps=step, seconds=round(time.perf_counter() - started, 1),
+                 pointing_loss=round(float(tail[0]), 4), box_loss=round(float(tail[1]), 4))
     _logger.info("box head fitted: %s", stats)
     return head, stats

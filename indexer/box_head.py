@@ -22,6 +22,7 @@ from stored vectors without the image tower. It is fitted after contrastive trai
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -30,6 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from warehouse import InputError
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["BoxHead", "BOX_HEAD_FILE", "box_targets", "cell_centres", "generalized_iou", "head_losses",
            "load_box_head"]
@@ -95,8 +98,8 @@ class BoxHead(nn.Module):
             features, patches = features[image_of], patches[image_of]
         n = len(phrases)
         sims = torch.einsum("npd,nd->np", patches, phrases)  # (N, P) the heatmap
-        scale, shift = self.film(phrases).chunk(2, dim=-1)
-        x = features * (1 + scale[..., None, None]) + shift[..., None, None]
+        gamma, beta = self.film(phrases).chunk(2, dim=-1)  # FiLM: a scale and a shift per channel
+        x = features * (1 + gamma[..., None, None]) + beta[..., None, None]
         relative = sims - sims.max(dim=1, keepdim=True).values
         x = torch.cat([x, (10 * sims).reshape(n, 1, gh, gw), (10 * relative).reshape(n, 1, gh, gw)], dim=1)
         x = F.gelu(self.phrase_in(x))
@@ -142,10 +145,13 @@ def load_box_head(folder: Path, device: torch.device | str = "cpu") -> BoxHead |
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise InputError(f"{path}: a box head from an earlier groundex (format {meta.get('format', '1')}, this "
-                             f"one reads {FORMAT}); train the model again, or delete the file to ground with the "
-                             "heatmap")
+    except (OSError, SafetensorError) as e:
+        raise InputError(f"{path}: not a box head this groundex can read ({e})") from None
+    if meta.get("format") != FORMAT:  # the model stays usable: it grounds with the heatmap, as one without a head
+        _logger.warning("%s: a box head from an earlier groundex (format %s; this one reads %s) is ignored: grounding "
+                        "uses the heatmap. Train the model again for a head.", path, meta.get("format", "1"), FORMAT)
+        return None
+    try:
         gh, gw = (int(n) for n in meta["grid"].split("x"))
         state = load_file(str(path))
         head = BoxHead(state["embed.weight"].shape[1], (gh, gw), hidden=int(meta["hidden"]),
@@ -175,22 +181,24 @@ def box_targets(boxes: list[list[tuple[float, float, float, float]]], grid: tupl
     mirrored image): (N, P) bool, the cells whose centre lies inside one of its boxes, and (N, P, 4) the box each
     such cell regresses (the smallest holding it: with two people, each cell draws its own person)."""
     centres = cell_centres(grid)
-    cells = len(centres)
-    inside = torch.zeros(len(boxes), cells, dtype=torch.bool)
-    targets = torch.zeros(len(boxes), cells, 4)
+    most = max((len(b) for b in boxes), default=0)
+    if most == 0:
+        return torch.zeros(len(boxes), len(centres), dtype=torch.bool), torch.zeros(len(boxes), len(centres), 4)
+    padded = torch.zeros(len(boxes), most, 4)  # (N, M, 4); padding is an empty box at the origin
+    present = torch.zeros(len(boxes), most, dtype=torch.bool)
     for k, phrase_boxes in enumerate(boxes):
-        if not phrase_boxes:
-            continue
-        b = torch.tensor(phrase_boxes, dtype=torch.float32).reshape(-1, 4)
-        if flip:
-            b = torch.stack([1 - b[:, 2], b[:, 1], 1 - b[:, 0], b[:, 3]], dim=1)
-        x, y = centres[:, None, 0], centres[:, None, 1]
-        holds = (x >= b[:, 0]) & (x <= b[:, 2]) & (y >= b[:, 1]) & (y <= b[:, 3])  # (P, boxes)
-        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-        smallest = torch.where(holds, area, torch.full_like(area, float("inf"))).argmin(dim=1)
-        inside[k] = holds.any(dim=1)
-        targets[k] = b[smallest]
-    return inside, targets
+        if phrase_boxes:
+            padded[k, :len(phrase_boxes)] = torch.tensor(phrase_boxes, dtype=torch.float32).reshape(-1, 4)
+            present[k, :len(phrase_boxes)] = True
+    if flip:
+        padded = torch.stack([1 - padded[..., 2], padded[..., 1], 1 - padded[..., 0], padded[..., 3]], dim=-1)
+    x, y = centres[None, :, None, 0], centres[None, :, None, 1]  # (1, P, 1)
+    b = padded[:, None]  # (N, 1, M, 4)
+    holds = (x >= b[..., 0]) & (x <= b[..., 2]) & (y >= b[..., 1]) & (y <= b[..., 3]) & present[:, None]  # (N, P, M)
+    area = (padded[..., 2] - padded[..., 0]) * (padded[..., 3] - padded[..., 1])  # (N, M)
+    smallest = torch.where(holds, area[:, None], torch.full_like(holds, float("inf"), dtype=area.dtype)).argmin(-1)
+    targets = torch.gather(padded, 1, smallest[..., None].expand(-1, -1, 4))  # (N, P, 4)
+    return holds.any(dim=-1), targets
 
 
 def head_losses(scores: torch.Tensor, boxes: torch.Tensor, inside: torch.Tensor, targets: torch.Tensor

@@ -452,7 +452,8 @@ def _loop(run: _TrainRun, previous: Path | None, run_id: int) -> TrainResult:
     clock = _Clock(time.perf_counter() - state.elapsed, budget)
     generator = torch.Generator()
     out_of_time = False
-    while state.epoch < config.epochs and not out_of_time:
+    # (a run resumed after its budget ran out, e.g. while fitting the head, trains no further epoch)
+    while state.epoch < config.epochs and not out_of_time and not clock.out_of_time():
         stats, out_of_time = _train_epoch(run, state, clock, generator)
         state.epoch += 1
         _end_epoch(run, state, clock, stats)
@@ -461,32 +462,35 @@ def _loop(run: _TrainRun, previous: Path | None, run_id: int) -> TrainResult:
     model_id, model_path = state.best_model
     head_stats = None
     if run.data.head_rows:  # an interrupted fit is redone on resume: the epochs' state is saved above
-        (model_id, model_path), head_stats = _fit_box_head(run, state, head_s)
+        model_id, model_path, head_stats = _fit_box_head(run, state, head_s)
     RunState(folder.parent).finish(model_id=model_id)
     seconds = round(clock.elapsed(), 1)
     return TrainResult(run_id, model_id, model_path, state.epoch, state.step, seconds, state.best, state.history,
                        run.trainable, run.total, head_stats)
 
 
-def _fit_box_head(run: _TrainRun, state: _LoopState, seconds: float | None
-                  ) -> tuple[tuple[str, str], dict[str, Any]]:
+def _fit_box_head(run: _TrainRun, state: _LoopState, seconds: float | None) -> tuple[str, str, dict[str, Any] | None]:
     """The kept checkpoint with a grounding head fitted to its frozen embeddings (indexer/box_fit.py), stored as a
-    model of its own (the head is one of the model's hashed files); returns its (id, path) and the fit's figures."""
+    model of its own (the head is one of the model's hashed files); returns its id, its path and the fit's figures
+    (the kept checkpoint itself and None when the budget left no time to fit one)."""
     from .models import load_checkpoint
 
     config = run.config
     model = load_checkpoint(Path(state.best_model[1]), run.device)
-    fit = BoxFitConfig(epochs=config.box_head_epochs, seconds=seconds, seed=config.seed, progress=config.progress)
+    fit = BoxFitConfig(epochs=max(config.box_head_epochs, 1), seconds=seconds, seed=config.seed,
+                       progress=config.progress)
     model.box_head, stats = fit_box_head(model, run.data.eval_cache, run.data.head_rows, fit, run.device)
+    if model.box_head is None:
+        return *state.best_model, None
     if config.progress:
         tqdm.write(f"box head: {stats['epochs']} epochs over {stats['images']:,} images and {stats['phrases']:,} "
                    f"phrases in {stats['seconds']:.0f} s")
-    model.spec.extra = {**(model.spec.extra or {}), "box_head_epochs": stats["epochs"]}
+    model.spec.extra = {**(model.spec.extra or {}), "box_head_steps": stats["steps"]}
     artefact = store_model(run.workdir, model, source="trained", parent_id=run.parent, run_id=state.run_id,
                            metrics=(state.best or {}).get("val", {}), mode=config.mode,
                            trainable_params=run.trainable, total_params=run.total, data=run.data_summary,
                            box_head=stats)
-    return (artefact.id, str(artefact.path)), stats
+    return artefact.id, str(artefact.path), stats
 
 
 def _train_epoch(run: _TrainRun, state: _LoopState, clock: _Clock, generator: torch.Generator

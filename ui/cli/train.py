@@ -54,8 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "epochs, when the split has phrases with boxes; 0: no head, boxes come from the heatmap "
                         "(default: %(default)s)")
     p.add_argument("--box-head-minutes", type=float, default=d.box_head_minutes,
-                   help="with --minutes, the head's share of the budget, fitted by time (at most half of it; "
-                        "default: %(default)s)")
+                   help="with --minutes, the head's share of the budget (at most half of it), fitted by time: "
+                        "--box-head-epochs then only turns it on or off (default: %(default)s)")
     add_precision(p, d.precision)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's (default: %(default)s)")
     p.add_argument("--train-split", default=d.train_split, help="split to train on (default: %(default)s)")

@@ -57,7 +57,8 @@ if grounding:
                    "boxes from": r["result"].get("boxes_from", "heatmap"),
                    "other path's any-box / merged-box": _other_boxes(r["result"])}
                   for r in grounding], hide_index=True, width="stretch")
-    st.caption("Pointing game: the heatmap's peak inside one of the phrase's boxes (no tolerance; 15 px: Zhang et "
+    st.caption("Pointing game: the peak of the box head's scores (or of the heatmap, for a model without a head or "
+               "when the heatmap serves) inside one of the phrase's boxes (no tolerance; 15 px: Zhang et "
                "al.'s). Box accuracy at IoU 0.5 of the top box: any-box counts any one of the phrase's boxes "
                "(MDETR's ANY-BOX); merged-box their enclosing box (Plummer et al.'s protocol, MDETR's MERGED-BOX).")
     by_type = pd.DataFrame([{"model": r["result"]["model_id"][:8], "type": t, "pointing game": v["pointing_game"],
