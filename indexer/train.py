@@ -473,9 +473,14 @@ def _fit_box_head(run: _TrainRun, state: _LoopState, seconds: float | None) -> t
     """The kept checkpoint with a grounding head fitted to its frozen embeddings (indexer/box_fit.py), stored as a
     model of its own (the head is one of the model's hashed files); returns its id, its path and the fit's figures
     (the kept checkpoint itself and None when the budget left no time to fit one)."""
+    from .model_store import remove_model
     from .models import load_checkpoint
 
     config = run.config
+    if not Path(state.best_model[1]).is_dir():  # a resumed run whose head was stored before it was interrupted
+        with Catalog.open(run.workdir, read_only=True) as catalog:
+            latest = catalog.model(None)
+        return latest.id, str(latest.path), None
     model = load_checkpoint(Path(state.best_model[1]), run.device)
     fit = BoxFitConfig(epochs=max(config.box_head_epochs, 1), seconds=seconds, seed=config.seed,
                        progress=config.progress)
@@ -490,6 +495,8 @@ def _fit_box_head(run: _TrainRun, state: _LoopState, seconds: float | None) -> t
                            metrics=(state.best or {}).get("val", {}), mode=config.mode,
                            trainable_params=run.trainable, total_params=run.total, data=run.data_summary,
                            box_head=stats)
+    if artefact.id != state.best_model[0]:  # the checkpoint without the head is an intermediate: one model a run
+        remove_model(run.workdir, state.best_model[0])
     return artefact.id, str(artefact.path), stats
 
 

@@ -294,7 +294,7 @@ def test_ground_a_phrase_in_one_image_and_across_the_collection(client):
     assert g["image_id"] == hit["image_id"] and "path" not in g and g["url"].endswith("/thumbnail")
     assert 0 <= g["point"][0] <= g["width"] and 0 <= g["point"][1] <= g["height"] and g["boxes"]
     heatmap = np.array(g["heatmap"])
-    assert heatmap.ndim == 2 and np.isclose(heatmap.max(), g["score"], atol=1e-3)
+    assert heatmap.ndim == 2 and -1 <= g["score"] <= 1  # the box head's scores; the score is a cosine
     png = image_bytes((120, 90), (30, 30, 200), fmt="PNG")
     upload = client.post("/ground", json={"phrase": "a blue square", "image": base64.b64encode(png).decode()})
     [u] = upload.json()["results"]
