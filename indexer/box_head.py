@@ -22,6 +22,7 @@ from stored vectors without the image tower. It is fitted after contrastive trai
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -38,6 +39,7 @@ __all__ = ["BoxHead", "BOX_HEAD_FILE", "box_targets", "cell_centres", "generaliz
            "load_box_head"]
 
 BOX_HEAD_FILE = "box_head.safetensors"
+META_KEY = "groundex_box_head"  # the metadata: one JSON string (see BoxHead.save)
 FORMAT = "2"  # format 1 (a per-cell MLP trained jointly with the backbone) is no longer read: retrain
 
 
@@ -130,9 +132,10 @@ class BoxHead(nn.Module):
 
     def save(self, folder: Path) -> None:
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(Path(folder) / BOX_HEAD_FILE),
-                  metadata={"format": FORMAT, "grid": f"{self.grid[0]}x{self.grid[1]}",
-                            **{k: str(v) for k, v in self.sizes.items()}})
+        meta = {"format": FORMAT, "grid": f"{self.grid[0]}x{self.grid[1]}", **self.sizes}
+        # one key: safetensors writes its metadata map in an order that changes from process to process, and the
+        # file's bytes are part of the model's hash (the same head must make the same model)
+        save_file(tensors, str(Path(folder) / BOX_HEAD_FILE), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
 
 
 def load_box_head(folder: Path, device: torch.device | str = "cpu") -> BoxHead | None:
@@ -145,7 +148,8 @@ def load_box_head(folder: Path, device: torch.device | str = "cpu") -> BoxHead |
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except (OSError, SafetensorError) as e:
+        meta = json.loads(meta[META_KEY]) if META_KEY in meta else meta
+    except (OSError, SafetensorError, ValueError) as e:
         raise InputError(f"{path}: not a box head this groundex can read ({e})") from None
     if meta.get("format") != FORMAT:  # the model stays usable: it grounds with the heatmap, as one without a head
         _logger.warning("%s: a box head from an earlier groundex (format %s; this one reads %s) is ignored: grounding "

@@ -34,6 +34,10 @@ def test_an_untrained_head_points_like_the_heatmap_draws_each_cell_and_round_tri
     assert loaded.grid == (4, 4) and loaded.sizes == head.sizes
     for a, b in zip(loaded.predict(patches, phrases), head.predict(patches, phrases), strict=True):
         assert torch.allclose(a, b)
+    written = (tmp_path / "box_head.safetensors").read_bytes()
+    for _ in range(5):  # the file is part of the model's hash: the same head is always the same bytes
+        head.save(tmp_path)
+        assert (tmp_path / "box_head.safetensors").read_bytes() == written
     assert load_box_head(tmp_path / "elsewhere") is None  # a model without a head: grounding uses the heatmap
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "box_head.safetensors").write_bytes(b"not a safetensors file")
