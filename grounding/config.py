@@ -25,6 +25,8 @@ class GroundingConfig:
     boxes: str = "auto"          # head | heatmap | auto (the box head when the model has one): what points and draws
     #                              the boxes; tuning serves the one whose boxes score higher on val (the mean of
     #                              any-box and merged-box box acc@0.5)
+    rank_global: float = 0.25    # region search ranks images by best patch cosine + rank_global x the image's global
+    #                              cosine (0: the best patch alone); benchmarks/region_rank.py, docs/grounding.md
     tuned_on: str | None = None  # the split the parameters were chosen on (None: defaults)
 
     def __post_init__(self) -> None:
@@ -35,6 +37,8 @@ class GroundingConfig:
         for name in ("threshold", "head_threshold", "nms_iou"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.rank_global < 0:
+            raise InputError(f"rank_global must be >= 0, got {self.rank_global}")
         if self.center_prior < 0 or self.prior_sigma <= 0:
             raise InputError("center_prior must be >= 0 and prior_sigma > 0")
 

@@ -18,7 +18,7 @@ P x (code + id) bytes per image in RAM (P = 64 cells for `tiny`, 40 bytes each w
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,8 @@ class Grounding:
     # the part of the image the heatmap covers (x1, y1, x2, y2); None: all of it. A "center-crop" model's
     # patch grid covers the central square only (indexer.data.crop_window)
     window: tuple[float, float, float, float] | None = None
+    # region search: the image's global cosine with the phrase (images rank by score + rank_global x image_score)
+    image_score: float | None = None
 
     @property
     def heatmap_window(self) -> tuple[float, float, float, float]:
@@ -78,6 +80,8 @@ class Grounding:
                "boxes": [{"x1": round(b.x1, 1), "y1": round(b.y1, 1), "x2": round(b.x2, 1), "y2": round(b.y2, 1),
                           "score": round(b.score, 4)} for b in self.boxes],
                "captions": self.captions, "window": [round(v, 1) for v in self.heatmap_window]}
+        if self.image_score is not None:
+            out["image_score"] = round(self.image_score, 4)
         if heatmap:
             out["heatmap"] = np.round(self.heatmap, 4).tolist()
         return out
@@ -180,7 +184,11 @@ class Grounder:
             if method == "auto":
                 method = "patch-index" if self.searcher.has_index("patch", catalog) else "two-stage"
             if method == "patch-index":
-                candidates = self._patch_candidates(vector, k, self.searcher.allowed_images(where, catalog), catalog)
+                allowed = self.searcher.allowed_images(where, catalog)
+                candidates = self._patch_candidates(vector, k, allowed, catalog)
+                if self.config.rank_global > 0:  # the images nearest overall are candidates too
+                    nearest, _ = self.searcher.nearest_images(vector, RERANK_IMAGES, catalog=catalog, allowed=allowed)
+                    candidates = np.union1d(candidates, nearest)
             else:
                 if shortlist < k:
                     raise InputError(f"the shortlist ({shortlist}) must hold at least k ({k}) images")
@@ -193,9 +201,18 @@ class Grounder:
                 raise FileNotFoundError(f"model {self.model_id} has no stored patch embeddings; run `groundex "
                                         "index` with patches (the default)") from None
             best = (patches @ vector).max(axis=1)  # (n,) exact: each candidate's best patch
-            top = np.argsort(-best, kind="stable")[:k]
+            overall = self._image_cosines(ids, vector, catalog) if self.config.rank_global > 0 else None
+            rank = best if overall is None else best + self.config.rank_global * overall
+            top = np.argsort(-rank, kind="stable")[:k]
             details = catalog.image_details(ids[top])
-        return [self._grounding(phrase, vector, patches[t], int(ids[t]), details[int(ids[t])]) for t in top]
+        return [replace(self._grounding(phrase, vector, patches[t], int(ids[t]), details[int(ids[t])]),
+                        image_score=None if overall is None else float(overall[t])) for t in top]
+
+    def _image_cosines(self, ids: np.ndarray, vector: np.ndarray, catalog: Catalog) -> np.ndarray:
+        """(n,) the global embedding's cosine with `vector` of each image of `ids` (0 where one is missing)."""
+        found, vectors = load_embeddings(self.workdir, self.model_id, "image", ids, catalog)
+        cosine = dict(zip(found.tolist(), (vectors @ vector).tolist(), strict=True))
+        return np.array([cosine.get(int(i), 0.0) for i in ids], dtype=np.float32)
 
     def _patch_candidates(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, catalog: Catalog
                           ) -> np.ndarray:

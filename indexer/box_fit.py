@@ -30,6 +30,7 @@ from warehouse import GroundingRow, InputError
 
 from .box_head import BoxHead, box_targets, head_losses
 from .data import PixelCache
+from .schedule import lr_factor
 
 _logger = logging.getLogger(__name__)
 
@@ -94,8 +95,6 @@ def fit_box_head(model, cache: PixelCache, rows: Sequence[GroundingRow], config:
 
     Returns the head (in eval mode, on `device`) and what the fit measured; with a time budget that embedding the
     images leaves no time to fit in, no head (None, with a warning) rather than an untrained one."""
-    from .train import lr_factor
-
     config = config or BoxFitConfig()
     started = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device

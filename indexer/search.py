@@ -189,11 +189,12 @@ class Searcher:
         with self.reading(catalog) as c:
             return np.array(c.image_ids_where(where), dtype=np.int64)
 
-    def nearest_images(self, vector: np.ndarray, k: int, where: Where = None,
-                       catalog: Catalog | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores) of the k images nearest to an embedding, among those matching `where`."""
+    def nearest_images(self, vector: np.ndarray, k: int, where: Where = None, catalog: Catalog | None = None,
+                       allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of the k images nearest to an embedding, among those matching `where` (or, instead, among
+        `allowed`: the ids a `where` already selected)."""
         with self.reading(catalog) as c:
-            return self._search("image", vector, k, self.allowed_images(where, c), c)
+            return self._search("image", vector, k, allowed if where is None else self.allowed_images(where, c), c)
 
     def vector_to_image(self, vector: np.ndarray, k: int = 10, where: Where = None) -> list[Hit]:
         """The k images (matching `where`) nearest to an embedding of this model's space (normalized here)."""

@@ -55,6 +55,7 @@ from .evaluate import recall_at_k
 from .model_store import store_model
 from .models import GroundexModel, TrackedPatchDropout, create_model
 from .phrase_region_loss import RegionTable, patch_coverage, pointing_for_eval, region_losses
+from .schedule import lr_factor
 from .tokenizer import WordTokenizer, tokenizer_from_json
 
 _logger = logging.getLogger(__name__)
@@ -160,14 +161,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
         groups.setdefault(plain, []).append(p)
     return [{"params": params, "weight_decay": 0.0 if plain else weight_decay}
             for plain, params in sorted(groups.items())]
-
-
-def lr_factor(progress: float, warmup: float, floor: float) -> float:
-    """Linear warmup to 1, then cosine to `floor`; `progress` in [0, 1]."""
-    if progress < warmup:
-        return max(progress / warmup, 1e-3)
-    t = min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def apply_mode(model: GroundexModel, mode: str, lora_rank: int) -> None:

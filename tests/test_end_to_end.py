@@ -1,6 +1,7 @@
 """Synthetic scenes -> train tiny (global + phrase-region objectives) -> index -> search, ground -> eval:
 quality far above chance and the baselines, and the search and grounding APIs."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -108,16 +109,31 @@ def test_region_search_agrees_with_exact_patch_scoring_and_single_image_groundin
     grounder = Grounder(workdir)
     results = grounder.search("a black dog", k=5, where="split = 'val'")
     assert len(results) == 5 and {g.split for g in results} == {"val"}
-    assert [g.score for g in results] == sorted((g.score for g in results), reverse=True)
+    weight = grounder.config.rank_global  # the default ranks by the best patch plus a little of the global cosine
+    assert 0 < weight < 1
+    rank = [g.score + weight * g.image_score for g in results]
+    assert rank == sorted(rank, reverse=True)
     for g in results:
         assert all(0 <= b.x1 < b.x2 <= g.width and 0 <= b.y1 < b.y2 <= g.height for b in g.boxes)
-    # the exact answer: the images whose best patch scores highest; the patch index (exact at this size)
-    # finds it, and so does two-stage with a shortlist of every image
+    # the exact answer: the images whose best patch scores highest (plus `rank_global` x their global cosine when
+    # that is set); the patch index (exact at this size; with rank_global, with the images nearest overall) finds
+    # it, and so does two-stage with a shortlist of every image
+    query = grounder.searcher.text_vector("a black dog")
     ids, patches = load_embeddings(workdir, grounder.model_id, "patch")
-    best = (patches @ grounder.searcher.text_vector("a black dog")).max(axis=1)
-    exact = ids[np.argsort(-best, kind="stable")[:5]].tolist()
-    assert [g.image_id for g in grounder.search("a black dog", k=5, method="patch-index")] == exact
-    assert [g.image_id for g in grounder.search("a black dog", k=5, method="two-stage", shortlist=len(ids))] == exact
+    image_ids, images = load_embeddings(workdir, grounder.model_id, "image")
+    assert image_ids.tolist() == ids.tolist()
+    best = (patches @ query).max(axis=1)
+    default = grounder.config
+    for weight in (0.0, default.rank_global, 1.0):
+        grounder.config = replace(default, rank_global=weight)
+        exact = ids[np.argsort(-(best + weight * (images @ query)), kind="stable")[:5]].tolist()
+        found = grounder.search("a black dog", k=5, method="patch-index")
+        assert [g.image_id for g in found] == exact
+        assert [g.image_id for g in grounder.search("a black dog", k=5, method="two-stage",
+                                                    shortlist=len(ids))] == exact
+        assert all((g.image_score is None) == (weight == 0) for g in found)
+    assert exact != ids[np.argsort(-best, kind="stable")[:5]].tolist()  # the global cosine changed the ranking
+    grounder.config = default
     two_stage = grounder.search("a black dog", k=5, where="split = 'val'", method="two-stage")
     assert {g.split for g in two_stage} == {"val"} and len(two_stage) == 5
     # one image by id gives the same grounding as the search did
@@ -133,6 +149,10 @@ def test_region_search_agrees_with_exact_patch_scoring_and_single_image_groundin
         assert [r["rank"] for r in catalog.regions("a black dog")] == [1, 2, 3]
     assert main(["ground", "--workdir", str(workdir.root), "a dog", "--image-id", "999999"]) == 2
     assert "not in the catalog" in capsys.readouterr().err
+    assert main(["ground", "--workdir", str(workdir.root), "a black dog", "--rank-global", "1", "--json"]) == 0
+    assert '"image_score"' in capsys.readouterr().out
+    assert main(["ground", "--workdir", str(workdir.root), "a black dog", "--rank-global", "-1"]) == 2
+    assert "--rank-global must be >= 0" in capsys.readouterr().err
     assert main(["eval", "grounding", "--workdir", str(workdir.root), "--split", "val", "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "pointing" in table and "\n  people " in table and "\n  all " in table

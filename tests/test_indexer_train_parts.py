@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from indexer.config import TrainConfig
 from indexer.evaluate import recall_at_k
-from indexer.train import CaptionTable, augment, clip_loss, lr_factor, param_groups
+from indexer.schedule import lr_factor
+from indexer.train import CaptionTable, augment, clip_loss, param_groups
 
 
 def test_clip_loss_prefers_aligned_pairs():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from ._common import UserError, add_workdir, print_json, workdir_of
@@ -16,11 +17,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "ground", help="find the region that shows a phrase (one image or the whole collection)",
         description="With --image-id or --image: the phrase's heatmap, point and boxes in that image (--out saves "
                     "an overlay PNG). Without: phrase -> region search over the collection: candidate images come "
-                    "from the index of all patch vectors (or, with --method two-stage, from the image index), "
-                    "--where filters them, every patch of each candidate is scored exactly, and the top k (image, "
-                    "box, score) come back (--out DIR saves one overlay per hit, --save stores them in the "
-                    "catalog's regions table). Boxes are in the stored image's pixels. The heatmap-to-box "
-                    "parameters are those chosen on val by `groundex eval grounding --split val --tune`.")
+                    "from the index of all patch vectors (or, with --method two-stage, from the image index), --where "
+                    "filters them, every patch of each candidate is scored exactly, images rank by their best "
+                    "patch's cosine plus W x the image's global cosine (--rank-global W; with W > 0 the images "
+                    "nearest overall are candidates too), and the top k (image, box, score) come back (--out DIR "
+                    "saves one overlay per hit, --save stores them in the catalog's regions table). Boxes are in "
+                    "the stored image's pixels. The heatmap-to-box parameters are those chosen on val by "
+                    "`groundex eval grounding --split val --tune`.")
     add_workdir(p)
     p.add_argument("phrase", help='the phrase to ground, e.g. "the man in the red jacket"')
     p.add_argument("--image-id", type=int, help="ground in this catalog image")
@@ -33,6 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shortlist", type=int, default=None,
                    help=f"two-stage: images shortlisted by the image index (default: {DEFAULT_SHORTLIST}, or k if "
                         "larger)")
+    p.add_argument("--rank-global", type=float, default=None, metavar="W",
+                   help="collection search: rank images by best patch cosine + W x the image's global cosine "
+                        "(default: the grounding config's rank_global, 0.25 unless set there; 0: the best patch alone; "
+                        "docs/grounding.md, \"Ranking images for a phrase\")")
     p.add_argument("--out", type=Path, default=None,
                    help="overlay PNG (one image), or a folder of overlays (collection search)")
     p.add_argument("--save", action="store_true", help="collection search: store the regions in the catalog")
@@ -49,10 +56,15 @@ def run(args: argparse.Namespace) -> int:
     if args.image_id is not None and args.image is not None:
         raise UserError("give at most one of --image-id and --image")
     single = args.image_id is not None or args.image is not None
-    if single and (args.where or args.save or args.shortlist is not None or args.method != "auto"):
-        raise UserError("--where, --method, --shortlist and --save are for collection search (without --image or "
-                        "--image-id)")
+    if single and (args.where or args.save or args.shortlist is not None or args.method != "auto"
+                   or args.rank_global is not None):
+        raise UserError("--where, --method, --shortlist, --rank-global and --save are for collection search (without "
+                        "--image or --image-id)")
     grounder = Grounder(workdir_of(args), args.model, device=args.device)
+    if args.rank_global is not None:
+        if args.rank_global < 0:
+            raise UserError(f"--rank-global must be >= 0, got {args.rank_global}")
+        grounder.config = replace(grounder.config, rank_global=args.rank_global)
     if single:
         results = [grounder.ground(args.phrase, args.image_id if args.image_id is not None else args.image)]
     else:
@@ -70,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     for rank, g in enumerate(results, 1):
         where = f"image {g.image_id}" if g.image_id is not None else str(g.path)
         top = g.boxes[0]
-        print(f"{rank:>3}. {g.score:.3f}  {where}  box ({top.x1:.0f}, {top.y1:.0f}, {top.x2:.0f}, {top.y2:.0f})"
+        scores = f"{g.score:.3f}" + (f" (image {g.image_score:.3f})" if g.image_score is not None else "")
+        print(f"{rank:>3}. {scores}  {where}  box ({top.x1:.0f}, {top.y1:.0f}, {top.x2:.0f}, {top.y2:.0f})"
               f"  point ({g.point[0]:.0f}, {g.point[1]:.0f})" + (f"  {g.path}" if g.image_id is not None else ""))
         for b in g.boxes[1:]:
             print(f"       also ({b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, {b.y2:.0f}) {b.score:.3f}")
