@@ -1,9 +1,10 @@
 """Phrase -> region search quality: how images are ranked for a phrase.
 
     python benchmarks/region_rank.py --workdir W [--model M] [--split val] [--queries 1000]
-                                     [--weights 0 0.5 1 2] [--out docs/results/x.json]
+                                     [--weights 0.25 0.5 1 2] [--out docs/results/x.json]
 
-The collection is the split's images, scored exactly (no index: this measures the ranking, not the search).
+The collection is the split's images with boxed phrases, scored exactly (no index: this measures the ranking, not
+the search).
 Queries are distinct phrase texts of the split (with boxes, lower-cased; at most --queries, drawn at random);
 the images relevant to a query are those with a phrase of the same text, and its boxes are where it is.
 
@@ -33,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _report import emit  # noqa: E402
 
+from grounding.heatmap import in_window  # noqa: E402
 from indexer.box_head import cell_centres, load_box_head  # noqa: E402
+from indexer.data import crop_window  # noqa: E402
 from indexer.models import load_checkpoint  # noqa: E402
 from indexer.shards import load_embeddings  # noqa: E402
 from warehouse import Catalog, Workdir  # noqa: E402
@@ -58,6 +61,7 @@ def main() -> None:
         rows = [r for r in catalog.grounding_rows(args.split) if r.boxes]
         ids, images = load_embeddings(workdir, info.id, "image", sorted({r.image_id for r in rows}), catalog)
         _, patches = load_embeddings(workdir, info.id, "patch", ids.tolist(), catalog)
+        details = catalog.image_details(ids.tolist())
     where: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))  # text -> image -> boxes
     for r in rows:
         where[r.text.lower().strip(" .")][r.image_id].extend(r.boxes)
@@ -68,7 +72,9 @@ def main() -> None:
     head = load_box_head(info.path)
     with torch.no_grad():
         queries = torch.cat([model.encode_text(texts[s:s + 256]).float() for s in range(0, len(texts), 256)]).numpy()
-    centres = cell_centres(model.patch_grid).numpy()  # (P, 2) x, y
+    centres = cell_centres(model.patch_grid).numpy()  # (P, 2) x, y of the model's input
+    window = {int(i): crop_window(int(details[int(i)]["width"]), int(details[int(i)]["height"]), model.resize)
+              for i in ids}  # the part of each image the grid covers (all of it unless center-crop)
 
     global_cos = queries @ images.T                                     # (Q, N)
     best_patch = np.stack([(patches @ q).max(axis=1) for q in queries])  # (Q, N)
@@ -92,7 +98,7 @@ def main() -> None:
                 else:
                     cell_scores = torch.einsum("npd,d->np", vectors, torch.from_numpy(queries[q]))
                 for i, cell in zip(hit_images, cell_scores.argmax(dim=1).tolist(), strict=True):
-                    x, y = centres[cell]
+                    x, y = in_window(centres[cell][None], np.asarray(window[i]))[0]
                     grounded += any(b[0] <= x <= b[2] and b[1] <= y <= b[3] for b in where[text][i]) / K
         n = len(texts)
         result["rankings"][name] = {"P@10": round(100 * p10 / n, 2), "R@10": round(100 * r10 / n, 2),

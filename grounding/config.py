@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -37,8 +38,8 @@ class GroundingConfig:
         for name in ("threshold", "head_threshold", "nms_iou"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.rank_global < 0:
-            raise InputError(f"rank_global must be >= 0, got {self.rank_global}")
+        if not (math.isfinite(self.rank_global) and self.rank_global >= 0):
+            raise InputError(f"rank_global must be a finite number >= 0, got {self.rank_global}")
         if self.center_prior < 0 or self.prior_sigma <= 0:
             raise InputError("center_prior must be >= 0 and prior_sigma > 0")
 

@@ -18,6 +18,7 @@ P x (code + id) bytes per image in RAM (P = 64 cells for `tiny`, 40 bytes each w
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,10 +172,14 @@ class Grounder:
     # -- the collection ---------------------------------------------------------------------------
 
     def search(self, phrase: str, k: int = 10, where: Where = None, shortlist: int = DEFAULT_SHORTLIST,
-               method: str = "auto") -> list[Grounding]:
-        """The k images (matching `where`) whose best patch matches `phrase` best, each grounded.
+               method: str = "auto", rank_global: float | None = None) -> list[Grounding]:
+        """The k images (matching `where`) whose best patch, plus `rank_global` (default: the config's) times the
+        image's global cosine, matches `phrase` best, each grounded.
 
         `method`: 'patch-index', 'two-stage' (with `shortlist`), or 'auto' (the patch index when there is one)."""
+        weight = self.config.rank_global if rank_global is None else float(rank_global)
+        if not (math.isfinite(weight) and weight >= 0):
+            raise InputError(f"rank_global must be a finite number >= 0, got {rank_global!r}")
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
         if method not in METHODS:
@@ -183,16 +188,19 @@ class Grounder:
         with self.searcher.reading() as catalog:  # one catalog connection for the whole query
             if method == "auto":
                 method = "patch-index" if self.searcher.has_index("patch", catalog) else "two-stage"
+            if method == "two-stage" and shortlist < k:
+                raise InputError(f"the shortlist ({shortlist}) must hold at least k ({k}) images")
+            allowed = self.searcher.allowed_images(where, catalog)
+            if allowed is not None:  # only images this model has embedded can be found and scored
+                allowed = np.array([i for i, _, _ in catalog.embedding_locations(self.model_id, "image", allowed)],
+                                   dtype=np.int64)
             if method == "patch-index":
-                allowed = self.searcher.allowed_images(where, catalog)
                 candidates = self._patch_candidates(vector, k, allowed, catalog)
-                if self.config.rank_global > 0:  # the images nearest overall are candidates too
+                if weight > 0:  # the images nearest overall are candidates too
                     nearest, _ = self.searcher.nearest_images(vector, RERANK_IMAGES, catalog=catalog, allowed=allowed)
                     candidates = np.union1d(candidates, nearest)
             else:
-                if shortlist < k:
-                    raise InputError(f"the shortlist ({shortlist}) must hold at least k ({k}) images")
-                candidates, _ = self.searcher.nearest_images(vector, shortlist, where, catalog)
+                candidates, _ = self.searcher.nearest_images(vector, shortlist, catalog=catalog, allowed=allowed)
             if len(candidates) == 0:
                 return []
             try:
@@ -201,18 +209,20 @@ class Grounder:
                 raise FileNotFoundError(f"model {self.model_id} has no stored patch embeddings; run `groundex "
                                         "index` with patches (the default)") from None
             best = (patches @ vector).max(axis=1)  # (n,) exact: each candidate's best patch
-            overall = self._image_cosines(ids, vector, catalog) if self.config.rank_global > 0 else None
-            rank = best if overall is None else best + self.config.rank_global * overall
+            overall = self._image_cosines(ids, vector, catalog) if weight > 0 else None
+            rank = best if overall is None else best + weight * overall
             top = np.argsort(-rank, kind="stable")[:k]
             details = catalog.image_details(ids[top])
         return [replace(self._grounding(phrase, vector, patches[t], int(ids[t]), details[int(ids[t])]),
                         image_score=None if overall is None else float(overall[t])) for t in top]
 
     def _image_cosines(self, ids: np.ndarray, vector: np.ndarray, catalog: Catalog) -> np.ndarray:
-        """(n,) the global embedding's cosine with `vector` of each image of `ids` (0 where one is missing)."""
+        """(n,) the global embedding's cosine with `vector` of each image of `ids` (ascending, all embedded: the
+        ids the patch embeddings were read for)."""
         found, vectors = load_embeddings(self.workdir, self.model_id, "image", ids, catalog)
-        cosine = dict(zip(found.tolist(), (vectors @ vector).tolist(), strict=True))
-        return np.array([cosine.get(int(i), 0.0) for i in ids], dtype=np.float32)
+        if found.tolist() != np.asarray(ids).tolist():
+            raise RuntimeError(f"model {self.model_id}: image and patch embeddings of the candidates disagree")
+        return (vectors @ vector).astype(np.float32)
 
     def _patch_candidates(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, catalog: Catalog
                           ) -> np.ndarray:
@@ -224,9 +234,7 @@ class Grounder:
         index = self.searcher.index("patch", catalog)
         cells = catalog.patch_cells(self.model_id)
         allowed_patches = None
-        if allowed is not None:
-            allowed = np.array([i for i, _, _ in catalog.embedding_locations(self.model_id, "image", allowed)],
-                               dtype=np.int64)  # only images this model has embedded can be scored
+        if allowed is not None:  # (images this model has embedded: `search` keeps only those)
             if len(allowed) <= RERANK_IMAGES:  # few enough to score them all exactly
                 return allowed
             allowed_patches = patch_ids(allowed, cells)

@@ -193,6 +193,8 @@ class Searcher:
                        allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) of the k images nearest to an embedding, among those matching `where` (or, instead, among
         `allowed`: the ids a `where` already selected)."""
+        if where is not None and allowed is not None:
+            raise ValueError("give `where` or `allowed`, not both")
         with self.reading(catalog) as c:
             return self._search("image", vector, k, allowed if where is None else self.allowed_images(where, c), c)
 

@@ -38,6 +38,16 @@ def test_an_untrained_head_points_like_the_heatmap_draws_each_cell_and_round_tri
     for _ in range(5):  # the file is part of the model's hash: the same head is always the same bytes
         head.save(tmp_path)
         assert (tmp_path / "box_head.safetensors").read_bytes() == written
+    from safetensors import safe_open  # ... in any process: one metadata key, whose order cannot change
+
+    with safe_open(str(tmp_path / "box_head.safetensors"), framework="pt") as f:
+        assert list(f.metadata()) == ["groundex_box_head"]
+    from safetensors.torch import save_file  # a file of this format written with a key per field still loads
+
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp_path / "box_head.safetensors"),
+              metadata={"format": "2", "grid": "4x4", **{k: str(v) for k, v in head.sizes.items()}})
+    for a, b in zip(load_box_head(tmp_path).predict(patches, phrases), head.predict(patches, phrases), strict=True):
+        assert torch.allclose(a, b)
     assert load_box_head(tmp_path / "elsewhere") is None  # a model without a head: grounding uses the heatmap
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "box_head.safetensors").write_bytes(b"not a safetensors file")

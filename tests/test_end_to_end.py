@@ -1,7 +1,6 @@
 """Synthetic scenes -> train tiny (global + phrase-region objectives) -> index -> search, ground -> eval:
 quality far above chance and the baselines, and the search and grounding APIs."""
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from indexer.pipeline import index_workdir
 from indexer.search import Searcher
 from indexer.shards import load_embeddings
 from indexer.train import train
-from warehouse import Catalog, IngestConfig, SyntheticConfig, Workdir
+from warehouse import Catalog, IngestConfig, InputError, SyntheticConfig, Workdir
 
 pytestmark = pytest.mark.slow
 
@@ -123,17 +122,16 @@ def test_region_search_agrees_with_exact_patch_scoring_and_single_image_groundin
     image_ids, images = load_embeddings(workdir, grounder.model_id, "image")
     assert image_ids.tolist() == ids.tolist()
     best = (patches @ query).max(axis=1)
-    default = grounder.config
-    for weight in (0.0, default.rank_global, 1.0):
-        grounder.config = replace(default, rank_global=weight)
+    for weight in (0.0, grounder.config.rank_global, 1.0):
         exact = ids[np.argsort(-(best + weight * (images @ query)), kind="stable")[:5]].tolist()
-        found = grounder.search("a black dog", k=5, method="patch-index")
+        found = grounder.search("a black dog", k=5, method="patch-index", rank_global=weight)
         assert [g.image_id for g in found] == exact
-        assert [g.image_id for g in grounder.search("a black dog", k=5, method="two-stage",
-                                                    shortlist=len(ids))] == exact
+        assert [g.image_id for g in grounder.search("a black dog", k=5, method="two-stage", shortlist=len(ids),
+                                                    rank_global=weight)] == exact
         assert all((g.image_score is None) == (weight == 0) for g in found)
     assert exact != ids[np.argsort(-best, kind="stable")[:5]].tolist()  # the global cosine changed the ranking
-    grounder.config = default
+    with pytest.raises(InputError, match="rank_global"):
+        grounder.search("a black dog", rank_global=float("nan"))
     two_stage = grounder.search("a black dog", k=5, where="split = 'val'", method="two-stage")
     assert {g.split for g in two_stage} == {"val"} and len(two_stage) == 5
     # one image by id gives the same grounding as the search did
@@ -152,7 +150,7 @@ def test_region_search_agrees_with_exact_patch_scoring_and_single_image_groundin
     assert main(["ground", "--workdir", str(workdir.root), "a black dog", "--rank-global", "1", "--json"]) == 0
     assert '"image_score"' in capsys.readouterr().out
     assert main(["ground", "--workdir", str(workdir.root), "a black dog", "--rank-global", "-1"]) == 2
-    assert "--rank-global must be >= 0" in capsys.readouterr().err
+    assert "--rank-global must be a finite number >= 0" in capsys.readouterr().err
     assert main(["eval", "grounding", "--workdir", str(workdir.root), "--split", "val", "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "pointing" in table and "\n  people " in table and "\n  all " in table
@@ -165,6 +163,13 @@ def test_new_split_ingested_after_training_is_indexed_and_evaluated(trained, tmp
         (extra / f"{name}.txt").write_text("")
     (extra / "test.txt").write_text("".join(f"{p.stem}\n" for p in sorted((extra / "images").iterdir())))
     warehouse.ingest_flickr30k(workdir, extra, dataset="more", config=IngestConfig(progress=False))
+    # before they are indexed, a region search filtered to the split finds its embedded images only
+    grounder = Grounder(workdir)
+    with Catalog.open(workdir, read_only=True) as catalog:
+        embedded = {i for i, _, _ in catalog.embedding_locations(grounder.model_id, "image", None)}
+    for method in ("patch-index", "two-stage"):
+        found = grounder.search("a red car", k=5, where="split = 'test'", method=method)
+        assert len(found) == 5 and {g.image_id for g in found} <= embedded, method
     report = index_workdir(workdir, split="test")
     assert report["embedded_images"] >= 60 and report["indexes"]["image"]["added"] >= 60
     metrics = evaluate_retrieval(workdir, "test")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+import math
 from pathlib import Path
 
 from ._common import UserError, add_workdir, print_json, workdir_of
@@ -60,16 +60,14 @@ def run(args: argparse.Namespace) -> int:
                    or args.rank_global is not None):
         raise UserError("--where, --method, --shortlist, --rank-global and --save are for collection search (without "
                         "--image or --image-id)")
+    if args.rank_global is not None and not (math.isfinite(args.rank_global) and args.rank_global >= 0):
+        raise UserError(f"--rank-global must be a finite number >= 0, got {args.rank_global}")
     grounder = Grounder(workdir_of(args), args.model, device=args.device)
-    if args.rank_global is not None:
-        if args.rank_global < 0:
-            raise UserError(f"--rank-global must be >= 0, got {args.rank_global}")
-        grounder.config = replace(grounder.config, rank_global=args.rank_global)
     if single:
         results = [grounder.ground(args.phrase, args.image_id if args.image_id is not None else args.image)]
     else:
         results = grounder.search(args.phrase, args.k, args.where, args.shortlist or max(DEFAULT_SHORTLIST, args.k),
-                                  args.method)
+                                  args.method, args.rank_global)
     if args.out is not None:
         _write_overlays(results, args.out, single, args.image)
     saved = grounder.save(args.phrase, results) if args.save else 0

@@ -19,11 +19,13 @@ if phrase.strip():
     except (ValueError, FileNotFoundError) as e:
         st.error(str(e))
         st.stop()
-    st.caption(f"{len(results)} images, best region first")
+    st.caption(f"{len(results)} images, best first: the best region's cosine, plus a little of the whole image's "
+               "(rank_global in the model's grounding config) when shown")
     columns = st.columns(4)
     for n, grounding in enumerate(results):
         with columns[n % 4]:
             st.image(render_overlay(load_image(grounding.path), grounding, max_side=320), width="stretch")
-            st.markdown(f"**{grounding.score:.3f}** · image {grounding.image_id}")
+            whole = f" (image {grounding.image_score:.3f})" if grounding.image_score is not None else ""
+            st.markdown(f"**{grounding.score:.3f}**{whole} · image {grounding.image_id}")
             if st.button("open", key=f"regions_open_{grounding.image_id}"):
                 resources.open_image(grounding.image_id)
