@@ -18,6 +18,10 @@ grounded P@10 (top-10 images that are relevant and whose best cell, by the model
 else by cosine, lies inside one of the phrase's boxes there). Ratios are against `patch`, measured in the same run.
 Exact text matches miss synonyms and near-duplicates ("a man" is in most images), so absolute precision is a
 lower bound; the rankings are compared on the same queries.
+
+--show "a yellow car" ...: for each phrase and each weight (0 and --weights), the product's region search
+(`Grounder.search`, every split) and what the point in each of its top 5 images lies on: the smallest annotated
+box holding it (docs/grounding.md, "Ranking images for a phrase").
 """
 
 from __future__ import annotations
@@ -53,7 +57,12 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--show", nargs="+", default=None, metavar="PHRASE",
+                        help="print what the top 5 regions of these phrases show, for each weight, and stop")
     args = parser.parse_args()
+    if args.show:
+        show(Workdir(args.workdir), args.model, args.show, [0.0, *args.weights])
+        return
 
     workdir = Workdir(args.workdir)
     with Catalog.open(workdir, read_only=True) as catalog:
@@ -115,6 +124,27 @@ def main() -> None:
         lines.append(f"| {name} | {f['P@10']:.1f} | {f['R@10']:.1f} | {f['grounded_P@10']:.1f} | "
                      f"{f['ratio_P@10']:.2f}x | {f['ratio_grounded_P@10']:.2f}x |")
     emit(result, args.out, "\n".join(lines) + "\n")
+
+
+def show(workdir: Workdir, model: str | None, phrases: list[str], weights: list[float]) -> None:
+    from grounding import Grounder
+
+    grounder = Grounder(workdir, model)
+    with Catalog.open(workdir, read_only=True) as catalog:
+        splits = [s for (s,) in catalog.query("SELECT DISTINCT split FROM images ORDER BY split")]
+        rows = [r for split in splits for r in catalog.grounding_rows(split) if not r.scene]
+    by_image = defaultdict(list)
+    for r in rows:
+        by_image[r.image_id].extend((b, r.text) for b in r.boxes)
+    for phrase in phrases:
+        for weight in weights:
+            labels = []
+            for g in grounder.search(phrase, k=5, rank_global=weight):
+                x, y = g.point[0] / g.width, g.point[1] / g.height
+                holding = sorted(((b[2] - b[0]) * (b[3] - b[1]), text) for b, text in by_image[g.image_id]
+                                 if b[0] <= x <= b[2] and b[1] <= y <= b[3])
+                labels.append(holding[0][1] if holding else "(background)")
+            print(f"{phrase!r}, rank_global {weight:g}: " + "; ".join(labels))
 
 
 if __name__ == "__main__":

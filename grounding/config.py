@@ -38,8 +38,7 @@ class GroundingConfig:
         for name in ("threshold", "head_threshold", "nms_iou"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not (math.isfinite(self.rank_global) and self.rank_global >= 0):
-            raise InputError(f"rank_global must be a finite number >= 0, got {self.rank_global}")
+        check_rank_global(self.rank_global)
         if self.center_prior < 0 or self.prior_sigma <= 0:
             raise InputError("center_prior must be >= 0 and prior_sigma > 0")
 
@@ -53,6 +52,17 @@ class GroundingConfig:
             return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
         except (OSError, json.JSONDecodeError, TypeError) as e:
             raise InputError(f"{path}: unreadable grounding config ({e})") from None
+
+
+def check_rank_global(weight: float) -> float:
+    """`weight` as a `rank_global` (a finite number >= 0), else an InputError naming it."""
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise InputError(f"rank_global must be a finite number >= 0, got {weight!r}")
+    return value
 
 
 def load_config(workdir: Workdir, model_id: str) -> GroundingConfig:

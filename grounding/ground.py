@@ -18,7 +18,6 @@ P x (code + id) bytes per image in RAM (P = 64 cells for `tiny`, 40 bytes each w
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,7 @@ from indexer.search import Searcher, Where
 from indexer.shards import load_embeddings
 from warehouse import Catalog, InputError, Workdir, load_image, recorded_run
 
-from .config import DEFAULT_SHORTLIST, GroundingConfig, load_config
+from .config import DEFAULT_SHORTLIST, GroundingConfig, check_rank_global, load_config
 from .heatmap import ScoredBox, boxes_from_head, boxes_from_map, cell_of, in_window, points, score_maps
 
 if TYPE_CHECKING:  # open_clip is imported only when an image must be embedded
@@ -69,6 +68,10 @@ class Grounding:
     window: tuple[float, float, float, float] | None = None
     # region search: the image's global cosine with the phrase (images rank by score + rank_global x image_score)
     image_score: float | None = None
+
+    def score_label(self) -> str:
+        """The score as the CLI prints it: the best patch's cosine, and the image's when the search used it."""
+        return f"{self.score:.3f}" + (f" (image {self.image_score:.3f})" if self.image_score is not None else "")
 
     @property
     def heatmap_window(self) -> tuple[float, float, float, float]:
@@ -177,9 +180,7 @@ class Grounder:
         image's global cosine, matches `phrase` best, each grounded.
 
         `method`: 'patch-index', 'two-stage' (with `shortlist`), or 'auto' (the patch index when there is one)."""
-        weight = self.config.rank_global if rank_global is None else float(rank_global)
-        if not (math.isfinite(weight) and weight >= 0):
-            raise InputError(f"rank_global must be a finite number >= 0, got {rank_global!r}")
+        weight = check_rank_global(self.config.rank_global if rank_global is None else rank_global)
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
         if method not in METHODS:

@@ -150,7 +150,7 @@ def test_region_search_agrees_with_exact_patch_scoring_and_single_image_groundin
     assert main(["ground", "--workdir", str(workdir.root), "a black dog", "--rank-global", "1", "--json"]) == 0
     assert '"image_score"' in capsys.readouterr().out
     assert main(["ground", "--workdir", str(workdir.root), "a black dog", "--rank-global", "-1"]) == 2
-    assert "--rank-global must be a finite number >= 0" in capsys.readouterr().err
+    assert "rank_global must be a finite number >= 0, got -1.0" in capsys.readouterr().err
     assert main(["eval", "grounding", "--workdir", str(workdir.root), "--split", "val", "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "pointing" in table and "\n  people " in table and "\n  all " in table

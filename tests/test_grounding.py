@@ -162,6 +162,11 @@ def test_config_round_trips_and_validates(tmp_path):
     assert GroundingConfig.load(tmp_path / "g.json") == config
     with pytest.raises(ValueError, match="threshold"):
         GroundingConfig(threshold=2)
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="rank_global must be a finite number >= 0"):
+            GroundingConfig(rank_global=bad)
+    (tmp_path / "old.json").write_text('{"threshold": 0.4}')  # written before rank_global existed: the default
+    assert GroundingConfig.load(tmp_path / "old.json").rank_global == GroundingConfig().rank_global
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
         GroundingConfig.load(tmp_path / "bad.json")

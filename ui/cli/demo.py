@@ -109,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nsample phrase -> region: {args.phrase!r}")
     for rank, g in enumerate(Grounder(workdir).search(args.phrase, k=3), 1):
         b = g.boxes[0]
-        scores = f"{g.score:.3f}" + (f" (image {g.image_score:.3f})" if g.image_score is not None else "")
-        print(f"  {rank}. {scores}  image {g.image_id} [{g.split}]  box ({b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, "
+        print(f"  {rank}. {g.score_label()}  image {g.image_id} [{g.split}]  box ({b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, "
               f"{b.y2:.0f}) of {g.width}x{g.height}")
     print(f"\ndemo workdir ready in {time.perf_counter() - started:.0f} s: {counts['images']:,} images, "
           f"{counts['captions']:,} captions, {counts['phrases']:,} phrases, {counts['boxes']:,} boxes")

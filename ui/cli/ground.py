@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from ._common import UserError, add_workdir, print_json, workdir_of
@@ -60,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
                    or args.rank_global is not None):
         raise UserError("--where, --method, --shortlist, --rank-global and --save are for collection search (without "
                         "--image or --image-id)")
-    if args.rank_global is not None and not (math.isfinite(args.rank_global) and args.rank_global >= 0):
-        raise UserError(f"--rank-global must be a finite number >= 0, got {args.rank_global}")
     grounder = Grounder(workdir_of(args), args.model, device=args.device)
     if single:
         results = [grounder.ground(args.phrase, args.image_id if args.image_id is not None else args.image)]
@@ -80,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
     for rank, g in enumerate(results, 1):
         where = f"image {g.image_id}" if g.image_id is not None else str(g.path)
         top = g.boxes[0]
-        scores = f"{g.score:.3f}" + (f" (image {g.image_score:.3f})" if g.image_score is not None else "")
-        print(f"{rank:>3}. {scores}  {where}  box ({top.x1:.0f}, {top.y1:.0f}, {top.x2:.0f}, {top.y2:.0f})"
+        print(f"{rank:>3}. {g.score_label()}  {where}  box ({top.x1:.0f}, {top.y1:.0f}, {top.x2:.0f}, {top.y2:.0f})"
               f"  point ({g.point[0]:.0f}, {g.point[1]:.0f})" + (f"  {g.path}" if g.image_id is not None else ""))
         for b in g.boxes[1:]:
             print(f"       also ({b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, {b.y2:.0f}) {b.score:.3f}")
