@@ -1,8 +1,8 @@
 """Train, evaluate and apply the retrieval-augmented captioner on a workdir.
 
-Retrieval: for an image, its k nearest training images in the embedding model's FAISS image index
-(the image itself left out), and of each the caption nearest to the image in the joint embedding
-space. Training examples are every (train image, human caption) pair; validation is the val split's
+Retrieval: for an image, its k nearest images of the caption memory (the train split's captioned images
+unless another memory is chosen: `CaptionData`) in the embedding model's FAISS image index (the image itself
+left out), and of each the caption nearest to the image in the joint embedding space. Training examples are every (train image, human caption) pair; validation is the val split's
 pairs (loss each epoch). `groundex eval captions` compares the captioner with its retrieved captions,
 the same model without them, and the nearest-neighbour-caption baseline (the first retrieved caption).
 """
@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from indexer.index import load_index
+from indexer.config import MissingEmbeddingError
 from indexer.shards import load_embeddings
 from warehouse import Artefact, ArtefactStore, Catalog, InputError, RunState, Workdir, recorded_run
 
@@ -47,33 +48,67 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer runs i
 MAX_K = 8  # retrieved captions kept per image (the k swept by the evaluation go up to this)
 
 
+def memory_splits(memory: str, splits: list[str]) -> list[str] | None:
+    """The splits a caption memory spec names: 'train', a comma-separated list ('train,val'), or 'all' (None:
+    every captioned image, with or without a split). `splits`: the catalog's splits, to check the names against."""
+    text = (memory or "").strip()
+    if text == "all":
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise InputError(f"caption memory {memory!r} names no split: give train, SPLIT,SPLIT or all")
+    unknown = [name for name in names if name not in splits]
+    if unknown:
+        raise InputError(f"caption memory {memory!r}: no split {', '.join(map(repr, unknown))} in the catalog "
+                         f"(splits: {', '.join(splits) or 'none'}; or all)")
+    return sorted(set(names), key=names.index)
+
+
 class CaptionData:
     """What the captioner reads of a workdir for one embedding model: image tokens (global + patch
-    embeddings) and the retrieved captions of any image."""
+    embeddings) and the retrieved captions of any image.
 
-    def __init__(self, workdir: Workdir, model_id: str | None = None):
+    The caption **memory** is the human captions retrieval draws from: those of the train split by default, of
+    the splits named (`memory='train,val'`), or of every captioned image (`'all'`). It is read from the catalog
+    when this object is made, so captions ingested (and embedded by `groundex index`) after the captioner was
+    trained are retrieved at once, with no retraining. An image's own captions are never in its memory."""
+
+    def __init__(self, workdir: Workdir, model_id: str | None = None, memory: str = "train"):
         self.workdir = workdir
         with Catalog.open(workdir, read_only=True) as catalog:
             self.model_id = catalog.model(model_id).id
             current = catalog.current_index(self.model_id, "image")
             if current is None:
                 raise FileNotFoundError(f"no image index for model {self.model_id}: run `groundex index` first")
-            train_rows = catalog.caption_rows("train")
-        if not train_rows:
-            raise InputError("the train split has no captions to retrieve from or learn on")
+            splits = memory_splits(memory, catalog.splits())
+            memory_rows = [row for split in splits for row in catalog.caption_rows(split)] if splits is not None \
+                else catalog.caption_rows()
+        if not memory_rows:
+            raise InputError(f"the caption memory ({memory}) holds no human captions to retrieve from")
+        self.memory = memory
         self.index = load_index(current["path"])
-        caption_ids, caption_vectors = load_embeddings(workdir, self.model_id, "caption", [r[0] for r in train_rows])
-        by_id = {c: (i, t) for c, i, t in train_rows}
-        self.train_ids = np.array(sorted({i for _, i, _ in train_rows}), dtype=np.int64)
-        _, self.train_vectors = load_embeddings(workdir, self.model_id, "image", self.train_ids)
-        # each training image's captions: texts and embeddings, grouped by gallery row
-        self.captions_of: list[list[str]] = [[] for _ in self.train_ids]
-        self.caption_vectors_of: list[list[np.ndarray]] = [[] for _ in self.train_ids]
-        rows = np.searchsorted(self.train_ids, [by_id[int(c)][0] for c in caption_ids])
+        try:
+            caption_ids, caption_vectors = load_embeddings(workdir, self.model_id, "caption",
+                                                           [r[0] for r in memory_rows])
+            by_id = {c: (i, t) for c, i, t in memory_rows}
+            self.memory_ids = np.array(sorted({i for _, i, _ in memory_rows}), dtype=np.int64)
+            _, self.memory_vectors = load_embeddings(workdir, self.model_id, "image", self.memory_ids)
+        except MissingEmbeddingError as e:
+            raise MissingEmbeddingError(f"the caption memory ({memory}) holds images or captions not embedded yet: "
+                                        f"run `groundex index` ({e})") from None
+        # each memory image's captions: texts and embeddings, grouped by gallery row
+        self.captions_of: list[list[str]] = [[] for _ in self.memory_ids]
+        self.caption_vectors_of: list[list[np.ndarray]] = [[] for _ in self.memory_ids]
+        rows = np.searchsorted(self.memory_ids, [by_id[int(c)][0] for c in caption_ids])
         for row, c, vector in zip(rows.tolist(), caption_ids.tolist(), caption_vectors, strict=True):
             self.captions_of[row].append(by_id[c][1])
             self.caption_vectors_of[row].append(vector)
         self.caption_vectors_of = [np.stack(v) for v in self.caption_vectors_of]
+
+    def describe_memory(self) -> dict[str, Any]:
+        """What retrieval draws from: the spec, and how many images and captions it holds."""
+        return {"memory": self.memory, "images": int(len(self.memory_ids)),
+                "captions": int(sum(len(c) for c in self.captions_of))}
 
     def image_inputs(self, image_ids: np.ndarray, config: CaptionerConfig, image_processor: Any = None
                      ) -> tuple[np.ndarray, ImageInputs]:
@@ -95,18 +130,24 @@ class CaptionData:
         return np.concatenate([vectors[:, None, :], patches], axis=1).astype(np.float16)
 
     def retrieve(self, vectors: np.ndarray, image_ids: np.ndarray | None, k: int = MAX_K) -> list[list[str]]:
-        """The captions of each image's k nearest training images (never its own), one per neighbour: the
+        """The captions of each image's k nearest memory images (never its own), one per neighbour: the
         neighbour's caption nearest to the image."""
+        return [[text for _, text in found] for found in self.retrieve_with_sources(vectors, image_ids, k)]
+
+    def retrieve_with_sources(self, vectors: np.ndarray, image_ids: np.ndarray | None, k: int = MAX_K
+                              ) -> list[list[tuple[int, str]]]:
+        """`retrieve`, each caption with the id of the memory image it comes from."""
         if k == 0:
             return [[] for _ in vectors]
-        rows, _ = training_neighbours(self.index, vectors, self.train_ids, k, exclude_ids=image_ids,
-                                      gallery_vectors=self.train_vectors)
+        rows, _ = training_neighbours(self.index, vectors, self.memory_ids, k, exclude_ids=image_ids,
+                                      gallery_vectors=self.memory_vectors)
         out = []
         for vector, neighbours in zip(vectors, rows, strict=True):
-            texts = []
+            found = []
             for row in neighbours[neighbours >= 0].tolist():
-                texts.append(self.captions_of[row][int(np.argmax(self.caption_vectors_of[row] @ vector))])
-            out.append(texts)
+                text = self.captions_of[row][int(np.argmax(self.caption_vectors_of[row] @ vector))]
+                found.append((int(self.memory_ids[row]), text))
+            out.append(found)
         return out
 
     def split_examples(self, split: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
@@ -326,15 +367,27 @@ def find_captioner(workdir: Workdir, captioner_id: str | None = None) -> Artefac
 class Captioner:
     """A trained captioner with the data it retrieves from: captions for catalog images or new ones."""
 
-    def __init__(self, workdir: Workdir, captioner_id: str | None = None, device: str | None = None):
+    def __init__(self, workdir: Workdir, captioner_id: str | None = None, device: str | None = None,
+                 memory: str = "train"):
+        """`memory`: the human captions retrieval draws from (`CaptionData`): 'train', 'SPLIT,SPLIT' or 'all'."""
         artefact = find_captioner(workdir, captioner_id)
         self.folder, self.id = artefact.path, artefact.id
         self.model, self.tokenizer, self.meta, self.image_processor = load_captioner(self.folder)
         self.config: CaptionerConfig = self.model.captioner_config
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
-        self.data = CaptionData(workdir, self.meta["model_id"])
+        self.data = CaptionData(workdir, self.meta["model_id"], memory)  # the default memory
+        self._memories = {memory: self.data}
         self._encoder: Any = None  # the embedding model, loaded on the first caption_file
+
+    def memory_data(self, memory: str | None = None) -> CaptionData:
+        """The retrieval data of another caption memory (None: the one this captioner was opened with), read from
+        the catalog on first use and kept."""
+        if memory is None:
+            return self.data
+        if memory not in self._memories:
+            self._memories[memory] = CaptionData(self.data.workdir, self.data.model_id, memory)
+        return self._memories[memory]
 
     @property
     def encoder(self) -> Any:
@@ -365,22 +418,26 @@ class Captioner:
             out += [t.strip() for t in self.tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)]
         return out
 
-    def caption_images(self, image_ids: np.ndarray, k: int | None = None, progress: bool = False, **decoding: Any
-                       ) -> tuple[list[str], list[list[str]]]:
-        """(captions, retrieved captions) of catalog images from their stored embeddings."""
+    def caption_images(self, image_ids: np.ndarray, k: int | None = None, progress: bool = False,
+                       memory: str | None = None, **decoding: Any) -> tuple[list[str], list[list[str]]]:
+        """(captions, retrieved captions) of catalog images from their stored embeddings. `memory`: the captions
+        retrieval draws from (None: the captioner's, see `memory_data`)."""
         k = self.config.k if k is None else k
-        vectors, inputs = self.data.image_inputs(image_ids, self.config, self.image_processor)
-        retrieved = [r[:k] for r in self.data.retrieve(vectors, image_ids, max(k, 1))]
+        data = self.memory_data(memory)
+        vectors, inputs = data.image_inputs(image_ids, self.config, self.image_processor)
+        retrieved = [r[:k] for r in data.retrieve(vectors, image_ids, max(k, 1))]
         return self.caption_inputs(inputs, retrieved, progress=progress, **decoding), retrieved
 
-    def caption_file(self, path: str | Path, k: int | None = None, **decoding: Any) -> tuple[str, list[str]]:
+    def caption_file(self, path: str | Path, k: int | None = None, memory: str | None = None, **decoding: Any
+                     ) -> tuple[str, list[str]]:
         """(caption, retrieved captions) of an image file that need not be in the catalog."""
         from warehouse import load_image
 
-        return self.caption_image(load_image(path), k, **decoding)
+        return self.caption_image(load_image(path), k, memory, **decoding)
 
-    def caption_image(self, image: Any, k: int | None = None, **decoding: Any) -> tuple[str, list[str]]:
-        """(caption, retrieved captions) of a PIL image (RGB)."""
+    def caption_image(self, image: Any, k: int | None = None, memory: str | None = None, **decoding: Any
+                      ) -> tuple[str, list[str]]:
+        """(caption, retrieved captions) of a PIL image (RGB); `memory` as in `caption_images`."""
         with torch.no_grad():
             vector, patches = self.encoder.encode_image_and_patches(self.encoder.pixels_from_images([image]))
         inputs: ImageInputs
@@ -391,25 +448,28 @@ class Captioner:
         else:
             inputs = vector[:, None, :].cpu().numpy()
         k = self.config.k if k is None else k
-        retrieved = [self.data.retrieve(vector.float().cpu().numpy(), None, max(k, 1))[0][:k]]
+        retrieved = [self.memory_data(memory).retrieve(vector.float().cpu().numpy(), None, max(k, 1))[0][:k]]
         return self.caption_inputs(inputs, retrieved, **decoding)[0], retrieved[0]
 
 
 def caption_workdir(workdir: Workdir, captioner_id: str | None = None, split: str | None = None,
-                    k: int | None = None, device: str | None = None, progress: bool = True, **decoding: Any
-                    ) -> dict[str, Any]:
-    """`groundex caption generate`: caption the split's images (all when None) and store the captions."""
-    captioner = Captioner(workdir, captioner_id, device)
+                    k: int | None = None, device: str | None = None, progress: bool = True, memory: str = "train",
+                    **decoding: Any) -> dict[str, Any]:
+    """`groundex caption generate`: caption the split's images (all when None) and store the captions.
+    `memory`: the captions retrieval draws from (see `CaptionData`)."""
+    captioner = Captioner(workdir, captioner_id, device, memory)
     with Catalog.open(workdir, read_only=True) as catalog:
         image_ids = np.array(catalog.embedded_ids(captioner.data.model_id, "image"), dtype=np.int64)
         if split is not None:
             image_ids = np.intersect1d(image_ids, [i for i, _ in catalog.image_rows(split)])
-    with recorded_run(workdir, "caption generate", {"split": split, "k": k, **decoding}, captioner.id) as (_, result):
+    with recorded_run(workdir, "caption generate", {"split": split, "k": k, "memory": memory, **decoding},
+                      captioner.id) as (_, result):
         captions, _ = captioner.caption_images(image_ids, k, progress=progress, **decoding)
         with Catalog.open(workdir) as catalog:
             stored = catalog.replace_generated_captions(captioner.id, list(zip(image_ids.tolist(), captions,
                                                                                strict=True)))
         result.update({"captioner_id": captioner.id, "images": int(len(image_ids)), "stored": stored,
+                       "memory": captioner.data.describe_memory(),
                        "examples": [{"image_id": int(i), "caption": c}
                                     for i, c in zip(image_ids[:3], captions[:3], strict=True)]})
     return result
@@ -417,13 +477,16 @@ def caption_workdir(workdir: Workdir, captioner_id: str | None = None, split: st
 
 def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = None,
                       ks: tuple[int, ...] | None = None, limit: int | None = None, device: str | None = None,
-                      progress: bool = True) -> dict[str, Any]:
+                      progress: bool = True, memory: str = "train", baseline_id: str | None = None
+                      ) -> dict[str, Any]:
     """`groundex eval captions`: BLEU-1..4, ROUGE-L and CIDEr on the split's human captions for the
     captioner (its k), the same model with no retrieved captions, the nearest-neighbour caption, and the
-    captioner at each k of `ks`."""
+    captioner at each k of `ks`. `memory`: the captions retrieval draws from (an image's own never count).
+    `baseline_id`: a second captioner (one trained without retrieval, `k=0`) scored with no retrieved captions as
+    `trained_without_retrieval`."""
     if split == "train":
         raise InputError("the captioner learns on train: evaluate on val or test")
-    captioner = Captioner(workdir, captioner_id, device)
+    captioner = Captioner(workdir, captioner_id, device, memory)
     image_ids, examples = captioner.data.split_examples(split)
     if limit is not None:
         image_ids = image_ids[:limit]
@@ -435,7 +498,13 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
             references[row].append(text)
     k_model = captioner.config.k
     ks = tuple(sorted({0, k_model, *(ks or (1, 2))}))  # 0 and the captioner's own k are always reported
-    with recorded_run(workdir, "eval captions", {"split": split, "ks": list(ks)}, captioner.id) as (_, result):
+    baseline = Captioner(workdir, baseline_id, device, memory) if baseline_id is not None else None
+    if baseline is not None and baseline.data.model_id != captioner.data.model_id:
+        raise InputError(f"baseline captioner {baseline.id} reads embedding model {baseline.data.model_id}, "
+                         f"captioner {captioner.id} reads {captioner.data.model_id}: compare captioners of one model")
+    with recorded_run(workdir, "eval captions", {"split": split, "ks": list(ks), "memory": memory,
+                                                 "baseline": baseline.id if baseline else None},
+                      captioner.id) as (_, result):
         vectors, inputs = captioner.data.image_inputs(image_ids, captioner.config, captioner.image_processor)
         retrieved = captioner.data.retrieve(vectors, image_ids, max(max(ks), 1))
         by_k, samples = {}, {}
@@ -444,11 +513,17 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
             by_k[str(k)] = caption_metrics(captions, references)
             samples[str(k)] = captions[:3]
         nearest = [r[0] if r else "" for r in retrieved]
+        methods = {"retrieval_augmented": by_k[str(k_model)], "no_retrieval": by_k["0"],
+                   "nearest_caption": caption_metrics(nearest, references)}
+        if baseline is not None:
+            _, baseline_inputs = baseline.data.image_inputs(image_ids, baseline.config, baseline.image_processor)
+            plain = baseline.caption_inputs(baseline_inputs, [[] for _ in image_ids], progress=progress)
+            methods["trained_without_retrieval"] = {**caption_metrics(plain, references),
+                                                    "captioner_id": baseline.id}
         result.update({
             "split": split, "captioner_id": captioner.id, "model_id": captioner.data.model_id,
-            "images": int(len(image_ids)), "k": k_model,
-            "methods": {"retrieval_augmented": by_k[str(k_model)], "no_retrieval": by_k["0"],
-                        "nearest_caption": caption_metrics(nearest, references)},
+            "images": int(len(image_ids)), "k": k_model, "memory": captioner.data.describe_memory(),
+            "methods": methods,
             "by_k": by_k,
             "examples": [{"image_id": int(image_ids[i]), "references": references[i][:2],
                           "retrieval_augmented": samples[str(k_model)][i], "no_retrieval": samples["0"][i],

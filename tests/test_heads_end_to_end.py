@@ -147,3 +147,51 @@ def test_a_pretrained_blip_loads_fine_tunes_and_captions_through_the_same_comman
     assert retrieved == [] and from_file == captioner.caption_images(np.array([image_id]), k=0)[0][0]
     assert main(["caption", "train", "--workdir", str(workdir.root), "--base", str(tmp_path / "none")]) == 2
     assert "cannot load the BLIP checkpoint" in capsys.readouterr().err
+
+
+def test_the_caption_memory_is_a_choice_and_takes_captions_ingested_after_training(tmp_path, capsys):
+    """`--memory`: which human captions retrieval draws from. Captions ingested (and indexed) after the captioner
+    was trained are retrieved at once, and an image's own captions never are."""
+    import warehouse
+    from heads.captioning import CaptionData, Captioner
+    from indexer.pipeline import index_workdir
+    from warehouse import InputError
+
+    workdir = built_workdir(tmp_path / "w", n=150, epochs=1)
+    trained = train_captioner(workdir, CaptionerConfig(hidden_size=64, layers=1, heads=2, intermediate_size=128,
+                                                       epochs=1, batch_size=32, k=2), progress=False)
+    with Catalog.open(workdir, read_only=True) as catalog:
+        split_of = {i: s for s in catalog.splits() for i, _ in catalog.image_rows(s)}
+    before = CaptionData(workdir, memory="train")
+    assert {split_of[int(i)] for i in before.memory_ids} == {"train"}
+    wider = CaptionData(workdir, memory="train,val")
+    assert {split_of[int(i)] for i in wider.memory_ids} == {"train", "val"}
+    everything = CaptionData(workdir, memory="all")
+    assert len(everything.memory_ids) > len(wider.memory_ids)
+    for bad, message in (("nosuch", "no split 'nosuch'"), (" , ", "names no split")):
+        with pytest.raises(InputError, match=message):
+            CaptionData(workdir, memory=bad)
+    # an image's own captions are never retrieved, whichever memory holds it
+    val_ids = np.array(sorted(i for i, s in split_of.items() if s == "val"), dtype=np.int64)
+    vectors, _ = everything.image_inputs(val_ids, CaptionerConfig())
+    sources = everything.retrieve_with_sources(vectors, val_ids, k=4)
+    assert all(len(found) == 4 and int(i) not in {s for s, _ in found} for i, found in zip(val_ids, sources))
+    # more captioned images arrive after training: ingest and index them, and the same captioner retrieves them
+    warehouse.ingest_synthetic(workdir, warehouse.SyntheticConfig(n=150, seed=5),
+                               config=warehouse.IngestConfig(progress=False))
+    index_workdir(workdir)
+    captioner = Captioner(workdir, trained["captioner_id"])
+    assert captioner.id == trained["captioner_id"]  # not retrained
+    new_ids = set(captioner.data.memory_ids.tolist()) - set(before.memory_ids.tolist())
+    assert len(new_ids) > 50
+    found = captioner.data.retrieve_with_sources(vectors, val_ids, k=2)
+    assert any(source in new_ids for row in found for source, _ in row)
+    # the CLI says which memory it used
+    assert main(["eval", "captions", "--workdir", str(workdir.root), "--split", "val", "--memory", "all",
+                 "--neighbours", "0", "--limit", "10", "--json", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["memory"]["memory"] == "all" and result["memory"]["images"] == len(captioner.memory_data("all")
+                                                                                        .memory_ids)
+    assert main(["caption", "generate", "--workdir", str(workdir.root), "--split", "val", "--memory", "nosuch",
+                 "--no-progress"]) == 2
+    assert "no split 'nosuch'" in capsys.readouterr().err

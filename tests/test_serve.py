@@ -318,6 +318,10 @@ def test_tags_and_captions_of_a_catalog_image_and_of_an_upload(client):
         caption = client.post("/caption", json=query).json()
         assert isinstance(caption["caption"], str) and caption["captioner_id"]
         assert isinstance(caption["retrieved"], list)
+    wider = client.post("/caption", json={"image_id": image_id, "memory": "all"}).json()
+    assert wider["memory"] == "all" and wider["retrieved"]
+    _error(client.post("/caption", json={"image_id": image_id, "memory": "no-such-split"}), 400)
+    _error(client.post("/caption", json={"image_id": image_id, "memory": 3}), 400)
     _error(client.post("/tags", json={}), 400)
     _error(client.post("/caption", json={"image_id": "seven"}), 400)
     _error(client.post("/caption", json={"image_id": image_id, "image": png}), 400)

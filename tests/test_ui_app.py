@@ -196,6 +196,11 @@ def test_upload_page_tags_captions_grounds_and_finds_similar_images(app, workdir
     scores = [float(m.value.split("**")[1]) for m in app.markdown if " · image " in m.value]
     assert len(scores) == 12 and scores == sorted(scores, reverse=True)
     assert scores[0] > 0.99  # the file is in the catalog, so an image at least as near as itself (cosine ~1) leads
+    memory = app.selectbox(key="upload_memory")
+    assert memory.value == "train" and "all" in memory.options
+    memory.select("all").run()
+    _ok(app)
+    assert app.selectbox(key="upload_memory").value == "all" and not app.error
     app.text_input(key="upload_phrase").input("a red circle").run()
     assert any("best patch" in (img.proto.imgs[0].caption if img.proto.imgs else "") for img in _ok(app).get("image"))
     app.file_uploader(key="upload_file").set_value(("broken.png", b"\x89PNG not really", "image/png")).run()

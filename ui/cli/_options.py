@@ -25,6 +25,14 @@ def add_captioner(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--captioner", default=None, help="captioner label or hash prefix (default: the newest)")
 
 
+def add_memory(parser: argparse.ArgumentParser) -> None:
+    """--memory: the human captions the captioner's retrieval draws from (`heads.captioning.CaptionData`)."""
+    parser.add_argument("--memory", default="train", metavar="train|SPLIT,...|all",
+                        help="the human captions retrieval draws from: the train split's, those of the splits named "
+                             "(e.g. train,val), or all; captions ingested and indexed after the captioner was "
+                             "trained count at once; an image's own captions never do (default: %(default)s)")
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 

@@ -9,6 +9,7 @@ from ._common import UserError, add_resume, add_workdir, print_json, workdir_of
 from ._options import (
     add_captioner,
     add_device,
+    add_memory,
     add_json,
     add_model,
     add_no_progress,
@@ -74,6 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--length-penalty", type=float, default=None,
                    help="beam search length penalty; above 1 favours longer captions (default: "
                         f"{captioners.format(c.length_penalty)})")
+    add_memory(g)
     add_device(g)
     add_no_progress(g)
     add_json(g)
@@ -111,20 +113,23 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.image is not None:
         if args.split is not None:
             raise UserError("give --split or --image, not both")
-        captioner = Captioner(workdir_of(args), args.captioner, args.device)
+        captioner = Captioner(workdir_of(args), args.captioner, args.device, args.memory)
         caption, retrieved = captioner.caption_file(args.image, args.neighbours, **decoding)
         if args.json:
             print_json({"captioner_id": captioner.id, "image": str(args.image), "caption": caption,
-                        "retrieved": retrieved})
+                        "retrieved": retrieved, "memory": captioner.data.describe_memory()})
         else:
             print(caption)
         return 0
     result = caption_workdir(workdir_of(args), args.captioner, args.split, args.neighbours, device=args.device,
-                             progress=not args.no_progress, **{k: v for k, v in decoding.items() if v is not None})
+                             progress=not args.no_progress, memory=args.memory,
+                             **{k: v for k, v in decoding.items() if v is not None})
     if args.json:
         print_json(result)
         return 0
-    print(f"captioner {result['captioner_id']}: {result['stored']:,} captions stored")
+    memory = result["memory"]
+    print(f"captioner {result['captioner_id']}: {result['stored']:,} captions stored (memory {memory['memory']}: "
+          f"{memory['captions']:,} captions of {memory['images']:,} images)")
     for example in result["examples"]:
         print(f"  image {example['image_id']}: {example['caption']}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._common import UserError, add_workdir, print_json, workdir_of
-from ._options import add_captioner, add_device, add_json, add_model, add_no_progress, add_renamed
+from ._options import add_captioner, add_device, add_json, add_memory, add_model, add_no_progress, add_renamed
 
 
 def _task(tasks: argparse._SubParsersAction, name: str, help: str, description: str, run,
@@ -58,6 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated numbers of retrieved captions to score the captioner with; 0 and the "
                         "captioner's own are always scored (default: %(default)s)")
     c.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images of the split")
+    c.add_argument("--baseline", default=None, metavar="CAPTIONER",
+                   help="also score this captioner with no retrieved captions: one trained without retrieval "
+                        "(`caption train --neighbours 0`) with the same budget is the honest baseline")
+    add_memory(c)
     add_device(c)
     add_no_progress(c)
     add_renamed(c, "--ks", "--neighbours (numbers of retrieved captions)")
@@ -135,12 +139,15 @@ def run_captions(args: argparse.Namespace) -> int:
     if any(k < 0 for k in ks):
         raise UserError(f"--neighbours must be >= 0, got {args.neighbours!r}")
     result = evaluate_captions(workdir_of(args), args.split, args.captioner, ks, args.limit, device=args.device,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, memory=args.memory, baseline_id=args.baseline)
     if args.json:
         print_json(result)
         return 0
     print(f"split {result['split']}: {result['images']:,} images, captioner {result['captioner_id']} "
           f"(k={result['k']}), embedding model {result['model_id']}")
+    memory = result["memory"]
+    print(f"  caption memory {memory['memory']}: {memory['captions']:,} captions of {memory['images']:,} images "
+          "(never an image's own)")
     names = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr")
     print(f"  {'':<22}" + "".join(f"{n:>9}" for n in names))
     rows = list(result["methods"].items()) + [(f"k={k}", m) for k, m in result["by_k"].items()]

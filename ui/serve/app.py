@@ -327,23 +327,27 @@ def create_app(workdir: Workdir, options: ServeOptions | None = None) -> FastAPI
     @app.post("/tags")
     async def tags(request: Request) -> dict[str, Any]:
         """Tags of an upload (`image`, base64) or a catalog image (`image_id`) from every fitted tagger."""
-        image, image_id = await image_input(request)
+        image, image_id, _ = await image_input(request)
         return {"model_id": service.model_id, "tags": await run(service.tags, image, image_id)}
 
     @app.post("/caption")
     async def caption(request: Request) -> dict[str, Any]:
         """A caption of an upload (`image`, base64) or a catalog image (`image_id`) by the newest captioner, with
-        the retrieved captions it read."""
-        image, image_id = await image_input(request)
-        return await run(service.caption, image, image_id)
+        the retrieved captions it read from the caption memory `memory` ("train", the default; "SPLIT,SPLIT";
+        "all")."""
+        image, image_id, data = await image_input(request)
+        memory = data.get("memory", "train")
+        if not isinstance(memory, str) or len(memory) > 200:
+            raise ClientError(400, "memory must be a string: train, SPLIT,SPLIT or all")
+        return await run(service.caption, image, image_id, memory)
 
-    async def image_input(request: Request) -> tuple[Any, int | None]:
+    async def image_input(request: Request) -> tuple[Any, int | None, dict[str, Any]]:
         data = await body(request)
         image_id = data.get("image_id")
         if image_id is not None and (not isinstance(image_id, int) or isinstance(image_id, bool)):
             raise ClientError(400, "image_id must be an integer")
         image = await run(decode_image, data["image"], options.max_pixels) if data.get("image") is not None else None
-        return image, image_id
+        return image, image_id, data
 
     @app.get("/images/{image_id}")
     async def image(image_id: ImageId) -> dict[str, Any]:

@@ -177,8 +177,10 @@ class Service:
             raise InputError("no tagger is fitted for this model yet: run `groundex tag`")
         return out
 
-    def caption(self, image: Image.Image | None = None, image_id: int | None = None) -> dict[str, Any]:
-        """The newest captioner's caption of an upload or a catalog image, with the captions it retrieved."""
+    def caption(self, image: Image.Image | None = None, image_id: int | None = None, memory: str = "train"
+                ) -> dict[str, Any]:
+        """The newest captioner's caption of an upload or a catalog image, with the captions it retrieved from the
+        caption memory `memory` ('train', 'SPLIT,SPLIT' or 'all'; read once per server and memory)."""
         self._image_query(image, image_id)  # checks that exactly one is given
         with self.lock:
             if self._captioner is None:
@@ -186,11 +188,12 @@ class Service:
 
                 self._captioner = Captioner(self.workdir, device=self.device)
             if image_id is not None:
-                captions, retrieved = self._captioner.caption_images(np.array([int(image_id)], dtype=np.int64))
+                captions, retrieved = self._captioner.caption_images(np.array([int(image_id)], dtype=np.int64),
+                                                                     memory=memory)
                 caption, retrieved = captions[0], retrieved[0]
             else:
-                caption, retrieved = self._captioner.caption_image(image)
-        return {"captioner_id": self._captioner.id, "caption": caption, "retrieved": retrieved}
+                caption, retrieved = self._captioner.caption_image(image, memory=memory)
+        return {"captioner_id": self._captioner.id, "caption": caption, "retrieved": retrieved, "memory": memory}
 
     def _image_query(self, image: Image.Image | None, image_id: int | None) -> tuple[np.ndarray, np.ndarray | None]:
         """(1, D) the image's embedding and (1,) its catalog id (None for an upload)."""

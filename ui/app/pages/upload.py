@@ -49,7 +49,16 @@ with right:
     if captioner is None:
         st.caption("no captioner trained yet: `groundex caption train`")
     else:
-        caption, retrieved = captioner.caption_image(image)
+        splits, _ = resources.filter_choices(root)
+        memories = ["train", "all", *(f"train,{s}" for s in splits if s != "train")]
+        memory = st.selectbox("caption memory", memories, key="upload_memory",
+                              help="the human captions retrieval draws from: the train split's (what the captioner "
+                                   "was trained with), every captioned image's, or train and another split's")
+        try:
+            caption, retrieved = captioner.caption_image(image, memory=memory)
+        except (InputError, KeyError) as e:  # a memory with no captions, or captions not embedded yet
+            st.error(str(e))
+            st.stop()
         st.markdown(f"**{caption}**")
         with st.expander("retrieved captions (the prompt)"):
             for text in retrieved:
