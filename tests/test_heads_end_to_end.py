@@ -186,12 +186,17 @@ def test_the_caption_memory_is_a_choice_and_takes_captions_ingested_after_traini
     assert len(new_ids) > 50
     found = captioner.data.retrieve_with_sources(vectors, val_ids, k=2)
     assert any(source in new_ids for row in found for source, _ in row)
-    # the CLI says which memory it used
+    # a decoder trained without retrieval, scored beside it (--baseline); the CLI says which memory it used
+    plain = train_captioner(workdir, CaptionerConfig(hidden_size=64, layers=1, heads=2, intermediate_size=128,
+                                                     epochs=1, batch_size=32, k=0), progress=False)
     assert main(["eval", "captions", "--workdir", str(workdir.root), "--split", "val", "--memory", "all",
+                 "--captioner", trained["captioner_id"], "--baseline", plain["captioner_id"],
                  "--neighbours", "0", "--limit", "10", "--json", "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["memory"]["memory"] == "all" and result["memory"]["images"] == len(captioner.memory_data("all")
                                                                                         .memory_ids)
+    assert result["methods"]["trained_without_retrieval"]["captioner_id"] == plain["captioner_id"]
+    assert result["captioner_id"] == trained["captioner_id"] and result["k"] == 2
     assert main(["caption", "generate", "--workdir", str(workdir.root), "--split", "val", "--memory", "nosuch",
                  "--no-progress"]) == 2
     assert "no split 'nosuch'" in capsys.readouterr().err
