@@ -51,6 +51,9 @@ class TaggingConfig:
     prompt: str = PROMPT          # zero-shot template; '{}' is the tag
     caption_neighbours: int = 5   # fusion: an image without captions reads those of this many nearest training images
     max_tags: int = 20            # stored per image at most: its best tags at or above the threshold
+    per_tag_thresholds: bool = False  # each tag with >= 5 positive val images gets its own threshold (chosen on
+    #                                   val for that tag's F1), the others keep the global one. Off by default: on the
+    #                                   real sample's 247 val images they cost micro-F1 (docs/heads.md, "Thresholds")
     keywords: tuple[str, ...] | None = None  # a given vocabulary instead of one mined from the training captions
     #                                          (zero-shot tags for collections without captions)
     untuned_threshold: float = 0.8  # zeroshot without labelled val images: keep a tag when its prompt matches the

@@ -10,9 +10,14 @@ labels are the words its human captions mention.
     zeroshot  "a photo of a {tag}" prompts against the image embedding; no labels used but the threshold
     fusion    linear probe on [image embedding ; caption embedding]: the mean embedding of the image's own
               human captions where it has some, else of its nearest training images' captions. The labels
-              of a captioned image come from the same captions, so `fusion` on captioned images measures
-              keyword extraction; `fusion_uncaptioned` in the evaluation hides them and is the figure
-              comparable with the other taggers.
+              of a captioned image come from the same captions, so on captioned images fusion is
+              **caption-assisted** (keyword extraction, not vision): the evaluation's `fusion` hides an
+              image's own captions (the figure comparable with the other taggers, and what an uncaptioned
+              image gets), and `fusion_caption_assisted` reads them, named as such.
+
+Thresholds: one global threshold per tagger (micro-F1 on val); with `TaggingConfig.per_tag_thresholds` (off by
+default), each tag with at least 5 positive val images gets its own (its F1 on val). The evaluation always
+scores per-tag thresholds too, on val cross-fitted: chosen on one half of val, scored on the other.
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ from .neighbours import training_neighbours
 from .tag_methods import (
     KNN_KS,
     LinearProbe,
+    MIN_TAG_POSITIVES,
     best_threshold,
+    cross_fitted_predictions,
+    f1_scores,
+    per_tag_thresholds,
     knn_scores,
     prior_scores,
     prompts,
@@ -191,6 +200,7 @@ class Tagger:
     model_id: str
     threshold: float
     captioned_threshold: float | None = None  # fusion: for images read with their own captions
+    tag_thresholds: np.ndarray | None = None  # (V,) per tag, chosen on val (`per_tag_thresholds`); None: `threshold`
     k: int | None = None                  # knn: neighbours that vote
     probe: LinearProbe | None = None      # probe, fusion
     prompt_vectors: np.ndarray | None = None  # zeroshot: (V, D)
@@ -211,17 +221,32 @@ class Tagger:
 
     def predict(self, data: TagData, vectors: np.ndarray, image_ids: np.ndarray | None = None,
                 max_tags: int = 20) -> list[list[tuple[str, float]]]:
-        """Per image its tags, best first: those at or above the threshold (fusion: the captioned threshold
-        for images that have captions), at most `max_tags`."""
+        """Per image its tags, best first: those at or above their threshold (each tag's own where chosen, else
+        the global one; fusion: the captioned threshold for images read with their own captions), at most
+        `max_tags`."""
         scores = self.scores(data, vectors, image_ids)
-        thresholds = np.full(len(scores), self.threshold)
+        thresholds = self.thresholds(*scores.shape)
         if self.captioned_threshold is not None:
             thresholds[data.has_captions(image_ids, len(scores))] = self.captioned_threshold
         words, out = data.vocabulary.words, []
         for row, threshold in zip(scores, thresholds, strict=True):
             order = np.argsort(-row)[:max_tags]
-            out.append([(words[t], float(row[t])) for t in order if row[t] >= threshold])
+            out.append([(words[t], float(row[t])) for t in order if row[t] >= threshold[t]])
         return out
+
+    def ranked(self, data: TagData, vectors: np.ndarray, image_ids: np.ndarray | None = None, n: int = 5
+               ) -> list[list[tuple[str, float]]]:
+        """Per image its n best-scoring tags whether or not they pass a threshold (for showing something when no
+        tag does, labelled as such)."""
+        scores = self.scores(data, vectors, image_ids)
+        words = data.vocabulary.words
+        return [[(words[t], float(row[t])) for t in np.argsort(-row)[:n]] for row in scores]
+
+    def thresholds(self, n: int, v: int) -> np.ndarray:
+        """(n, v) the threshold of each of v tags for n images: its own where chosen, else the global one."""
+        if self.tag_thresholds is None:
+            return np.full((n, v), self.threshold, dtype=np.float32)
+        return np.broadcast_to(self.tag_thresholds.astype(np.float32), (n, v)).copy()
 
     def save(self, workdir: Workdir, data: TagData, run_id: int | None = None) -> Artefact:
         """Store the fitted tagger (its vocabulary, weights and choices) as an artefact of the workdir."""
@@ -233,6 +258,8 @@ class Tagger:
             atomic_write_json(folder / "tagger.json",
                               {"method": self.method, "model_id": self.model_id, "threshold": self.threshold,
                                "captioned_threshold": self.captioned_threshold, "k": self.k, "val": self.val,
+                               "tag_thresholds": None if self.tag_thresholds is None
+                               else [round(float(t), 4) for t in self.tag_thresholds],
                                "config": asdict(data.config)})
             return store.commit("tagger", folder, source="trained", parent_id=self.model_id, run_id=run_id,
                                 metrics=self.val, info={"method": self.method})
@@ -279,8 +306,11 @@ def fit_tagger(data: TagData, method: str, val: Labelled) -> Tagger:
                                              val.labels)
     if method == "fusion":
         tagger.captioned_threshold, _ = best_threshold(tagger.scores(data, val.vectors, val.image_ids), val.labels)
-    tagger.val.update(tag_metrics(tagger.scores(data, val.vectors, val.image_ids, own_captions=False), val.labels,
-                                  tagger.threshold))
+    fair = tagger.scores(data, val.vectors, val.image_ids, own_captions=False)
+    tagger.val.update(tag_metrics(fair, val.labels, tagger.threshold))
+    if data.config.per_tag_thresholds:
+        tagger.tag_thresholds = per_tag_thresholds(fair, val.labels, tagger.threshold)
+        tagger.val["tags_with_own_threshold"] = int((val.labels.sum(axis=0) >= MIN_TAG_POSITIVES).sum())
     return tagger
 
 
@@ -293,7 +323,10 @@ def load_tagger(workdir: Workdir, method: str, model_id: str | None = None,
     saved = json.loads((folder / "tagger.json").read_text())
     data = TagData(workdir, model_id, TaggingConfig(**saved["config"]),
                    vocabulary=Vocabulary.load(folder / "vocabulary.json"), device=device)
-    tagger = Tagger(method, model_id, saved["threshold"], saved["captioned_threshold"], saved["k"], val=saved["val"])
+    tagger = Tagger(method, model_id, saved["threshold"], captioned_threshold=saved["captioned_threshold"],
+                    k=saved["k"], val=saved["val"])
+    if saved.get("tag_thresholds") is not None:  # taggers saved before per-tag thresholds have none
+        tagger.tag_thresholds = np.asarray(saved["tag_thresholds"], dtype=np.float32)
     if method in ("probe", "fusion"):
         tagger.probe = LinearProbe.load(folder / "weights.safetensors")
     elif method == "zeroshot":
@@ -329,6 +362,8 @@ def tag_workdir(workdir: Workdir, method: str = "knn", model_id: str | None = No
                 rows += [(image_id, word, score) for word, score in image_tags]
         with Catalog.open(workdir) as catalog:
             stored = catalog.replace_tags(data.model_id, method, ids.tolist(), rows, run_id)
+        if method == "fusion":  # these images' tags read their own captions
+            result["caption_assisted_images"] = int(data.has_captions(ids, len(ids)).sum())
         result.update({"method": method, "model_id": data.model_id, "images": int(len(ids)), "tags": stored,
                        "vocabulary": len(data.vocabulary), "k": tagger.k, "threshold": tagger.threshold,
                        "val": tagger.val})
@@ -351,18 +386,37 @@ def evaluate_tags(workdir: Workdir, split: str, model_id: str | None = None, met
             raise InputError(f"split {split!r} has no captioned images to evaluate tags on")
         prior = data.vocabulary.prior()
         threshold, _ = best_threshold(prior_scores(prior, len(val.image_ids)), val.labels)
-        report: dict[str, Any] = {"prior": tag_metrics(prior_scores(prior, len(target.image_ids)), target.labels,
-                                                       threshold)}
+
+        def per_tag(scores: np.ndarray, fallback: float, chosen: np.ndarray | None) -> dict[str, Any]:
+            """Per-tag thresholds: on val cross-fitted (chosen on one half, scored on the other), elsewhere the
+            ones chosen on val (`chosen`)."""
+            if split == "val":
+                predicted, how = cross_fitted_predictions(scores, target.labels, fallback), "cross-fitted on val"
+            else:
+                predicted, how = scores >= chosen, "chosen on val"
+            micro, macro = f1_scores(predicted, target.labels)
+            return {"micro_f1": micro, "macro_f1": macro, "thresholds": how}
+
+        prior_target = prior_scores(prior, len(target.image_ids))
+        report: dict[str, Any] = {"prior": {
+            **tag_metrics(prior_target, target.labels, threshold),
+            "per_tag": per_tag(prior_target, threshold, per_tag_thresholds(
+                prior_scores(prior, len(val.image_ids)), val.labels, threshold))}}
         for method in methods:
             tagger = fit_tagger(data, method, val)
+            # fusion: an image's own captions hidden, as for an uncaptioned image; the fair figure
             scores = tagger.scores(data, target.vectors, target.image_ids, own_captions=False)
-            report[method if method != "fusion" else "fusion_uncaptioned"] = {
-                **tag_metrics(scores, target.labels, tagger.threshold), "k": tagger.k}
+            chosen = tagger.tag_thresholds if tagger.tag_thresholds is not None else \
+                per_tag_thresholds(tagger.scores(data, val.vectors, val.image_ids, own_captions=False), val.labels,
+                                   tagger.threshold)
+            report[method] = {**tag_metrics(scores, target.labels, tagger.threshold), "k": tagger.k,
+                              "per_tag": per_tag(scores, tagger.threshold, chosen)}
             if method == "knn":
                 report["knn"]["micro_f1_by_k_on_val"] = tagger.val["micro_f1_by_k"]
-            if method == "fusion":
+            if method == "fusion":  # reading the image's own captions, which its labels come from: not vision
                 scores = tagger.scores(data, target.vectors, target.image_ids, own_captions=True)
-                report["fusion"] = tag_metrics(scores, target.labels, tagger.captioned_threshold)
+                report["fusion_caption_assisted"] = {
+                    **tag_metrics(scores, target.labels, tagger.captioned_threshold), "caption_assisted": True}
         result.update({"split": split, "model_id": data.model_id, "images": int(len(target.image_ids)),
                        "vocabulary": len(data.vocabulary), "vocabulary_source": data.vocabulary.source,
                        "labels_per_image": round(float(target.labels.sum(axis=1).mean()), 2),

@@ -32,9 +32,13 @@ def test_every_tagger_is_far_above_the_prior(workdir):
     methods = result["methods"]
     prior = methods["prior"]
     assert result["images"] > 40 and result["vocabulary"] > 20
-    for name in ("knn", "probe", "fusion_uncaptioned", "fusion"):
+    for name in ("knn", "probe", "fusion", "fusion_caption_assisted"):
         assert methods[name]["micro_f1"] > prior["micro_f1"] + 10, (name, methods)
         assert methods[name]["mAP"] > 2 * prior["mAP"], (name, methods)
+    assert methods["fusion_caption_assisted"]["caption_assisted"] and "caption_assisted" not in methods["fusion"]
+    for name in ("prior", "knn", "probe", "zeroshot", "fusion"):  # per-tag thresholds, scored cross-fitted on val
+        assert methods[name]["per_tag"]["thresholds"] == "cross-fitted on val"
+    assert methods["knn"]["per_tag"]["macro_f1"] > methods["prior"]["per_tag"]["macro_f1"] + 10, methods
     assert methods["zeroshot"]["mAP"] > prior["mAP"] + 5, methods  # prompts rank images without any labels
     assert methods["knn"]["k"] in (1, 3, 5, 7, 11, 21) and len(methods["knn"]["micro_f1_by_k_on_val"]) == 6
     with pytest.raises(ValueError, match="evaluate on val or test"):
@@ -56,6 +60,20 @@ def test_tags_are_stored_filter_searches_and_the_fitted_tagger_reloads(workdir, 
     ids = np.array(sorted(tagged))[:5]
     _, vectors = data.image_vectors(ids)
     assert all(word in [w for w, _ in tags] for tags in tagger.predict(data, vectors, ids))  # same tags again
+    assert tagger.tag_thresholds is None  # one threshold unless asked
+    ranked = tagger.ranked(data, vectors, ids, n=3)  # best scores whatever the threshold
+    assert all(len(r) == 3 and [s for _, s in r] == sorted((s for _, s in r), reverse=True) for r in ranked)
+    # per-tag thresholds: chosen on val for tags with enough positives, saved, reloaded, used
+    assert main(["tag", "--workdir", str(workdir.root), "--method", "probe", "--per-tag-thresholds", "--json"]) == 0
+    probe = json.loads(capsys.readouterr().out)
+    tagger, data = load_tagger(workdir, "probe")
+    assert tagger.tag_thresholds is not None and len(tagger.tag_thresholds) == len(data.vocabulary)
+    own = tagger.tag_thresholds != np.float32(tagger.threshold)
+    assert 0 < own.sum() <= probe["val"]["tags_with_own_threshold"]
+    scores = tagger.scores(data, vectors, ids)
+    for row, tags in zip(scores, tagger.predict(data, vectors, ids, max_tags=len(data.vocabulary)), strict=True):
+        assert {w for w, _ in tags} == {w for w, t, s in zip(data.vocabulary.words, tagger.tag_thresholds, row)
+                                        if s >= t}
     with pytest.raises(SystemExit):  # argparse names the choices
         main(["tag", "--workdir", str(workdir.root), "--method", "nonsense"])
     assert "invalid choice" in capsys.readouterr().err

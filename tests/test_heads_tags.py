@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from heads.tag_methods import best_threshold, f1_scores, knn_scores, mean_average_precision, prior_scores, tag_metrics
+from heads.tag_methods import (
+    best_threshold,
+    cross_fitted_predictions,
+    f1_scores,
+    knn_scores,
+    mean_average_precision,
+    per_tag_thresholds,
+    prior_scores,
+    tag_metrics,
+)
 
 
 def unit(x):
@@ -40,6 +49,31 @@ def test_f1_map_and_threshold_on_known_cases():
     threshold, f1 = best_threshold(scores, labels)
     assert 0.3 < threshold <= 0.6 and f1 == 100.0
     assert tag_metrics(scores, labels, threshold)["micro_f1"] == 100.0
+
+
+def test_per_tag_thresholds_fit_each_tag_and_keep_the_global_one_for_rare_tags():
+    rng = np.random.default_rng(0)
+    n = 200
+    labels = np.zeros((n, 3), dtype=bool)
+    labels[:, 0] = rng.random(n) < 0.5
+    labels[:, 1] = rng.random(n) < 0.5
+    labels[:3, 2] = True  # three positives: too few for a threshold of its own
+    scores = np.zeros((n, 3), dtype=np.float32)
+    scores[:, 0] = np.where(labels[:, 0], 0.85, 0.6)   # separable at ~0.7 (a global 0.3 tags everything)
+    scores[:, 1] = np.where(labels[:, 1], 0.25, 0.1)   # separable at ~0.2
+    scores[:, 2] = np.where(labels[:, 2], 0.9, 0.1)
+    thresholds = per_tag_thresholds(scores, labels, fallback=0.3)
+    assert 0.6 < thresholds[0] <= 0.85 and 0.1 < thresholds[1] <= 0.25 and thresholds[2] == pytest.approx(0.3)
+    assert f1_scores(scores >= thresholds, labels) == (100.0, 100.0)
+    assert f1_scores(scores >= 0.3, labels)[1] < 100  # no single threshold separates tags 0 and 1 both
+    # cross-fitted: each half thresholded with thresholds chosen on the other, so still perfect here ...
+    assert f1_scores(cross_fitted_predictions(scores, labels, 0.3), labels) == (100.0, 100.0)
+    # ... but a tag whose scores carry no signal gets no credit from choosing on the images it is scored on
+    noise = rng.random((n, 1)).astype(np.float32)
+    noisy_labels = rng.random((n, 1)) < 0.2
+    chosen_here = f1_scores(noise >= per_tag_thresholds(noise, noisy_labels, 0.5), noisy_labels)[0]
+    honest = f1_scores(cross_fitted_predictions(noise, noisy_labels, 0.5), noisy_labels)[0]
+    assert honest < chosen_here
 
 
 def test_the_prior_baseline_scores_every_image_alike():

@@ -11,6 +11,16 @@ from . import resources
 COLUMNS = 4
 
 
+def tag_line(tagger: Any, tag_data: Any, vectors: Any, image_ids: Any = None) -> str:
+    """Markdown: one image's tags by score, those passing their thresholds; when none does, its best-scoring tags,
+    said to be below threshold (a ranked list is still informative, a blank is not)."""
+    tags = tagger.predict(tag_data, vectors, image_ids)[0]
+    if tags:
+        return ", ".join(f"{w} ({s:.2f})" for w, s in tags)
+    ranked = tagger.ranked(tag_data, vectors, image_ids, n=5)[0]
+    return "no tag passes its threshold; highest scores: _" + ", ".join(f"{w} ({s:.2f})" for w, s in ranked) + "_"
+
+
 def hit_grid(hits: list[Any], key: str, root: str) -> None:
     """Search hits as a grid of thumbnails with score, first caption and tags; each with "similar" (more
     like this: image -> image search) and "open" (the Image page) buttons."""

@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=METHODS, default="knn",
                    help="knn: votes of the nearest training images; probe: linear probe on the image embedding; "
                         "zeroshot: 'a photo of a {tag}' prompts; fusion: probe on image + caption embeddings "
-                        "(own captions where the image has them, else its neighbours') (default: %(default)s)")
+                        "(own captions where the image has them, else its neighbours': on captioned images it is "
+                        "caption-assisted, the labels come from those captions) (default: %(default)s)")
     p.add_argument("--split", default=None, help="tag only this split's images (default: all)")
     add_model(p, "embedding model")
     p.add_argument("--min-images", type=int, default=d.vocabulary.min_images,
@@ -44,6 +45,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"standardized over the collection, reaches this (default: {d.untuned_threshold}, {z:.1f} "
                         f"standard deviations above the collection's usual match: about the top {top:.0f}%% of images "
                         "per keyword); with captioned val images it is chosen on val")
+    p.add_argument("--per-tag-thresholds", action="store_true",
+                   help="give each tag with >= 5 positive val images a threshold of its own, chosen on val for its "
+                        "F1 (default: one threshold for all; `groundex eval tags` shows both, per-tag ones scored "
+                        "cross-fitted on val, so you can see whether your val split is large enough for them)")
     add_device(p)
     add_no_progress(p)
     add_json(p)
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         keywords = tuple(line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
     options = {"untuned_threshold": args.threshold} if args.threshold is not None else {}
     config = TaggingConfig(vocabulary=VocabularyConfig(min_images=args.min_images), max_tags=args.max_tags,
-                           keywords=keywords, **options)
+                           keywords=keywords, per_tag_thresholds=args.per_tag_thresholds, **options)
     result = tag_workdir(workdir_of(args), args.method, args.model, args.split, config, device=args.device,
                          progress=not args.no_progress)
     if args.json:
@@ -76,5 +81,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['method']}: {result['tags']:,} tags stored for {result['images']:,} images "
           f"({result['vocabulary']} keywords; {choice}threshold {result['threshold']:.2f} chosen on val: "
-          f"micro-F1 {val['micro_f1']:.1f}, macro-F1 {val['macro_f1']:.1f}, mAP {val['mAP']:.1f})")
+          f"micro-F1 {val['micro_f1']:.1f}, macro-F1 {val['macro_f1']:.1f}, mAP {val['mAP']:.1f}"
+          + (f"; {val['tags_with_own_threshold']} tags with a threshold of their own" if
+             "tags_with_own_threshold" in val else "") + ")")
+    if result.get("caption_assisted_images"):
+        print(f"  caption-assisted: {result['caption_assisted_images']:,} of these images were tagged from their own "
+              "captions as well as their pixels (fusion reads an image's captions where it has some)")
     return 0

@@ -1,11 +1,12 @@
 """Image: one image with its captions (phrases highlighted), Entities boxes, generated caption, tags,
 nearest neighbours, and grounding a phrase on it."""
 
+import numpy as np
 import streamlit as st
 
 from grounding.overlay import render_overlay
 from ui.app import data, resources
-from ui.app.views import hit_grid
+from ui.app.views import hit_grid, tag_line
 from warehouse import Catalog, load_image
 
 workdir = resources.workdir()
@@ -60,8 +61,19 @@ with text_column:
         st.markdown(f"**generated** ({g['model_id'][:8]}): {g['text']}")
     if tags:
         st.subheader("Tags")
-        st.dataframe([{"tag": t["keyword"], "score": round(t["score"], 3), "method": t["method"]} for t in tags],
+        method_label = {"fusion": "fusion (caption-assisted)"} if captions else {}  # it read these very captions
+        st.dataframe([{"tag": t["keyword"], "score": round(t["score"], 3),
+                       "method": method_label.get(t["method"], t["method"])} for t in tags],
                      hide_index=True, width="stretch", height=min(240, 38 + 35 * len(tags)))
+    else:
+        fitted = next((f for f in (resources.tagger(root, m, model) for m in ("probe", "knn")) if f), None)
+        if fitted is not None:
+            tagger, tag_data = fitted
+            ids, vectors = tag_data.image_vectors(np.array([image_id], dtype=np.int64))
+            if len(ids):
+                st.subheader("Tags")
+                st.markdown(f"**{tagger.method}** (not stored: `groundex tag` was not run on this image): "
+                            + tag_line(tagger, tag_data, vectors, ids))
 
 st.subheader("Nearest neighbours")
 k, where = resources.filters_sidebar(root, "image")

@@ -5,7 +5,7 @@ import streamlit as st
 from grounding.overlay import render_overlay
 from ui.app import resources
 from ui.app.data import MAX_UPLOAD_BYTES, decode_upload
-from ui.app.views import hit_grid
+from ui.app.views import hit_grid, tag_line
 from warehouse import InputError
 
 workdir = resources.workdir()
@@ -39,8 +39,7 @@ with right:
         if fitted is None:
             continue
         tagger, tag_data = fitted
-        tags = tagger.predict(tag_data, vector[None, :])[0]
-        st.markdown(f"**{method}**: " + (", ".join(f"{w} ({s:.2f})" for w, s in tags) or "none above threshold"))
+        st.markdown(f"**{method}**: " + tag_line(tagger, tag_data, vector[None, :]))
         shown = True
     if not shown:
         st.caption("no tagger fitted yet: `groundex tag --method knn`")
