@@ -94,9 +94,11 @@ class CaptionDecoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, image_inputs: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 beams: int = 3, max_new_tokens: int = 30, min_new_tokens: int = 3, length_penalty: float = 1.0
-                 ) -> torch.Tensor:
-        """Beam search from left-padded prompts; returns the new tokens (B, <= max_new_tokens)."""
+                 beams: int = 3, max_new_tokens: int = 30, min_new_tokens: int = 3, length_penalty: float = 1.0,
+                 function_token_ids: frozenset[int] | None = None) -> torch.Tensor:
+        """Beam search from left-padded prompts; returns the new tokens (B, <= max_new_tokens). No trigram of the
+        caption repeats, and with `function_token_ids` (see `function_token_ids`) no bigram ending in any other
+        token does ("a man is to the right of a man")."""
         from transformers import LogitsProcessorList
 
         encoder = self.encode_images(image_inputs)
@@ -106,7 +108,8 @@ class CaptionDecoder(nn.Module):
             encoder_attention_mask=torch.ones(encoder.shape[:2], dtype=torch.long, device=encoder.device),
             num_beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
             length_penalty=length_penalty, eos_token_id=ids.eos, pad_token_id=ids.pad, bos_token_id=ids.bos,
-            do_sample=False, logits_processor=LogitsProcessorList([NoRepeatInCaption(3, input_ids.shape[1])]))
+            do_sample=False, logits_processor=LogitsProcessorList([NoRepeatInCaption(3, input_ids.shape[1],
+                                                                                     function_token_ids)]))
         return out[:, input_ids.shape[1]:]
 
 
@@ -163,25 +166,49 @@ class BlipCaptioner(CaptionDecoder):
             return self.blip.vision_model(pixel_values=image_inputs)[0]
 
 
+# Words a caption may repeat after the same word ("in a ... in a"); any other token ends a bigram that must not
+# repeat. Human captions repeat such a bigram rarely (3.0% of the demo's training captions, 1.9% of the real
+# sample's: "a black lab ... the black lab"); the small decoders repeat them often ("a man is to the right of a man").
+FUNCTION_WORDS = frozenset("""a an the this that these those some another each both one two three four five
+of on in at with without and or but is are was were be being to its it his her their they them he she there near
+by for from while as into onto up down out over under behind beside next front left right top bottom middle side
+other while who which what where""".split())
+
+
+def function_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """The token ids of `FUNCTION_WORDS` and the tokenizer's punctuation and special tokens: the tokens after which
+    a repeated bigram is allowed (`NoRepeatInCaption`)."""
+    vocab = tokenizer.get_vocab()
+    keep = {i for t, i in vocab.items() if t in FUNCTION_WORDS or (len(t) == 1 and not t.isalnum())}
+    return frozenset(keep | set(tokenizer.all_special_ids))
+
+
 class NoRepeatInCaption:
     """Bans a token that would repeat an n-gram of the caption being generated ("a skateboard on a
-    skateboard"). Unlike `no_repeat_ngram_size`, the prompt does not count: copying a phrase of a
-    retrieved caption is what retrieval augmentation is for."""
+    skateboard"), and, given `function_ids`, a bigram ending in a token outside them ("a man ... a man"). Unlike
+    `no_repeat_ngram_size`, the prompt does not count: copying a phrase of a retrieved caption is what
+    retrieval augmentation is for."""
 
-    def __init__(self, n: int, prompt_length: int):
-        self.n, self.prompt_length = n, prompt_length
+    def __init__(self, n: int, prompt_length: int, function_ids: frozenset[int] | None = None):
+        self.n, self.prompt_length, self.function_ids = n, prompt_length, function_ids
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         generated = input_ids[:, self.prompt_length:].tolist()  # (B * beams, new tokens so far)
         for row, tokens in enumerate(generated):
-            if len(tokens) < self.n:
-                continue
-            prefix = tuple(tokens[len(tokens) - self.n + 1:])
-            banned = {tokens[i + self.n - 1] for i in range(len(tokens) - self.n + 1)
-                      if tuple(tokens[i:i + self.n - 1]) == prefix}
+            banned = self._repeats(tokens, self.n)
+            if self.function_ids is not None:
+                banned |= self._repeats(tokens, 2) - self.function_ids
             if banned:
                 scores[row, list(banned)] = -float("inf")
         return scores
+
+    @staticmethod
+    def _repeats(tokens: list[int], n: int) -> set[int]:
+        """The tokens that would complete an n-gram already in `tokens`."""
+        if len(tokens) < n - 1 or n < 2:
+            return set()
+        prefix = tuple(tokens[len(tokens) - n + 1:])
+        return {tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == prefix}
 
 
 def encode_batch(tokenizer: PreTrainedTokenizerBase, retrieved: list[list[str]], captions: list[str] | None,

@@ -35,6 +35,7 @@ from .caption_decoder import (
     PixelSource,
     RACaptioner,
     encode_batch,
+    function_token_ids,
     load_captioner,
     load_pretrained_blip,
     train_tokenizer,
@@ -379,6 +380,7 @@ class Captioner:
         self.data = CaptionData(workdir, self.meta["model_id"], memory)  # the default memory
         self._memories = {memory: self.data}
         self._encoder: Any = None  # the embedding model, loaded on the first caption_file
+        self._function_ids: frozenset[int] | None = None  # the tokens a repeated bigram may end in
 
     def memory_data(self, memory: str | None = None) -> CaptionData:
         """The retrieval data of another caption memory (None: the one this captioner was opened with), read from
@@ -406,6 +408,8 @@ class Captioner:
         """Captions of images given what the decoder reads of them (`CaptionData.image_inputs`) and their
         retrieved captions (already cut to k)."""
         c = self.config
+        if c.no_repeat_bigrams and self._function_ids is None:
+            self._function_ids = function_token_ids(self.tokenizer)
         out: list[str] = []
         for s in tqdm(range(0, len(image_inputs), batch_size), desc="caption", unit="batch", disable=not progress):
             batch = encode_batch(self.tokenizer, retrieved[s:s + batch_size], None, c, self.model.token_ids)
@@ -414,7 +418,8 @@ class Captioner:
                 batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
                 beams=beams or c.beams, max_new_tokens=max_new_tokens or c.max_new_tokens,
                 min_new_tokens=c.min_new_tokens if min_new_tokens is None else min_new_tokens,
-                length_penalty=c.length_penalty if length_penalty is None else length_penalty)
+                length_penalty=c.length_penalty if length_penalty is None else length_penalty,
+                function_token_ids=self._function_ids if c.no_repeat_bigrams else None)
             out += [t.strip() for t in self.tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)]
         return out
 
@@ -511,7 +516,7 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
         for k in ks:
             captions = captioner.caption_inputs(inputs, [r[:k] for r in retrieved], progress=progress)
             by_k[str(k)] = caption_metrics(captions, references)
-            samples[str(k)] = captions[:3]
+            samples[str(k)] = captions[:5]
         nearest = [r[0] if r else "" for r in retrieved]
         methods = {"retrieval_augmented": by_k[str(k_model)], "no_retrieval": by_k["0"],
                    "nearest_caption": caption_metrics(nearest, references)}
@@ -526,7 +531,8 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
             "methods": methods,
             "by_k": by_k,
             "examples": [{"image_id": int(image_ids[i]), "references": references[i][:2],
+                          "retrieved": retrieved[i][:k_model],
                           "retrieval_augmented": samples[str(k_model)][i], "no_retrieval": samples["0"][i],
-                          "nearest_caption": nearest[i]} for i in range(min(3, len(image_ids)))],
+                          "nearest_caption": nearest[i]} for i in range(min(5, len(image_ids)))],
         })
     return result

@@ -111,10 +111,11 @@ class CaptionerConfig:
     seed: int = 0
     precision: str = "auto"          # auto (bf16 where fast: AVX512-BF16/AMX CPUs, GPUs) | bf16 | fp32
     # decoding
-    beams: int = 3
+    beams: int = 5                   # beam search width (demo val CIDEr 90.7 at 3, 97.8 at 5, 98.0 at 8: docs/heads.md)
     max_new_tokens: int = 30
     min_new_tokens: int = 3
     length_penalty: float = 1.0      # > 1 favours longer captions in beam search
+    no_repeat_bigrams: bool = True   # a caption never repeats a bigram ending in a content word ("a man ... a man")
     # a pretrained BLIP in place of the small decoder
     pretrained: str | None = None    # a BlipForConditionalGeneration checkpoint: a Hugging Face name or a local folder.
                                      # Its vision tower reads the pixels (not the stored CLIP tokens) and its own

@@ -7,8 +7,10 @@ from PIL import Image
 
 from heads.caption_decoder import (
     CaptionerConfig,
+    NoRepeatInCaption,
     RACaptioner,
     encode_batch,
+    function_token_ids,
     load_captioner,
     save_captioner,
     train_tokenizer,
@@ -129,6 +131,24 @@ def test_training_neighbours_leave_the_query_out_and_match_exact_search():
     assert all(gallery[r] != ids[q] for q in range(6) for r in rows[q])  # never itself
     with pytest.raises(ValueError, match="sorted"):
         training_neighbours(index, vectors[:2], gallery[::-1], k=3)
+
+
+def test_decoding_never_repeats_a_content_bigram_nor_any_trigram_of_its_own_caption():
+    tokenizer = train_tokenizer(TEXTS + ["a man is to the right of a man", "in a park in a city"] * 3, 300)
+    ids = function_token_ids(tokenizer)
+    word = tokenizer.convert_tokens_to_ids
+    assert word("a") in ids and word("in") in ids and word("man") not in ids and word(".") in ids
+    prompt = torch.tensor([[word("man"), word("man")]])  # a prompt's bigrams do not count
+    allowed = lambda caption, rule: torch.isfinite(  # noqa: E731
+        rule(torch.cat([prompt, torch.tensor([[word(w) for w in caption.split()]])], 1), torch.zeros(1, 300)))[0]
+    with_bigrams, trigrams_only = NoRepeatInCaption(3, 2, ids), NoRepeatInCaption(3, 2)
+    after = "a man is to the right of a"
+    assert not allowed(after, with_bigrams)[word("man")]  # "a man ... a man"
+    assert allowed(after, trigrams_only)[word("man")]
+    assert allowed(after, with_bigrams)[word("dog")] and allowed("a", with_bigrams)[word("man")]
+    assert allowed("in a park in", with_bigrams)[word("a")]  # "in a ... in a": a function word may repeat
+    for rule in (with_bigrams, trigrams_only):  # the trigram "in a park" may not repeat either way
+        assert not allowed("in a park in a", rule)[word("park")]
 
 
 def test_the_decoder_reads_the_retrieved_captions():
