@@ -35,7 +35,7 @@ def repeats_content_bigram(caption: str) -> bool:
     """Whether a bigram whose second word is not a function word occurs twice."""
     words = re.findall(r"[a-z]+", caption.lower())
     seen: set[tuple[str, str]] = set()
-    for pair in zip(words, words[1:]):
+    for pair in zip(words, words[1:], strict=False):
         if pair[1] in FUNCTION_WORDS:
             continue
         if pair in seen:
@@ -76,7 +76,8 @@ def main() -> None:
         row["CIDEr_ratio"] = round(row["CIDEr"] / max(base["CIDEr"], 1e-9), 3)
         row["time_ratio"] = round(row["seconds"] / max(base["seconds"], 1e-9), 2)
         report["settings"].append(row)
-        print(f"beams {beams} no_repeat_bigrams {no_repeat!s:<5}  BLEU-4 {row['BLEU-4']:5.1f}  CIDEr {row['CIDEr']:5.1f} "
+        print(f"beams {beams} no_repeat_bigrams {no_repeat!s:<5}  BLEU-4 {row['BLEU-4']:5.1f}  "
+              f"CIDEr {row['CIDEr']:5.1f} "
               f"({row['CIDEr_ratio']:.3f}x)  repeats {row['repeats_content_bigram_pct']:4.1f}%  {seconds:5.1f} s "
               f"({row['time_ratio']:.2f}x)", flush=True)
     print(f"human captions of the split repeating a content bigram: {report['human_repeats_content_bigram_pct']}%")

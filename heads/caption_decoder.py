@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,85 @@ class CaptionDecoder(nn.Module):
         return out[:, input_ids.shape[1]:]
 
 
+class CopyingTextDecoder(BlipTextLMHeadModel):
+    """BLIP's text decoder with a pointer over the prompt (See et al., 2017, "Get To The Point"): at each caption
+    position the next token comes from the vocabulary with probability g, or is copied from a retrieved caption
+    with probability 1 - g, by attention over the prompt's tokens:
+
+        p(w) = g * softmax(vocab logits)(w) + (1 - g) * sum of copy attention over prompt positions holding w
+
+    A word the decoder never had to write (its output row never trained) can still be written by copying it from a
+    neighbour's caption: what retrieval augmentation promises (SmallCap). `logits` are log p, so beam search and
+    logits processors work unchanged. The prompt is every token before the caption marker (`prompt_id`) other than
+    specials; a row without one (no retrieved captions) generates from the vocabulary alone.
+
+    With a cache (generation), the first call sees the whole prompt and keeps its copy keys; later calls see one
+    token each. Beams of one image share their prompt, so reordering beams leaves those keys valid."""
+
+    def __init__(self, config: BlipTextConfig, prompt_id: int, special_ids: tuple[int, ...], copy_dim: int = 64):
+        super().__init__(config)
+        self.prompt_id, self.special_ids = prompt_id, special_ids
+        self.copy_query = nn.Linear(config.hidden_size, copy_dim)
+        self.copy_key = nn.Linear(config.hidden_size, copy_dim)
+        self.copy_gate = nn.Linear(config.hidden_size, 1)
+        self._generation = threading.local()  # per thread (the app captions from several): the prompt's keys, ids, mask
+
+    def _prompt_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) True at prompt tokens: before the first caption marker, not special."""
+        marker = (input_ids == self.prompt_id).int()
+        before = marker.cumsum(dim=1) == 0
+        special = torch.zeros_like(before)
+        for i in self.special_ids:
+            special |= input_ids == i
+        return before & ~special
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, encoder_hidden_states: torch.Tensor | None = None,
+                encoder_attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                cache: Any = None, use_cache: bool | None = None, **kwargs: Any) -> Any:
+        from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
+
+        kwargs.pop("return_logits", None)
+        kwargs.pop("past_key_values", None)
+        if labels is not None:
+            use_cache = False
+        outputs = self.bert(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
+                            cache=cache, use_cache=use_cache, is_decoder=True,
+                            **{k: v for k, v in kwargs.items() if k in ("output_attentions", "output_hidden_states")})
+        hidden = outputs.last_hidden_state                                      # (B, t, H)
+        first = cache is None or cache.get_seq_length() == input_ids.shape[1] or labels is not None
+        if first:  # the whole sequence: its prompt is here
+            prompt = (self.copy_key(hidden), input_ids, self._prompt_mask(input_ids))
+            self._generation.prompt = prompt if cache is not None else None  # kept for the steps to come
+        else:
+            prompt = self._generation.prompt
+        keys, ids, mask = prompt
+        if labels is None:
+            return CausalLMOutputWithCrossAttentions(logits=self._log_probs(hidden, keys, ids, mask),
+                                                     cache=outputs.cache)
+        # training: only the caption's positions have targets, so only they get a distribution (4x less work)
+        targets = labels[:, 1:]
+        rows, positions = (targets != -100).nonzero(as_tuple=True)
+        chosen = self._log_probs(hidden[:, :-1][rows, positions][:, None, :], keys[rows], ids[rows], mask[rows])
+        loss = nn.functional.nll_loss(chosen[:, 0], targets[rows, positions])
+        return CausalLMOutputWithCrossAttentions(loss=loss)
+
+    def _log_probs(self, hidden: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+                   ) -> torch.Tensor:
+        """(B, t, V) log p of the next token at each of `hidden`'s positions (B, t, H), given the prompt's copy
+        keys (B, T, C), token ids and mask (B, T)."""
+        vocab = torch.softmax(self.cls(hidden).float(), dim=-1)
+        scores = (self.copy_query(hidden) @ keys.transpose(1, 2)).float() / keys.shape[-1] ** 0.5  # (B, t, T)
+        has_prompt = mask.any(dim=1)[:, None, None]                                              # (B, 1, 1)
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf")).masked_fill(~has_prompt, 0.0)
+        attention = torch.softmax(scores, dim=-1) * has_prompt
+        copied = torch.zeros_like(vocab).scatter_add_(2, ids[:, None, :].expand(-1, hidden.shape[1], -1), attention)
+        gate = torch.sigmoid(self.copy_gate(hidden).float())
+        gate = torch.where(has_prompt, gate, torch.ones_like(gate))  # no retrieved captions: the vocabulary alone
+        return torch.log((gate * vocab + (1 - gate) * copied).clamp_min(1e-9))
+
+
 class RACaptioner(CaptionDecoder):
     """The small decoder trained from scratch, with a LayerNorm on the (frozen, L2-normalized) CLIP image
     tokens it cross-attends to."""
@@ -128,7 +208,9 @@ class RACaptioner(CaptionDecoder):
             attention_probs_dropout_prob=config.dropout, bos_token_id=2, eos_token_id=3, pad_token_id=0,
             sep_token_id=4, tie_word_embeddings=False, label_smoothing=0.0)
         self.image_norm = nn.LayerNorm(image_dim)
-        self.decoder = BlipTextLMHeadModel(self.text_config)
+        ids = self.token_ids
+        self.decoder = CopyingTextDecoder(self.text_config, ids.prompt, (ids.pad, ids.bos, ids.eos, ids.sep, 1)) \
+            if config.copy else BlipTextLMHeadModel(self.text_config)
 
     def encode_images(self, image_inputs: torch.Tensor) -> torch.Tensor:
         # image_inputs (B, T, D): the CLIP image embedding and its patch embeddings
@@ -172,7 +254,7 @@ class BlipCaptioner(CaptionDecoder):
 FUNCTION_WORDS = frozenset("""a an the this that these those some another each both one two three four five
 of on in at with without and or but is are was were be being to its it his her their they them he she there near
 by for from while as into onto up down out over under behind beside next front left right top bottom middle side
-other while who which what where""".split())
+other while who which what where""".split())  # noqa: SIM905 (a word list to read, not a literal to scan)
 
 
 def function_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
@@ -372,7 +454,7 @@ def load_captioner(folder: Path) -> tuple[CaptionDecoder, PreTrainedTokenizerBas
     image_processor = None
     try:
         meta = json.loads(meta_path.read_text())
-        config = CaptionerConfig(**meta["config"])
+        config = CaptionerConfig(**{"copy": False, **meta["config"]})  # captioners saved before the copy head had none
         model: CaptionDecoder
         if "blip_config" in meta:
             from transformers import AutoTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor

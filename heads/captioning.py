@@ -2,9 +2,10 @@
 
 Retrieval: for an image, its k nearest images of the caption memory (the train split's captioned images
 unless another memory is chosen: `CaptionData`) in the embedding model's FAISS image index (the image itself
-left out), and of each the caption nearest to the image in the joint embedding space. Training examples are every (train image, human caption) pair; validation is the val split's
-pairs (loss each epoch). `groundex eval captions` compares the captioner with its retrieved captions,
-the same model without them, and the nearest-neighbour-caption baseline (the first retrieved caption).
+left out), and of each the caption nearest to the image in the joint embedding space. Training examples are
+every (train image, human caption) pair; validation is the val split's pairs (loss each epoch).
+`groundex eval captions` compares the captioner with its retrieved captions, the same model without them, and
+the nearest-neighbour-caption baseline (the first retrieved caption).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer.index import load_index
 from indexer.config import MissingEmbeddingError
+from indexer.index import load_index
 from indexer.shards import load_embeddings
+from indexer.tokenizer import words
 from warehouse import Artefact, ArtefactStore, Catalog, InputError, RunState, Workdir, recorded_run
 
 from .caption_decoder import (
@@ -106,6 +108,17 @@ class CaptionData:
             self.caption_vectors_of[row].append(vector)
         self.caption_vectors_of = [np.stack(v) for v in self.caption_vectors_of]
 
+    def subset(self, image_ids: np.ndarray) -> CaptionData:
+        """The same data with a memory of `image_ids`' captions only (those of them in this memory)."""
+        keep = np.flatnonzero(np.isin(self.memory_ids, image_ids))
+        out = object.__new__(CaptionData)
+        out.__dict__.update(self.__dict__)
+        out.memory = f"{self.memory} (the decoder's training images)"
+        out.memory_ids, out.memory_vectors = self.memory_ids[keep], self.memory_vectors[keep]
+        out.captions_of = [self.captions_of[i] for i in keep]
+        out.caption_vectors_of = [self.caption_vectors_of[i] for i in keep]
+        return out
+
     def describe_memory(self) -> dict[str, Any]:
         """What retrieval draws from: the spec, and how many images and captions it holds."""
         return {"memory": self.memory, "images": int(len(self.memory_ids)),
@@ -177,12 +190,17 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
     model: CaptionDecoder | None = None  # the small decoder is built once the image tokens' width is known
     image_processor = None
     if config.pretrained is None:
-        tokenizer = train_tokenizer([t for _, t in examples.train], config.vocab_size)
+        # the vocabulary of the whole caption memory: words of images left out of the decoder's training
+        # (`exclude_words`) are tokens it can copy from retrieved captions, though it never had to write them
+        tokenizer = train_tokenizer([t for texts in data.captions_of for t in texts], config.vocab_size)
     else:
         model, tokenizer, image_processor = pretrained
     store = ArtefactStore(workdir)
+    # with exclude_words, retrieval in training reads the decoder's own training images only: the left-out words
+    # appear nowhere in its training, as for words that arrive with captions ingested later
+    retrieval = data.subset(examples.train_ids) if config.exclude_words else data
     with recorded_run(workdir, "caption train", asdict(config), data.model_id) as (run_id, result):
-        datasets = _build_datasets(data, examples, config, image_processor)
+        datasets = _build_datasets(retrieval, examples, config, image_processor)
         if model is None:
             model = RACaptioner(config, len(tokenizer), datasets.train_inputs.shape[-1])
         output_dir = store.training_dir("captioner", data.model_id)
@@ -205,6 +223,7 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
         run_state.finish(captioner_id=captioner_id)
         result.update({"captioner_id": captioner_id, "path": str(folder), "model_id": data.model_id,
                        "train_images": len(datasets.train), "val_examples": len(datasets.val),
+                       "excluded_words": list(config.exclude_words),
                        "vocab_size": len(tokenizer), "val_loss_by_epoch": [round(x, 4) for x in losses],
                        "best_val_loss": round(min(losses), 4) if losses else None,
                        "train_seconds": round(seconds, 1), "resumed": resume})
@@ -220,10 +239,27 @@ class _Examples:
     val: list[tuple[int, str]]        # (row into val_ids, caption)
 
 
+def mentions(text: str, concepts: tuple[str, ...] | list[str]) -> set[str]:
+    """The concepts a text names, as a word or its plural ('dog', 'dogs'; 'bus', 'buses')."""
+    found = set(words(text))
+    return {c for c in concepts if c in found or f"{c}s" in found or f"{c}es" in found}
+
+
 def _choose_examples(data: CaptionData, config: CaptionerConfig) -> _Examples:
     """Every caption of the train and val images; train images drawn at random (seeded) when there are more than
-    `config.max_train_images`."""
+    `config.max_train_images`. With `config.exclude_words`, train images whose captions mention one of them are
+    left out (they stay in the caption memory)."""
     train_ids, train_examples = data.split_examples("train")
+    if config.exclude_words:
+        named = {row for row, text in train_examples if mentions(text, config.exclude_words)}
+        if len(named) == len(train_ids):
+            raise InputError(f"every train image's captions mention one of {', '.join(config.exclude_words)}")
+        keep = np.array([row for row in range(len(train_ids)) if row not in named], dtype=np.int64)
+        _logger.info("exclude_words: %d of %d train images left out of the decoder's training", len(named),
+                     len(train_ids))
+        position = {int(old): new for new, old in enumerate(keep)}
+        train_ids = train_ids[keep]
+        train_examples = [(position[row], text) for row, text in train_examples if row in position]
     if config.max_train_images is not None and config.max_train_images < len(train_ids):
         rng = np.random.default_rng(config.seed)
         keep = np.sort(rng.choice(len(train_ids), config.max_train_images, replace=False))

@@ -95,6 +95,9 @@ class CaptionerConfig:
     image_tokens: str = "patches"    # patches: the image embedding and its patch embeddings (1 + P tokens);
                                      # global: the image embedding only (1 token: cheaper, and the decoder leans
                                      # on the retrieved captions more)
+    copy: bool = False               # a pointer over the retrieved captions: words can be copied from them, even ones
+    #                                  the decoder never had to write (`heads.caption_decoder.CopyingTextDecoder`).
+    #                                  Off by default: so far it shortens captions (docs/heads.md, "New words")
     # retrieval augmentation
     k: int = 4                       # retrieved captions in the prompt (the captions of the k nearest training images)
     retrieval_dropout: float = 0.2   # share of training examples without retrieved captions (so k = 0 works too)
@@ -103,6 +106,8 @@ class CaptionerConfig:
     # training (Hugging Face Trainer); an epoch shows each training image once, with one of its captions
     max_train_images: int | None = None  # train the decoder on at most this many train images (a seeded random
                                          # subset); retrieval always reads every captioned train image
+    exclude_words: tuple[str, ...] = ()  # train the decoder only on train images none of whose captions mention
+    #                                      these words (or their plurals): concepts it can only learn from the memory
     epochs: int = 10
     batch_size: int = 64
     lr: float = 5e-4
@@ -135,5 +140,8 @@ class CaptionerConfig:
             raise InputError(f"image_tokens must be patches or global, got {self.image_tokens!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise InputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if isinstance(self.exclude_words, str):
+            self.exclude_words = tuple(self.exclude_words.split(","))
+        self.exclude_words = tuple(sorted({w.strip().lower() for w in self.exclude_words if w.strip()}))
         if self.min_new_tokens > self.max_new_tokens:
             raise InputError("min_new_tokens must be <= max_new_tokens")

@@ -41,13 +41,13 @@ from .config import METHODS, TaggingConfig
 from .neighbours import training_neighbours
 from .tag_methods import (
     KNN_KS,
-    LinearProbe,
     MIN_TAG_POSITIVES,
+    LinearProbe,
     best_threshold,
     cross_fitted_predictions,
     f1_scores,
-    per_tag_thresholds,
     knn_scores,
+    per_tag_thresholds,
     prior_scores,
     prompts,
     tag_metrics,

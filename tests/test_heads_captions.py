@@ -151,6 +151,22 @@ def test_decoding_never_repeats_a_content_bigram_nor_any_trigram_of_its_own_capt
         assert not allowed("in a park in a", rule)[word("park")]
 
 
+def _trained_to_repeat_the_prompt(model, tokenizer, captions, images, steps, lr):
+    """`model` trained (in eval mode after) to write the one retrieved caption it is given, whatever the image."""
+    import random
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr)
+    for _ in range(steps):
+        rows = random.sample(range(len(captions)), 32)
+        batch = encode_batch(tokenizer, [[captions[r]] for r in rows], [captions[r] for r in rows],
+                             model.captioner_config)
+        loss = model(images[rows], **batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
 def test_the_decoder_reads_the_retrieved_captions():
     """When the image tokens say nothing and the retrieved caption is the answer, a few hundred steps teach the
     decoder to copy it: the prompt reaches the decoder and the loss covers the caption only."""
@@ -163,17 +179,9 @@ def test_the_decoder_reads_the_retrieved_captions():
     captions = [" ".join(random.choice(words) for _ in range(6)) for _ in range(400)]
     tokenizer = train_tokenizer(captions, 200)
     config = CaptionerConfig(hidden_size=64, layers=2, heads=2, intermediate_size=128, dropout=0.0)
-    model = RACaptioner(config, len(tokenizer), image_dim=16)
-    optimizer = torch.optim.AdamW(model.parameters(), 2e-3)
     noise = torch.randn(400, 1, 16)  # uninformative image tokens
-    for _ in range(200):
-        rows = random.sample(range(400), 32)
-        batch = encode_batch(tokenizer, [[captions[r]] for r in rows], [captions[r] for r in rows], config)
-        loss = model(noise[rows], **batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    model = _trained_to_repeat_the_prompt(RACaptioner(config, len(tokenizer), image_dim=16), tokenizer, captions,
+                                          noise, steps=200, lr=2e-3)
     rows = list(range(32))
     with torch.no_grad():
         losses = [model(noise[rows], **encode_batch(tokenizer, [prompt(r) for r in rows], [captions[r] for r in rows],
@@ -183,6 +191,48 @@ def test_the_decoder_reads_the_retrieved_captions():
     batch = encode_batch(tokenizer, [[captions[0]]], None, config)
     new = model.generate(noise[:1], batch["input_ids"], batch["attention_mask"], beams=2, max_new_tokens=8)
     assert tokenizer.decode(new[0], skip_special_tokens=True) == captions[0]
+
+
+def test_the_copy_heads_training_loss_is_the_likelihood_it_decodes_with():
+    """Training scores the caption positions only; decoding scores every position: the same distribution."""
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(TEXTS, 200)
+    config = CaptionerConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, dropout=0.0, copy=True)
+    model = RACaptioner(config, len(tokenizer), image_dim=16).eval()
+    image = torch.randn(3, 2, 16)
+    batch = encode_batch(tokenizer, [[TEXTS[0], TEXTS[1]], [], [TEXTS[2]]], [TEXTS[3], TEXTS[4], TEXTS[5]], config)
+    with torch.no_grad():
+        loss = model(image, **batch).loss
+        full = model(image, **{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, T, V) log p
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    expected = -full[:, :-1][keep].gather(1, targets[keep][:, None]).mean()
+    assert torch.allclose(full.exp().sum(-1), torch.ones(full.shape[:2]), atol=1e-4)  # a distribution everywhere
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_only_the_copy_head_writes_a_word_it_never_had_to_write(copy):
+    """Trained to repeat its retrieved caption, where "zebra" is in no target: given "zebra" in the prompt, the
+    decoder with the copy head writes it; the plain decoder cannot (its output row for the word never learned)."""
+    import random
+
+    random.seed(1)
+    torch.manual_seed(1)
+    words = ["red", "blue", "green", "dog", "cat", "man", "woman", "car", "tree", "ball", "runs", "sits", "near",
+             "big", "small"]
+    captions = [" ".join(random.choice(words) for _ in range(5)) for _ in range(400)]
+    tokenizer = train_tokenizer(captions + ["a zebra", "the zebra"], 200)  # the memory's words: "zebra" is a token
+    config = CaptionerConfig(hidden_size=64, layers=2, heads=2, intermediate_size=128, dropout=0.0, copy=copy)
+    noise = torch.randn(400, 1, 16)
+    model = _trained_to_repeat_the_prompt(RACaptioner(config, len(tokenizer), image_dim=16), tokenizer, captions,
+                                          noise, steps=150, lr=3e-3)
+    wrote = []
+    for prompt in ("red zebra runs near tree", "big zebra sits", "zebra"):
+        batch = encode_batch(tokenizer, [[prompt]], None, config)
+        new = model.generate(noise[:1], batch["input_ids"], batch["attention_mask"], beams=2, max_new_tokens=8)
+        wrote.append("zebra" in tokenizer.decode(new[0], skip_special_tokens=True).split())
+    assert all(wrote) if copy else not any(wrote), wrote
 
 
 def test_a_pretrained_blip_reads_prompts_in_its_native_layout_and_round_trips(tmp_path):

@@ -72,7 +72,8 @@ def test_tags_are_stored_filter_searches_and_the_fitted_tagger_reloads(workdir, 
     assert 0 < own.sum() <= probe["val"]["tags_with_own_threshold"]
     scores = tagger.scores(data, vectors, ids)
     for row, tags in zip(scores, tagger.predict(data, vectors, ids, max_tags=len(data.vocabulary)), strict=True):
-        assert {w for w, _ in tags} == {w for w, t, s in zip(data.vocabulary.words, tagger.tag_thresholds, row)
+        assert {w for w, _ in tags} == {w for w, t, s in zip(data.vocabulary.words, tagger.tag_thresholds, row,
+                                                                            strict=True)
                                         if s >= t}
     with pytest.raises(SystemExit):  # argparse names the choices
         main(["tag", "--workdir", str(workdir.root), "--method", "nonsense"])
@@ -193,7 +194,8 @@ def test_the_caption_memory_is_a_choice_and_takes_captions_ingested_after_traini
     val_ids = np.array(sorted(i for i, s in split_of.items() if s == "val"), dtype=np.int64)
     vectors, _ = everything.image_inputs(val_ids, CaptionerConfig())
     sources = everything.retrieve_with_sources(vectors, val_ids, k=4)
-    assert all(len(found) == 4 and int(i) not in {s for s, _ in found} for i, found in zip(val_ids, sources))
+    assert all(len(found) == 4 and int(i) not in {s for s, _ in found}
+               for i, found in zip(val_ids, sources, strict=True))
     # more captioned images arrive after training: ingest and index them, and the same captioner retrieves them
     warehouse.ingest_synthetic(workdir, warehouse.SyntheticConfig(n=150, seed=5),
                                config=warehouse.IngestConfig(progress=False))
@@ -218,3 +220,4 @@ def test_the_caption_memory_is_a_choice_and_takes_captions_ingested_after_traini
     assert main(["caption", "generate", "--workdir", str(workdir.root), "--split", "val", "--memory", "nosuch",
                  "--no-progress"]) == 2
     assert "no split 'nosuch'" in capsys.readouterr().err
+

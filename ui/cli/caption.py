@@ -9,8 +9,8 @@ from ._common import UserError, add_resume, add_workdir, print_json, workdir_of
 from ._options import (
     add_captioner,
     add_device,
-    add_memory,
     add_json,
+    add_memory,
     add_model,
     add_no_progress,
     add_precision,
@@ -47,6 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--neighbours", type=int, default=c.k, metavar="N",
                    help="retrieved captions in the prompt: those of the N nearest training images (default: "
                         "%(default)s)")
+    t.add_argument("--exclude-words", default="", metavar="WORD,WORD",
+                   help="train the decoder only on train images none of whose captions mention these words (or "
+                        "their plurals); their captions stay in the caption memory (benchmarks/caption_concepts.py)")
+    t.add_argument("--copy", action="store_true",
+                   help="add a copy head: a pointer over the retrieved captions, so the decoder can write words it "
+                        "never had to write in training (docs/heads.md, \"New words\"; off by default: it "
+                        "shortens captions so far)")
     t.add_argument("--layers", type=int, default=c.layers, help="decoder layers (default: %(default)s)")
     t.add_argument("--hidden-size", type=int, default=c.hidden_size, help="decoder width (default: %(default)s)")
     add_precision(t, c.precision)
@@ -91,7 +98,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = CaptionerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, k=args.neighbours,
                              layers=args.layers, hidden_size=args.hidden_size, precision=args.precision,
-                             seed=args.seed, pretrained=args.base, freeze_vision=not args.train_vision)
+                             seed=args.seed, pretrained=args.base, freeze_vision=not args.train_vision,
+                             exclude_words=tuple(args.exclude_words.split(",")), copy=args.copy)
     result = train_captioner(workdir_of(args), config, args.model, resume=args.resume, progress=not args.no_progress)
     if args.json:
         print_json(result)

@@ -1,0 +1,131 @@
+"""Does retrieval teach the captioner words its training never showed it? (issue 21, SmallCap's promise)
+
+    python benchmarks/caption_concepts.py --workdir W --concepts car,purple [--epochs 10] [--copy]
+                                          [--reference CAPTIONER] [--out docs/results/x.json]
+
+Two decoders are trained with the default recipe (--copy: with the copy head) on the train images whose captions
+never mention the concepts (`CaptionerConfig.exclude_words`; plurals count): one retrieval-augmented (the
+default k), one without retrieval (k = 0), same epochs and seed. In training they retrieve from their own training
+images, so the concepts appear nowhere in it. Afterwards the caption memory is every train caption, so the images
+left out of training lend their captions to their neighbours. Then, for the val images whose human captions
+mention a concept, and for the train images held back from the decoders (their own captions never in their memory):
+- how often the generated caption names the concept (per concept and overall): retrieval-augmented (RA), the
+  decoder trained without retrieval, the RA weights with no retrieved captions (k = 0), and the nearest memory
+  caption returned as is;
+- CIDEr against the images' human captions.
+On the other val images (no concept), CIDEr of the RA decoder against --reference (a captioner trained on every
+train image, e.g. the demo's): what leaving the concepts out costs elsewhere. All in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from heads.caption_metrics import caption_metrics  # noqa: E402
+from heads.captioning import Captioner, mentions, train_captioner  # noqa: E402
+from heads.config import CaptionerConfig  # noqa: E402
+from warehouse import Catalog, Workdir  # noqa: E402
+
+
+def image_sets(workdir: Workdir, concepts: tuple[str, ...]) -> dict[str, dict[int, list[str]]]:
+    """Image id -> human captions, for: val images naming a concept, train images naming one (held back from the
+    decoders), and val images naming none."""
+    sets: dict[str, dict[int, list[str]]] = {"val_concept": {}, "train_held_back": {}, "val_other": {}}
+    with Catalog.open(workdir, read_only=True) as catalog:
+        for split in ("train", "val"):
+            by_image: dict[int, list[str]] = {}
+            for _, image_id, text in catalog.caption_rows(split):
+                by_image.setdefault(image_id, []).append(text)
+            for image_id, texts in by_image.items():
+                named = any(mentions(t, concepts) for t in texts)
+                name = ("val_concept" if named else "val_other") if split == "val" else \
+                    ("train_held_back" if named else None)
+                if name:
+                    sets[name][image_id] = texts
+    return sets
+
+
+def score(captions: list[str], references: list[list[str]], concepts: tuple[str, ...]) -> dict:
+    """CIDEr / BLEU-4, and per concept the share of its images (those whose references name it) whose caption
+    names it."""
+    named = {}
+    for concept in concepts:
+        rows = [i for i, refs in enumerate(references) if any(mentions(r, (concept,)) for r in refs)]
+        if rows:
+            named[concept] = {"images": len(rows),
+                              "named_pct": round(100 * np.mean([bool(mentions(captions[i], (concept,)))
+                                                                for i in rows]), 1)}
+    all_rows = sum(v["images"] for v in named.values())
+    overall = sum(v["images"] * v["named_pct"] for v in named.values()) / max(all_rows, 1)
+    metrics = caption_metrics(captions, references)
+    return {"CIDEr": metrics["CIDEr"], "BLEU-4": metrics["BLEU-4"], "named_pct": round(overall, 1),
+            "by_concept": named}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--concepts", required=True, help="comma-separated words (chosen on train/val counts)")
+    parser.add_argument("--epochs", type=int, default=CaptionerConfig.epochs)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--copy", action="store_true", help="decoders with the copy head (CaptionerConfig.copy)")
+    parser.add_argument("--reference", default=None, help="a captioner trained on every train image")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    workdir = Workdir(args.workdir)
+    concepts = tuple(c.strip().lower() for c in args.concepts.split(",") if c.strip())
+    sets = image_sets(workdir, concepts)
+    print("images: " + ", ".join(f"{name} {len(ids)}" for name, ids in sets.items()), flush=True)
+    report: dict = {"concepts": list(concepts), "epochs": args.epochs, "copy": args.copy,
+                    "images": {n: len(s) for n, s in sets.items()}, "decoders": {}, "sets": {}}
+    decoders = {}
+    for name, k in (("retrieval_augmented", CaptionerConfig.k), ("trained_without_retrieval", 0)):
+        started = time.perf_counter()
+        trained = train_captioner(workdir, CaptionerConfig(exclude_words=concepts, k=k, epochs=args.epochs,
+                                                           seed=args.seed, copy=args.copy), progress=False)
+        decoders[name] = Captioner(workdir, trained["captioner_id"])
+        report["decoders"][name] = {"captioner_id": trained["captioner_id"], "train_images": trained["train_images"],
+                                    "best_val_loss": trained["best_val_loss"],
+                                    "seconds": round(time.perf_counter() - started, 1)}
+        print(f"trained {name}: {report['decoders'][name]}", flush=True)
+    ra, plain = decoders["retrieval_augmented"], decoders["trained_without_retrieval"]
+    beams = CaptionerConfig.beams
+    for set_name, by_image in sets.items():
+        ids = np.array(sorted(by_image), dtype=np.int64)
+        if len(ids) == 0:
+            continue
+        references = [by_image[int(i)] for i in ids]
+        vectors, inputs = ra.data.image_inputs(ids, ra.config)
+        retrieved = ra.data.retrieve(vectors, ids, ra.config.k)
+        captions = {"retrieval_augmented": ra.caption_inputs(inputs, retrieved, beams=beams),
+                    "trained_without_retrieval": plain.caption_inputs(inputs, [[] for _ in ids], beams=beams),
+                    "ra_weights_k0": ra.caption_inputs(inputs, [[] for _ in ids], beams=beams),
+                    "nearest_caption": [r[0] if r else "" for r in retrieved]}
+        if set_name == "val_other" and args.reference:
+            reference = Captioner(workdir, args.reference)
+            _, ref_inputs = reference.data.image_inputs(ids, reference.config)
+            ref_retrieved = reference.data.retrieve(vectors, ids, reference.config.k)
+            captions["reference_all_train"] = reference.caption_inputs(ref_inputs, ref_retrieved, beams=beams)
+        report["sets"][set_name] = {
+            "images": len(ids),
+            "methods": {m: score(c, references, concepts) for m, c in captions.items()},
+            "examples": [{"image_id": int(ids[i]), "references": references[i][:2], "retrieved": retrieved[i],
+                          **{m: c[i] for m, c in captions.items()}} for i in range(min(4, len(ids)))]}
+        for method, s in report["sets"][set_name]["methods"].items():
+            print(f"{set_name:<16} {method:<26} names the concept {s['named_pct']:5.1f}%  CIDEr {s['CIDEr']:5.1f}  "
+                  f"BLEU-4 {s['BLEU-4']:5.1f}  " + ", ".join(f"{c} {v['named_pct']:.0f}% of {v['images']}"
+                                                            for c, v in s["by_concept"].items()), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
