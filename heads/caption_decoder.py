@@ -258,10 +258,11 @@ other while who which what where""".split())  # noqa: SIM905 (a word list to rea
 
 
 def function_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
-    """The token ids of `FUNCTION_WORDS` and the tokenizer's punctuation and special tokens: the tokens after which
-    a repeated bigram is allowed (`NoRepeatInCaption`)."""
+    """The token ids of `FUNCTION_WORDS`, single characters, word pieces ('##s') and the tokenizer's special tokens:
+    the tokens a repeated bigram may end in (`NoRepeatInCaption`)."""
     vocab = tokenizer.get_vocab()
-    keep = {i for t, i in vocab.items() if t in FUNCTION_WORDS or (len(t) == 1 and not t.isalnum())}
+    # word pieces and single characters too: a word the vocabulary lacks is spelt in them, and its letters repeat
+    keep = {i for t, i in vocab.items() if t in FUNCTION_WORDS or len(t) == 1 or t.startswith("##")}
     return frozenset(keep | set(tokenizer.all_special_ids))
 
 

@@ -67,6 +67,12 @@ def memory_splits(memory: str, splits: list[str]) -> list[str] | None:
     return sorted(set(names), key=names.index)
 
 
+def canonical_memory(memory: str) -> str:
+    """One spelling of a memory spec ('val, train,train' -> 'train,val'): what a cache of memories is keyed on."""
+    names = sorted({name.strip() for name in (memory or "").split(",") if name.strip()})
+    return "all" if names == ["all"] else ",".join(names)
+
+
 class CaptionData:
     """What the captioner reads of a workdir for one embedding model: image tokens (global + patch
     embeddings) and the retrieved captions of any image.
@@ -241,7 +247,7 @@ class _Examples:
 
 def mentions(text: str, concepts: tuple[str, ...] | list[str]) -> set[str]:
     """The concepts a text names, as a word or its plural ('dog', 'dogs'; 'bus', 'buses')."""
-    found = set(words(text))
+    found = {w.split("'")[0] for w in words(text)}  # "dog's" names a dog
     return {c for c in concepts if c in found or f"{c}s" in found or f"{c}es" in found}
 
 
@@ -414,7 +420,7 @@ class Captioner:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
         self.data = CaptionData(workdir, self.meta["model_id"], memory)  # the default memory
-        self._memories = {memory: self.data}
+        self._memories = {canonical_memory(memory): self.data}
         self._encoder: Any = None  # the embedding model, loaded on the first caption_file
         self._function_ids: frozenset[int] | None = None  # the tokens a repeated bigram may end in
 
@@ -423,9 +429,12 @@ class Captioner:
         the catalog on first use and kept."""
         if memory is None:
             return self.data
-        if memory not in self._memories:
-            self._memories[memory] = CaptionData(self.data.workdir, self.data.model_id, memory)
-        return self._memories[memory]
+        key = canonical_memory(memory)
+        if key not in self._memories:
+            if len(self._memories) >= 8:  # a server's clients may ask for many: keep the opening one and 7 more
+                self._memories.pop(next(k for k in self._memories if self._memories[k] is not self.data))
+            self._memories[key] = CaptionData(self.data.workdir, self.data.model_id, memory)
+        return self._memories[key]
 
     @property
     def encoder(self) -> Any:

@@ -105,7 +105,8 @@ class CaptionerConfig:
     max_retrieved_tokens: int = 20   # each retrieved caption is cut to this many tokens in the prompt
     # training (Hugging Face Trainer); an epoch shows each training image once, with one of its captions
     max_train_images: int | None = None  # train the decoder on at most this many train images (a seeded random
-                                         # subset); retrieval always reads every captioned train image
+                                         # subset); retrieval reads every captioned train image (with exclude_words,
+                                         # in training only the decoder's own training images)
     exclude_words: tuple[str, ...] = ()  # train the decoder only on train images none of whose captions mention
     #                                      these words (or their plurals): concepts it can only learn from the memory
     epochs: int = 10
@@ -143,5 +144,9 @@ class CaptionerConfig:
         if isinstance(self.exclude_words, str):
             self.exclude_words = tuple(self.exclude_words.split(","))
         self.exclude_words = tuple(sorted({w.strip().lower() for w in self.exclude_words if w.strip()}))
+        if any(not w.isalnum() for w in self.exclude_words):
+            raise InputError(f"exclude_words are single words (letters and digits), got {list(self.exclude_words)}")
+        if self.copy and self.pretrained:
+            raise InputError("copy (the copy head) is for the small decoder; a pretrained BLIP has none")
         if self.min_new_tokens > self.max_new_tokens:
             raise InputError("min_new_tokens must be <= max_new_tokens")

@@ -99,16 +99,19 @@ def per_tag_thresholds(scores: np.ndarray, labels: np.ndarray, fallback: float, 
     return thresholds
 
 
-def cross_fitted_predictions(scores: np.ndarray, labels: np.ndarray, fallback: float, folds: int = 2,
+def cross_fitted_predictions(scores: np.ndarray, labels: np.ndarray, per_tag: bool = True, folds: int = 2,
                              seed: int = 0) -> np.ndarray:
-    """(N, V) bool: per-tag thresholds applied to images they were not chosen on. The images are split into
-    `folds` at random; each fold is thresholded with `per_tag_thresholds` chosen on the others. This is how
-    per-tag thresholds are scored on the split they are chosen on (val) without grading their own choice."""
+    """(N, V) bool: thresholds applied to images they were not chosen on. The images are split into `folds` at
+    random; each fold is thresholded with the global threshold chosen on the others (`best_threshold`) and, with
+    `per_tag`, each tag's own (`per_tag_thresholds`, falling back to that global one). This is how thresholds are
+    scored on the split they are chosen on (val) without grading their own choice; both kinds the same way, so
+    they compare."""
     order = np.random.default_rng(seed).permutation(len(scores))
     predicted = np.zeros(scores.shape, dtype=bool)
     for part in np.array_split(order, folds):
         rest = np.setdiff1d(order, part)
-        thresholds = per_tag_thresholds(scores[rest], labels[rest], fallback)
+        threshold, _ = best_threshold(scores[rest], labels[rest])
+        thresholds = per_tag_thresholds(scores[rest], labels[rest], threshold) if per_tag else threshold
         predicted[part] = scores[part] >= thresholds
     return predicted
 

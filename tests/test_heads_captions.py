@@ -109,6 +109,20 @@ def test_config_rejects_bad_values():
         CaptionerConfig(retrieval_dropout=1.0)
     with pytest.raises(ValueError, match="precision"):
         CaptionerConfig(precision="fp8")
+    with pytest.raises(ValueError, match="single words"):
+        CaptionerConfig(exclude_words=("red car",))
+    with pytest.raises(ValueError, match="copy head"):
+        CaptionerConfig(copy=True, pretrained="Salesforce/blip-image-captioning-base")
+    assert CaptionerConfig(exclude_words="Car, dog,car").exclude_words == ("car", "dog")
+
+
+def test_concept_mentions_and_memory_specs():
+    from heads.captioning import canonical_memory, mentions
+
+    assert mentions("A dog's ball and two buses.", ("dog", "bus", "ball", "cat")) == {"dog", "bus", "ball"}
+    assert mentions("a doghouse", ("dog",)) == set()
+    assert canonical_memory("val, train,train") == "train,val" == canonical_memory("train,val")
+    assert canonical_memory(" all ") == "all"
 
 
 def test_training_neighbours_leave_the_query_out_and_match_exact_search():

@@ -67,12 +67,12 @@ def test_per_tag_thresholds_fit_each_tag_and_keep_the_global_one_for_rare_tags()
     assert f1_scores(scores >= thresholds, labels) == (100.0, 100.0)
     assert f1_scores(scores >= 0.3, labels)[1] < 100  # no single threshold separates tags 0 and 1 both
     # cross-fitted: each half thresholded with thresholds chosen on the other, so still perfect here ...
-    assert f1_scores(cross_fitted_predictions(scores, labels, 0.3), labels) == (100.0, 100.0)
+    assert f1_scores(cross_fitted_predictions(scores, labels), labels) == (100.0, 100.0)
     # ... but a tag whose scores carry no signal gets no credit from choosing on the images it is scored on
     noise = rng.random((n, 1)).astype(np.float32)
     noisy_labels = rng.random((n, 1)) < 0.2
     chosen_here = f1_scores(noise >= per_tag_thresholds(noise, noisy_labels, 0.5), noisy_labels)[0]
-    honest = f1_scores(cross_fitted_predictions(noise, noisy_labels, 0.5), noisy_labels)[0]
+    honest = f1_scores(cross_fitted_predictions(noise, noisy_labels), noisy_labels)[0]
     assert honest < chosen_here
 
 

@@ -30,7 +30,8 @@ def add_memory(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", default="train", metavar="train|SPLIT,...|all",
                         help="the human captions retrieval draws from: the train split's, those of the splits named "
                              "(e.g. train,val), or all; captions ingested and indexed after the captioner was "
-                             "trained count at once; an image's own captions never do (default: %(default)s)")
+                             "trained count, no retraining needed (a running app or server: once restarted); an "
+                             "image's own captions never do (default: %(default)s)")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

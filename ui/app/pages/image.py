@@ -72,7 +72,7 @@ with text_column:
             ids, vectors = tag_data.image_vectors(np.array([image_id], dtype=np.int64))
             if len(ids):
                 st.subheader("Tags")
-                st.markdown(f"**{tagger.method}** (not stored: `groundex tag` was not run on this image): "
+                st.markdown(f"**{tagger.method}** (none stored for this image, computed now): "
                             + tag_line(tagger, tag_data, vectors, ids))
 
 st.subheader("Nearest neighbours")
