@@ -249,8 +249,8 @@ class BlipCaptioner(CaptionDecoder):
 
 
 # Words a caption may repeat after the same word ("in a ... in a"); any other token ends a bigram that must not
-# repeat. Human captions repeat such a bigram rarely (3.0% of the demo's training captions, 1.9% of the real
-# sample's: "a black lab ... the black lab"); the small decoders repeat them often ("a man is to the right of a man").
+# repeat. Human captions repeat such a bigram rarely (2.4% of the demo's val captions: "a black lab ... the black
+# lab"); the small decoders repeated them often ("a man is to the right of a man"; benchmarks/caption_decoding.py).
 FUNCTION_WORDS = frozenset("""a an the this that these those some another each both one two three four five
 of on in at with without and or but is are was were be being to its it his her their they them he she there near
 by for from while as into onto up down out over under behind beside next front left right top bottom middle side

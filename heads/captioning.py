@@ -51,26 +51,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer runs i
 MAX_K = 8  # retrieved captions kept per image (the k swept by the evaluation go up to this)
 
 
+def _memory_names(memory: str) -> list[str]:
+    """The names in a caption memory spec, in order, once each ('val, train,val' -> ['val', 'train'])."""
+    return list(dict.fromkeys(name.strip() for name in (memory or "").split(",") if name.strip()))
+
+
 def memory_splits(memory: str, splits: list[str]) -> list[str] | None:
     """The splits a caption memory spec names: 'train', a comma-separated list ('train,val'), or 'all' (None:
     every captioned image, with or without a split). `splits`: the catalog's splits, to check the names against."""
-    text = (memory or "").strip()
-    if text == "all":
+    names = _memory_names(memory)
+    if names == ["all"]:
         return None
-    names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise InputError(f"caption memory {memory!r} names no split: give train, SPLIT,SPLIT or all")
     unknown = [name for name in names if name not in splits]
     if unknown:
         raise InputError(f"caption memory {memory!r}: no split {', '.join(map(repr, unknown))} in the catalog "
                          f"(splits: {', '.join(splits) or 'none'}; or all)")
-    return sorted(set(names), key=names.index)
+    return names
 
 
 def canonical_memory(memory: str) -> str:
     """One spelling of a memory spec ('val, train,train' -> 'train,val'): what a cache of memories is keyed on."""
-    names = sorted({name.strip() for name in (memory or "").split(",") if name.strip()})
-    return "all" if names == ["all"] else ",".join(names)
+    return ",".join(sorted(_memory_names(memory)))
 
 
 class CaptionData:

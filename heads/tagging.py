@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -387,11 +388,12 @@ def evaluate_tags(workdir: Workdir, split: str, model_id: str | None = None, met
         prior = data.vocabulary.prior()
         threshold, _ = best_threshold(prior_scores(prior, len(val.image_ids)), val.labels)
 
-        def per_tag(scores: np.ndarray, chosen: np.ndarray) -> dict[str, Any]:
+        def per_tag(scores: np.ndarray, chosen: Callable[[], np.ndarray]) -> dict[str, Any]:
             """Per-tag thresholds: on val cross-fitted (chosen on one half, scored on the other), beside one
-            threshold cross-fitted the same way (the fair comparison); elsewhere the ones chosen on val (`chosen`)."""
+            threshold cross-fitted the same way (the fair comparison); elsewhere the ones chosen on val (`chosen()`,
+            only computed then)."""
             if split != "val":
-                micro, macro = f1_scores(scores >= chosen, target.labels)
+                micro, macro = f1_scores(scores >= chosen(), target.labels)
                 return {"micro_f1": micro, "macro_f1": macro, "thresholds": "chosen on val"}
             micro, macro = f1_scores(cross_fitted_predictions(scores, target.labels), target.labels)
             one_micro, one_macro = f1_scores(cross_fitted_predictions(scores, target.labels, per_tag=False),
@@ -402,15 +404,19 @@ def evaluate_tags(workdir: Workdir, split: str, model_id: str | None = None, met
         prior_target = prior_scores(prior, len(target.image_ids))
         report: dict[str, Any] = {"prior": {
             **tag_metrics(prior_target, target.labels, threshold),
-            "per_tag": per_tag(prior_target, per_tag_thresholds(
+            "per_tag": per_tag(prior_target, lambda: per_tag_thresholds(
                 prior_scores(prior, len(val.image_ids)), val.labels, threshold))}}
         for method in methods:
             tagger = fit_tagger(data, method, val)
             # fusion: an image's own captions hidden, as for an uncaptioned image; the fair figure
             scores = tagger.scores(data, target.vectors, target.image_ids, own_captions=False)
-            chosen = tagger.tag_thresholds if tagger.tag_thresholds is not None else \
-                per_tag_thresholds(tagger.scores(data, val.vectors, val.image_ids, own_captions=False), val.labels,
-                                   tagger.threshold)
+
+            def chosen(tagger: Tagger = tagger) -> np.ndarray:  # the tagger's own, or chosen on val now
+                if tagger.tag_thresholds is not None:
+                    return tagger.tag_thresholds
+                val_scores = tagger.scores(data, val.vectors, val.image_ids, own_captions=False)
+                return per_tag_thresholds(val_scores, val.labels, tagger.threshold)
+
             report[method] = {**tag_metrics(scores, target.labels, tagger.threshold), "k": tagger.k,
                               "per_tag": per_tag(scores, chosen)}
             if method == "knn":

@@ -124,8 +124,10 @@ def run_tags(args: argparse.Namespace) -> int:
         return 0
     print(f"split {result['split']}: {result['images']:,} captioned images, {result['vocabulary']} keywords "
           f"({result['labels_per_image']} labels per image), model {result['model_id']}")
+    per_tag_header = "per-tag thresholds (one threshold), both cross-fitted on val" if result["split"] == "val" \
+        else "per-tag thresholds chosen on val"
     print(f"  {'method':<26} {'micro-F1':>9} {'macro-F1':>9} {'mAP':>6} {'threshold':>10}   micro-F1 / macro-F1 with "
-          "per-tag thresholds (one threshold), both cross-fitted on val")
+          + per_tag_header)
     for name, m in result["methods"].items():
         k = f" (K={m['k']})" if m.get("k") else ""
         per_tag = m.get("per_tag")
