@@ -140,7 +140,7 @@ def test_a_schema_4_workdir_upgrades_in_place(tmp_path):
     workdir = _schema_4_workdir(tmp_path)
     root = workdir.root
     with Catalog.open(workdir, read_only=True) as catalog:
-        assert catalog.schema_version == SCHEMA_VERSION == 5
+        assert catalog.schema_version == SCHEMA_VERSION == 6
         model = catalog.model("m1")
         assert (model.info["name"], model.info["mode"], model.run_id, model.metrics, model.source) == \
             ("groundex-tiny", "full", 7, {"a": 1}, "trained")

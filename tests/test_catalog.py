@@ -6,7 +6,16 @@ import pytest
 
 import warehouse
 from tests.helpers import catalog_at_version
-from warehouse import Catalog, CatalogError, Condition, IngestConfig, InputError, SyntheticConfig, Workdir
+from warehouse import (
+    Catalog,
+    CatalogError,
+    Condition,
+    GeneratedPhrase,
+    IngestConfig,
+    InputError,
+    SyntheticConfig,
+    Workdir,
+)
 from warehouse._schema import SCHEMA_VERSION
 from warehouse.catalog import ImageInfo, PreparedSample
 from warehouse.records import Box, Caption, Entity, Phrase, Reject, Sample
@@ -87,8 +96,34 @@ def test_generated_captions_replace_per_captioner_and_stay_apart_from_human_ones
         catalog.replace_generated_captions("cap2", [(1, "a thing")])
         assert catalog.caption_rows() == humans  # training and indexing read human captions only
         assert [c["text"] for c in catalog.generated_captions([1])[1]] == ["a thing", "a brown dog"]
-        assert catalog.generated_captions([2], model_id="cap1")[2] == [{"text": "a cat", "model_id": "cap1"}]
+        cat = catalog.generated_captions([2], model_id="cap1")[2]
+        assert [(c["text"], c["model_id"], c["phrases"]) for c in cat] == [("a cat", "cap1", [])]
         assert catalog.counts()["generated_captions"] == 3
+
+
+def test_generated_phrases_are_stored_with_their_caption_and_leave_with_it(tmp_path):
+    dog = GeneratedPhrase(("animals",), "a brown dog", 0, "ch1", "m1", (1.0, 2.0, 30.0, 40.0), 0.5)
+    grass = GeneratedPhrase(("scene",), "the grass", 4, "ch1")  # not grounded: no model, no box
+    with Catalog.open(Workdir(tmp_path / "w")) as catalog:
+        catalog.add_samples([_prepared("a"), _prepared("b")])
+        annotated = catalog.grounding_rows()
+        catalog.replace_generated_captions("cap1", [(1, "a brown dog on the grass"), (2, "a cat")],
+                                           phrases=[[dog, grass], []])
+        [stored] = catalog.generated_captions([1])[1]
+        assert stored["phrases"] == [dog, grass]
+        assert catalog.grounding_rows() == annotated  # training and evaluation read annotated phrases only
+        catalog.replace_generated_captions("cap1", [(1, "a dog")])  # a new caption replaces the old one's phrases
+        assert catalog.counts()["generated_phrases"] == 0
+        catalog.replace_generated_captions("cap1", [(1, "a brown dog on the grass")], phrases=[[dog, grass]])
+        catalog.replace_generated_captions("cap2", [(2, "a dog")], phrases=[[dog]])
+        catalog.remove_images([2])
+        assert catalog.counts()["generated_phrases"] == 2
+        with pytest.raises(ValueError, match="1 phrase lists for 2 captions"):
+            catalog.replace_generated_captions("cap1", [(1, "x"), (1, "y")], phrases=[[]])
+        with catalog.transaction():
+            catalog.forget_artefact("captioner", "cap1")
+        assert catalog.counts()["generated_phrases"] == 0
+        assert not any(catalog.dangling_rows().values())
 
 
 def test_read_only_open_of_missing_workdir_explains(tmp_path):

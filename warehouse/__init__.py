@@ -6,6 +6,7 @@
     ingest_*  one entry point per source format; all share the pipeline in `ingest.py`
 """
 
+from ._catalog_heads import GeneratedPhrase
 from ._catalog_reports import SqlResult
 from .artefacts import KINDS as ARTEFACT_KINDS
 from .artefacts import (
@@ -24,31 +25,31 @@ from .errors import ArtefactError, CatalogError, InputError
 from .images import DEFAULT_MAX_PIXELS, ImageError, inspect_image, load_image, load_image_bytes
 from .ingest import IngestConfig, IngestReport, ingest
 from .ingest_sources import (
-                      ingest_flickr30k,
-                      ingest_folder,
-                      ingest_hf,
-                      ingest_karpathy,
-                      ingest_results_csv,
-                      ingest_synthetic,
+    ingest_flickr30k,
+    ingest_folder,
+    ingest_hf,
+    ingest_karpathy,
+    ingest_results_csv,
+    ingest_synthetic,
 )
 from .records import Box, Caption, Entity, Phrase, Reject, Sample
 from .shared_reader import SharedReader
 from .synthetic import SyntheticConfig, generate_dataset, generate_scene
 from .workdir import (
-                      DEFAULT_WORKDIR,
-                      EMBEDDING_KINDS,
-                      Workdir,
-                      atomic_write_bytes,
-                      atomic_write_json,
-                      atomic_write_npy,
-                      utc_now,
+    DEFAULT_WORKDIR,
+    EMBEDDING_KINDS,
+    Workdir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npy,
+    utc_now,
 )
 
 __all__ = [
     "Artefact", "ARTEFACT_KINDS", "ArtefactError", "ArtefactStore", "atomic_write_bytes", "atomic_write_json",
     "atomic_write_npy", "Box", "Caption", "Catalog", "CatalogError", "Condition", "content_hash",
     "DEFAULT_MAX_PIXELS", "DEFAULT_WORKDIR", "EMBEDDING_KINDS", "Entity", "FormatError", "generate_dataset",
-    "generate_scene", "hashed_files",
+    "generate_scene", "GeneratedPhrase", "hashed_files",
     "GroundingRow", "ImageError", "ImageInfo", "ingest", "ingest_flickr30k", "ingest_folder", "ingest_hf",
     "ingest_karpathy", "ingest_results_csv", "ingest_synthetic", "IngestConfig", "IngestReport", "InputError",
     "inspect_image", "load_image", "load_image_bytes", "missing_files", "parse_annotation", "parse_caption",

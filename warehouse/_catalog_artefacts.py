@@ -106,12 +106,16 @@ class ArtefactRows:
         """Delete an artefact's row, and a captioner's generated captions (the caller holds the transaction and
         removes the folder)."""
         if kind == "captioner":
+            self.con.execute("DELETE FROM generated_phrases WHERE caption_id IN (SELECT id FROM captions WHERE "
+                             "source = 'generated' AND model_id = ?)", [artefact_id])
             self.con.execute("DELETE FROM captions WHERE source = 'generated' AND model_id = ?", [artefact_id])
+        if kind == "chunker":
+            self.con.execute("DELETE FROM generated_phrases WHERE chunker_id = ?", [artefact_id])
         self.con.execute("DELETE FROM artefacts WHERE kind = ? AND id = ?", [kind, artefact_id])
 
     def forget_model(self, model_id: str) -> None:
         """Delete a model's row and every row made with it: embeddings, indexes, stored kinds, tags, regions."""
-        for table in ("embeddings", "indexes", "embedding_sets", "tags", "regions"):
+        for table in ("embeddings", "indexes", "embedding_sets", "tags", "regions", "generated_phrases"):
             self.con.execute(f"DELETE FROM {table} WHERE model_id = ?", [model_id])  # table names are literals
         self.forget_artefact("model", model_id)
 

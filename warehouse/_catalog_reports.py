@@ -47,6 +47,8 @@ def time_limited(con: duckdb.DuckDBPyConnection, seconds: float | None, what: st
 _DANGLING = {
     "captions without their image": "SELECT count(*) FROM captions c ANTI JOIN images i ON i.id = c.image_id",
     "phrases without their caption": "SELECT count(*) FROM phrases p ANTI JOIN captions c ON c.id = p.caption_id",
+    "generated phrases without their caption": "SELECT count(*) FROM generated_phrases p ANTI JOIN captions c "
+                                               "ON c.id = p.caption_id",
     "boxes without their image": "SELECT count(*) FROM boxes b ANTI JOIN images i ON i.id = b.image_id",
     "tags without their image": "SELECT count(*) FROM tags t ANTI JOIN images i ON i.id = t.image_id",
     "regions without their image": "SELECT count(*) FROM regions r ANTI JOIN images i ON i.id = r.image_id",

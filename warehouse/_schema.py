@@ -230,6 +230,43 @@ MIGRATIONS: list[list[str | Callable[[duckdb.DuckDBPyConnection, Path], None]]] 
         move_training_state,
         record_patch_grids,
     ],
+    # 6: phrase chunkers become an artefact kind, and the phrases of generated captions are stored grounded. The
+    # kind list is a CHECK, which DuckDB cannot alter: the table is copied into one with the longer list.
+    [
+        """
+        CREATE TABLE artefacts_v6 (
+            kind        VARCHAR NOT NULL CHECK (kind IN ('model', 'captioner', 'tagger', 'chunker')),
+            id          VARCHAR NOT NULL,
+            label       VARCHAR,
+            path        VARCHAR NOT NULL,
+            parent_id   VARCHAR,           -- as in v5; a chunker has none (it reads words only)
+            run_id      BIGINT,
+            source      VARCHAR NOT NULL,
+            info        JSON NOT NULL,
+            metrics     JSON,
+            created_at  TIMESTAMP NOT NULL,
+            PRIMARY KEY (kind, id)
+        )
+        """,
+        "INSERT INTO artefacts_v6 SELECT * FROM artefacts",
+        "DROP TABLE artefacts",
+        "ALTER TABLE artefacts_v6 RENAME TO artefacts",
+        """
+        CREATE TABLE generated_phrases (
+            caption_id        BIGINT NOT NULL,     -- a generated caption (captions.source = 'generated')
+            ordinal           INTEGER NOT NULL,    -- the phrase's position among the caption's phrases
+            image_id          BIGINT NOT NULL,
+            types             VARCHAR[] NOT NULL,  -- the chunker's type, e.g. ['people']
+            text              VARCHAR NOT NULL,
+            first_word_index  INTEGER NOT NULL,    -- index of its first word in the caption's words (as `phrases`)
+            chunker_id        VARCHAR NOT NULL,    -- content hash of the chunker that found it
+            model_id          VARCHAR,             -- the embedding model that grounded it; NULL: not grounded
+            x1 REAL, y1 REAL, x2 REAL, y2 REAL,    -- its box in the stored image's pixels (as `boxes`), or NULL
+            score             REAL,                -- the grounding head's score of the box
+            PRIMARY KEY (caption_id, ordinal)
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

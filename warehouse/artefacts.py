@@ -1,8 +1,8 @@
-"""One home for every artefact a workdir holds: CLIP models, captioners and fitted taggers.
+"""One home for every artefact a workdir holds: CLIP models, captioners, fitted taggers and phrase chunkers.
 
 An artefact is a folder named by the content hash of its files, under the kind's folder of the workdir
-(`models/`, `captioners/`, `taggers/`), and a row of the catalog's `artefacts` table that says what made it:
-its parent (the model it was fine-tuned from, or the embedding model a head reads), the run, where its first
+(`models/`, `captioners/`, `taggers/`, `chunkers/`), and a row of the catalog's `artefacts` table that says what made
+it: its parent (the model it was fine-tuned from, or the embedding model a head reads), the run, where its first
 weights came from, and its figures. Every consumer finds an artefact the same way (`Catalog.artefact`: a label,
 a unique hash prefix, or the newest), and every writer stores one the same way (`ArtefactStore.commit`: files
 written into a staging folder, hashed, renamed into place, then recorded), so a crash leaves either nothing
@@ -27,17 +27,18 @@ from typing import Any
 
 from .workdir import Workdir, atomic_write_json
 
-KINDS = ("model", "captioner", "tagger")
-KIND_FOLDERS = {"model": "models", "captioner": "captioners", "tagger": "taggers"}
+KINDS = ("model", "captioner", "tagger", "chunker")
+KIND_FOLDERS = {"model": "models", "captioner": "captioners", "tagger": "taggers", "chunker": "chunkers"}
 # The files an artefact's hash covers (a tagger's weights only when it has some). Models hash each file's name
 # with its bytes and captioners the bytes alone: the schemes of the first releases, kept so that their ids stay.
 HASHED_FILES = {
     "model": ("model.safetensors", "config.json", "tokenizer.json", "box_head.safetensors"),
     "captioner": ("model.safetensors", "tokenizer.json", "captioner.json"),
     "tagger": ("tagger.json", "vocabulary.json", "weights.safetensors"),
+    "chunker": ("chunker.json", "weights.safetensors"),
 }
 _OPTIONAL_FILES = {"model": ("box_head.safetensors",), "tagger": ("weights.safetensors",)}  # hashed when present
-_NAMES_HASHED = {"model": True, "captioner": False, "tagger": True}
+_NAMES_HASHED = {"model": True, "captioner": False, "tagger": True, "chunker": True}
 # What each kind's error says to do when a workdir has none.
 NONE_YET = {
     "model": "no model in this workdir yet: run `groundex train` (needs captions) or record one without training "
@@ -45,6 +46,8 @@ NONE_YET = {
              "another workdir)",
     "captioner": "no captioner in this workdir yet: run `groundex caption train` first",
     "tagger": "no fitted tagger in this workdir yet: run `groundex tag` first",
+    "chunker": "no phrase chunker in this workdir yet: run `groundex chunk train` (needs captions with phrase "
+               "markup, e.g. Flickr30k Entities)",
 }
 
 

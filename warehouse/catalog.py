@@ -298,6 +298,7 @@ class Catalog(ArtefactRows, HeadsRows, ReportRows):
             "captions": one("SELECT count(*) FROM captions WHERE source = 'human'"),
             "generated_captions": one("SELECT count(*) FROM captions WHERE source = 'generated'"),
             "phrases": one("SELECT count(*) FROM phrases"),
+            "generated_phrases": one("SELECT count(*) FROM generated_phrases"),
             "boxes": one("SELECT count(*) FROM boxes"),
             "entities": one("SELECT count(*) FROM entities"),
             "regions": one("SELECT count(*) FROM regions"),
@@ -432,6 +433,7 @@ class Catalog(ArtefactRows, HeadsRows, ReportRows):
         with self.transaction():
             for sql in (
                 "DELETE FROM phrases WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
+                "DELETE FROM generated_phrases WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
                 "DELETE FROM captions WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
                 "DELETE FROM boxes WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
                 "DELETE FROM entities WHERE image_id IN (SELECT unnest(?::BIGINT[]))",

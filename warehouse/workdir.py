@@ -7,6 +7,7 @@
       models/          CLIP checkpoints (safetensors + JSON config), named by content hash  } artefacts:
       captioners/      caption decoders (transformers format), named by content hash    } warehouse/artefacts.py
       taggers/         fitted keyword taggers, named by content hash                     }
+      chunkers/        phrase chunkers learned from the phrase markup, by content hash  }
       training/        resumable state of interrupted training runs, by artefact kind
       embeddings/      float16 embedding shards, by model hash
       indexes/         FAISS index files, by model hash

@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(counts)
         return 0
     print(f"workdir {workdir.root.resolve()}")
-    for key in ("images", "captions", "generated_captions", "phrases", "boxes", "entities", "tags", "regions",
-                "rejects", "runs"):
+    for key in ("images", "captions", "generated_captions", "phrases", "generated_phrases", "boxes", "entities", "tags",
+                "regions", "rejects", "runs"):
         print(f"  {key:<19}{counts[key]:>10,}")
     print("  splits             " + ", ".join(f"{k}={v:,}" for k, v in counts["splits"].items()))
     print("  datasets           " + ", ".join(f"{k}={v:,}" for k, v in counts["datasets"].items()))
