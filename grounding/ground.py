@@ -31,7 +31,7 @@ from indexer.data import FULL_FRAME, crop_window
 from indexer.index import patch_ids
 from indexer.knn import search_allowed
 from indexer.model_spec import load_spec, spec_patch_grid
-from indexer.search import Searcher, Where
+from indexer.search import Searcher, Where, check_text_query
 from indexer.shards import load_embeddings
 from warehouse import Catalog, InputError, Workdir, load_image, recorded_run
 
@@ -118,7 +118,17 @@ class Grounder:
 
     def ground(self, phrase: str, image: Image.Image | str | Path | int) -> Grounding:
         """Ground `phrase` in a catalog image (by id), an image file, or a PIL image."""
-        vector = self.searcher.text_vector(phrase)
+        return self.ground_phrases([phrase], image)[0]
+
+    @torch.no_grad()
+    def ground_phrases(self, phrases: list[str], image: Image.Image | str | Path | int) -> list[Grounding]:
+        """Ground each of `phrases` in one image (its patches are read or embedded once; the phrases are embedded in
+        one batch)."""
+        if not phrases:
+            return []
+        for phrase in phrases:
+            check_text_query(phrase)
+        vectors = self.searcher.text_encoder.encode_text(list(phrases)).cpu().numpy()
         if isinstance(image, (int, np.integer)):
             image_id = int(image)
             with self.searcher.reading() as catalog:
@@ -131,11 +141,13 @@ class Grounder:
                     patches = None
             if patches is None:
                 patches = self._patches(load_image(details["path"]))
-            return self._grounding(phrase, vector, patches[0], image_id, details)
-        pil = image if isinstance(image, Image.Image) else load_image(image)
-        details = {"width": pil.width, "height": pil.height, "path": None if isinstance(image, Image.Image)
-                   else str(image), "split": None, "captions": []}
-        return self._grounding(phrase, vector, self._patches(pil)[0], None, details)
+        else:
+            pil = image if isinstance(image, Image.Image) else load_image(image)
+            image_id, patches = None, self._patches(pil)
+            details = {"width": pil.width, "height": pil.height, "path": None if isinstance(image, Image.Image)
+                       else str(image), "split": None, "captions": []}
+        return [self._grounding(phrase, vector, patches[0], image_id, details)
+                for phrase, vector in zip(phrases, vectors, strict=True)]
 
     @torch.no_grad()
     def _patches(self, image: Image.Image) -> np.ndarray:

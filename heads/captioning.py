@@ -507,24 +507,42 @@ class Captioner:
 
 def caption_workdir(workdir: Workdir, captioner_id: str | None = None, split: str | None = None,
                     k: int | None = None, device: str | None = None, progress: bool = True, memory: str = "train",
-                    **decoding: Any) -> dict[str, Any]:
+                    ground: bool = False, chunker: str | None = None, **decoding: Any) -> dict[str, Any]:
     """`groundex caption generate`: caption the split's images (all when None) and store the captions.
-    `memory`: the captions retrieval draws from (see `CaptionData`)."""
+    `memory`: the captions retrieval draws from (see `CaptionData`). `ground`: also store each caption's phrases,
+    found by `chunker` (label or hash; default the newest) and grounded by the captioner's embedding model."""
     captioner = Captioner(workdir, captioner_id, device, memory)
+    phrase_chunker = None
+    if ground:  # before the long part: a workdir without a chunker fails now, not after captioning
+        from .chunker import open_chunker
+
+        phrase_chunker = open_chunker(workdir, chunker)
     with Catalog.open(workdir, read_only=True) as catalog:
         image_ids = np.array(catalog.embedded_ids(captioner.data.model_id, "image"), dtype=np.int64)
         if split is not None:
             image_ids = np.intersect1d(image_ids, [i for i, _ in catalog.image_rows(split)])
-    with recorded_run(workdir, "caption generate", {"split": split, "k": k, "memory": memory, **decoding},
-                      captioner.id) as (_, result):
+    with recorded_run(workdir, "caption generate", {"split": split, "k": k, "memory": memory, "ground": ground,
+                                                    "chunker": chunker, **decoding}, captioner.id) as (_, result):
         captions, _ = captioner.caption_images(image_ids, k, progress=progress, **decoding)
+        phrases = None
+        if phrase_chunker is not None:
+            from grounding.ground import Grounder
+
+            from .phrases import ground_captions
+
+            grounder = Grounder(workdir, captioner.data.model_id, device)
+            phrases = ground_captions(grounder, phrase_chunker, image_ids.tolist(), captions, progress)
+            result["grounded"] = {"chunker_id": phrase_chunker.id, "model_id": grounder.model_id,
+                                  "phrases": sum(map(len, phrases)),
+                                  "boxes": sum(p.box is not None for ps in phrases for p in ps)}
         with Catalog.open(workdir) as catalog:
             stored = catalog.replace_generated_captions(captioner.id, list(zip(image_ids.tolist(), captions,
-                                                                               strict=True)))
+                                                                               strict=True)), phrases)
         result.update({"captioner_id": captioner.id, "images": int(len(image_ids)), "stored": stored,
                        "memory": captioner.data.describe_memory(),
-                       "examples": [{"image_id": int(i), "caption": c}
-                                    for i, c in zip(image_ids[:3], captions[:3], strict=True)]})
+                       "examples": [{"image_id": int(i), "caption": c,
+                                     **({"phrases": [p.as_dict() for p in phrases[n]]} if phrases else {})}
+                                    for n, (i, c) in enumerate(zip(image_ids[:3], captions[:3], strict=True))]})
     return result
 
 

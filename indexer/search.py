@@ -54,6 +54,14 @@ class Hit:
         return asdict(self)
 
 
+def check_text_query(query: str) -> None:
+    """Refuse an empty text query, or one longer than `MAX_QUERY_CHARS`."""
+    if not isinstance(query, str) or not query.strip():
+        raise InputError("the text query is empty")
+    if len(query) > MAX_QUERY_CHARS:
+        raise InputError(f"the text query is {len(query):,} characters; at most {MAX_QUERY_CHARS:,} are used")
+
+
 class Searcher:
     """Loads a model and its indexes once; each query reads the catalog for filters and metadata."""
 
@@ -125,10 +133,7 @@ class Searcher:
 
     @torch.no_grad()
     def text_vector(self, query: str) -> np.ndarray:
-        if not isinstance(query, str) or not query.strip():
-            raise InputError("the text query is empty")
-        if len(query) > MAX_QUERY_CHARS:
-            raise InputError(f"the text query is {len(query):,} characters; at most {MAX_QUERY_CHARS:,} are used")
+        check_text_query(query)
         return self.text_encoder.encode_text([query]).cpu().numpy()[0]
 
     @torch.no_grad()

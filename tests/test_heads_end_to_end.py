@@ -111,6 +111,22 @@ def test_the_captioner_trains_evaluates_resumes_and_stores_captions(workdir, cap
         stored = catalog.generated_captions([out["examples"][0]["image_id"]], model_id=resumed["captioner_id"])
     assert out["stored"] == result["images"]
     assert next(iter(stored.values()))[0]["text"] == out["examples"][0]["caption"]
+    # grounded: the chunker's phrases of each generated caption, with boxes from the embedding model
+    assert main(["chunk", "train", "--workdir", str(workdir.root), "--no-progress", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["caption", "generate", "--workdir", str(workdir.root), "--split", "val", "--ground", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["grounded"]["phrases"] >= out["stored"] and out["grounded"]["boxes"] > 0
+    with Catalog.open(workdir, read_only=True) as catalog:
+        stored = catalog.generated_captions([e["image_id"] for e in out["examples"]], model_id=resumed["captioner_id"])
+        sizes = catalog.image_details(stored)
+    for image_id, [caption] in stored.items():
+        words = caption["text"].split()
+        for phrase in caption["phrases"]:
+            assert " ".join(words[phrase.first_word_index:]).startswith(phrase.text)
+            if phrase.box is not None:
+                x1, y1, x2, y2 = phrase.box
+                assert 0 <= x1 < x2 <= sizes[image_id]["width"] and 0 <= y1 < y2 <= sizes[image_id]["height"]
     with Catalog.open(workdir, read_only=True) as catalog:
         path = catalog.image_rows("val")[0][1]
     assert main(["caption", "generate", "--workdir", str(workdir.root), "--image", path, "--neighbours", "0"]) == 0

@@ -9,11 +9,30 @@ import traceback
 
 from warehouse import InputError
 
-from . import caption, demo, evaluate, ground, index, info, ingest, model, remove, search, serve, tag, train, ui, verify
+from . import (
+    caption,
+    chunk,
+    demo,
+    evaluate,
+    export,
+    ground,
+    index,
+    info,
+    ingest,
+    model,
+    remove,
+    search,
+    serve,
+    tag,
+    train,
+    ui,
+    verify,
+)
 from ._common import known_user_errors
 from ._errors import report_bug
 
-COMMANDS = (demo, ingest, info, remove, model, train, index, search, ground, tag, caption, evaluate, serve, ui, verify)
+COMMANDS = (demo, ingest, info, remove, model, train, index, search, ground, tag, caption, chunk, evaluate, export,
+            serve, ui, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from ._options import (
     add_precision,
     add_renamed,
 )
+from .chunk import add_chunker
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -82,6 +83,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--length-penalty", type=float, default=None,
                    help="beam search length penalty; above 1 favours longer captions (default: "
                         f"{captioners.format(c.length_penalty)})")
+    g.add_argument("--ground", action="store_true",
+                   help="also find each caption's phrases with the phrase chunker (`groundex chunk train`) and ground "
+                        "them in the image with the captioner's embedding model: stored with the caption (the app "
+                        "underlines them in the colours of their boxes; `groundex export entities --generated` writes "
+                        "them), printed for --image")
+    add_chunker(g)
     add_memory(g)
     add_device(g)
     add_no_progress(g)
@@ -123,21 +130,40 @@ def run_generate(args: argparse.Namespace) -> int:
             raise UserError("give --split or --image, not both")
         captioner = Captioner(workdir_of(args), args.captioner, args.device, args.memory)
         caption, retrieved = captioner.caption_file(args.image, args.neighbours, **decoding)
+        phrases = None
+        if args.ground:
+            from grounding.ground import Grounder
+            from heads.chunker import open_chunker
+            from heads.phrases import ground_caption
+
+            grounder = Grounder(workdir_of(args), captioner.data.model_id, args.device)
+            phrases = ground_caption(grounder, open_chunker(workdir_of(args), args.chunker), caption, args.image)
         if args.json:
             print_json({"captioner_id": captioner.id, "image": str(args.image), "caption": caption,
-                        "retrieved": retrieved, "memory": captioner.data.describe_memory()})
+                        "retrieved": retrieved, "memory": captioner.data.describe_memory(),
+                        **({"phrases": [p.as_dict() for p in phrases]} if phrases is not None else {})})
         else:
             print(caption)
+            for p in phrases or []:
+                box = "no box" if p.box is None else "box " + ", ".join(f"{v:.0f}" for v in p.box)
+                print(f"  [{'/'.join(p.types)}] {p.text}: {box}")
         return 0
     result = caption_workdir(workdir_of(args), args.captioner, args.split, args.neighbours, device=args.device,
-                             progress=not args.no_progress, memory=args.memory,
-                             **{k: v for k, v in decoding.items() if v is not None})
+                             progress=not args.no_progress, memory=args.memory, ground=args.ground,
+                             chunker=args.chunker, **{k: v for k, v in decoding.items() if v is not None})
     if args.json:
         print_json(result)
         return 0
     memory = result["memory"]
     print(f"captioner {result['captioner_id']}: {result['stored']:,} captions stored (memory {memory['memory']}: "
           f"{memory['captions']:,} captions of {memory['images']:,} images)")
+    if result.get("grounded"):
+        g = result["grounded"]
+        print(f"  phrases found by chunker {g['chunker_id']} and grounded by model {g['model_id']}: {g['phrases']:,} "
+              f"({g['boxes']:,} with a box)")
     for example in result["examples"]:
         print(f"  image {example['image_id']}: {example['caption']}")
+        for p in example.get("phrases", []):
+            box = "no box" if p["box"] is None else "box " + ", ".join(f"{v:.0f}" for v in p["box"])
+            print(f"    [{'/'.join(p['types'])}] {p['text']}: {box}")
     return 0

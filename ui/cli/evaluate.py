@@ -6,6 +6,7 @@ import argparse
 
 from ._common import UserError, add_workdir, print_json, workdir_of
 from ._options import add_captioner, add_device, add_json, add_memory, add_model, add_no_progress, add_renamed
+from .chunk import add_chunker, span_table
 
 
 def _task(tasks: argparse._SubParsersAction, name: str, help: str, description: str, run,
@@ -67,6 +68,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(c)
     add_no_progress(c)
     add_renamed(c, "--ks", "--neighbours (numbers of retrieved captions)")
+    k = _task(tasks, "chunks", "phrase chunker: span F1 and type accuracy, then box accuracy of grounded chunks",
+              "Chunks the split's human captions that carry phrase markup and scores the chunks against the annotated "
+              "phrases: exact-match span precision, recall and F1, and the type accuracy of the matched spans (right "
+              "when the type is one of the annotated ones), beside the rule baseline (phrases between function words, "
+              "typed by their last word). Then grounds every chunk that matches an annotated phrase with a box in "
+              "its image, through the same path as `caption generate --ground` (the box head's best box), and "
+              "reports box accuracy at IoU 0.5 (any-box) of the matched chunks, of all annotated phrases grounded the "
+              "same way, and end to end (an annotated phrase no chunk matches is a miss).", run_chunks)
+    add_chunker(k)
+    k.add_argument("--no-ground", action="store_true", help="chunk only: no model, no boxes")
+    k.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N captions of the split")
+    add_device(k)
+    add_no_progress(k)
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
@@ -164,4 +178,27 @@ def run_captions(args: argparse.Namespace) -> int:
     rows = list(result["methods"].items()) + [(f"k={k}", m) for k, m in result["by_k"].items()]
     for name, m in rows:
         print(f"  {name:<22}" + "".join(f"{m[n]:>9.1f}" for n in names))
+    return 0
+
+
+def run_chunks(args: argparse.Namespace) -> int:
+    from heads.phrases import evaluate_chunks
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    result = evaluate_chunks(workdir_of(args), args.split, args.chunker, args.model, ground=not args.no_ground,
+                             limit=args.limit, device=args.device, progress=not args.no_progress)
+    if args.json:
+        print_json(result)
+        return 0
+    print(span_table({f"chunker {result['chunker_id']}": result["chunker"], "rule baseline": result["rule"]},
+                     f"{result['split']} ({result['captions']:,} captions)"))
+    g = result.get("grounding")
+    if g:
+        print(f"\nbox acc@0.5 (any-box), model {g['model_id']}, {g['phrases_with_boxes']:,} annotated phrases with "
+              f"boxes, {g['matched_with_boxes']:,} matched by a chunk:")
+        print(f"  matched chunks                     {g['box_acc@0.5_matched_chunks']:5.1f}")
+        print(f"  the same phrases, annotated spans  {g['box_acc@0.5_same_annotated_phrases']:5.1f}")
+        print(f"  all annotated phrases              {g['box_acc@0.5_annotated_phrases']:5.1f}")
+        print(f"  end to end (unmatched = miss)      {g['box_acc@0.5_end_to_end']:5.1f}")
     return 0
