@@ -1,24 +1,29 @@
 """The Streamlit app through `streamlit.testing.v1.AppTest`: every page on a small built workdir (search
 hits and filters, the image page, phrase -> region, explore, evaluation, the SQL console's refusals), the
-page shown without a workdir, uploads' checks, and `groundex ui`'s command line."""
+page shown without a workdir, uploads' checks, and `groundex ui`'s command line; captions (generated, human, typed,
+an upload's) with their phrases underlined and boxed in the colour of their type."""
 
 import io
+import re
+import shutil
 import signal
 import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageColor
 from streamlit.testing.v1 import AppTest
 
-from heads.captioning import train_captioner
+from heads.captioning import Captioner, train_captioner
+from heads.chunker import ChunkerConfig, open_chunker
 from heads.config import CaptionerConfig
+from heads.phrases import train_workdir_chunker
 from heads.tagging import tag_workdir
 from indexer.evaluate import evaluate_retrieval
 from tests.helpers import built_workdir, free_port, start_server, stop_server
 from ui.app.console import SqlConsole
-from ui.app.data import decode_upload
-from warehouse import Catalog
+from ui.app.data import TYPE_COLOURS, decode_upload, highlighted_caption, phrase_boxes_overlay
+from warehouse import Catalog, GeneratedPhrase, Workdir, load_image
 
 APP = str(Path(__file__).resolve().parents[1] / "ui" / "app" / "main.py")
 pytestmark = pytest.mark.slow
@@ -31,7 +36,26 @@ def workdir(tmp_path_factory):
     tag_workdir(workdir, "knn")
     train_captioner(workdir, CaptionerConfig(hidden_size=64, layers=1, heads=2, intermediate_size=128, epochs=1),
                     progress=False)
+    shutil.copytree(workdir.root, workdir.root.parent / "unchunked")  # the `unchunked` fixture: no chunker yet
+    train_workdir_chunker(workdir, ChunkerConfig(epochs=1), progress=False)
+    with Catalog.open(workdir) as catalog:
+        image_id, _ = catalog.image_rows("val")[0]
+        model_id = catalog.models()[0].id
+        catalog.replace_generated_captions(GENERATED_BY, [(image_id, GENERATED)], [[
+            GeneratedPhrase(("people",), "a person", 0, "chunker0", model_id, (4.0, 6.0, 40.0, 60.0), 0.8),
+            GeneratedPhrase(("clothing",), "a red shirt", 3, "chunker0", model_id, (10.0, 20.0, 30.0, 50.0), 0.6),
+            GeneratedPhrase(("notvisual",), "the picture", 8, "chunker0")]])
     return workdir
+
+
+GENERATED_BY = "captioner-under-test"  # a generated caption stored with its grounded phrases, as `caption generate
+GENERATED = "a person in a red shirt stands in the picture ."  # --ground` stores them, on the first val image
+
+
+@pytest.fixture(scope="module")
+def unchunked(workdir):
+    """The same workdir before `groundex chunk train`: no chunker, no generated phrases."""
+    return Workdir(workdir.root.parent / "unchunked")
 
 
 @pytest.fixture
@@ -46,6 +70,25 @@ def app(workdir, monkeypatch):
 def _ok(at):
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def _image_captions(at) -> list[str]:
+    return [img.proto.imgs[0].caption for img in at.get("image") if img.proto.imgs]
+
+
+def _shows_phrase(markdown: str, text: str, types: tuple[str, ...]) -> bool:
+    """Whether `markdown` underlines `text` in the colour of `types`, with the types on hover."""
+    pattern = rf'solid {TYPE_COLOURS[types[0]]}" title="{re.escape("/".join(types))}[^"]*">{re.escape(text)}</span>'
+    return re.search(pattern, markdown, flags=re.IGNORECASE) is not None
+
+
+def _plain(markdown: str) -> str:
+    return re.sub(r"<[^>]+>", "", markdown)
+
+
+def _grounded_markdown(at) -> list[str]:
+    """The captions the pages grounded just now (their phrases' titles carry box scores), not the stored one."""
+    return [m.value for m in at.markdown if " · box " in m.value and not m.value.startswith("**generated**")]
 
 
 def test_search_returns_hits_filters_apply_and_more_like_this_switches_mode(app, workdir):
@@ -192,10 +235,16 @@ def test_upload_page_tags_captions_grounds_and_finds_similar_images(app, workdir
     _ok(app)
     text = " ".join(m.value for m in app.markdown)
     assert "**knn**:" in text  # the fitted kNN tagger's tags
-    assert len(app.get("image")) == 1 + 12  # the upload and its 12 most similar images
     scores = [float(m.value.split("**")[1]) for m in app.markdown if " · image " in m.value]
     assert len(scores) == 12 and scores == sorted(scores, reverse=True)
     assert scores[0] > 0.99  # the file is in the catalog, so an image at least as near as itself (cosine ~1) leads
+    caption, _ = Captioner(workdir).caption_image(load_image(path), memory="train")  # what the page shows
+    chunks = open_chunker(workdir).chunk(caption)
+    shown = next(m.value for m in app.markdown if _plain(m.value) == caption)
+    assert all(_shows_phrase(shown, c.text, (c.type,)) for c in chunks), (shown, chunks)
+    located = [c for c in _image_captions(app) if "phrases located" in c]
+    assert len(located) == any(c.type != "notvisual" for c in chunks)  # the grounded phrases' boxes
+    assert len(app.get("image")) == 1 + len(located) + 12
     memory = app.selectbox(key="upload_memory")
     assert memory.value == "train" and "all" in memory.options
     memory.select("all").run()
@@ -205,3 +254,56 @@ def test_upload_page_tags_captions_grounds_and_finds_similar_images(app, workdir
     assert any("best patch" in (img.proto.imgs[0].caption if img.proto.imgs else "") for img in _ok(app).get("image"))
     app.file_uploader(key="upload_file").set_value(("broken.png", b"\x89PNG not really", "image/png")).run()
     assert "broken.png" in _ok(app).error[0].value
+
+
+def test_a_generated_phrase_is_underlined_at_its_own_words_and_boxed_in_its_colour():
+    phrases = [GeneratedPhrase(("animals",), "a dog", 3, "c", "m", (10.0, 10.0, 30.0, 20.0), 0.5)]
+    shown = highlighted_caption("a dog sees a dog .", phrases)
+    assert shown.startswith("a dog sees <span") and shown.endswith('title="animals · box 0.50">a dog</span> .')
+    overlay = phrase_boxes_overlay(Image.new("RGB", (100, 50), "white"), phrases)
+    assert overlay.getpixel((20, 10)) == ImageColor.getrgb(TYPE_COLOURS["animals"])  # the box's top edge
+    assert overlay.getpixel((20, 15)) == overlay.getpixel((60, 30)) == (255, 255, 255)
+
+
+def test_image_page_shows_generated_phrases_and_grounds_a_typed_or_picked_caption(app, workdir):
+    with Catalog.open(workdir, read_only=True) as catalog:
+        image_id, _ = catalog.image_rows("val")[0]
+        human = catalog.caption_rows(image_ids=[image_id])[0][2]
+    app.switch_page("pages/image.py").run()
+    app.number_input(key="image_page_id").set_value(image_id).run()
+    _ok(app)
+    generated = next(m.value for m in app.markdown if m.value.startswith("**generated**"))
+    assert f"captioner {GENERATED_BY[:8]}" in generated and _plain(generated).endswith(GENERATED)
+    for text, types in [("a person", ("people",)), ("a red shirt", ("clothing",)), ("the picture", ("notvisual",))]:
+        assert _shows_phrase(generated, text, types), text
+    assert any("3 phrases found by chunker chunker0; 2 located by model" in c.value for c in app.caption)
+    boxes = next(r for r in app.radio if r.label == "boxes of")
+    assert boxes.value == "annotated phrases"  # the synthetic image has annotated boxes
+    boxes.set_value(f"generated caption ({GENERATED_BY[:8]})").run()
+    assert any("the generated caption's phrases" in c for c in _image_captions(_ok(app)))
+    legend = next(m.value for m in app.markdown if "■" in m.value)
+    assert "■ people" in legend and "■ clothing" in legend and "notvisual" not in legend  # the boxes drawn
+
+    app.text_input(key="image_caption").input(human).run()
+    _ok(app)
+    chunks = open_chunker(workdir).chunk(human)
+    assert chunks
+    [grounded] = _grounded_markdown(app)
+    assert _plain(grounded) == human and all(_shows_phrase(grounded, c.text, (c.type,)) for c in chunks)
+    assert any("phrases located" in c for c in _image_captions(app))
+    next(s for s in app.selectbox if s.label == "caption").set_value(GENERATED).run()
+    assert [_plain(m) for m in _grounded_markdown(_ok(app))] == [GENERATED]
+
+
+def test_without_a_chunker_the_pages_say_how_to_train_one(unchunked, monkeypatch):
+    monkeypatch.setenv("GROUNDEX_WORKDIR", str(unchunked.root))
+    at = _ok(AppTest.from_file(APP, default_timeout=180).run())
+    at.switch_page("pages/image.py").run()
+    assert any("groundex chunk train" in i.value for i in _ok(at).info)
+    assert not any(s.label == "caption" for s in at.selectbox) and not any(r.label == "boxes of" for r in at.radio)
+    with Catalog.open(unchunked, read_only=True) as catalog:
+        _, path = catalog.image_rows("val")[0]
+    at.switch_page("pages/upload.py").run()
+    at.file_uploader(key="upload_file").upload("mine.jpg", Path(path).read_bytes(), "image/jpeg").run()
+    assert any("no phrase chunker yet" in c.value for c in _ok(at).caption)
+    assert not any("phrases located" in c for c in _image_captions(at))

@@ -1,11 +1,14 @@
-"""What the pages show, computed without Streamlit: thumbnails, Entities box overlays, highlighted phrases,
-collection statistics, the 2-D embedding map and the latest evaluation figures."""
+"""What the pages show, computed without Streamlit: thumbnails, box overlays (annotated or grounded phrases),
+captions with their phrases underlined, collection statistics, the 2-D embedding map and the latest evaluation
+figures."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,8 @@ from warehouse import Catalog, InputError, Workdir, load_image
 
 THUMB_SIDE = 192
 TYPE_COLOURS = {"people": "#e6194b", "clothing": "#3cb44b", "bodyparts": "#ffe119", "animals": "#4363d8",
-                "vehicles": "#f58231", "instruments": "#911eb4", "scene": "#46f0f0", "other": "#f032e6"}
+                "vehicles": "#f58231", "instruments": "#911eb4", "scene": "#46f0f0", "other": "#f032e6",
+                "notvisual": "#a9a9a9"}  # notvisual phrases never get a box: grey
 EVAL_COMMANDS = ("eval retrieval", "eval grounding", "eval tags", "eval captions")
 
 
@@ -37,35 +41,81 @@ def type_colour(types: tuple[str, ...] | list[str]) -> str:
     return TYPE_COLOURS.get(types[0] if types else "other", TYPE_COLOURS["other"])
 
 
+def type_legend(phrase_types: Iterable[Sequence[str]]) -> str:
+    """HTML: one coloured square per phrase type among `phrase_types` (each phrase's types), so that the colours of
+    the boxes and of the underlined words can be read."""
+    shown = sorted({types[0] for types in phrase_types if types})
+    return " ".join(f'<span style="color:{type_colour([t])}">■ {t}</span>' for t in shown)
+
+
 def boxes_overlay(image: Image.Image, rows: list[Any], max_side: int = 512) -> Image.Image:
     """The image with its Entities boxes drawn (one colour per phrase type), from `Catalog.grounding_rows`."""
+    return _draw_boxes(image, [(row.types, box) for row in rows for box in row.boxes], max_side)
+
+
+def phrase_boxes_overlay(image: Image.Image, phrases: Sequence[Any], max_side: int = 512) -> Image.Image:
+    """The image with the boxes of grounded phrases (`GeneratedPhrase.box`, in pixels of `image`) drawn in the
+    colour of their type, as `boxes_overlay` draws the annotated ones; phrases without a box are left out."""
+    width, height = image.size
+    return _draw_boxes(image, [(p.types, (p.box[0] / width, p.box[1] / height, p.box[2] / width, p.box[3] / height))
+                               for p in phrases if p.box is not None], max_side)
+
+
+def _draw_boxes(image: Image.Image, boxes: list[tuple[Sequence[str], tuple[float, ...]]],
+                max_side: int) -> Image.Image:
+    """A copy of the image shrunk to `max_side`, with each (types, box in [0, 1] of the image) drawn once."""
     image = image.convert("RGB")
     image.thumbnail((max_side, max_side))
     draw = ImageDraw.Draw(image)
     seen = set()
-    for row in rows:
-        for box in row.boxes:
-            if box in seen:
-                continue
-            seen.add(box)
-            x1, y1, x2, y2 = (box[0] * image.width, box[1] * image.height, box[2] * image.width, box[3] * image.height)
-            draw.rectangle([x1, y1, x2, y2], outline=type_colour(row.types), width=max(2, image.width // 160))
+    for types, box in boxes:
+        if box in seen:  # one entity's box comes with each caption that mentions it
+            continue
+        seen.add(box)
+        x1, y1, x2, y2 = (box[0] * image.width, box[1] * image.height, box[2] * image.width, box[3] * image.height)
+        draw.rectangle([x1, y1, x2, y2], outline=type_colour(types), width=max(2, image.width // 160))
     return image
 
 
-def highlighted_caption(text: str, phrases: list[Any]) -> str:
-    """HTML of a caption with each of its phrases (GroundingRow: text and types) in its type's colour."""
-    out, at, lowered = [], 0, text.lower()
-    for phrase in sorted(phrases, key=lambda p: lowered.find(p.text.lower())):
-        start = lowered.find(phrase.text.lower(), at)
+def highlighted_caption(text: str, phrases: Sequence[Any]) -> str:
+    """HTML of a caption with each of its phrases underlined in its type's colour, its type (and box score) on hover.
+
+    A phrase is anything with `text` and `types`: an annotated `GroundingRow`, or a `GeneratedPhrase`, whose
+    `first_word_index` (among the caption's whitespace tokens) says where to look for it, since a short phrase
+    ("a man") may also occur earlier in the caption; others are looked for in caption order."""
+    lowered = text.lower()
+    word_starts = [m.start() for m in re.finditer(r"\S+", text)]
+
+    def anchor(phrase: Any) -> int:
+        first = getattr(phrase, "first_word_index", None)
+        if first is not None and 0 <= first < len(word_starts):
+            return word_starts[first]
+        return lowered.find(phrase.text.lower())
+
+    out, at = [], 0
+    for begin, phrase in sorted(((anchor(p), p) for p in phrases if p.text), key=lambda pair: pair[0]):
+        start = lowered.find(phrase.text.lower(), max(at, begin))
         if start < 0:
             continue
+        score = getattr(phrase, "score", None)
+        title = "/".join(phrase.types) + ("" if score is None else f" · box {score:.2f}")
         out.append(html.escape(text[at:start]))
-        colour = type_colour(phrase.types)
-        out.append(f'<span style="border-bottom: 3px solid {colour}" title="{html.escape("/".join(phrase.types))}">'
+        out.append(f'<span style="border-bottom: 3px solid {type_colour(phrase.types)}" title="{html.escape(title)}">'
                    f"{html.escape(text[start:start + len(phrase.text)])}</span>")
         at = start + len(phrase.text)
     return "".join(out) + html.escape(text[at:])
+
+
+def phrases_source(phrases: Sequence[Any]) -> str:
+    """The line under a generated caption: which chunker found its phrases and which model located them, or how to
+    get them when none were stored."""
+    if not phrases:
+        return "no phrases stored with it: `groundex caption generate --ground` finds and grounds them"
+    chunkers = ", ".join(sorted({p.chunker_id[:8] for p in phrases}))
+    models = ", ".join(sorted({p.model_id[:8] for p in phrases if p.model_id}))
+    located = sum(p.box is not None for p in phrases)
+    return (f"{len(phrases)} phrases found by chunker {chunkers}; {located} located"
+            + (f" by model {models}" if models else ""))
 
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024

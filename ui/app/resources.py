@@ -1,4 +1,4 @@
-"""What the pages share: the workdir, and models, indexes and captioner loaded once per process
+"""What the pages share: the workdir, and models, indexes, captioner and chunker loaded once per process
 (`st.cache_resource`); thumbnails cached by path (`st.cache_data`)."""
 
 from __future__ import annotations
@@ -100,6 +100,28 @@ def captioner(root: str) -> Any:
         return Captioner(Workdir(root))
     except ArtefactError:  # none trained yet
         return None
+
+
+CHUNKER_HELP = ("No phrase chunker in this workdir yet: run `groundex chunk train --workdir WORKDIR` (seconds on the "
+                "demo) to find and locate the phrases of any caption.")
+
+
+def chunker(root: str) -> Any:
+    """The newest phrase chunker, or None when `groundex chunk train` was never run. The newest is looked up on each
+    call (one catalog query), so a chunker trained while the app runs is used without a restart; each is loaded once."""
+    with Catalog.open(Workdir(root), read_only=True) as catalog:
+        try:
+            artefact_id = catalog.artefact("chunker").id
+        except ArtefactError:  # none trained yet
+            return None
+    return _chunker(root, artefact_id)
+
+
+@st.cache_resource(show_spinner="loading the phrase chunker")
+def _chunker(root: str, artefact_id: str) -> Any:
+    from heads.chunker import open_chunker
+
+    return open_chunker(Workdir(root), artefact_id)
 
 
 @st.cache_resource(show_spinner="loading the tagger")

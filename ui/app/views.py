@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from . import resources
+from . import data, resources
 
 COLUMNS = 4
 
@@ -44,3 +44,26 @@ def hit_grid(hits: list[Any], key: str, root: str) -> None:
                     st.switch_page("pages/search.py")
                 if right.button("open", key=f"{key}_open_{start}_{hit.image_id}"):
                     resources.open_image(hit.image_id)
+
+
+def grounded_caption(root: str, model: str, chunker: Any, text: str, image: Any, target: Any,
+                     width: int | str = "stretch") -> None:
+    """Find the phrases of `text` with the chunker, locate each visual one with `model` and show the caption with
+    its phrases underlined in the colours of their boxes, drawn on `image`. `target` is what the grounding reads:
+    a catalog image id (its stored patches) or the image itself (an upload, embedded now)."""
+    from heads.phrases import ground_caption
+
+    try:
+        phrases = ground_caption(resources.grounder(root, model), chunker, text, target)
+    except ValueError as e:  # a model without a patch grid, a phrase too long to embed
+        st.error(str(e))
+        return
+    located = [p for p in phrases if p.box is not None]
+    source = f"phrases found by chunker {(chunker.id or '?')[:8]}, located by model {model[:8]}"
+    st.markdown(data.highlighted_caption(text, phrases), unsafe_allow_html=True)
+    if not located:
+        st.caption(f"{source}: none of its {len(phrases)} phrases has a box (no visual phrase found)")
+        return
+    st.image(data.phrase_boxes_overlay(image, located), width=width,
+             caption=f"{source}: {len(located)} of {len(phrases)} phrases located")
+    st.markdown(data.type_legend(p.types for p in located), unsafe_allow_html=True)

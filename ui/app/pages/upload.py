@@ -1,11 +1,12 @@
-"""Upload: any image -> similar images, predicted tags, a generated caption, and grounding a typed phrase."""
+"""Upload: any image -> similar images, predicted tags, a generated caption (its phrases located when there is a
+chunker), and grounding a typed phrase."""
 
 import streamlit as st
 
 from grounding.overlay import render_overlay
 from ui.app import resources
 from ui.app.data import MAX_UPLOAD_BYTES, decode_upload
-from ui.app.views import hit_grid, tag_line
+from ui.app.views import grounded_caption, hit_grid, tag_line
 from warehouse import InputError
 
 workdir = resources.workdir()
@@ -58,7 +59,12 @@ with right:
         except (InputError, KeyError) as e:  # a memory with no captions, or captions not embedded yet
             st.error(str(e))
             st.stop()
-        st.markdown(f"**{caption}**")
+        chunker = resources.chunker(root)
+        if chunker is None:
+            st.markdown(f"**{caption}**")
+            st.caption("its phrases are not located: no phrase chunker yet (`groundex chunk train`)")
+        else:
+            grounded_caption(root, model, chunker, caption, image, image, width=420)
         with st.expander("retrieved captions (the prompt)"):
             for text in retrieved:
                 st.write(text)
