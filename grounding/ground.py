@@ -18,6 +18,7 @@ P x (code + id) bytes per image in RAM (P = 64 cells for `tiny`, 40 bytes each w
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,28 +127,60 @@ class Grounder:
         one batch)."""
         if not phrases:
             return []
+        if isinstance(image, (int, np.integer)):
+            return self.ground_in_images([(int(image), phrases)])[0]
+        vectors = self._phrase_vectors(phrases)
+        pil = image if isinstance(image, Image.Image) else load_image(image)
+        patches = self._patches(pil)[0]
+        details = {"width": pil.width, "height": pil.height, "path": None if isinstance(image, Image.Image)
+                   else str(image), "split": None, "captions": []}
+        return [self._grounding(phrase, vectors[phrase], patches, None, details) for phrase in phrases]
+
+    @torch.no_grad()
+    def ground_in_images(self, requests: Sequence[tuple[int, Sequence[str]]]) -> list[list[Grounding]]:
+        """`ground_phrases` for many catalog images at once: for each (image id, phrases) of `requests` the
+        groundings of its phrases. The catalog is opened once, the stored patches of every image read in one pass
+        (an image indexed without patches is embedded now), and each distinct phrase embedded once. Memory grows
+        with the number of images: callers pass a few hundred at a time."""
+        vectors = self._phrase_vectors([phrase for _, phrases in requests for phrase in phrases])
+        image_ids = sorted({int(image_id) for image_id, _ in requests})
+        with self.searcher.reading() as catalog:
+            details = catalog.image_details(image_ids)
+            unknown = [i for i in image_ids if i not in details]
+            if unknown:
+                raise InputError(f"image id(s) {unknown[:5]} not in the catalog")
+            patches = self._stored_patches(image_ids, catalog)
+        out = []
+        for image_id, phrases in requests:
+            image_id = int(image_id)
+            if image_id not in patches:  # not indexed (or indexed without patches): embed it now
+                patches[image_id] = self._patches(load_image(details[image_id]["path"]))[0]
+            out.append([self._grounding(phrase, vectors[phrase], patches[image_id], image_id, details[image_id])
+                        for phrase in phrases])
+        return out
+
+    def _phrase_vectors(self, phrases: Sequence[str], batch: int = 256) -> dict[str, np.ndarray]:
+        """Each distinct phrase's text embedding (checked first, embedded in batches)."""
         for phrase in phrases:
             check_text_query(phrase)
-        vectors = self.searcher.text_encoder.encode_text(list(phrases)).cpu().numpy()
-        if isinstance(image, (int, np.integer)):
-            image_id = int(image)
-            with self.searcher.reading() as catalog:
-                details = catalog.image_details([image_id]).get(image_id)
-                if details is None:
-                    raise InputError(f"image id {image_id} is not in the catalog")
-                try:
-                    _, patches = load_embeddings(self.workdir, self.model_id, "patch", [image_id], catalog)
-                except (KeyError, FileNotFoundError):  # not indexed (or indexed without patches): embed it now
-                    patches = None
-            if patches is None:
-                patches = self._patches(load_image(details["path"]))
-        else:
-            pil = image if isinstance(image, Image.Image) else load_image(image)
-            image_id, patches = None, self._patches(pil)
-            details = {"width": pil.width, "height": pil.height, "path": None if isinstance(image, Image.Image)
-                       else str(image), "split": None, "captions": []}
-        return [self._grounding(phrase, vector, patches[0], image_id, details)
-                for phrase, vector in zip(phrases, vectors, strict=True)]
+        distinct = list(dict.fromkeys(phrases))
+        out: dict[str, np.ndarray] = {}
+        for i in range(0, len(distinct), batch):
+            part = distinct[i:i + batch]
+            out.update(zip(part, self.searcher.text_encoder.encode_text(part).cpu().numpy(), strict=True))
+        return out
+
+    def _stored_patches(self, image_ids: Sequence[int], catalog: Catalog) -> dict[int, np.ndarray]:
+        """The stored patch embeddings (P, D) of those of `image_ids` this model has embedded (none when it stored
+        no patches)."""
+        located = [i for i, _, _ in catalog.embedding_locations(self.model_id, "image", list(image_ids))]
+        if not located:
+            return {}
+        try:
+            ids, patches = load_embeddings(self.workdir, self.model_id, "patch", located, catalog)
+        except FileNotFoundError:  # indexed without patches
+            return {}
+        return dict(zip(ids.tolist(), patches, strict=True))
 
     @torch.no_grad()
     def _patches(self, image: Image.Image) -> np.ndarray:

@@ -73,8 +73,35 @@ def ground_caption(grounder: Grounder, chunker: Chunker, text: str, image: Image
                    chunks: Sequence[Chunk] | None = None) -> list[GeneratedPhrase]:
     """The caption's phrases with their types, each visual one with the grounding's best box in `image`."""
     chunks = chunker.chunk(text) if chunks is None else chunks
-    visual = [c for c in chunks if c.type not in UNGROUNDED_TYPES and c.text.strip()]
-    grounded = dict(zip(visual, grounder.ground_phrases([c.text for c in visual], image), strict=True))
+    visual = _visual(chunks)
+    return _phrases(grounder, chunker, chunks, grounder.ground_phrases([c.text for c in visual], image))
+
+
+def ground_captions(grounder: Grounder, chunker: Chunker, image_ids: Sequence[int], captions: Sequence[str],
+                    progress: bool = True, batch: int = 256) -> list[list[GeneratedPhrase]]:
+    """`ground_caption` for catalog images: chunked in one batch, grounded `batch` captions at a time (one catalog
+    read and one pass over the stored patches per batch)."""
+    chunked = chunker.chunk_many(list(captions))
+    out: list[list[GeneratedPhrase]] = []
+    with tqdm(total=len(chunked), desc="grounding", unit="caption", disable=not progress, leave=False) as bar:
+        for i in range(0, len(chunked), batch):
+            part = list(zip(image_ids[i:i + batch], chunked[i:i + batch], strict=True))
+            groundings = grounder.ground_in_images([(int(image_id), [c.text for c in _visual(chunks)])
+                                                    for image_id, chunks in part])
+            out.extend(_phrases(grounder, chunker, chunks, found)
+                       for (_, chunks), found in zip(part, groundings, strict=True))
+            bar.update(len(part))
+    return out
+
+
+def _visual(chunks: Sequence[Chunk]) -> list[Chunk]:
+    """The chunks to ground: not of an ungrounded type, with some text."""
+    return [c for c in chunks if c.type not in UNGROUNDED_TYPES and c.text.strip()]
+
+
+def _phrases(grounder: Grounder, chunker: Chunker, chunks: Sequence[Chunk], groundings) -> list[GeneratedPhrase]:
+    """Each chunk as a stored phrase, with the best box of its grounding (`groundings`: one per `_visual` chunk)."""
+    grounded = dict(zip(_visual(chunks), groundings, strict=True))
     out = []
     for chunk in chunks:
         g = grounded.get(chunk)
@@ -84,15 +111,6 @@ def ground_caption(grounder: Grounder, chunker: Chunker, text: str, image: Image
                                    None if box is None else (box.x1, box.y1, box.x2, box.y2),
                                    None if box is None else float(box.score)))
     return out
-
-
-def ground_captions(grounder: Grounder, chunker: Chunker, image_ids: Sequence[int], captions: Sequence[str],
-                    progress: bool = True) -> list[list[GeneratedPhrase]]:
-    """`ground_caption` for catalog images (chunked in one batch)."""
-    chunked = chunker.chunk_many(list(captions))
-    return [ground_caption(grounder, chunker, text, int(image_id), chunks)
-            for image_id, text, chunks in tqdm(list(zip(image_ids, captions, chunked, strict=True)), desc="grounding",
-                                               unit="caption", disable=not progress, leave=False)]
 
 
 def evaluate_chunks(workdir: Workdir, split: str, chunker_ref: str | None = None, model_id: str | None = None,
@@ -122,7 +140,7 @@ def evaluate_chunks(workdir: Workdir, split: str, chunker_ref: str | None = None
 
 
 def _grounded_chunks(workdir: Workdir, model_id: str | None, device: str | None, gold, predicted,
-                     progress: bool) -> dict[str, Any]:
+                     progress: bool, batch: int = 256) -> dict[str, Any]:
     from grounding.ground import Grounder
     from grounding.heatmap import iou
 
@@ -143,17 +161,19 @@ def _grounded_chunks(workdir: Workdir, model_id: str | None, device: str | None,
             if chunk is not None:
                 by_image[caption.image_id].append((chunk.text, (n, k), True))
     hits: dict[bool, dict[tuple[int, int], bool]] = {False: {}, True: {}}
-    for image_id, items in tqdm(sorted(by_image.items()), desc="grounding", unit="image", disable=not progress,
-                                leave=False):
-        width, height = sizes[image_id]
-        texts = list(dict.fromkeys(t for t, _, _ in items))  # each distinct text grounded once
-        tops = {t: (g.boxes[0] if g.boxes else None) for t, g in zip(texts, grounder.ground_phrases(texts, image_id),
-                                                                     strict=True)}
-        for text, key, is_chunk in items:
-            row = rows[gold[key[0]].phrase_ids[key[1]]]
-            truth = np.array([(x1 * width, y1 * height, x2 * width, y2 * height) for x1, y1, x2, y2 in row.boxes])
-            top = tops[text]
-            hits[is_chunk][key] = bool(top is not None and iou((top.x1, top.y1, top.x2, top.y2), truth).max() >= 0.5)
+    images = sorted(by_image.items())
+    for i in tqdm(range(0, len(images), batch), desc="grounding", unit="batch", disable=not progress, leave=False):
+        part = [(image_id, list(dict.fromkeys(t for t, _, _ in items)))  # each distinct text grounded once
+                for image_id, items in images[i:i + batch]]
+        for (image_id, texts), found in zip(part, grounder.ground_in_images(part), strict=True):
+            width, height = sizes[image_id]
+            tops = {text: (g.boxes[0] if g.boxes else None) for text, g in zip(texts, found, strict=True)}
+            for text, key, is_chunk in by_image[image_id]:
+                row = rows[gold[key[0]].phrase_ids[key[1]]]
+                truth = np.array([(x1 * width, y1 * height, x2 * width, y2 * height) for x1, y1, x2, y2 in row.boxes])
+                top = tops[text]
+                hits[is_chunk][key] = bool(top is not None
+                                           and iou((top.x1, top.y1, top.x2, top.y2), truth).max() >= 0.5)
     annotated, chunks = hits[False], hits[True]
 
     def percent(values) -> float:
