@@ -18,16 +18,18 @@ def test_demo_builds_trains_indexes_and_queries(tmp_path, capsys):
     assert "[5/7] val grounding over" in out and "sample phrase -> region: 'a black dog'" in out
     assert "[6/7] tags:" in out and "kNN tags stored" in out
     assert "[7/7] training the retrieval-augmented captioner for 1 epochs" in out and "generated captions stored" in out
+    assert "phrase chunker" in out and "val span F1" in out and "grounded phrases, e.g. image" in out
     assert "60 images, 300 captions" in out
     assert main(["info", "--workdir", str(workdir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["images"] == 60 and info["captions"] == 300 and info["phrases"] > 300 and info["boxes"] > 60
-    assert info["generated_captions"] == 60 and info["tags"] > 60
+    assert info["generated_captions"] == 60 and info["tags"] > 60 and info["generated_phrases"] > 0
     assert sum(info["splits"].values()) == 60
     assert main(["demo", "--workdir", str(workdir), "--n", "60", "--epochs", "1", "--caption-epochs", "1"]) == 0
     out = capsys.readouterr().out  # again: nothing new
     assert "0 added, 60 already present" in out and "already trained; skipping" in out
     assert "captioner" in out and "already trained; skipping training" in out
+    assert "phrase chunker" in out and out.count("already trained; skipping training") == 2
     assert "0 images and 0 captions embedded" in out
 
 

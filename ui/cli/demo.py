@@ -25,8 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "CLIP on its train split (global and phrase-region objectives), index everything, evaluate "
                     "retrieval on val, choose the grounding parameters on val and evaluate grounding, tag every "
                     "image (kNN) and evaluate the taggers, train the retrieval-augmented captioner, evaluate it and "
-                    "caption every image, and run a sample query and a sample phrase -> region search. Safe to run "
-                    "again: finished steps are skipped.")
+                    "caption every image, train the phrase chunker on the phrase markup and store each generated "
+                    "caption's phrases grounded in its image, and run a sample query and a sample phrase -> region "
+                    "search. Safe to run again: finished steps are skipped.")
     add_workdir(p)
     add_synthetic_options(p, seed_help="seed of the generated scenes, of training and of the captioner")
     p.add_argument("--epochs", type=int, default=25, help="training epochs (default: %(default)s)")
@@ -41,7 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from grounding import Grounder, evaluate_grounding
     from heads.captioning import caption_workdir, evaluate_captions, find_captioner, train_captioner
+    from heads.chunker import open_chunker
     from heads.config import CaptionerConfig
+    from heads.phrases import train_workdir_chunker
     from heads.tagging import evaluate_tags, tag_workdir
     from indexer.config import EmbedConfig, TrainConfig
     from indexer.evaluate import evaluate_retrieval
@@ -99,10 +102,21 @@ def run(args: argparse.Namespace) -> int:
           f"/ {c['retrieval_augmented']['CIDEr']:.1f}, no retrieval {c['no_retrieval']['BLEU-4']:.1f} / "
           f"{c['no_retrieval']['CIDEr']:.1f}, nearest caption {c['nearest_caption']['BLEU-4']:.1f} / "
           f"{c['nearest_caption']['CIDEr']:.1f}")
-    generated = caption_workdir(workdir, captioner_id, progress=progress)
+    try:
+        chunker_id = open_chunker(workdir).id
+        print(f"      phrase chunker {chunker_id} already trained; skipping training")
+    except ArtefactError:  # none trained yet
+        chunked = train_workdir_chunker(workdir, progress=progress)
+        chunker_id = chunked["chunker_id"]
+        print(f"      phrase chunker {chunker_id}: val span F1 {chunked['val']['f1']:.1f} (rule baseline "
+              f"{chunked['rule_val']['f1']:.1f}), {chunked['seconds']:.0f} s")
+    generated = caption_workdir(workdir, captioner_id, ground=True, chunker=chunker_id, progress=progress)
     example = generated["examples"][0]
-    print(f"      {generated['stored']:,} generated captions stored, e.g. image {example['image_id']}: "
-          f"{example['caption']!r}")
+    print(f"      {generated['stored']:,} generated captions stored with {generated['grounded']['phrases']:,} grounded "
+          f"phrases, e.g. image {example['image_id']}: {example['caption']!r}")
+    for p in example["phrases"]:
+        box = "no box" if p["box"] is None else "box (" + ", ".join(f"{v:.0f}" for v in p["box"]) + ")"
+        print(f"        [{'/'.join(p['types'])}] {p['text']}: {box}")
     print(f"\nsample query: {args.query!r}")
     for rank, hit in enumerate(Searcher(workdir).text_to_image(args.query, k=5), 1):
         print(f"  {rank}. {hit.score:.3f}  image {hit.id} [{hit.split}]  {hit.captions[0] if hit.captions else ''}")
