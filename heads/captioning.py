@@ -548,13 +548,13 @@ def caption_workdir(workdir: Workdir, captioner_id: str | None = None, split: st
 
 def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = None,
                       ks: tuple[int, ...] | None = None, limit: int | None = None, device: str | None = None,
-                      progress: bool = True, memory: str = "train", baseline_id: str | None = None
-                      ) -> dict[str, Any]:
+                      progress: bool = True, memory: str = "train", baseline_id: str | None = None,
+                      beams: int | None = None) -> dict[str, Any]:
     """`groundex eval captions`: BLEU-1..4, ROUGE-L and CIDEr on the split's human captions for the
     captioner (its k), the same model with no retrieved captions, the nearest-neighbour caption, and the
     captioner at each k of `ks`. `memory`: the captions retrieval draws from (an image's own never count).
     `baseline_id`: a second captioner (one trained without retrieval, `k=0`) scored with no retrieved captions as
-    `trained_without_retrieval`."""
+    `trained_without_retrieval`. `beams`: the beam width for every captioner (default: each one's own)."""
     if split == "train":
         raise InputError("the captioner learns on train: evaluate on val or test")
     captioner = Captioner(workdir, captioner_id, device, memory)
@@ -574,13 +574,13 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
         raise InputError(f"baseline captioner {baseline.id} reads embedding model {baseline.data.model_id}, "
                          f"captioner {captioner.id} reads {captioner.data.model_id}: compare captioners of one model")
     with recorded_run(workdir, "eval captions", {"split": split, "ks": list(ks), "memory": memory,
-                                                 "baseline": baseline.id if baseline else None},
+                                                 "baseline": baseline.id if baseline else None, "beams": beams},
                       captioner.id) as (_, result):
         vectors, inputs = captioner.data.image_inputs(image_ids, captioner.config, captioner.image_processor)
         retrieved = captioner.data.retrieve(vectors, image_ids, max(max(ks), 1))
         by_k, samples = {}, {}
         for k in ks:
-            captions = captioner.caption_inputs(inputs, [r[:k] for r in retrieved], progress=progress)
+            captions = captioner.caption_inputs(inputs, [r[:k] for r in retrieved], beams, progress=progress)
             by_k[str(k)] = caption_metrics(captions, references)
             samples[str(k)] = captions[:5]
         nearest = [r[0] if r else "" for r in retrieved]
@@ -588,12 +588,13 @@ def evaluate_captions(workdir: Workdir, split: str, captioner_id: str | None = N
                    "nearest_caption": caption_metrics(nearest, references)}
         if baseline is not None:
             _, baseline_inputs = baseline.data.image_inputs(image_ids, baseline.config, baseline.image_processor)
-            plain = baseline.caption_inputs(baseline_inputs, [[] for _ in image_ids], progress=progress)
+            plain = baseline.caption_inputs(baseline_inputs, [[] for _ in image_ids], beams, progress=progress)
             methods["trained_without_retrieval"] = {**caption_metrics(plain, references),
                                                     "captioner_id": baseline.id}
         result.update({
             "split": split, "captioner_id": captioner.id, "model_id": captioner.data.model_id,
-            "images": int(len(image_ids)), "k": k_model, "memory": captioner.data.describe_memory(),
+            "images": int(len(image_ids)), "k": k_model, "beams": beams or captioner.config.beams,
+            "memory": captioner.data.describe_memory(),
             "methods": methods,
             "by_k": by_k,
             "examples": [{"image_id": int(image_ids[i]), "references": references[i][:2],

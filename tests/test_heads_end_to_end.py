@@ -228,12 +228,17 @@ def test_the_caption_memory_is_a_choice_and_takes_captions_ingested_after_traini
                                                      epochs=1, batch_size=32, k=0), progress=False)
     assert main(["eval", "captions", "--workdir", str(workdir.root), "--split", "val", "--memory", "all",
                  "--captioner", trained["captioner_id"], "--baseline", plain["captioner_id"],
-                 "--neighbours", "0", "--limit", "10", "--json", "--no-progress"]) == 0
+                 "--neighbours", "0", "--limit", "10", "--beams", "2", "--json", "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["beams"] == 2 and len(result["examples"][0]["retrieved"]) == 2
     assert result["memory"]["memory"] == "all" and result["memory"]["images"] == len(captioner.memory_data("all")
                                                                                         .memory_ids)
     assert result["methods"]["trained_without_retrieval"]["captioner_id"] == plain["captioner_id"]
     assert result["captioner_id"] == trained["captioner_id"] and result["k"] == 2
+    assert main(["eval", "captions", "--workdir", str(workdir.root), "--split", "val", "--captioner",
+                 trained["captioner_id"], "--neighbours", "0", "--limit", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out  # the text output shows what the captioner read beside what it wrote
+    assert "(k=2, " in out and " beams), embedding model" in out and out.count("      prompt: ") == 2 * 3
     assert main(["caption", "generate", "--workdir", str(workdir.root), "--split", "val", "--memory", "nosuch",
                  "--no-progress"]) == 2
     assert "no split 'nosuch'" in capsys.readouterr().err

@@ -64,6 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--baseline", default=None, metavar="CAPTIONER",
                    help="also score this captioner with no retrieved captions: one trained without retrieval "
                         "(`caption train --neighbours 0`) with the same budget is the honest baseline")
+    c.add_argument("--beams", type=int, default=None,
+                   help="beam search width for every captioner scored (default: each captioner's own setting)")
     add_memory(c)
     add_device(c)
     add_no_progress(c)
@@ -163,13 +165,16 @@ def run_captions(args: argparse.Namespace) -> int:
         raise UserError(f"--neighbours takes comma-separated integers, got {args.neighbours!r}") from None
     if any(k < 0 for k in ks):
         raise UserError(f"--neighbours must be >= 0, got {args.neighbours!r}")
+    if args.beams is not None and args.beams < 1:
+        raise UserError(f"--beams must be >= 1, got {args.beams}")
     result = evaluate_captions(workdir_of(args), args.split, args.captioner, ks, args.limit, device=args.device,
-                               progress=not args.no_progress, memory=args.memory, baseline_id=args.baseline)
+                               progress=not args.no_progress, memory=args.memory, baseline_id=args.baseline,
+                               beams=args.beams)
     if args.json:
         print_json(result)
         return 0
     print(f"split {result['split']}: {result['images']:,} images, captioner {result['captioner_id']} "
-          f"(k={result['k']}), embedding model {result['model_id']}")
+          f"(k={result['k']}, {result['beams']} beams), embedding model {result['model_id']}")
     memory = result["memory"]
     print(f"  caption memory {memory['memory']}: {memory['captions']:,} captions of {memory['images']:,} images "
           "(never an image's own)")
@@ -178,6 +183,12 @@ def run_captions(args: argparse.Namespace) -> int:
     rows = list(result["methods"].items()) + [(f"k={k}", m) for k, m in result["by_k"].items()]
     for name, m in rows:
         print(f"  {name:<22}" + "".join(f"{m[n]:>9.1f}" for n in names))
+    print("first images of the split (not chosen): the captioner's prompt (retrieved captions) and its caption")
+    for example in result["examples"][:3]:
+        print(f"  image {example['image_id']}: {example['retrieval_augmented']!r}  (no retrieval: "
+              f"{example['no_retrieval']!r})")
+        for text in example["retrieved"]:
+            print(f"      prompt: {text}")
     return 0
 
 
