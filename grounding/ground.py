@@ -141,9 +141,9 @@ class Grounder:
         """`ground_phrases` for many catalog images at once: for each (image id, phrases) of `requests` the
         groundings of its phrases. The catalog is opened once, the stored patches of every image read in one pass
         (an image indexed without patches is embedded now), and each distinct phrase embedded once. Memory grows
-        with the number of images: callers pass a few hundred at a time."""
+        with the number of images: callers pass a few hundred at a time. An image with no phrases is not read."""
         vectors = self._phrase_vectors([phrase for _, phrases in requests for phrase in phrases])
-        image_ids = sorted({int(image_id) for image_id, _ in requests})
+        image_ids = sorted({int(image_id) for image_id, phrases in requests if phrases})
         with self.searcher.reading() as catalog:
             details = catalog.image_details(image_ids)
             unknown = [i for i in image_ids if i not in details]
@@ -153,6 +153,9 @@ class Grounder:
         out = []
         for image_id, phrases in requests:
             image_id = int(image_id)
+            if not phrases:
+                out.append([])
+                continue
             if image_id not in patches:  # not indexed (or indexed without patches): embed it now
                 patches[image_id] = self._patches(load_image(details[image_id]["path"]))[0]
             out.append([self._grounding(phrase, vectors[phrase], patches[image_id], image_id, details[image_id])

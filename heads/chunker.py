@@ -42,6 +42,7 @@ LABELS = ("O", *(f"B-{t}" for t in ENTITY_TYPES), *(f"I-{t}" for t in ENTITY_TYP
 _B = {t: 1 + n for n, t in enumerate(ENTITY_TYPES)}
 _I = {t: 1 + len(ENTITY_TYPES) + n for n, t in enumerate(ENTITY_TYPES)}
 _EDGE = re.compile(r"^[^\w]+|[^\w]+$")
+_WORD = re.compile(r"\w")
 PAD, UNK = 0, 1
 SUFFIX_BUCKETS = 4096
 
@@ -65,8 +66,19 @@ class Chunk:
 
 
 def chunk_text(words: Sequence[str], start: int, end: int) -> str:
+    """Words [start, end) joined, punctuation at the phrase's edges removed."""
     text = " ".join(words[start:end])
-    return re.sub(r"^[^\w]+|[^\w]+$", "", text) or text
+    return _EDGE.sub("", text) or text
+
+
+def trimmed_span(words: Sequence[str], start: int, end: int) -> tuple[int, int]:
+    """[start, end) without the tokens at its edges that are punctuation only (a quote, a lone comma): a phrase
+    starts and ends on a word."""
+    while start < end and not _WORD.search(words[start]):
+        start += 1
+    while end > start and not _WORD.search(words[end - 1]):
+        end -= 1
+    return start, end
 
 
 @dataclass(frozen=True)
@@ -124,8 +136,12 @@ class ChunkerNet(nn.Module):
         self.out = nn.Linear(2 * config.hidden, len(LABELS))
 
     def forward(self, words: torch.Tensor, suffixes: torch.Tensor) -> torch.Tensor:
+        """(B, T) word and suffix ids, padded with PAD at the end -> (B, T, labels) logits. The GRU reads each
+        caption packed to its own length, so a caption's labels do not depend on the batch it is padded in."""
         x = torch.cat([self.words(words), self.suffixes(suffixes)], dim=-1)
-        h, _ = self.rnn(x)
+        lengths = (words != PAD).sum(dim=1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        h, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=words.shape[1])
         return self.out(h)
 
 
@@ -171,7 +187,9 @@ def chunks_from_labels(words: Sequence[str], labels: Sequence[int]) -> list[Chun
     for i, label in enumerate([*labels, 0]):
         name = LABELS[label]
         if start is not None and not name.startswith("I-"):
-            chunks.append(Chunk(start, i, kind, chunk_text(words, start, i)))
+            first, end = trimmed_span(words, start, i)
+            if first < end:  # punctuation alone is no phrase
+                chunks.append(Chunk(first, end, kind, chunk_text(words, first, end)))
             start = None
         if name.startswith("B-"):
             start, kind = i, name[2:]
@@ -371,10 +389,11 @@ class RuleChunker:
 
 def span_scores(predicted: Sequence[Sequence[Chunk]], gold: Sequence[MarkedCaption]) -> dict[str, Any]:
     """Exact-match span precision / recall / F1 (percent), and the type accuracy of the matched spans (a type is
-    right when it is one of the annotated ones)."""
+    right when it is one of the annotated ones). Annotated spans are compared without punctuation-only tokens at
+    their edges, as chunks are made (`trimmed_span`)."""
     n_pred = n_gold = matched = typed = 0
     for chunks, caption in zip(predicted, gold, strict=True):
-        spans = {(s, e): types for s, e, types in caption.spans}
+        spans = {trimmed_span(caption.words, s, e): types for s, e, types in caption.spans}
         n_pred += len(chunks)
         n_gold += len(spans)
         for chunk in chunks:
@@ -395,6 +414,6 @@ def matched_chunks(predicted: Sequence[Sequence[Chunk]], gold: Sequence[MarkedCa
     """(caption index, span index in the caption's annotated spans, chunk) for every exactly matched chunk."""
     out = []
     for n, (chunks, caption) in enumerate(zip(predicted, gold, strict=True)):
-        where = {(s, e): k for k, (s, e, _) in enumerate(caption.spans)}
+        where = {trimmed_span(caption.words, s, e): k for k, (s, e, _) in enumerate(caption.spans)}
         out += [(n, where[(c.start, c.end)], c) for c in chunks if (c.start, c.end) in where]
     return out

@@ -154,8 +154,10 @@ def _grounded_chunks(workdir: Workdir, model_id: str | None, device: str | None,
     for n, caption in enumerate(gold):
         for k, phrase_id in enumerate(caption.phrase_ids):
             if phrase_id not in rows:
-                continue  # notvisual, scene or no box: not scored (as `eval grounding`)
+                continue  # no box (notvisual, or none drawn): not scored, as in `eval grounding`
             chunk = matched.get((n, k))
+            # the annotated words as `eval grounding` grounds them (edge punctuation kept): the chunk's own text
+            # differs at most by that punctuation, so the two columns show what chunking changes
             annotated = " ".join(caption.words[caption.spans[k][0]:caption.spans[k][1]])
             by_image.setdefault(caption.image_id, []).append((annotated, (n, k), False))
             if chunk is not None:

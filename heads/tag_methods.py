@@ -23,7 +23,7 @@ from warehouse import InputError
 
 from .config import PROMPT, ProbeConfig
 
-KNN_KS = (1, 3, 5, 7, 11, 21)  # the K swept on val
+KNN_KS = (1, 3, 5, 7, 11, 21, 31, 51)  # the K swept on val
 
 
 def knn_scores(neighbour_rows: np.ndarray, neighbour_sims: np.ndarray, gallery_labels: np.ndarray, k: int
@@ -37,8 +37,10 @@ def knn_scores(neighbour_rows: np.ndarray, neighbour_sims: np.ndarray, gallery_l
         raise ValueError(f"k must be in [1, {neighbour_rows.shape[1]}] (the neighbours searched), got {k}")
     rows, sims = neighbour_rows[:, :k], neighbour_sims[:, :k]
     weights = np.where(rows >= 0, np.clip(sims + 1.0, 1e-6, None), 0.0).astype(np.float32)  # (N, k)
-    votes = gallery_labels[np.maximum(rows, 0)].astype(np.float32)  # (N, k, V)
-    return np.einsum("nk,nkv->nv", weights, votes) / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    votes = np.zeros((len(rows), gallery_labels.shape[1]), dtype=np.float32)
+    for j in range(k):  # one neighbour rank at a time: (N, V) in memory, not (N, k, V)
+        votes += weights[:, j, None] * gallery_labels[np.maximum(rows[:, j], 0)]
+    return votes / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
 
 
 def prior_scores(prior: np.ndarray, n: int) -> np.ndarray:

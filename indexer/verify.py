@@ -107,8 +107,8 @@ def _check_images(workdir: Workdir, catalog: Catalog, report: VerifyReport, deep
 
 
 def _check_artefacts(workdir: Workdir, catalog: Catalog, report: VerifyReport) -> None:
-    """Models, captioners and taggers: each recorded folder holds its files and they hash to its id; what a head
-    reads (its parent model) is there; folders on disk that the catalog does not know are noted."""
+    """Models, captioners, taggers and chunkers: each recorded folder holds its files and they hash to its id; what a
+    head reads (its parent model) is there; folders on disk that the catalog does not know are noted."""
     store = ArtefactStore(workdir)
     artefacts = catalog.artefacts()
     models = {a.id for a in artefacts if a.kind == "model"}
@@ -120,7 +120,7 @@ def _check_artefacts(workdir: Workdir, catalog: Catalog, report: VerifyReport) -
         elif (actual := content_hash(a.kind, a.path)) != a.id:
             report.findings.append(Finding(f"{a.kind}s", f"{label}: the files in {a.path} hash to {actual}, not to "
                                                          "its id"))
-        if a.kind != "model" and a.parent_id not in models:
+        if a.kind in ("captioner", "tagger") and a.parent_id not in models:  # heads read a model; chunkers none
             report.findings.append(Finding(f"{a.kind}s", f"{label} reads model {a.parent_id}, which is not recorded"))
     recorded = {(a.kind, a.path.resolve()) for a in artefacts}
     for kind in ARTEFACT_KINDS:

@@ -124,6 +124,15 @@ def test_generated_phrases_are_stored_with_their_caption_and_leave_with_it(tmp_p
             catalog.forget_artefact("captioner", "cap1")
         assert catalog.counts()["generated_phrases"] == 0
         assert not any(catalog.dangling_rows().values())
+        # a caption's phrases leave together: with the model that grounded one of them, and with their chunker
+        catalog.replace_generated_captions("cap1", [(1, "a brown dog on the grass")], phrases=[[dog, grass]])
+        with catalog.transaction():
+            catalog.forget_model("m1")
+        assert catalog.counts()["generated_phrases"] == 0
+        catalog.replace_generated_captions("cap1", [(1, "a brown dog on the grass")], phrases=[[dog, grass]])
+        with catalog.transaction():
+            catalog.forget_artefact("chunker", "ch1")
+        assert catalog.counts()["generated_phrases"] == 0 and len(catalog.generated_captions([1])[1]) == 1
 
 
 def test_read_only_open_of_missing_workdir_explains(tmp_path):

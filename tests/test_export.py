@@ -82,6 +82,8 @@ def test_generated_captions_export_with_their_grounded_phrases_and_read_back(sou
     line = (out / "Sentences" / f"{name}.txt").read_text().strip()
     assert line == ("[/EN#1/people a man] in [/EN#0/notvisual the picture] with [/EN#3/animals a dog] , in "
                     "[/EN#4/scene the park] .")
+    xml = (out / "Annotations" / f"{name}.xml").read_text()  # the release's 1-based inclusive pixels
+    assert "<xmin>1</xmin>\n\t\t\t<ymin>2</ymin>\n\t\t\t<xmax>20</xmax>\n\t\t\t<ymax>30</ymax>" in xml
     again = Workdir(tmp_path / "again")
     ingest_flickr30k(again, out, dataset="synthetic", config=IngestConfig(progress=False))
     with Catalog.open(again, read_only=True) as catalog:
@@ -107,7 +109,7 @@ def catalog_key(workdir, image_id):
 
 def test_file_ids_and_punctuation():
     assert file_id("flickr30k/1000092795") == "1000092795"
-    assert file_id("folder/holiday/beach 1.jpg") == "holiday_beach_1"
+    assert file_id("file:/photos/holiday/beach 1.jpg") == "photos_holiday_beach_1"  # `ingest folder` keys
     words, spans = _split_trailing(["a", "dog.", "runs", "home!"], [(0, 2, 1, ("animals",)), (3, 4, 2, ("scene",))])
     assert words == ["a", "dog", ".", "runs", "home", "!"] and spans == [(0, 2, 1, ("animals",)),
                                                                         (4, 5, 2, ("scene",))]

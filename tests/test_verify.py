@@ -89,3 +89,15 @@ def test_an_index_that_disagrees_with_the_embeddings_is_a_problem(workdir):
     assert any("FAISS ids differ" in p for p in found) and any("out of date" in p for p in found)
     Path(info["path"]).write_bytes(b"garbage")
     assert any("unreadable" in p for p in problems(workdir))
+
+
+def test_a_chunker_is_sound_and_its_changed_weights_a_problem(workdir):
+    """A chunker reads no model: verify checks its files and hash, and asks for no parent."""
+    from heads.chunker import ChunkerConfig
+    from heads.phrases import train_workdir_chunker
+
+    chunker_id = train_workdir_chunker(workdir, ChunkerConfig(epochs=1, min_steps=5), progress=False)["chunker_id"]
+    assert problems(workdir) == []
+    weights = next((workdir.root / "chunkers").glob(f"{chunker_id}*/weights.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    assert any(f"chunker {chunker_id[:8]}" in p and "hash to" in p for p in problems(workdir))

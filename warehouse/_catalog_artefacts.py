@@ -115,8 +115,11 @@ class ArtefactRows:
 
     def forget_model(self, model_id: str) -> None:
         """Delete a model's row and every row made with it: embeddings, indexes, stored kinds, tags, regions."""
-        for table in ("embeddings", "indexes", "embedding_sets", "tags", "regions", "generated_phrases"):
+        for table in ("embeddings", "indexes", "embedding_sets", "tags", "regions"):
             self.con.execute(f"DELETE FROM {table} WHERE model_id = ?", [model_id])  # table names are literals
+        # a caption's phrases were grounded together: all of them go, those that got no box (no model_id) too
+        self.con.execute("DELETE FROM generated_phrases WHERE caption_id IN (SELECT caption_id FROM generated_phrases "
+                         "WHERE model_id = ?)", [model_id])
         self.forget_artefact("model", model_id)
 
     def runs_of_model(self, model_id: str) -> list[dict[str, Any]]:

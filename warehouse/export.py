@@ -11,7 +11,10 @@ captioner generated are written instead, with the phrases `caption generate --gr
 entity of its own (1, 2, ...; `notvisual` ones 0, as in the release), with its box, or `<nobndbox>` when it has none.
 A generated caption's punctuation stuck to a phrase's last word is split off into a word of its own, so the phrase
 markup holds words only ("a dog." -> "[/EN#1/animals a dog] ."). A user can pre-annotate an uncaptioned
-collection this way, correct it in any tool that reads the format, and ingest it back.
+collection this way (`ingest folder --split S` gives its images a split), correct it in any tool that reads the
+format, and ingest it back with `groundex ingest flickr30k --root OUT` into a new workdir: in the same one the
+images would be added again, under `flickr30k/<id>` keys. The reader takes the splits from train.txt, val.txt and
+test.txt, and needs the images: with `images="none"`, put them in OUT/images/ first.
 """
 
 from __future__ import annotations
@@ -51,8 +54,9 @@ class ExportReport:
 
 
 def file_id(key: str) -> str:
-    """The Entities id (file stem) of a catalog key: its part after the dataset, without a file suffix ('flickr30k/123'
-    -> '123', 'folder/trip/a b.jpg' -> 'trip_a_b'), characters unsafe in a file name replaced."""
+    """The Entities id (file stem) of a catalog key: its part after the dataset (or after 'file:/' for an ingested
+    folder's file), without a file suffix ('flickr30k/123' -> '123', 'file:/photos/trip/a b.jpg' ->
+    'photos_trip_a_b'), characters unsafe in a file name replaced."""
     name = key.split("/", 1)[1] if "/" in key else key
     path = Path(name)
     return _UNSAFE.sub("_", str(path.with_suffix("")) if path.suffix else name) or "image"
@@ -116,6 +120,11 @@ def export_entities(catalog: Catalog, split: str, out: Path, generated: bool = F
             raise InputError(f"images {names[name]} and {image_id} would both be written as {name!r} "
                              f"(keys {details[names[name]]['key']!r} and {details[image_id]['key']!r})")
         names[name] = image_id
+    if images != "none":  # before anything is written: no dangling links, no half-copied folder
+        absent = [details[i]["path"] for i in image_ids if not Path(details[i]["path"]).is_file()]
+        if absent:
+            raise FileNotFoundError(f"{len(absent)} image file(s) of split {split!r} are missing, e.g. {absent[0]} "
+                                    "(`groundex verify` lists them; or export with --images none)")
     for folder in ("Sentences", "Annotations", "images"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     n_captions = n_phrases = n_boxes = 0
@@ -156,10 +165,10 @@ def _human(catalog: Catalog, image_ids: list[int]):
             "SELECT image_id, entity_ids, x1, y1, x2, y2 FROM boxes WHERE image_id IN (SELECT unnest(?::BIGINT[])) "
             "ORDER BY image_id, id", [image_ids]):
         boxes.setdefault(image_id, []).append(Box(tuple(entity_ids), x1, y1, x2, y2))
-    flags: dict[int, list[tuple[int, bool, bool]]] = {}
+    flags: dict[int, list[tuple[int, bool, bool]]] = {}  # entities without a box, or with a flag besides their boxes
     for image_id, entity_id, scene, nobndbox in catalog.query(
             "SELECT image_id, entity_id, scene, nobndbox FROM entities WHERE image_id IN (SELECT unnest(?::BIGINT[])) "
-            "AND n_boxes = 0 ORDER BY image_id, entity_id", [image_ids]):
+            "AND (n_boxes = 0 OR scene OR nobndbox) ORDER BY image_id, entity_id", [image_ids]):
         flags.setdefault(image_id, []).append((entity_id, scene, nobndbox))
     return lines, boxes, flags
 
@@ -178,8 +187,9 @@ def _generated(catalog: Catalog, image_ids: list[int], captioner_id: str):
             spans.append((p.first_word_index, end, entity_id, p.types))
             if entity_id and p.box is not None:
                 boxes.setdefault(image_id, []).append(Box((entity_id,), *p.box))
-            elif entity_id:
-                flags.setdefault(image_id, []).append((entity_id, False, True))
+            elif entity_id:  # no box: the whole scene, or nothing to draw (as the release marks them)
+                scene = "scene" in p.types
+                flags.setdefault(image_id, []).append((entity_id, scene, not scene))
         words, spans = _split_trailing(words, spans)
         lines[image_id] = [_marked(words, spans)]
     return lines, boxes, flags

@@ -55,7 +55,7 @@ def grounded_caption(root: str, model: str, chunker: Any, text: str, image: Any,
 
     try:
         phrases = ground_caption(resources.grounder(root, model), chunker, text, target)
-    except ValueError as e:  # a model without a patch grid, a phrase too long to embed
+    except (ValueError, OSError) as e:  # no patch grid, a phrase too long to embed (InputError), a missing file
         st.error(str(e))
         return
     located = [p for p in phrases if p.box is not None]

@@ -49,3 +49,10 @@ def workdir_of(args: argparse.Namespace) -> Workdir:
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+def phrase_line(phrase: dict[str, Any]) -> str:
+    """'[type] words: box x1, y1, x2, y2' (or 'no box') for a grounded phrase as `GeneratedPhrase.as_dict` gives it."""
+    box = phrase.get("box")
+    where = "no box" if box is None else "box " + ", ".join(f"{v:.0f}" for v in box)
+    return f"[{'/'.join(phrase['types'])}] {phrase['text']}: {where}"

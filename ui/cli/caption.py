@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import UserError, add_resume, add_workdir, print_json, workdir_of
+from ._common import UserError, add_resume, add_workdir, phrase_line, print_json, workdir_of
 from ._options import (
     add_captioner,
     add_device,
@@ -123,21 +123,27 @@ def run_generate(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < least:
             raise UserError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+    if args.chunker is not None and not args.ground:
+        raise UserError("--chunker chooses the chunker that finds the phrases to ground: give it with --ground")
     decoding = {"beams": args.beams, "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens,
                 "length_penalty": args.length_penalty}
     if args.image is not None:
         if args.split is not None:
             raise UserError("give --split or --image, not both")
+        chunker = None
+        if args.ground:  # before captioning: a workdir without a chunker fails now
+            from heads.chunker import open_chunker
+
+            chunker = open_chunker(workdir_of(args), args.chunker)
         captioner = Captioner(workdir_of(args), args.captioner, args.device, args.memory)
         caption, retrieved = captioner.caption_file(args.image, args.neighbours, **decoding)
         phrases = None
-        if args.ground:
+        if chunker is not None:
             from grounding.ground import Grounder
-            from heads.chunker import open_chunker
             from heads.phrases import ground_caption
 
             grounder = Grounder(workdir_of(args), captioner.data.model_id, args.device)
-            phrases = ground_caption(grounder, open_chunker(workdir_of(args), args.chunker), caption, args.image)
+            phrases = ground_caption(grounder, chunker, caption, args.image)
         if args.json:
             print_json({"captioner_id": captioner.id, "image": str(args.image), "caption": caption,
                         "retrieved": retrieved, "memory": captioner.data.describe_memory(),
@@ -145,8 +151,7 @@ def run_generate(args: argparse.Namespace) -> int:
         else:
             print(caption)
             for p in phrases or []:
-                box = "no box" if p.box is None else "box " + ", ".join(f"{v:.0f}" for v in p.box)
-                print(f"  [{'/'.join(p.types)}] {p.text}: {box}")
+                print(f"  {phrase_line(p.as_dict())}")
         return 0
     result = caption_workdir(workdir_of(args), args.captioner, args.split, args.neighbours, device=args.device,
                              progress=not args.no_progress, memory=args.memory, ground=args.ground,
@@ -164,6 +169,5 @@ def run_generate(args: argparse.Namespace) -> int:
     for example in result["examples"]:
         print(f"  image {example['image_id']}: {example['caption']}")
         for p in example.get("phrases", []):
-            box = "no box" if p["box"] is None else "box " + ", ".join(f"{v:.0f}" for v in p["box"])
-            print(f"    [{'/'.join(p['types'])}] {p['text']}: {box}")
+            print(f"    {phrase_line(p)}")
     return 0

@@ -30,8 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                      "prints span F1 and type accuracy on val beside the rule baseline, and stores "
                                      "the chunker in the workdir (chunkers/<hash>).")
     add_workdir(t)
-    t.add_argument("--epochs", type=int, default=c.epochs, help="passes over the training captions (default: "
-                                                                "%(default)s)")
+    t.add_argument("--epochs", type=int, default=c.epochs,
+                   help="passes over the training captions (default: %(default)s); a small collection gets more, so "
+                        f"that training takes at least {c.min_steps} steps")
     t.add_argument("--seed", type=int, default=c.seed, help="random seed (default: %(default)s)")
     t.add_argument("--label", default=None, help="a name for the chunker, usable wherever a hash is")
     add_no_progress(t)

@@ -8,7 +8,7 @@ import time
 import warehouse
 from warehouse import ArtefactError, Catalog, IngestConfig
 
-from ._common import add_workdir, workdir_of
+from ._common import add_workdir, phrase_line, workdir_of
 from ._options import add_no_progress
 from .ingest import add_synthetic_options, synthetic_config
 
@@ -115,8 +115,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"      {generated['stored']:,} generated captions stored with {generated['grounded']['phrases']:,} grounded "
           f"phrases, e.g. image {example['image_id']}: {example['caption']!r}")
     for p in example["phrases"]:
-        box = "no box" if p["box"] is None else "box (" + ", ".join(f"{v:.0f}" for v in p["box"]) + ")"
-        print(f"        [{'/'.join(p['types'])}] {p['text']}: {box}")
+        print(f"        {phrase_line(p)}")
     print(f"\nsample query: {args.query!r}")
     for rank, hit in enumerate(Searcher(workdir).text_to_image(args.query, k=5), 1):
         print(f"  {rank}. {hit.score:.3f}  image {hit.id} [{hit.split}]  {hit.captions[0] if hit.captions else ''}")

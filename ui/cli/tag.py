@@ -17,9 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tag", help="predict keyword tags for the images and store them in the catalog",
         description="Mines the keyword vocabulary from the training captions, fits the tagger on the train split's "
-                    "image embeddings and chooses its threshold (and kNN's K among 1, 3, 5, 7, 11, 21) on val, then "
-                    "tags every image of --split (default: all, captioned or not) and stores the tags at or above "
-                    "the threshold in the catalog (earlier tags of the same method and images are replaced). "
+                    "image embeddings and chooses its threshold (and kNN's K among 1, 3, 5, 7, 11, 21, 31, 51) on "
+                    "val, then tags every image of --split (default: all, captioned or not) and stores the tags at or "
+                    "above the threshold in the catalog (earlier tags of the same method and images are replaced). "
                     "Search filters read them: --where \"tag = 'dog'\". Needs `groundex index` first.")
     add_workdir(p)
     p.add_argument("--method", choices=METHODS, default="knn",
