@@ -18,6 +18,19 @@ import pyarrow as pa
 from .errors import InputError
 from .workdir import utc_now
 
+
+def split_or_images(split: str | None, image_ids: Iterable[int] | None, image_column: str) -> tuple[str, list[Any]]:
+    """(' AND ...' conditions, their parameters) keeping the rows of images in `split` (the query's images are `i`)
+    and among `image_ids` (read from `image_column`); None: no condition."""
+    sql, params = "", []
+    if split is not None:
+        sql += " AND i.split = ?"
+        params.append(split)
+    if image_ids is not None:
+        sql += f" AND {image_column} IN (SELECT unnest(?::BIGINT[]))"
+        params.append([int(i) for i in image_ids])
+    return sql, params
+
 TAG_METHODS = ("probe", "knn", "zeroshot", "fusion")
 
 
@@ -108,14 +121,8 @@ class HeadsRows:
                "ORDER BY p.first_word_index, p.id) "
                "FROM captions c JOIN phrases p ON p.caption_id = c.id JOIN images i ON i.id = c.image_id "
                "WHERE c.source = 'human'")
-        params: list[Any] = []
-        if split is not None:
-            sql += " AND i.split = ?"
-            params.append(split)
-        if image_ids is not None:
-            sql += " AND c.image_id IN (SELECT unnest(?::BIGINT[]))"
-            params.append([int(i) for i in image_ids])
-        rows = self.con.execute(sql + " GROUP BY c.id, c.image_id, c.text ORDER BY c.id", params).fetchall()
+        where, params = split_or_images(split, image_ids, "c.image_id")
+        rows = self.con.execute(sql + where + " GROUP BY c.id, c.image_id, c.text ORDER BY c.id", params).fetchall()
         return [(caption_id, image_id, text,
                  [(first, first + len(words.split()), tuple(types), phrase_id, entity_id)
                   for first, words, types, phrase_id, entity_id in phrases])

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from ._catalog_artefacts import ArtefactRows
 from ._catalog_heads import CAPTIONS_SCHEMA as _CAPTIONS
-from ._catalog_heads import HeadsRows
+from ._catalog_heads import HeadsRows, split_or_images
 from ._catalog_reports import ReportRows, time_limited
 from ._schema import MIGRATIONS, SCHEMA_VERSION
 from .client_filter import check_client_condition
@@ -403,14 +403,8 @@ class Catalog(ArtefactRows, HeadsRows, ReportRows):
             "LEFT JOIN entities e ON e.image_id = p.image_id AND e.entity_id = p.entity_id "
             "LEFT JOIN boxes b ON b.image_id = p.image_id AND p.entity_id <> 0 AND list_contains(b.entity_ids, "
             "p.entity_id) WHERE 1 = 1")
-        params: list[Any] = []
-        if split is not None:
-            sql += " AND i.split = ?"
-            params.append(split)
-        if image_ids is not None:
-            sql += " AND p.image_id IN (SELECT unnest(?::BIGINT[]))"
-            params.append([int(i) for i in image_ids])
-        rows = self.con.execute(sql + " GROUP BY ALL ORDER BY p.id", params).fetchall()
+        where, params = split_or_images(split, image_ids, "p.image_id")
+        rows = self.con.execute(sql + where + " GROUP BY ALL ORDER BY p.id", params).fetchall()
         return [GroundingRow(*r[:7], [tuple(b) for b in (r[7] or [])]) for r in rows]
 
     def caption_ids_of_images(self, image_ids: Iterable[int]) -> list[int]:
