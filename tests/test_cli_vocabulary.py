@@ -44,12 +44,12 @@ def test_model_names_a_recorded_model_everywhere():
 
 def test_every_command_that_runs_a_model_on_demand_takes_device():
     assert {"train", "index", "search", "ground", "tag", "caption generate", "eval grounding", "eval tags",
-            "eval captions"} <= set(_uses("--device"))
+            "eval captions", "eval chunks", "chunk text"} <= set(_uses("--device"))
 
 
 def test_every_command_with_a_progress_bar_can_turn_it_off():
     assert {"ingest folder", "train", "index", "tag", "caption train", "caption generate", "eval grounding",
-            "eval captions", "demo"} <= set(_uses("--no-progress"))
+            "eval captions", "demo", "chunk train", "eval chunks"} <= set(_uses("--no-progress"))
 
 
 @pytest.mark.parametrize("argv, hint", [
