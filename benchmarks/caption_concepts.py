@@ -1,7 +1,7 @@
 """Does retrieval teach the captioner words its training never showed it? (issue 21, SmallCap's promise)
 
     python benchmarks/caption_concepts.py --workdir W --concepts car,purple [--epochs 10] [--copy]
-                                          [--reference CAPTIONER] [--out docs/results/x.json]
+                                          [--copy-substitution P] [--reference CAPTIONER] [--out docs/results/x.json]
 
 Two decoders are trained with the default recipe (--copy: with the copy head) on the train images whose captions
 never mention the concepts (`CaptionerConfig.exclude_words`; plurals count): one retrieval-augmented (the
@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=CaptionerConfig.epochs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--copy", action="store_true", help="decoders with the copy head (CaptionerConfig.copy)")
+    parser.add_argument("--copy-substitution", type=float, default=0.0, metavar="P",
+                        help="with --copy: CaptionerConfig.copy_substitution (placeholders the pointer must copy)")
     parser.add_argument("--reference", default=None, help="a captioner trained on every train image")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -85,12 +87,14 @@ def main() -> None:
     sets = image_sets(workdir, concepts)
     print("images: " + ", ".join(f"{name} {len(ids)}" for name, ids in sets.items()), flush=True)
     report: dict = {"concepts": list(concepts), "epochs": args.epochs, "copy": args.copy,
+                    "copy_substitution": args.copy_substitution,
                     "images": {n: len(s) for n, s in sets.items()}, "decoders": {}, "sets": {}}
     decoders = {}
     for name, k in (("retrieval_augmented", CaptionerConfig.k), ("trained_without_retrieval", 0)):
         started = time.perf_counter()
         trained = train_captioner(workdir, CaptionerConfig(exclude_words=concepts, k=k, epochs=args.epochs,
-                                                           seed=args.seed, copy=args.copy), progress=False)
+                                                           seed=args.seed, copy=args.copy,
+                                                           copy_substitution=args.copy_substitution), progress=False)
         decoders[name] = Captioner(workdir, trained["captioner_id"])
         report["decoders"][name] = {"captioner_id": trained["captioner_id"], "train_images": trained["train_images"],
                                     "best_val_loss": trained["best_val_loss"],

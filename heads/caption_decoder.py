@@ -18,6 +18,7 @@ import json
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,21 @@ from warehouse import InputError, atomic_write_json, content_hash, place
 from .config import CaptionerConfig
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[PRM]")  # ids 0..5, in this order
+PLACEHOLDERS = 32  # copy placeholders "[CPY0]".. at the vocabulary's end (`CaptionerConfig.copy_substitution`)
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, min_count: int = 2) -> PreTrainedTokenizerFast:
+def placeholder_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids of the tokenizer's copy placeholders (none for tokenizers trained without them)."""
+    vocab = tokenizer.get_vocab()
+    return sorted(i for t, i in vocab.items() if t.startswith("[CPY") and t.endswith("]"))
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, min_count: int = 2, placeholders: int = 0
+                    ) -> PreTrainedTokenizerFast:
     """A lowercasing WordPiece tokenizer (`tokenizers`) whose vocabulary is learned from `texts`: the special
     tokens, every character seen (alone and as a '##' continuation, so no word is ever unknown), then the
-    words seen at least `min_count` times, most frequent first, up to `vocab_size`.
+    words seen at least `min_count` times, most frequent first, up to `vocab_size`, then `placeholders` copy
+    placeholders ("[CPY0]", ...: ids that no text encodes to; training puts them in place of words).
 
     Built by counting rather than with `tokenizers`' WordPiece trainer, whose merges break ties in hash
     order: the same captions gave a different vocabulary in each process, and so a different captioner."""
@@ -55,6 +65,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_count: int = 2) -> Pr
     vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
     words = sorted((w for w, n in counts.items() if n >= min_count and len(w) > 1), key=lambda w: (-counts[w], w))
     vocab += words[: max(0, vocab_size - len(vocab))]
+    vocab += [f"[CPY{i}]" for i in range(placeholders)]
     tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
     tokenizer.normalizer, tokenizer.pre_tokenizer, tokenizer.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
@@ -96,10 +107,11 @@ class CaptionDecoder(nn.Module):
     @torch.no_grad()
     def generate(self, image_inputs: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  beams: int = 3, max_new_tokens: int = 30, min_new_tokens: int = 3, length_penalty: float = 1.0,
-                 function_token_ids: frozenset[int] | None = None) -> torch.Tensor:
+                 function_token_ids: frozenset[int] | None = None, never: Sequence[int] = ()) -> torch.Tensor:
         """Beam search from left-padded prompts; returns the new tokens (B, <= max_new_tokens). No trigram of the
         caption repeats, and with `function_token_ids` (see `function_token_ids`) no bigram ending in any other
-        token does ("a man is to the right of a man")."""
+        token does ("a man is to the right of a man"); the tokens of `never` (copy placeholders) are never
+        written."""
         from transformers import LogitsProcessorList
 
         encoder = self.encode_images(image_inputs)
@@ -110,7 +122,7 @@ class CaptionDecoder(nn.Module):
             num_beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
             length_penalty=length_penalty, eos_token_id=ids.eos, pad_token_id=ids.pad, bos_token_id=ids.bos,
             do_sample=False, logits_processor=LogitsProcessorList([NoRepeatInCaption(3, input_ids.shape[1],
-                                                                                     function_token_ids)]))
+                                                                                     function_token_ids, never)]))
         return out[:, input_ids.shape[1]:]
 
 
@@ -272,10 +284,13 @@ class NoRepeatInCaption:
     `no_repeat_ngram_size`, the prompt does not count: copying a phrase of a retrieved caption is what
     retrieval augmentation is for."""
 
-    def __init__(self, n: int, prompt_length: int, function_ids: frozenset[int] | None = None):
-        self.n, self.prompt_length, self.function_ids = n, prompt_length, function_ids
+    def __init__(self, n: int, prompt_length: int, function_ids: frozenset[int] | None = None,
+                 never: Sequence[int] = ()):
+        self.n, self.prompt_length, self.function_ids, self.never = n, prompt_length, function_ids, list(never)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.never:
+            scores[:, self.never] = -float("inf")
         generated = input_ids[:, self.prompt_length:].tolist()  # (B * beams, new tokens so far)
         for row, tokens in enumerate(generated):
             banned = self._repeats(tokens, self.n)
@@ -382,6 +397,8 @@ class CaptionCollator:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, image_inputs: ImageInputs, config: CaptionerConfig,
                  ids: TokenIds | None = None):
         self.tokenizer, self.image_inputs, self.config, self.ids = tokenizer, image_inputs, config, ids
+        self.placeholders = placeholder_ids(tokenizer) if config.copy_substitution else []
+        self.unsubstituted = function_token_ids(tokenizer) | set(self.placeholders) if self.placeholders else set()
 
     def __call__(self, examples: list[tuple[int, str, list[str], bool]]) -> dict[str, torch.Tensor]:
         retrieved = []
@@ -389,9 +406,28 @@ class CaptionCollator:
             drop = may_drop and float(torch.rand(())) < self.config.retrieval_dropout  # torch's: see above
             retrieved.append([] if drop else texts[: self.config.k])
         batch = encode_batch(self.tokenizer, retrieved, [c for _, c, _, _ in examples], self.config, self.ids)
+        if self.placeholders:
+            for row, (_, _, _, may_drop) in enumerate(examples):
+                if may_drop and retrieved[row] and float(torch.rand(())) < self.config.copy_substitution:
+                    self._substitute(batch, row)
         rows = [r for r, _, _, _ in examples]
         batch["image_inputs"] = torch.from_numpy(np.asarray(self.image_inputs[rows], dtype=np.float32))
         return batch
+
+    def _substitute(self, batch: dict[str, torch.Tensor], row: int) -> None:
+        """Replace one content word that the row's target shares with its prompt by a random copy placeholder,
+        everywhere in the row: its output row tells the decoder nothing, so the pointer must copy it (as it must a
+        word the decoder never had to write). Draws from torch's generator, as the dropout does."""
+        ids, labels = batch["input_ids"][row], batch["labels"][row]
+        target = labels[labels != -100]
+        prompt = ids[: int((labels != -100).nonzero()[0]) if (labels != -100).any() else len(ids)]
+        shared = sorted((set(target.tolist()) & set(prompt.tolist())) - self.unsubstituted)
+        if not shared:
+            return
+        word = shared[int(torch.randint(len(shared), ()))]
+        placeholder = self.placeholders[int(torch.randint(len(self.placeholders), ()))]
+        ids[ids == word] = placeholder
+        labels[labels == word] = placeholder
 
 
 # -- saving and loading ---------------------------------------------------------------------------

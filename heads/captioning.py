@@ -29,6 +29,7 @@ from indexer.tokenizer import words
 from warehouse import Artefact, ArtefactStore, Catalog, InputError, RunState, Workdir, recorded_run
 
 from .caption_decoder import (
+    PLACEHOLDERS,
     CaptionCollator,
     CaptionDecoder,
     CaptionerConfig,
@@ -40,6 +41,7 @@ from .caption_decoder import (
     function_token_ids,
     load_captioner,
     load_pretrained_blip,
+    placeholder_ids,
     train_tokenizer,
     write_captioner,
 )
@@ -201,7 +203,8 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
     if config.pretrained is None:
         # the vocabulary of the whole caption memory: words of images left out of the decoder's training
         # (`exclude_words`) are tokens it can copy from retrieved captions, though it never had to write them
-        tokenizer = train_tokenizer([t for texts in data.captions_of for t in texts], config.vocab_size)
+        tokenizer = train_tokenizer([t for texts in data.captions_of for t in texts], config.vocab_size,
+                                    placeholders=PLACEHOLDERS if config.copy_substitution else 0)
     else:
         model, tokenizer, image_processor = pretrained
     store = ArtefactStore(workdir)
@@ -426,6 +429,7 @@ class Captioner:
         self._memories = {canonical_memory(memory): self.data}
         self._encoder: Any = None  # the embedding model, loaded on the first caption_file
         self._function_ids: frozenset[int] | None = None  # the tokens a repeated bigram may end in
+        self._never = placeholder_ids(self.tokenizer)  # copy placeholders: learned in training, never written
 
     def memory_data(self, memory: str | None = None) -> CaptionData:
         """The retrieval data of another caption memory (None: the one this captioner was opened with), read from
@@ -467,7 +471,7 @@ class Captioner:
                 beams=beams or c.beams, max_new_tokens=max_new_tokens or c.max_new_tokens,
                 min_new_tokens=c.min_new_tokens if min_new_tokens is None else min_new_tokens,
                 length_penalty=c.length_penalty if length_penalty is None else length_penalty,
-                function_token_ids=self._function_ids if c.no_repeat_bigrams else None)
+                function_token_ids=self._function_ids if c.no_repeat_bigrams else None, never=self._never)
             out += [t.strip() for t in self.tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)]
         return out
 

@@ -98,6 +98,9 @@ class CaptionerConfig:
     copy: bool = False               # a pointer over the retrieved captions: words can be copied from them, even ones
     #                                  the decoder never had to write (`heads.caption_decoder.CopyingTextDecoder`).
     #                                  Off by default: so far it shortens captions (docs/heads.md, "New words")
+    copy_substitution: float = 0.0   # with copy: share of training examples in which a word the target shares with
+    #                                  the prompt becomes a random placeholder token in both: only the pointer can
+    #                                  write it, as a word the decoder never had to write (docs/heads.md)
     # retrieval augmentation
     k: int = 4                       # retrieved captions in the prompt (the captions of the k nearest training images)
     retrieval_dropout: float = 0.2   # share of training examples without retrieved captions (so k = 0 works too)
@@ -146,6 +149,8 @@ class CaptionerConfig:
         self.exclude_words = tuple(sorted({w.strip().lower() for w in self.exclude_words if w.strip()}))
         if any(not w.isalnum() for w in self.exclude_words):
             raise InputError(f"exclude_words are single words (letters and digits), got {list(self.exclude_words)}")
+        if not 0 <= self.copy_substitution < 1 or (self.copy_substitution and not self.copy):
+            raise InputError(f"copy_substitution is a share in [0, 1) and needs copy, got {self.copy_substitution}")
         if self.copy and self.pretrained:
             raise InputError("copy (the copy head) is for the small decoder; a pretrained BLIP has none")
         if self.min_new_tokens > self.max_new_tokens:

@@ -6,12 +6,15 @@ import torch
 from PIL import Image
 
 from heads.caption_decoder import (
+    PLACEHOLDERS,
+    CaptionCollator,
     CaptionerConfig,
     NoRepeatInCaption,
     RACaptioner,
     encode_batch,
     function_token_ids,
     load_captioner,
+    placeholder_ids,
     save_captioner,
     train_tokenizer,
 )
@@ -114,6 +117,34 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="copy head"):
         CaptionerConfig(copy=True, pretrained="Salesforce/blip-image-captioning-base")
     assert CaptionerConfig(exclude_words="Car, dog,car").exclude_words == ("car", "dog")
+    with pytest.raises(ValueError, match="copy_substitution"):
+        CaptionerConfig(copy_substitution=0.3)  # without the copy head nothing could write a placeholder
+
+
+def test_copy_substitution_puts_one_placeholder_in_place_of_a_shared_word_in_prompt_and_target():
+    tokenizer = train_tokenizer(TEXTS, 300, placeholders=PLACEHOLDERS)
+    placeholders = placeholder_ids(tokenizer)
+    assert len(placeholders) == PLACEHOLDERS and not placeholder_ids(train_tokenizer(TEXTS, 300))
+    assert not set(placeholders) & {t for text in TEXTS for t in tokenizer(text)["input_ids"]}  # no text makes one
+    config = CaptionerConfig(copy=True, copy_substitution=0.99, retrieval_dropout=0.0)
+    collator = CaptionCollator(tokenizer, np.zeros((2, 1, 4), np.float32), config)
+    dog, the = tokenizer.convert_tokens_to_ids(["dog", "the"])
+    examples = [(0, "a black dog runs on the grass", ["a dog runs across a green lawn"], True),
+                (1, "a black dog runs on the grass", ["a dog runs across a green lawn"], False)]  # not training
+    torch.manual_seed(0)
+    batch = collator(examples)
+    ids, labels = batch["input_ids"], batch["labels"]
+    caption = labels[0][labels[0] != -100]
+    swapped = set(ids[0].tolist()) & set(placeholders)
+    assert len(swapped) == 1, "one shared word, in the prompt and the target alike"
+    [placeholder] = swapped
+    assert placeholder in caption.tolist() and (ids[0] == placeholder).sum() == 2  # once in each
+    shared = set(tokenizer("a dog runs", add_special_tokens=False)["input_ids"]) - function_token_ids(tokenizer)
+    assert sum(t in ids[0].tolist() for t in shared) == len(shared) - 1 and the in ids[0].tolist()
+    assert dog in ids[1].tolist() and not set(ids[1].tolist()) & set(placeholders)  # evaluation rows stay as they are
+    scores = torch.zeros(1, len(tokenizer))
+    assert NoRepeatInCaption(3, 0, never=placeholders)(torch.zeros(1, 0, dtype=torch.long), scores)[
+        0, placeholders].eq(-float("inf")).all()  # decoding never writes one
 
 
 def test_concept_mentions_and_memory_specs():
