@@ -17,7 +17,7 @@ _HOMES = {  # public name -> the module that defines it
     "DEFAULT_SHORTLIST": "config", "GroundingConfig": "config", "load_config": "config",
     "evaluate_grounding": "evaluate", "metrics": "evaluate", "split_maps": "evaluate", "tune": "evaluate",
     "Grounder": "ground", "Grounding": "ground",
-    "ScoredBox": "heatmap",
+    "iou": "heatmap", "ScoredBox": "heatmap",
     "render_overlay": "overlay",
 }
 __all__ = sorted(_HOMES)

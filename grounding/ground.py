@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from indexer import Searcher, Where, check_text_query
 from indexer.box_head import BoxHead, load_box_head
 from indexer.data import FULL_FRAME, crop_window
 from indexer.index import patch_ids
 from indexer.knn import search_allowed
 from indexer.model_spec import load_spec, spec_patch_grid
-from indexer.search import Searcher, Where, check_text_query
 from indexer.shards import load_embeddings
 from warehouse import Catalog, InputError, Workdir, load_image, recorded_run
 

@@ -1,4 +1,4 @@
-"""heads: what can be said of an image beyond its embedding: keyword tags and captions.
+"""heads: what can be said of an image beyond its embedding: keyword tags, captions and their grounded phrases.
 
     mine_vocabulary    keyword vocabulary from the training phrases or captions, with counts
     Vocabulary         the vocabulary; `labels` gives each image's keyword labels from its captions
@@ -10,6 +10,8 @@
     caption_workdir    caption images and store the captions in the catalog
     evaluate_captions  BLEU-1..4, ROUGE-L, CIDEr: with retrieval, without, and the nearest caption
     caption_metrics    the metrics alone
+    train_workdir_chunker, open_chunker  the phrase chunker learned from the Entities markup (heads.chunker)
+    ground_caption     a caption's phrases with their types and boxes; evaluate_chunks scores chunks and boxes
     TaggingConfig, CaptionerConfig, ...  the settings (heads.config: no torch or transformers to read them)
 
 Names load on first use (PEP 562), so `import heads` costs nothing until one is needed.
@@ -30,6 +32,9 @@ _HOMES = {  # public name -> the module that defines it
     "LinearProbe": "tag_methods", "prior_scores": "tag_methods", "tag_metrics": "tag_methods",
     "evaluate_tags": "tagging", "load_tagger": "tagging", "Tagger": "tagging", "tag_workdir": "tagging",
     "keywords": "vocabulary", "lemma": "vocabulary", "mine_vocabulary": "vocabulary", "Vocabulary": "vocabulary",
+    "Chunker": "chunker", "ChunkerConfig": "chunker", "open_chunker": "chunker", "RuleChunker": "chunker",
+    "evaluate_chunks": "phrases", "ground_caption": "phrases", "ground_captions": "phrases",
+    "train_workdir_chunker": "phrases",
 }
 __all__ = sorted(_HOMES)
 

@@ -34,8 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from warehouse import Artefact, ArtefactStore, Catalog, InputError, Workdir, atomic_write_json
-from warehouse.entities import ENTITY_TYPES
+from warehouse import ENTITY_TYPES, Artefact, ArtefactStore, Catalog, InputError, Workdir, atomic_write_json
 
 _logger = logging.getLogger(__name__)
 LABELS = ("O", *(f"B-{t}" for t in ENTITY_TYPES), *(f"I-{t}" for t in ENTITY_TYPES))

@@ -141,8 +141,8 @@ def evaluate_chunks(workdir: Workdir, split: str, chunker_ref: str | None = None
 
 def _grounded_chunks(workdir: Workdir, model_id: str | None, device: str | None, gold, predicted,
                      progress: bool, batch: int = 256) -> dict[str, Any]:
+    from grounding import iou
     from grounding.ground import Grounder
-    from grounding.heatmap import iou
 
     grounder = Grounder(workdir, model_id, device)
     with Catalog.open(workdir, read_only=True) as catalog:

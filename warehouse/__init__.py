@@ -20,8 +20,9 @@ from .artefacts import (
     same_settings,
 )
 from .catalog import Catalog, Condition, GroundingRow, ImageInfo, PreparedSample, recorded_run
-from .entities import FormatError, parse_annotation, parse_caption, parse_sentences
+from .entities import ENTITY_TYPES, FormatError, parse_annotation, parse_caption, parse_sentences
 from .errors import ArtefactError, CatalogError, InputError
+from .export import IMAGE_MODES, ExportReport, export_entities
 from .images import DEFAULT_MAX_PIXELS, ImageError, inspect_image, load_image, load_image_bytes
 from .ingest import IngestConfig, IngestReport, ingest
 from .ingest_sources import (
@@ -34,6 +35,7 @@ from .ingest_sources import (
 )
 from .records import Box, Caption, Entity, Phrase, Reject, Sample
 from .shared_reader import SharedReader
+from .sources.flickr30k import SPLIT_NAMES
 from .synthetic import SyntheticConfig, generate_dataset, generate_scene
 from .workdir import (
     DEFAULT_WORKDIR,
@@ -48,7 +50,8 @@ from .workdir import (
 __all__ = [
     "Artefact", "ARTEFACT_KINDS", "ArtefactError", "ArtefactStore", "atomic_write_bytes", "atomic_write_json",
     "atomic_write_npy", "Box", "Caption", "Catalog", "CatalogError", "Condition", "content_hash",
-    "DEFAULT_MAX_PIXELS", "DEFAULT_WORKDIR", "EMBEDDING_KINDS", "Entity", "FormatError", "generate_dataset",
+    "DEFAULT_MAX_PIXELS", "DEFAULT_WORKDIR", "EMBEDDING_KINDS", "Entity", "ENTITY_TYPES", "ExportReport",
+    "export_entities", "FormatError", "generate_dataset", "IMAGE_MODES", "SPLIT_NAMES",
     "generate_scene", "GeneratedPhrase", "hashed_files",
     "GroundingRow", "ImageError", "ImageInfo", "ingest", "ingest_flickr30k", "ingest_folder", "ingest_hf",
     "ingest_karpathy", "ingest_results_csv", "ingest_synthetic", "IngestConfig", "IngestReport", "InputError",

@@ -119,7 +119,7 @@ def chunker(root: str) -> Any:
 
 @st.cache_resource(show_spinner="loading the phrase chunker")
 def _chunker(root: str, artefact_id: str) -> Any:
-    from heads.chunker import open_chunker
+    from heads import open_chunker
 
     return open_chunker(Workdir(root), artefact_id)
 

@@ -51,7 +51,7 @@ def grounded_caption(root: str, model: str, chunker: Any, text: str, image: Any,
     """Find the phrases of `text` with the chunker, locate each visual one with `model` and show the caption with
     its phrases underlined in the colours of their boxes, drawn on `image`. `target` is what the grounding reads:
     a catalog image id (its stored patches) or the image itself (an upload, embedded now)."""
-    from heads.phrases import ground_caption
+    from heads import ground_caption
 
     try:
         phrases = ground_caption(resources.grounder(root, model), chunker, text, target)

@@ -132,7 +132,7 @@ def run_generate(args: argparse.Namespace) -> int:
             raise UserError("give --split or --image, not both")
         chunker = None
         if args.ground:  # before captioning: a workdir without a chunker fails now
-            from heads.chunker import open_chunker
+            from heads import open_chunker
 
             chunker = open_chunker(workdir_of(args), args.chunker)
         captioner = Captioner(workdir_of(args), args.captioner, args.device, args.memory)
@@ -140,7 +140,7 @@ def run_generate(args: argparse.Namespace) -> int:
         phrases = None
         if chunker is not None:
             from grounding.ground import Grounder
-            from heads.phrases import ground_caption
+            from heads import ground_caption
 
             grounder = Grounder(workdir_of(args), captioner.data.model_id, args.device)
             phrases = ground_caption(grounder, chunker, caption, args.image)

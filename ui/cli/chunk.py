@@ -14,7 +14,7 @@ def add_chunker(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from heads.chunker import ChunkerConfig
+    from heads import ChunkerConfig
 
     c = ChunkerConfig()
     p = sub.add_parser(
@@ -52,8 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from heads.chunker import ChunkerConfig
-    from heads.phrases import train_workdir_chunker
+    from heads import ChunkerConfig, train_workdir_chunker
 
     if args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
@@ -78,7 +77,7 @@ def span_table(rows: dict[str, dict], title: str) -> str:
 
 
 def run_text(args: argparse.Namespace) -> int:
-    from heads.chunker import open_chunker
+    from heads import open_chunker
 
     workdir = workdir_of(args)
     chunker = open_chunker(workdir, args.chunker)
@@ -88,7 +87,7 @@ def run_text(args: argparse.Namespace) -> int:
         phrases = [c.as_dict() for c in chunker.chunk(args.text)]
     else:
         from grounding.ground import Grounder
-        from heads.phrases import ground_caption
+        from heads import ground_caption
 
         image = int(args.image) if args.image.isdigit() else args.image
         grounder = Grounder(workdir, args.model, args.device)

@@ -41,10 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from grounding import Grounder, evaluate_grounding
+    from heads import open_chunker, train_workdir_chunker
     from heads.captioning import caption_workdir, evaluate_captions, find_captioner, train_captioner
-    from heads.chunker import open_chunker
     from heads.config import CaptionerConfig
-    from heads.phrases import train_workdir_chunker
     from heads.tagging import evaluate_tags, tag_workdir
     from indexer.config import EmbedConfig, TrainConfig
     from indexer.evaluate import evaluate_retrieval

@@ -193,7 +193,7 @@ def run_captions(args: argparse.Namespace) -> int:
 
 
 def run_chunks(args: argparse.Namespace) -> int:
-    from heads.phrases import evaluate_chunks
+    from heads import evaluate_chunks
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")

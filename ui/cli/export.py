@@ -10,7 +10,7 @@ from ._options import add_captioner, add_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from warehouse.export import IMAGE_MODES
+    from warehouse import IMAGE_MODES
 
     p = sub.add_parser("export", help="write a split out in the Flickr30k Entities format",
                        description="Export the catalog in a format other tools read.")
@@ -40,9 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_entities(args: argparse.Namespace) -> int:
-    from warehouse import Catalog
-    from warehouse.export import export_entities
-    from warehouse.sources.flickr30k import SPLIT_NAMES
+    from warehouse import SPLIT_NAMES, Catalog, export_entities
 
     if args.captioner is not None and not args.generated:
         raise UserError("--captioner chooses whose generated captions to write: give it with --generated")

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from grounding.overlay import render_overlay
-from indexer.search import MAX_QUERY_CHARS
+from indexer import MAX_QUERY_CHARS
 from ui.app import data, resources
 from ui.app.views import grounded_caption, hit_grid, tag_line
 from warehouse import Catalog, load_image
