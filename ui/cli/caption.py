@@ -55,6 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="add a copy head: a pointer over the retrieved captions, so the decoder can write words it "
                         "never had to write in training (docs/heads.md, \"New words\"; off by default: it "
                         "shortens captions so far)")
+    t.add_argument("--copy-substitution", type=float, default=c.copy_substitution, metavar="P",
+                   help="with --copy: in this share of training examples a word the caption shares with its prompt "
+                        "becomes a placeholder token in both, which only the copy head can write (default: "
+                        "%(default)s)")
     t.add_argument("--layers", type=int, default=c.layers, help="decoder layers (default: %(default)s)")
     t.add_argument("--hidden-size", type=int, default=c.hidden_size, help="decoder width (default: %(default)s)")
     add_precision(t, c.precision)
@@ -106,7 +110,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = CaptionerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, k=args.neighbours,
                              layers=args.layers, hidden_size=args.hidden_size, precision=args.precision,
                              seed=args.seed, pretrained=args.base, freeze_vision=not args.train_vision,
-                             exclude_words=tuple(args.exclude_words.split(",")), copy=args.copy)
+                             exclude_words=tuple(args.exclude_words.split(",")), copy=args.copy,
+                             copy_substitution=args.copy_substitution)
     result = train_captioner(workdir_of(args), config, args.model, resume=args.resume, progress=not args.no_progress)
     if args.json:
         print_json(result)
