@@ -2,6 +2,7 @@
 
     python benchmarks/caption_concepts.py --workdir W --concepts car,purple [--epochs 10] [--copy]
                                           [--copy-substitution P] [--reference CAPTIONER] [--out docs/results/x.json]
+                                          [--captioners RA,PLAIN] [--min-new-tokens N]
 
 Two decoders are trained with the default recipe (--copy: with the copy head) on the train images whose captions
 never mention the concepts (`CaptionerConfig.exclude_words`; plurals count): one retrieval-augmented (the
@@ -80,6 +81,11 @@ def main() -> None:
     parser.add_argument("--copy-substitution", type=float, default=0.0, metavar="P",
                         help="with --copy: CaptionerConfig.copy_substitution (placeholders the pointer must copy)")
     parser.add_argument("--reference", default=None, help="a captioner trained on every train image")
+    parser.add_argument("--captioners", default=None, metavar="RA,PLAIN",
+                        help="decoders an earlier run trained (its captioner ids, in that order): decode again, "
+                             "no training")
+    parser.add_argument("--min-new-tokens", type=int, default=None, metavar="N",
+                        help="decoding: at least N new tokens, for every captioner (default: each one's own)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     workdir = Workdir(args.workdir)
@@ -89,8 +95,14 @@ def main() -> None:
     report: dict = {"concepts": list(concepts), "epochs": args.epochs, "copy": args.copy,
                     "copy_substitution": args.copy_substitution,
                     "images": {n: len(s) for n, s in sets.items()}, "decoders": {}, "sets": {}}
+    report["min_new_tokens"] = args.min_new_tokens
     decoders = {}
-    for name, k in (("retrieval_augmented", CaptionerConfig.k), ("trained_without_retrieval", 0)):
+    earlier = args.captioners.split(",") if args.captioners else None
+    for n, (name, k) in enumerate((("retrieval_augmented", CaptionerConfig.k), ("trained_without_retrieval", 0))):
+        if earlier:
+            decoders[name] = Captioner(workdir, earlier[n])
+            report["decoders"][name] = {"captioner_id": decoders[name].id, "trained_by": "an earlier run"}
+            continue
         started = time.perf_counter()
         trained = train_captioner(workdir, CaptionerConfig(exclude_words=concepts, k=k, epochs=args.epochs,
                                                            seed=args.seed, copy=args.copy,
@@ -101,7 +113,10 @@ def main() -> None:
                                     "seconds": round(time.perf_counter() - started, 1)}
         print(f"trained {name}: {report['decoders'][name]}", flush=True)
     ra, plain = decoders["retrieval_augmented"], decoders["trained_without_retrieval"]
+    if earlier:  # the report says how those decoders were trained, not what this command line would have done
+        report.update(epochs=ra.config.epochs, copy=ra.config.copy, copy_substitution=ra.config.copy_substitution)
     beams = CaptionerConfig.beams
+    decoding = {"beams": beams, "min_new_tokens": args.min_new_tokens}
     for set_name, by_image in sets.items():
         ids = np.array(sorted(by_image), dtype=np.int64)
         if len(ids) == 0:
@@ -109,15 +124,15 @@ def main() -> None:
         references = [by_image[int(i)] for i in ids]
         vectors, inputs = ra.data.image_inputs(ids, ra.config)
         retrieved = ra.data.retrieve(vectors, ids, ra.config.k)
-        captions = {"retrieval_augmented": ra.caption_inputs(inputs, retrieved, beams=beams),
-                    "trained_without_retrieval": plain.caption_inputs(inputs, [[] for _ in ids], beams=beams),
-                    "ra_weights_k0": ra.caption_inputs(inputs, [[] for _ in ids], beams=beams),
+        captions = {"retrieval_augmented": ra.caption_inputs(inputs, retrieved, **decoding),
+                    "trained_without_retrieval": plain.caption_inputs(inputs, [[] for _ in ids], **decoding),
+                    "ra_weights_k0": ra.caption_inputs(inputs, [[] for _ in ids], **decoding),
                     "nearest_caption": [r[0] if r else "" for r in retrieved]}
         if set_name == "val_other" and args.reference:
             reference = Captioner(workdir, args.reference)
             _, ref_inputs = reference.data.image_inputs(ids, reference.config)
             ref_retrieved = reference.data.retrieve(vectors, ids, reference.config.k)
-            captions["reference_all_train"] = reference.caption_inputs(ref_inputs, ref_retrieved, beams=beams)
+            captions["reference_all_train"] = reference.caption_inputs(ref_inputs, ref_retrieved, **decoding)
         report["sets"][set_name] = {
             "images": len(ids),
             "methods": {m: score(c, references, concepts) for m, c in captions.items()},
