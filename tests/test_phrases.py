@@ -90,6 +90,8 @@ def test_the_learned_chunker_beats_the_rule_baseline_and_reloads(scenes, capsys)
     assert main(["chunk", "text", "--workdir", str(scenes.root), text, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [(p["start"], p["end"]) for p in printed["phrases"]] == [(c.start, c.end) for c in chunker.chunk(text)]
+    assert main(["chunk", "text", "--workdir", str(scenes.root), text, "--model", "m"]) == 2  # nothing to ground in
+    assert "give it with --image" in capsys.readouterr().err
     result = evaluate_chunks(scenes, "val", ground=False)
     assert result["chunker"] == learned and result["rule"] == rule
     # a caption's chunks do not depend on the batch it is padded in

@@ -83,6 +83,8 @@ def run_text(args: argparse.Namespace) -> int:
     chunker = open_chunker(workdir, args.chunker)
     if not args.text.strip():
         raise UserError("the text is empty")
+    if args.model is not None and args.image is None:
+        raise UserError("--model chooses the model that grounds the phrases: give it with --image")
     if args.image is None:
         phrases = [c.as_dict() for c in chunker.chunk(args.text)]
     else:
