@@ -144,6 +144,8 @@ class Grounder:
         with the number of images: callers pass a few hundred at a time. An image with no phrases is not read."""
         vectors = self._phrase_vectors([phrase for _, phrases in requests for phrase in phrases])
         image_ids = sorted({int(image_id) for image_id, phrases in requests if phrases})
+        if not image_ids:  # nothing to ground (captions without a visual phrase): no catalog read
+            return [[] for _ in requests]
         with self.searcher.reading() as catalog:
             details = catalog.image_details(image_ids)
             unknown = [i for i in image_ids if i not in details]
