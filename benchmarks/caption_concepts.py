@@ -2,7 +2,7 @@
 
     python benchmarks/caption_concepts.py --workdir W --concepts car,purple [--epochs 10] [--copy]
                                           [--copy-substitution P] [--reference CAPTIONER] [--out docs/results/x.json]
-                                          [--captioners RA,PLAIN] [--min-new-tokens N]
+                                          [--substitute-all] [--captioners RA,PLAIN] [--min-new-tokens N]
 
 Two decoders are trained with the default recipe (--copy: with the copy head) on the train images whose captions
 never mention the concepts (`CaptionerConfig.exclude_words`; plurals count): one retrieval-augmented (the
@@ -83,7 +83,10 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="a captioner trained on every train image")
     parser.add_argument("--captioners", default=None, metavar="RA,PLAIN",
                         help="decoders an earlier run trained (its captioner ids, in that order): decode again, "
-                             "no training")
+                             "no training; leave one empty (',PLAIN') to train that one")
+    parser.add_argument("--substitute-all", action="store_true",
+                        help="with --copy-substitution: every shared content word "
+                             "(CaptionerConfig.copy_substitute_all)")
     parser.add_argument("--min-new-tokens", type=int, default=None, metavar="N",
                         help="decoding: at least N new tokens, for every captioner (default: each one's own)")
     parser.add_argument("--out", type=Path, default=None)
@@ -99,22 +102,26 @@ def main() -> None:
     decoders = {}
     earlier = args.captioners.split(",") if args.captioners else None
     for n, (name, k) in enumerate((("retrieval_augmented", CaptionerConfig.k), ("trained_without_retrieval", 0))):
-        if earlier:
+        if earlier and earlier[n].strip():
             decoders[name] = Captioner(workdir, earlier[n])
             report["decoders"][name] = {"captioner_id": decoders[name].id, "trained_by": "an earlier run"}
             continue
         started = time.perf_counter()
         trained = train_captioner(workdir, CaptionerConfig(exclude_words=concepts, k=k, epochs=args.epochs,
                                                            seed=args.seed, copy=args.copy,
-                                                           copy_substitution=args.copy_substitution), progress=False)
+                                                           copy_substitution=args.copy_substitution,
+                                                           copy_substitute_all=args.substitute_all),
+                                  progress=False, resume=False)
         decoders[name] = Captioner(workdir, trained["captioner_id"])
         report["decoders"][name] = {"captioner_id": trained["captioner_id"], "train_images": trained["train_images"],
                                     "best_val_loss": trained["best_val_loss"],
                                     "seconds": round(time.perf_counter() - started, 1)}
         print(f"trained {name}: {report['decoders'][name]}", flush=True)
     ra, plain = decoders["retrieval_augmented"], decoders["trained_without_retrieval"]
-    if earlier:  # the report says how those decoders were trained, not what this command line would have done
-        report.update(epochs=ra.config.epochs, copy=ra.config.copy, copy_substitution=ra.config.copy_substitution)
+    # the report says how the RA decoder was trained (an earlier run's, too), not what this command line would have
+    report.update(epochs=ra.config.epochs, copy=ra.config.copy, copy_substitution=ra.config.copy_substitution,
+                  copy_substitute_all=ra.config.copy_substitute_all, copy_content_only=ra.config.copy_content_only,
+                  copy_grounding=ra.config.copy_grounding)
     beams = CaptionerConfig.beams
     decoding = {"beams": beams, "min_new_tokens": args.min_new_tokens}
     for set_name, by_image in sets.items():

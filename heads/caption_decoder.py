@@ -99,10 +99,17 @@ class CaptionDecoder(nn.Module):
     def encode_images(self, image_inputs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def decoder_inputs(self, image_inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Inputs the decoder takes besides the tokens and the image tokens (one row per image)."""
+        return {}
+
     def forward(self, image_inputs: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
+                position_ids: torch.Tensor, labels: torch.Tensor | None = None, word_ids: torch.Tensor | None = None
+                ) -> Any:
+        # word_ids: the prompt's words before copy substitution (`CaptionCollator`), for the grounded copy head
+        extra = self.decoder_inputs(image_inputs) | ({"word_ids": word_ids} if word_ids is not None else {})
         return self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            encoder_hidden_states=self.encode_images(image_inputs), labels=labels)
+                            encoder_hidden_states=self.encode_images(image_inputs), labels=labels, **extra)
 
     @torch.no_grad()
     def generate(self, image_inputs: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -122,7 +129,8 @@ class CaptionDecoder(nn.Module):
             num_beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
             length_penalty=length_penalty, eos_token_id=ids.eos, pad_token_id=ids.pad, bos_token_id=ids.bos,
             do_sample=False, logits_processor=LogitsProcessorList([NoRepeatInCaption(3, input_ids.shape[1],
-                                                                                     function_token_ids, never)]))
+                                                                                     function_token_ids, never)]),
+            **self.decoder_inputs(image_inputs))
         return out[:, input_ids.shape[1]:]
 
 
@@ -139,29 +147,44 @@ class CopyingTextDecoder(BlipTextLMHeadModel):
     specials; a row without one (no retrieved captions) generates from the vocabulary alone.
 
     With a cache (generation), the first call sees the whole prompt and keeps its copy keys; later calls see one
-    token each. Beams of one image share their prompt, so reordering beams leaves those keys valid."""
+    token each. Beams of one image share their prompt, so reordering beams leaves those keys valid.
 
-    def __init__(self, config: BlipTextConfig, prompt_id: int, special_ids: tuple[int, ...], copy_dim: int = 64):
+    Grounded (`word_dim`, `CaptionerConfig.copy_grounding`): each prompt word's copy score also gets the cosine
+    between the image's CLIP embedding (`image_embedding`) and the CLIP text embedding of the word (`word_vectors`,
+    one row per vocabulary token, zero for tokens never copied), standardized over the prompt, times a weight the
+    decoder sets at each caption position. The decoder's own embedding of a word it never saw in training means
+    nothing, but CLIP's text tower knows the word: the pointer can prefer the prompt words that fit the image."""
+
+    def __init__(self, config: BlipTextConfig, prompt_id: int, uncopyable: Sequence[int], copy_dim: int = 64,
+                 word_dim: int | None = None):
         super().__init__(config)
-        self.prompt_id, self.special_ids = prompt_id, special_ids
+        self.prompt_id = prompt_id
+        # tokens the pointer never copies (specials; with `copy_content_only` function words, punctuation, pieces)
+        self.register_buffer("uncopyable", torch.tensor(sorted(set(uncopyable)), dtype=torch.long), persistent=False)
+        if word_dim is not None:
+            self.register_buffer("word_vectors", torch.zeros(config.vocab_size, word_dim))
+            # how much the cosines count at each caption position (a colour word: much; "with": little)
+            self.copy_grounding = nn.Linear(config.hidden_size, 1)
+            nn.init.zeros_(self.copy_grounding.weight)
+            nn.init.constant_(self.copy_grounding.bias, 1.0)  # a say from the start: its lr moves it slowly
+        else:
+            self.word_vectors = None
         self.copy_query = nn.Linear(config.hidden_size, copy_dim)
         self.copy_key = nn.Linear(config.hidden_size, copy_dim)
         self.copy_gate = nn.Linear(config.hidden_size, 1)
         self._generation = threading.local()  # per thread (the app captions from several): the prompt's keys, ids, mask
 
     def _prompt_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) True at prompt tokens: before the first caption marker, not special."""
+        """(B, T) True at the prompt tokens the pointer may copy: before the first caption marker, not uncopyable."""
         marker = (input_ids == self.prompt_id).int()
         before = marker.cumsum(dim=1) == 0
-        special = torch.zeros_like(before)
-        for i in self.special_ids:
-            special |= input_ids == i
-        return before & ~special
+        return before & ~torch.isin(input_ids, self.uncopyable)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, encoder_hidden_states: torch.Tensor | None = None,
                 encoder_attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                cache: Any = None, use_cache: bool | None = None, **kwargs: Any) -> Any:
+                cache: Any = None, use_cache: bool | None = None, image_embedding: torch.Tensor | None = None,
+                word_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
         from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
 
         kwargs.pop("return_logits", None)
@@ -175,27 +198,48 @@ class CopyingTextDecoder(BlipTextLMHeadModel):
         hidden = outputs.last_hidden_state                                      # (B, t, H)
         first = cache is None or cache.get_seq_length() == input_ids.shape[1] or labels is not None
         if first:  # the whole sequence: its prompt is here
-            prompt = (self.copy_key(hidden), input_ids, self._prompt_mask(input_ids))
+            prompt = (self.copy_key(hidden), input_ids, self._prompt_mask(input_ids),
+                      self._grounding(input_ids, image_embedding, word_ids))
             self._generation.prompt = prompt if cache is not None else None  # kept for the steps to come
         else:
             prompt = self._generation.prompt
-        keys, ids, mask = prompt
+        keys, ids, mask, grounding = prompt
         if labels is None:
-            return CausalLMOutputWithCrossAttentions(logits=self._log_probs(hidden, keys, ids, mask),
+            return CausalLMOutputWithCrossAttentions(logits=self._log_probs(hidden, keys, ids, mask, grounding),
                                                      cache=outputs.cache)
         # training: only the caption's positions have targets, so only they get a distribution (4x less work)
         targets = labels[:, 1:]
         rows, positions = (targets != -100).nonzero(as_tuple=True)
-        chosen = self._log_probs(hidden[:, :-1][rows, positions][:, None, :], keys[rows], ids[rows], mask[rows])
+        chosen = self._log_probs(hidden[:, :-1][rows, positions][:, None, :], keys[rows], ids[rows], mask[rows],
+                                 None if grounding is None else grounding[rows])
         loss = nn.functional.nll_loss(chosen[:, 0], targets[rows, positions])
         return CausalLMOutputWithCrossAttentions(loss=loss)
 
-    def _log_probs(self, hidden: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
-                   ) -> torch.Tensor:
+    def _grounding(self, input_ids: torch.Tensor, image_embedding: torch.Tensor | None,
+                   word_ids: torch.Tensor | None = None) -> torch.Tensor | None:
+        """(B, T) each prompt token's CLIP cosine with the image, standardized over the row's copyable tokens (a
+        model's cosines may all lie within a tenth; this is what the copy score adds per unit of weight), or
+        None when not grounded. `word_ids`: the words behind copy placeholders (training), else `input_ids`."""
+        if self.word_vectors is None:
+            return None
+        if image_embedding is None:
+            raise ValueError("a grounded copy head needs each row's image_embedding")
+        vectors = self.word_vectors[input_ids if word_ids is None else word_ids]                  # (B, T, D)
+        cosine = (vectors * image_embedding[:, None, :].to(vectors.dtype)).sum(-1)
+        mask = self._prompt_mask(input_ids) & (vectors != 0).any(-1)
+        count = mask.sum(1, keepdim=True).clamp_min(1)
+        mean = (cosine * mask).sum(1, keepdim=True) / count
+        std = (((cosine - mean) * mask) ** 2).sum(1, keepdim=True).div(count).sqrt().clamp_min(1e-3)
+        return ((cosine - mean) / std * mask).float()
+
+    def _log_probs(self, hidden: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                   grounding: torch.Tensor | None = None) -> torch.Tensor:
         """(B, t, V) log p of the next token at each of `hidden`'s positions (B, t, H), given the prompt's copy
-        keys (B, T, C), token ids and mask (B, T)."""
+        keys (B, T, C), token ids and mask (B, T), and the grounded part of the copy scores (B, T)."""
         vocab = torch.softmax(self.cls(hidden).float(), dim=-1)
         scores = (self.copy_query(hidden) @ keys.transpose(1, 2)).float() / keys.shape[-1] ** 0.5  # (B, t, T)
+        if grounding is not None:
+            scores = scores + self.copy_grounding(hidden).float() * grounding[:, None, :]
         has_prompt = mask.any(dim=1)[:, None, None]                                              # (B, 1, 1)
         scores = scores.masked_fill(~mask[:, None, :], float("-inf")).masked_fill(~has_prompt, 0.0)
         attention = torch.softmax(scores, dim=-1) * has_prompt
@@ -209,7 +253,10 @@ class RACaptioner(CaptionDecoder):
     """The small decoder trained from scratch, with a LayerNorm on the (frozen, L2-normalized) CLIP image
     tokens it cross-attends to."""
 
-    def __init__(self, config: CaptionerConfig, vocab_size: int, image_dim: int):
+    def __init__(self, config: CaptionerConfig, vocab_size: int, image_dim: int,
+                 function_ids: frozenset[int] = frozenset()):
+        """`function_ids` (`function_token_ids` of the tokenizer): with `copy_content_only`, tokens never copied.
+        With `copy_grounding`, set the words' CLIP text embeddings with `set_word_vectors` before training."""
         super().__init__()
         self.captioner_config, self.image_dim = config, image_dim
         self.token_ids = LEARNED_VOCABULARY_IDS
@@ -221,8 +268,20 @@ class RACaptioner(CaptionDecoder):
             sep_token_id=4, tie_word_embeddings=False, label_smoothing=0.0)
         self.image_norm = nn.LayerNorm(image_dim)
         ids = self.token_ids
-        self.decoder = CopyingTextDecoder(self.text_config, ids.prompt, (ids.pad, ids.bos, ids.eos, ids.sep, 1)) \
+        uncopyable = {ids.pad, ids.bos, ids.eos, ids.sep, 1} | (set(function_ids) if config.copy_content_only
+                                                                else set())
+        self.decoder = CopyingTextDecoder(self.text_config, ids.prompt, sorted(uncopyable),
+                                          word_dim=image_dim if config.copy_grounding else None) \
             if config.copy else BlipTextLMHeadModel(self.text_config)
+
+    def set_word_vectors(self, vectors: torch.Tensor) -> None:
+        """(vocab size, image dim): the CLIP text embedding of each token the pointer may copy, zero elsewhere."""
+        self.decoder.word_vectors.copy_(vectors)
+
+    def decoder_inputs(self, image_inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        # the grounded copy head compares words with the CLIP image embedding: the first image token, as stored
+        grounded = self.captioner_config.copy and self.captioner_config.copy_grounding
+        return {"image_embedding": image_inputs[:, 0]} if grounded else {}
 
     def encode_images(self, image_inputs: torch.Tensor) -> torch.Tensor:
         # image_inputs (B, T, D): the CLIP image embedding and its patch embeddings
@@ -407,6 +466,8 @@ class CaptionCollator:
             retrieved.append([] if drop else texts[: self.config.k])
         batch = encode_batch(self.tokenizer, retrieved, [c for _, c, _, _ in examples], self.config, self.ids)
         if self.placeholders:
+            if self.config.copy_grounding:  # the grounded copy head compares the words themselves with the image
+                batch["word_ids"] = batch["input_ids"].clone()
             for row, (_, _, _, may_drop) in enumerate(examples):
                 if may_drop and retrieved[row] and float(torch.rand(())) < self.config.copy_substitution:
                     self._substitute(batch, row)
@@ -424,10 +485,12 @@ class CaptionCollator:
         shared = sorted((set(target.tolist()) & set(prompt.tolist())) - self.unsubstituted)
         if not shared:
             return
-        word = shared[int(torch.randint(len(shared), ()))]
-        placeholder = self.placeholders[int(torch.randint(len(self.placeholders), ()))]
-        ids[ids == word] = placeholder
-        labels[labels == word] = placeholder
+        if not self.config.copy_substitute_all:
+            shared = [shared[int(torch.randint(len(shared), ()))]]
+        order = torch.randperm(len(self.placeholders))
+        for word, p in zip(shared, order.tolist(), strict=False):  # distinct placeholders, as many as there are
+            ids[ids == word] = self.placeholders[p]
+            labels[labels == word] = self.placeholders[p]
 
 
 # -- saving and loading ---------------------------------------------------------------------------
@@ -491,7 +554,9 @@ def load_captioner(folder: Path) -> tuple[CaptionDecoder, PreTrainedTokenizerBas
     image_processor = None
     try:
         meta = json.loads(meta_path.read_text())
-        config = CaptionerConfig(**{"copy": False, **meta["config"]})  # captioners saved before the copy head had none
+        # options newer than a saved captioner: what it did before them
+        config = CaptionerConfig(**{"copy": False, "copy_content_only": False, "copy_grounding": False,
+                                    **meta["config"]})
         model: CaptionDecoder
         if "blip_config" in meta:
             from transformers import AutoTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor
@@ -500,8 +565,8 @@ def load_captioner(folder: Path) -> tuple[CaptionDecoder, PreTrainedTokenizerBas
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
             image_processor = BlipImageProcessor.from_pretrained(str(folder))
         else:
-            model = RACaptioner(config, meta["vocab_size"], meta["image_dim"])
             tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+            model = RACaptioner(config, meta["vocab_size"], meta["image_dim"], function_token_ids(tokenizer))
         weights_path = folder / "model.safetensors"
         if not weights_path.is_file():
             raise FileNotFoundError(2, "missing", str(weights_path))

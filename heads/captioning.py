@@ -214,7 +214,9 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
     with recorded_run(workdir, "caption train", asdict(config), data.model_id) as (run_id, result):
         datasets = _build_datasets(retrieval, examples, config, image_processor)
         if model is None:
-            model = RACaptioner(config, len(tokenizer), datasets.train_inputs.shape[-1])
+            model = RACaptioner(config, len(tokenizer), datasets.train_inputs.shape[-1], function_token_ids(tokenizer))
+            if config.copy and config.copy_grounding:
+                model.set_word_vectors(copy_word_vectors(workdir, data.model_id, tokenizer))
         output_dir = store.training_dir("captioner", data.model_id)
         run_state = RunState(output_dir)  # this run's config, and whether it finished
         resume = _decide_resume(run_state, output_dir, config, resume)
@@ -240,6 +242,23 @@ def train_captioner(workdir: Workdir, config: CaptionerConfig | None = None, mod
                        "best_val_loss": round(min(losses), 4) if losses else None,
                        "train_seconds": round(seconds, 1), "resumed": resume})
     return result
+
+
+def copy_word_vectors(workdir: Workdir, model_id: str, tokenizer: Any) -> torch.Tensor:
+    """(vocabulary, D) the grounded copy head's word vectors: CLIP's text embedding of each token the pointer may
+    copy, in the zero-shot template ("a photo of a purple"); zero for the tokens it never copies and for copy
+    placeholders (they name nothing)."""
+    from .config import PROMPT
+    from .tagging import encode_texts
+
+    skip = function_token_ids(tokenizer) | set(placeholder_ids(tokenizer))
+    tokens = [(i, t) for t, i in tokenizer.get_vocab().items() if i not in skip]
+    with Catalog.open(workdir, read_only=True) as catalog:
+        path = catalog.model(model_id).path
+    vectors = encode_texts(path, [PROMPT.format(t) for _, t in tokens])
+    out = torch.zeros(len(tokenizer), vectors.shape[1])
+    out[[i for i, _ in tokens]] = torch.from_numpy(vectors)
+    return out
 
 
 @dataclass

@@ -97,7 +97,14 @@ class CaptionerConfig:
                                      # on the retrieved captions more)
     copy: bool = False               # a pointer over the retrieved captions: words can be copied from them, even ones
     #                                  the decoder never had to write (`heads.caption_decoder.CopyingTextDecoder`).
-    #                                  Off by default: so far it shortens captions (docs/heads.md, "New words")
+    #                                  Off by default: so far it costs CIDEr (docs/heads.md, "New words")
+    copy_content_only: bool = True   # with copy: the pointer copies content words only; function words, punctuation
+    #                                  and word pieces come from the vocabulary (a copied full stop ended captions
+    #                                  early). Captioners saved before this option copied every prompt token
+    copy_grounding: bool = True      # with copy: a prompt word's copy score adds a learned multiple of CLIP's cosine
+    #                                  between the word and the image, so words the decoder never saw still
+    #                                  compete by what CLIP knows of them. Older captioners: off
+    copy_substitute_all: bool = False  # with copy_substitution: every shared content word, not one at random
     copy_substitution: float = 0.0   # with copy: share of training examples in which a word the target shares with
     #                                  the prompt becomes a random placeholder token in both: only the pointer can
     #                                  write it, as a word the decoder never had to write (docs/heads.md)
@@ -151,6 +158,8 @@ class CaptionerConfig:
             raise InputError(f"exclude_words are single words (letters and digits), got {list(self.exclude_words)}")
         if not 0 <= self.copy_substitution < 1 or (self.copy_substitution and not self.copy):
             raise InputError(f"copy_substitution is a share in [0, 1) and needs copy, got {self.copy_substitution}")
+        if self.copy_substitute_all and not self.copy_substitution:
+            raise InputError("copy_substitute_all says which words copy_substitution replaces: set that share too")
         if self.copy and self.pretrained:
             raise InputError("copy (the copy head) is for the small decoder; a pretrained BLIP has none")
         if self.min_new_tokens > self.max_new_tokens:

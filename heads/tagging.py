@@ -26,6 +26,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -155,14 +156,7 @@ class TagData:
 
     def prompt_vectors(self) -> np.ndarray:
         """(V, D) the text embedding of each keyword's zero-shot prompt, encoded on `self.device`."""
-        model = load_text_tower(self.model_record.path, self.device)
-        if model is None:  # a text tower only open_clip computes
-            from indexer.models import load_checkpoint
-
-            model = load_checkpoint(self.model_record.path, self.device)
-        with torch.no_grad():
-            vectors = model.encode_text(prompts(self.vocabulary.words, self.config.prompt))
-        return vectors.float().cpu().numpy()
+        return encode_texts(self.model_record.path, prompts(self.vocabulary.words, self.config.prompt), self.device)
 
     def has_captions(self, image_ids: np.ndarray | None, n: int) -> np.ndarray:
         """(N,) bool: which images have human captions."""
@@ -430,3 +424,16 @@ def evaluate_tags(workdir: Workdir, split: str, model_id: str | None = None, met
                        "labels_per_image": round(float(target.labels.sum(axis=1).mean()), 2),
                        "methods": report})
     return result
+
+
+def encode_texts(model_path: Path, texts: list[str], device: Any = "cpu", batch_size: int = 512) -> np.ndarray:
+    """(N, D) float32 L2-normalized text embeddings of `texts` by the embedding model in `model_path`."""
+    model = load_text_tower(model_path, device)
+    if model is None:  # a text tower only open_clip computes
+        from indexer.models import load_checkpoint
+
+        model = load_checkpoint(model_path, device)
+    with torch.no_grad():
+        chunks = [model.encode_text(texts[s:s + batch_size]).float().cpu().numpy()
+                  for s in range(0, len(texts), batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)

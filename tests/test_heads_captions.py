@@ -121,7 +121,7 @@ def test_config_rejects_bad_values():
         CaptionerConfig(copy_substitution=0.3)  # without the copy head nothing could write a placeholder
 
 
-def test_copy_substitution_puts_one_placeholder_in_place_of_a_shared_word_in_prompt_and_target():
+def test_copy_substitution_puts_placeholders_in_place_of_shared_words_in_prompt_and_target():
     tokenizer = train_tokenizer(TEXTS, 300, placeholders=PLACEHOLDERS)
     placeholders = placeholder_ids(tokenizer)
     assert len(placeholders) == PLACEHOLDERS and not placeholder_ids(train_tokenizer(TEXTS, 300))
@@ -142,6 +142,18 @@ def test_copy_substitution_puts_one_placeholder_in_place_of_a_shared_word_in_pro
     shared = set(tokenizer("a dog runs", add_special_tokens=False)["input_ids"]) - function_token_ids(tokenizer)
     assert sum(t in ids[0].tolist() for t in shared) == len(shared) - 1 and the in ids[0].tolist()
     assert dog in ids[1].tolist() and not set(ids[1].tolist()) & set(placeholders)  # evaluation rows stay as they are
+    # the grounded copy head still sees the words behind the placeholders (their CLIP vectors)
+    original = batch["word_ids"][0]
+    assert not set(original.tolist()) & set(placeholders) and (original != ids[0]).sum() == 2
+    assert original[ids[0] == placeholder].unique().item() in shared
+    # copy_substitute_all: every shared content word, each by its own placeholder
+    every = CaptionCollator(tokenizer, np.zeros((2, 1, 4), np.float32),
+                            CaptionerConfig(copy=True, copy_substitution=0.99, retrieval_dropout=0.0,
+                                            copy_substitute_all=True))
+    batch = every(examples)
+    swapped = set(batch["input_ids"][0].tolist()) & set(placeholders)
+    assert len(swapped) == len(shared) and not shared & set(batch["input_ids"][0].tolist())
+    assert the in batch["input_ids"][0].tolist()  # function words stay
     scores = torch.zeros(1, len(tokenizer))
     assert NoRepeatInCaption(3, 0, never=placeholders)(torch.zeros(1, 0, dtype=torch.long), scores)[
         0, placeholders].eq(-float("inf")).all()  # decoding never writes one
@@ -317,3 +329,75 @@ def test_a_pretrained_blip_reads_prompts_in_its_native_layout_and_round_trips(tm
         load_pretrained_blip(str(tmp_path / "nothing-here"), config)
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         CaptionerConfig(epochs=0)
+
+
+def test_the_pointer_copies_content_words_only():
+    """With `copy_content_only` (the default) function words, punctuation and word pieces come from the vocabulary:
+    a copied full stop ended captions early. Captioners saved before it copied every prompt token."""
+    tokenizer = train_tokenizer([*TEXTS, "a dog runs ."], 200)
+    batch = encode_batch(tokenizer, [["a black dog runs on the grass ."]], ["a dog"], CaptionerConfig(copy=True))
+    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    for content_only, copyable in ((True, {"black", "dog", "runs", "grass"}),
+                                   (False, {"a", "black", "dog", "runs", "on", "the", "grass", "."})):
+        config = CaptionerConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, copy=True,
+                                 copy_content_only=content_only)
+        model = RACaptioner(config, len(tokenizer), 16, function_token_ids(tokenizer))
+        mask = model.decoder._prompt_mask(batch["input_ids"])[0].tolist()
+        assert {t for t, m in zip(tokens, mask, strict=True) if m} == copyable
+
+
+@pytest.mark.parametrize("grounded", [True, False])
+def test_the_grounded_pointer_prefers_the_prompt_word_that_fits_the_image(grounded):
+    """The pointer's own scores are made equal and the gate shut: only CLIP's word-image cosine can tell the
+    prompt's words apart, and with grounding it copies the word whose vector is the image embedding."""
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(TEXTS, 200)
+    config = CaptionerConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, dropout=0.0, copy=True,
+                             copy_grounding=grounded)
+    model = RACaptioner(config, len(tokenizer), 16, function_token_ids(tokenizer)).eval()
+    decoder = model.decoder
+    with torch.no_grad():
+        decoder.copy_query.weight.zero_()
+        decoder.copy_query.bias.zero_()
+        decoder.copy_gate.weight.zero_()
+        decoder.copy_gate.bias.fill_(-30.0)  # copy only
+        if grounded:
+            decoder.copy_grounding.bias.fill_(5.0)
+    vectors = torch.nn.functional.normalize(torch.randn(len(tokenizer), 16), dim=1)
+    if grounded:
+        model.set_word_vectors(vectors)
+    dog = tokenizer.convert_tokens_to_ids("dog")
+    image = torch.randn(1, 3, 16)
+    image[0, 0] = vectors[dog]  # the first image token is the CLIP image embedding
+    batch = encode_batch(tokenizer, [["a black dog runs on the grass"]], None, config)
+    with torch.no_grad():
+        p = model(image, **batch).logits[0, -1].exp()  # the caption's first token
+    words = [tokenizer.convert_tokens_to_ids(w) for w in ("black", "dog", "runs", "grass")]
+    assert p[words].sum() == pytest.approx(1.0, abs=1e-4)
+    if grounded:
+        assert p[dog] > 0.9
+    else:
+        assert torch.allclose(p[words], torch.full((4,), 0.25), atol=1e-4)
+
+
+def test_captioners_saved_before_the_copy_options_load_as_they_were(tmp_path):
+    import json
+
+    tokenizer = train_tokenizer(TEXTS, 200)
+    config = CaptionerConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, copy=True,
+                             copy_content_only=False, copy_grounding=False)
+    model = RACaptioner(config, len(tokenizer), 16, function_token_ids(tokenizer))
+    _, folder = save_captioner(model, tokenizer, tmp_path, {"k": 4})
+    meta_path = folder / "captioner.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("copy_content_only", "copy_grounding"):  # as a captioner from before these options was written
+        del meta["config"][key]
+    meta_path.write_text(json.dumps(meta))
+    loaded, *_ = load_captioner(folder)
+    assert not loaded.captioner_config.copy_content_only and not loaded.captioner_config.copy_grounding
+    assert loaded.decoder.word_vectors is None
+    grounded = RACaptioner(CaptionerConfig(copy=True, hidden_size=32, layers=1, heads=2, intermediate_size=64),
+                           len(tokenizer), 16, function_token_ids(tokenizer))
+    grounded.set_word_vectors(torch.ones(len(tokenizer), 16))
+    _, folder = save_captioner(grounded, tokenizer, tmp_path, {"k": 4})
+    assert torch.equal(load_captioner(folder)[0].decoder.word_vectors, torch.ones(len(tokenizer), 16))

@@ -243,4 +243,26 @@ def test_the_caption_memory_is_a_choice_and_takes_captions_ingested_after_traini
     assert main(["caption", "generate", "--workdir", str(workdir.root), "--split", "val", "--memory", "nosuch",
                  "--no-progress"]) == 2
     assert "no split 'nosuch'" in capsys.readouterr().err
+    # a grounded copy head: its word vectors are the embedding model's text embeddings of the words it may copy
+    # ("a photo of a dog"), stored with the weights; zero for function words, punctuation and placeholders
+    from heads.caption_decoder import function_token_ids, placeholder_ids
+    from heads.config import PROMPT
+    from heads.tagging import encode_texts
+
+    assert main(["caption", "train", "--workdir", str(workdir.root), "--epochs", "1", "--layers", "1",
+                 "--hidden-size", "64", "--neighbours", "2", "--copy", "--copy-substitution", "0.5",
+                 "--copy-substitute-all", "--json", "--no-progress"]) == 0
+    copier = Captioner(workdir, json.loads(capsys.readouterr().out)["captioner_id"])
+    config, tokenizer = copier.config, copier.tokenizer
+    assert config.copy_grounding and config.copy_content_only and config.copy_substitute_all
+    vectors = copier.model.decoder.word_vectors
+    never = function_token_ids(tokenizer) | set(placeholder_ids(tokenizer))
+    assert never and all(not vectors[i].any() for i in never)
+    dog = tokenizer.convert_tokens_to_ids("dog")
+    with Catalog.open(workdir, read_only=True) as catalog:
+        expected = encode_texts(catalog.model(copier.data.model_id).path, [PROMPT.format("dog")])[0]
+    assert np.allclose(vectors[dog].numpy(), expected, atol=1e-5)
+    captions, _ = copier.caption_images(val_ids[:4])
+    assert len(captions) == 4 and all(isinstance(c, str) for c in captions)
+
 

@@ -52,13 +52,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="train the decoder only on train images none of whose captions mention these words (or "
                         "their plurals); their captions stay in the caption memory (benchmarks/caption_concepts.py)")
     t.add_argument("--copy", action="store_true",
-                   help="add a copy head: a pointer over the retrieved captions, so the decoder can write words it "
-                        "never had to write in training (docs/heads.md, \"New words\"; off by default: it "
-                        "shortens captions so far)")
+                   help="add a copy head: a pointer over the content words of the retrieved captions, guided by the "
+                        "embedding model's cosine between each word and the image, so the decoder can write words it "
+                        "never had to write in training (docs/heads.md, \"New words\"; off by default: it costs "
+                        "CIDEr so far)")
     t.add_argument("--copy-substitution", type=float, default=c.copy_substitution, metavar="P",
                    help="with --copy: in this share of training examples a word the caption shares with its prompt "
                         "becomes a placeholder token in both, which only the copy head can write (default: "
                         "%(default)s)")
+    t.add_argument("--copy-substitute-all", action="store_true",
+                   help="with --copy-substitution: every word the caption shares with its prompt, not one")
     t.add_argument("--layers", type=int, default=c.layers, help="decoder layers (default: %(default)s)")
     t.add_argument("--hidden-size", type=int, default=c.hidden_size, help="decoder width (default: %(default)s)")
     add_precision(t, c.precision)
@@ -111,7 +114,7 @@ def run_train(args: argparse.Namespace) -> int:
                              layers=args.layers, hidden_size=args.hidden_size, precision=args.precision,
                              seed=args.seed, pretrained=args.base, freeze_vision=not args.train_vision,
                              exclude_words=tuple(args.exclude_words.split(",")), copy=args.copy,
-                             copy_substitution=args.copy_substitution)
+                             copy_substitution=args.copy_substitution, copy_substitute_all=args.copy_substitute_all)
     result = train_captioner(workdir_of(args), config, args.model, resume=args.resume, progress=not args.no_progress)
     if args.json:
         print_json(result)
