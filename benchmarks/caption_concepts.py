@@ -13,7 +13,9 @@ mention a concept, and for the train images held back from the decoders (their o
 - how often the generated caption names the concept (per concept and overall): retrieval-augmented (RA), the
   decoder trained without retrieval, the RA weights with no retrieved captions (k = 0), and the nearest memory
   caption returned as is;
-- CIDEr against the images' human captions.
+- CIDEr against the images' human captions;
+- on the images whose human captions name no concept (the other val images), how often a caption names one
+  anyway (`named_where_absent_pct`): copying the held-out words everywhere would name them often where they are.
 On the other val images (no concept), CIDEr of the RA decoder against --reference (a captioner trained on every
 train image, e.g. the demo's): what leaving the concepts out costs elsewhere. All in one run.
 """
@@ -66,9 +68,13 @@ def score(captions: list[str], references: list[list[str]], concepts: tuple[str,
                                                                 for i in rows]), 1)}
     all_rows = sum(v["images"] for v in named.values())
     overall = sum(v["images"] * v["named_pct"] for v in named.values()) / max(all_rows, 1)
+    # naming a concept where no reference does: a decoder that copies the held-out words everywhere names them
+    # often where they are, too, so the share above only counts next to this one
+    unshown = [i for i, refs in enumerate(references) if not any(mentions(r, concepts) for r in refs)]
+    wrongly = np.mean([bool(mentions(captions[i], concepts)) for i in unshown]) if unshown else 0.0
     metrics = caption_metrics(captions, references)
     return {"CIDEr": metrics["CIDEr"], "BLEU-4": metrics["BLEU-4"], "named_pct": round(overall, 1),
-            "by_concept": named}
+            "by_concept": named, "named_where_absent_pct": round(100 * float(wrongly), 1)}
 
 
 def main() -> None:
@@ -146,7 +152,8 @@ def main() -> None:
             "examples": [{"image_id": int(ids[i]), "references": references[i][:2], "retrieved": retrieved[i],
                           **{m: c[i] for m, c in captions.items()}} for i in range(min(4, len(ids)))]}
         for method, s in report["sets"][set_name]["methods"].items():
-            print(f"{set_name:<16} {method:<26} names the concept {s['named_pct']:5.1f}%  CIDEr {s['CIDEr']:5.1f}  "
+            print(f"{set_name:<16} {method:<26} names the concept {s['named_pct']:5.1f}%  "
+                  f"where absent {s['named_where_absent_pct']:5.1f}%  CIDEr {s['CIDEr']:5.1f}  "
                   f"BLEU-4 {s['BLEU-4']:5.1f}  " + ", ".join(f"{c} {v['named_pct']:.0f}% of {v['images']}"
                                                             for c, v in s["by_concept"].items()), flush=True)
     if args.out:
