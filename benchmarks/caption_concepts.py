@@ -71,10 +71,14 @@ def score(captions: list[str], references: list[list[str]], concepts: tuple[str,
     # naming a concept where no reference does: a decoder that copies the held-out words everywhere names them
     # often where they are, too, so the share above only counts next to this one
     unshown = [i for i, refs in enumerate(references) if not any(mentions(r, concepts) for r in refs)]
-    wrongly = np.mean([bool(mentions(captions[i], concepts)) for i in unshown]) if unshown else 0.0
+    wrongly = np.mean([bool(mentions(captions[i], concepts)) for i in unshown]) if unshown else None
     metrics = caption_metrics(captions, references)
     return {"CIDEr": metrics["CIDEr"], "BLEU-4": metrics["BLEU-4"], "named_pct": round(overall, 1),
-            "by_concept": named, "named_where_absent_pct": round(100 * float(wrongly), 1)}
+            "by_concept": named, "named_where_absent_pct": None if wrongly is None else round(100 * float(wrongly), 1)}
+
+
+def _pct(value: float | None) -> str:
+    return "     -" if value is None else f"{value:5.1f}%"
 
 
 def main() -> None:
@@ -106,7 +110,7 @@ def main() -> None:
                     "images": {n: len(s) for n, s in sets.items()}, "decoders": {}, "sets": {}}
     report["min_new_tokens"] = args.min_new_tokens
     decoders = {}
-    earlier = args.captioners.split(",") if args.captioners else None
+    earlier = (args.captioners.split(",") + [""])[:2] if args.captioners else None
     for n, (name, k) in enumerate((("retrieval_augmented", CaptionerConfig.k), ("trained_without_retrieval", 0))):
         if earlier and earlier[n].strip():
             decoders[name] = Captioner(workdir, earlier[n])
@@ -153,7 +157,7 @@ def main() -> None:
                           **{m: c[i] for m, c in captions.items()}} for i in range(min(4, len(ids)))]}
         for method, s in report["sets"][set_name]["methods"].items():
             print(f"{set_name:<16} {method:<26} names the concept {s['named_pct']:5.1f}%  "
-                  f"where absent {s['named_where_absent_pct']:5.1f}%  CIDEr {s['CIDEr']:5.1f}  "
+                  f"where absent {_pct(s['named_where_absent_pct'])}  CIDEr {s['CIDEr']:5.1f}  "
                   f"BLEU-4 {s['BLEU-4']:5.1f}  " + ", ".join(f"{c} {v['named_pct']:.0f}% of {v['images']}"
                                                             for c, v in s["by_concept"].items()), flush=True)
     if args.out:

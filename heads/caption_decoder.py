@@ -144,7 +144,8 @@ class CopyingTextDecoder(BlipTextLMHeadModel):
     A word the decoder never had to write (its output row never trained) can still be written by copying it from a
     neighbour's caption: what retrieval augmentation promises (SmallCap). `logits` are log p, so beam search and
     logits processors work unchanged. The prompt is every token before the caption marker (`prompt_id`) other than
-    specials; a row without one (no retrieved captions) generates from the vocabulary alone.
+    the uncopyable tokens (specials; with `copy_content_only` also function words, punctuation and word pieces);
+    a row without one (no retrieved captions) generates from the vocabulary alone.
 
     With a cache (generation), the first call sees the whole prompt and keeps its copy keys; later calls see one
     token each. Beams of one image share their prompt, so reordering beams leaves those keys valid.
@@ -476,9 +477,10 @@ class CaptionCollator:
         return batch
 
     def _substitute(self, batch: dict[str, torch.Tensor], row: int) -> None:
-        """Replace one content word that the row's target shares with its prompt by a random copy placeholder,
-        everywhere in the row: its output row tells the decoder nothing, so the pointer must copy it (as it must a
-        word the decoder never had to write). Draws from torch's generator, as the dropout does."""
+        """Replace one content word that the row's target shares with its prompt (every one, each by its own, with
+        `copy_substitute_all`) by a random copy placeholder, everywhere in the row: its output row tells the decoder
+        nothing, so the pointer must copy it (as it must a word the decoder never had to write). Draws from torch's
+        generator, as the dropout does."""
         ids, labels = batch["input_ids"][row], batch["labels"][row]
         target = labels[labels != -100]
         prompt = ids[: int((labels != -100).nonzero()[0]) if (labels != -100).any() else len(ids)]

@@ -248,6 +248,8 @@ def copy_word_vectors(workdir: Workdir, model_id: str, tokenizer: Any) -> torch.
     """(vocabulary, D) the grounded copy head's word vectors: CLIP's text embedding of each token the pointer may
     copy, in the zero-shot template ("a photo of a purple"); zero for the tokens it never copies and for copy
     placeholders (they name nothing)."""
+    from indexer.devices import default_device
+
     from .config import PROMPT
     from .tagging import encode_texts
 
@@ -255,7 +257,7 @@ def copy_word_vectors(workdir: Workdir, model_id: str, tokenizer: Any) -> torch.
     tokens = [(i, t) for t, i in tokenizer.get_vocab().items() if i not in skip]
     with Catalog.open(workdir, read_only=True) as catalog:
         path = catalog.model(model_id).path
-    vectors = encode_texts(path, [PROMPT.format(t) for _, t in tokens])
+    vectors = encode_texts(path, [PROMPT.format(t) for _, t in tokens], default_device())
     out = torch.zeros(len(tokenizer), vectors.shape[1])
     out[[i for i, _ in tokens]] = torch.from_numpy(vectors)
     return out

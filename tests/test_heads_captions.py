@@ -78,12 +78,15 @@ def test_batches_left_pad_prompts_and_train_on_the_caption_only():
     assert prompt_only["attention_mask"][0].all() and prompt_only["input_ids"].shape[1] == 6  # BOS a dog runs SEP PRM
 
 
-def test_decoding_ignores_padding_and_the_saved_captioner_round_trips(tmp_path):
+@pytest.mark.parametrize("copy", [False, True])
+def test_decoding_ignores_padding_and_the_saved_captioner_round_trips(tmp_path, copy):
     torch.manual_seed(0)
     tokenizer = train_tokenizer(TEXTS, 300)
     config = CaptionerConfig(hidden_size=64, layers=2, heads=2, intermediate_size=128, dropout=0.0, beams=2,
-                             max_new_tokens=6, min_new_tokens=2)
-    model = RACaptioner(config, len(tokenizer), image_dim=16).eval()
+                             max_new_tokens=6, min_new_tokens=2, copy=copy)
+    model = RACaptioner(config, len(tokenizer), 16, function_token_ids(tokenizer)).eval()
+    if copy:  # grounded, content words only: the image embedding goes with each beam
+        model.set_word_vectors(torch.nn.functional.normalize(torch.randn(len(tokenizer), 16), dim=1))
     features = torch.randn(2, 5, 16)
     prompts = [["a black dog runs on the grass", "two men"], ["a dog"]]
     batch = encode_batch(tokenizer, prompts, None, config)
@@ -255,7 +258,8 @@ def test_the_copy_heads_training_loss_is_the_likelihood_it_decodes_with():
     torch.manual_seed(0)
     tokenizer = train_tokenizer(TEXTS, 200)
     config = CaptionerConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, dropout=0.0, copy=True)
-    model = RACaptioner(config, len(tokenizer), image_dim=16).eval()
+    model = RACaptioner(config, len(tokenizer), 16, function_token_ids(tokenizer)).eval()
+    model.set_word_vectors(torch.nn.functional.normalize(torch.randn(len(tokenizer), 16), dim=1))  # grounded
     image = torch.randn(3, 2, 16)
     batch = encode_batch(tokenizer, [[TEXTS[0], TEXTS[1]], [], [TEXTS[2]]], [TEXTS[3], TEXTS[4], TEXTS[5]], config)
     with torch.no_grad():
