@@ -433,7 +433,7 @@ def encode_texts(model_path: Path, texts: list[str], device: Any = "cpu", batch_
         from indexer.models import load_checkpoint
 
         model = load_checkpoint(model_path, device)
-    with torch.no_grad():
+    with torch.no_grad():  # no texts: one empty batch, so the shape is (0, D) as the model gives it
         chunks = [model.encode_text(texts[s:s + batch_size]).float().cpu().numpy()
-                  for s in range(0, len(texts), batch_size)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+                  for s in range(0, max(len(texts), 1), batch_size)]
+    return np.concatenate(chunks)
