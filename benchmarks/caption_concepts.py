@@ -3,6 +3,7 @@
     python benchmarks/caption_concepts.py --workdir W --concepts car,purple [--epochs 10] [--copy]
                                           [--copy-substitution P] [--reference CAPTIONER] [--out docs/results/x.json]
                                           [--substitute-all] [--captioners RA,PLAIN] [--min-new-tokens N]
+                                          [--held-back-images N]
 
 Two decoders are trained with the default recipe (--copy: with the copy head) on the train images whose captions
 never mention the concepts (`CaptionerConfig.exclude_words`; plurals count): one retrieval-augmented (the
@@ -99,15 +100,24 @@ def main() -> None:
                              "(CaptionerConfig.copy_substitute_all)")
     parser.add_argument("--min-new-tokens", type=int, default=None, metavar="N",
                         help="decoding: at least N new tokens, for every captioner (default: each one's own)")
+    parser.add_argument("--held-back-images", type=int, default=None, metavar="N",
+                        help="decode a random N of the held-back train images (seeded by --seed; default all)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     workdir = Workdir(args.workdir)
     concepts = tuple(c.strip().lower() for c in args.concepts.split(",") if c.strip())
     sets = image_sets(workdir, concepts)
+    held_back = sets["train_held_back"]
+    report_held_back = len(held_back)
+    if args.held_back_images is not None and len(held_back) > args.held_back_images:
+        # the decoders are trained without all of them; only the decoding is limited to a sample
+        chosen = np.random.default_rng(args.seed).choice(sorted(held_back), args.held_back_images, replace=False)
+        sets["train_held_back"] = {int(i): held_back[int(i)] for i in chosen}
     print("images: " + ", ".join(f"{name} {len(ids)}" for name, ids in sets.items()), flush=True)
     report: dict = {"concepts": list(concepts), "epochs": args.epochs, "copy": args.copy,
                     "copy_substitution": args.copy_substitution,
-                    "images": {n: len(s) for n, s in sets.items()}, "decoders": {}, "sets": {}}
+                    "images": {n: len(s) for n, s in sets.items()}, "held_back_from_training": report_held_back,
+                    "decoders": {}, "sets": {}}
     report["min_new_tokens"] = args.min_new_tokens
     decoders = {}
     earlier = (args.captioners.split(",") + [""])[:2] if args.captioners else None

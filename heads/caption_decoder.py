@@ -225,6 +225,8 @@ class CopyingTextDecoder(BlipTextLMHeadModel):
             return None
         if image_embedding is None:
             raise ValueError("a grounded copy head needs each row's image_embedding")
+        if not bool(self.word_vectors.any()):  # a (V, D) reduction, small next to the decoder's layers
+            raise RuntimeError("the grounded copy head's word vectors were never set (RACaptioner.set_word_vectors)")
         vectors = self.word_vectors[input_ids if word_ids is None else word_ids]                  # (B, T, D)
         cosine = (vectors * image_embedding[:, None, :].to(vectors.dtype)).sum(-1)
         mask = self._prompt_mask(input_ids) & (vectors != 0).any(-1)
@@ -259,6 +261,9 @@ class RACaptioner(CaptionDecoder):
         """`function_ids` (`function_token_ids` of the tokenizer): with `copy_content_only`, tokens never copied.
         With `copy_grounding`, set the words' CLIP text embeddings with `set_word_vectors` before training."""
         super().__init__()
+        if config.copy and config.copy_content_only and not function_ids:
+            raise ValueError("copy_content_only needs the tokenizer's function_ids (function_token_ids(tokenizer)): "
+                             "without them the pointer would copy function words too")
         self.captioner_config, self.image_dim = config, image_dim
         self.token_ids = LEARNED_VOCABULARY_IDS
         self.text_config = BlipTextConfig(

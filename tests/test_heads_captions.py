@@ -284,9 +284,11 @@ def test_only_the_copy_head_writes_a_word_it_never_had_to_write(copy):
              "big", "small"]
     captions = [" ".join(random.choice(words) for _ in range(5)) for _ in range(400)]
     tokenizer = train_tokenizer(captions + ["a zebra", "the zebra"], 200)  # the memory's words: "zebra" is a token
-    config = CaptionerConfig(hidden_size=64, layers=2, heads=2, intermediate_size=128, dropout=0.0, copy=copy)
+    config = CaptionerConfig(hidden_size=64, layers=2, heads=2, intermediate_size=128, dropout=0.0, copy=copy,
+                             copy_grounding=False)  # the pointer alone (no word vectors: noise images)
     noise = torch.randn(400, 1, 16)
-    model = _trained_to_repeat_the_prompt(RACaptioner(config, len(tokenizer), image_dim=16), tokenizer, captions,
+    model = _trained_to_repeat_the_prompt(RACaptioner(config, len(tokenizer), 16, function_token_ids(tokenizer)),
+                                          tokenizer, captions,
                                           noise, steps=150, lr=3e-3)
     wrote = []
     for prompt in ("red zebra runs near tree", "big zebra sits", "zebra"):
@@ -382,6 +384,21 @@ def test_the_grounded_pointer_prefers_the_prompt_word_that_fits_the_image(ground
         assert p[dog] > 0.9
     else:
         assert torch.allclose(p[words], torch.full((4,), 0.25), atol=1e-4)
+
+
+def test_a_copy_head_missing_its_inputs_says_so_instead_of_copying_silently():
+    """A content-only pointer built without the tokenizer's function words would copy them; a grounded one whose
+    word vectors were never set would add nothing. Both are errors, not quiet changes of behaviour."""
+    tokenizer = train_tokenizer(TEXTS, 200)
+    config = CaptionerConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, copy=True)
+    with pytest.raises(ValueError, match="function_ids"):
+        RACaptioner(config, len(tokenizer), 16)
+    model = RACaptioner(config, len(tokenizer), 16, function_token_ids(tokenizer))
+    batch = encode_batch(tokenizer, [["a black dog runs on the grass"]], ["a dog"], config)
+    with pytest.raises(RuntimeError, match="word vectors were never set"):
+        model(torch.randn(1, 3, 16), **batch)
+    model.set_word_vectors(torch.nn.functional.normalize(torch.randn(len(tokenizer), 16), dim=1))
+    assert torch.isfinite(model(torch.randn(1, 3, 16), **batch).loss)
 
 
 def test_captioners_saved_before_the_copy_options_load_as_they_were(tmp_path):
