@@ -14,6 +14,8 @@ mention a concept, and for the train images held back from the decoders (their o
 - how often the generated caption names the concept (per concept and overall): retrieval-augmented (RA), the
   decoder trained without retrieval, the RA weights with no retrieved captions (k = 0), and the nearest memory
   caption returned as is;
+- how often the RA decoder's retrieved prompt names the concept, and each method's naming share over those images
+  only (a retrieval that missed apart from a decoder that did not copy);
 - CIDEr against the images' human captions;
 - on the images whose human captions name no concept (the other val images), how often a caption names one
   anyway (`named_where_absent_pct`): copying the held-out words everywhere would name them often where they are.
@@ -57,25 +59,34 @@ def image_sets(workdir: Workdir, concepts: tuple[str, ...]) -> dict[str, dict[in
     return sets
 
 
-def score(captions: list[str], references: list[list[str]], concepts: tuple[str, ...]) -> dict:
+def score(captions: list[str], references: list[list[str]], concepts: tuple[str, ...],
+          prompts: list[list[str]]) -> dict:
     """CIDEr / BLEU-4, and per concept the share of its images (those whose references name it) whose caption
-    names it."""
-    named = {}
+    names it; `named_where_prompt_names_pct`: the same share counted only over the images whose retrieved prompt
+    (`prompts`, the RA decoder's) names the concept, which tells a retrieval that missed from a decoder that did not
+    copy."""
+    named, hits, fed = {}, 0, 0
     for concept in concepts:
         rows = [i for i, refs in enumerate(references) if any(mentions(r, (concept,)) for r in refs)]
         if rows:
-            named[concept] = {"images": len(rows),
-                              "named_pct": round(100 * np.mean([bool(mentions(captions[i], (concept,)))
-                                                                for i in rows]), 1)}
+            says = [bool(mentions(captions[i], (concept,))) for i in rows]
+            in_prompt = [any(mentions(p, (concept,)) for p in prompts[i]) for i in rows]
+            named[concept] = {"images": len(rows), "named_pct": round(100 * np.mean(says), 1),
+                              "prompt_names_pct": round(100 * np.mean(in_prompt), 1)}
+            hits += sum(s and p for s, p in zip(says, in_prompt, strict=True))
+            fed += sum(in_prompt)
     all_rows = sum(v["images"] for v in named.values())
     overall = sum(v["images"] * v["named_pct"] for v in named.values()) / max(all_rows, 1)
+    prompt_names = sum(v["images"] * v["prompt_names_pct"] for v in named.values()) / max(all_rows, 1)
     # naming a concept where no reference does: a decoder that copies the held-out words everywhere names them
     # often where they are, too, so the share above only counts next to this one
     unshown = [i for i, refs in enumerate(references) if not any(mentions(r, concepts) for r in refs)]
     wrongly = np.mean([bool(mentions(captions[i], concepts)) for i in unshown]) if unshown else None
     metrics = caption_metrics(captions, references)
     return {"CIDEr": metrics["CIDEr"], "BLEU-4": metrics["BLEU-4"], "named_pct": round(overall, 1),
-            "by_concept": named, "named_where_absent_pct": None if wrongly is None else round(100 * float(wrongly), 1)}
+            "prompt_names_pct": round(prompt_names, 1),
+            "named_where_prompt_names_pct": round(100 * hits / fed, 1) if fed else None, "by_concept": named,
+            "named_where_absent_pct": None if wrongly is None else round(100 * float(wrongly), 1)}
 
 
 def _pct(value: float | None) -> str:
@@ -162,11 +173,12 @@ def main() -> None:
             captions["reference_all_train"] = reference.caption_inputs(ref_inputs, ref_retrieved, **decoding)
         report["sets"][set_name] = {
             "images": len(ids),
-            "methods": {m: score(c, references, concepts) for m, c in captions.items()},
+            "methods": {m: score(c, references, concepts, retrieved) for m, c in captions.items()},
             "examples": [{"image_id": int(ids[i]), "references": references[i][:2], "retrieved": retrieved[i],
                           **{m: c[i] for m, c in captions.items()}} for i in range(min(4, len(ids)))]}
         for method, s in report["sets"][set_name]["methods"].items():
             print(f"{set_name:<16} {method:<26} names the concept {s['named_pct']:5.1f}%  "
+                  f"(where its prompt does {_pct(s['named_where_prompt_names_pct'])} of {s['prompt_names_pct']:.0f}%)  "
                   f"where absent {_pct(s['named_where_absent_pct'])}  CIDEr {s['CIDEr']:5.1f}  "
                   f"BLEU-4 {s['BLEU-4']:5.1f}  " + ", ".join(f"{c} {v['named_pct']:.0f}% of {v['images']}"
                                                             for c, v in s["by_concept"].items()), flush=True)

@@ -39,3 +39,14 @@ def test_search_benchmark_then_report(tmp_path):
     assert "A note the JSON cannot carry." in report
     assert "## Search: d = 256" in report and "| 3,000 | IVF16,PQ8+rerank |" in report
     assert (out / "search_latency_d256.png").stat().st_size > 0
+
+
+def test_sharp_knn_votes_go_from_the_nearest_neighbour_to_an_even_vote():
+    from tag_scores import sharp_knn_scores
+
+    labels = np.array([[1, 0], [0, 1], [0, 1]], dtype=bool)          # three gallery images, two tags
+    rows, sims = np.array([[0, 1, 2], [2, -1, -1]]), np.array([[0.9, 0.5, 0.4], [0.8, 0.0, 0.0]])
+    sharp = sharp_knn_scores(rows, sims, labels, 3, tau=1e-3)
+    even = sharp_knn_scores(rows, sims, labels, 3, tau=1e3)
+    assert np.allclose(sharp, [[1, 0], [0, 1]], atol=1e-6)            # the nearest one decides
+    assert np.allclose(even, [[1 / 3, 2 / 3], [0, 1]], atol=1e-3)     # missing neighbours (-1) never vote

@@ -1,0 +1,85 @@
+"""Can a different kNN weighting, or kNN mixed with the probe, lift tag micro-F1 toward 1.5x the prior? (issue 21)
+
+    python benchmarks/tag_scores.py --workdir W [--model M] [--repeats 5] [--out docs/results/x.json]
+
+On val, every variant's threshold is chosen on one random half and scored on the other (then the reverse; averaged
+over --repeats halvings, `tag_thresholds.held_out` with one global threshold), against the prior scored the same
+way in the same run:
+- `knn_K`: the default kNN scores (votes weighted by cosine + 1) for K = 11 ... 101;
+- `knn_K_tauT`: votes weighted by exp((cosine - best cosine) / T), sharper the smaller T;
+- `probe`: the linear probe (fitted on train as `groundex eval tags` fits it);
+- `mix_A`: A x the best kNN row + (1 - A) x the probe.
+A variant's K, T or A is not chosen on held-out images, so the best row carries that choice's optimism (small next
+to the ratios asked for). docs/heads.md, "Thresholds".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tag_thresholds import _global, held_out  # noqa: E402
+
+from heads.config import TaggingConfig  # noqa: E402
+from heads.tag_methods import knn_scores, mean_average_precision, prior_scores, train_probe  # noqa: E402
+from heads.tagging import TagData  # noqa: E402
+from warehouse import Workdir  # noqa: E402
+
+KS = (11, 21, 31, 51, 101)
+TAUS = (0.1, 0.05, 0.02)
+
+
+def sharp_knn_scores(rows: np.ndarray, sims: np.ndarray, labels: np.ndarray, k: int, tau: float) -> np.ndarray:
+    """Votes of the k nearest weighted by exp((cosine - the nearest one's) / tau)."""
+    r, s = rows[:, :k], sims[:, :k]
+    weights = np.where(r >= 0, np.exp((s - s[:, :1]) / tau), 0.0)
+    votes = np.einsum("nk,nkv->nv", weights, labels[np.maximum(r, 0)].astype(np.float32))
+    return votes / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    data = TagData(Workdir(args.workdir), args.model, TaggingConfig())
+    val, train = data.split("val"), data.train
+    rows, sims = data.neighbours(val.vectors, val.image_ids, max(KS))
+    scores = {"prior": prior_scores(data.vocabulary.prior(), len(val.image_ids))}
+    for k in KS:
+        scores[f"knn_{k}"] = knn_scores(rows, sims, train.labels, k)
+        for tau in TAUS:
+            scores[f"knn_{k}_tau{tau}"] = sharp_knn_scores(rows, sims, train.labels, k, tau)
+    scores["probe"] = train_probe(train.vectors, train.labels, data.config.probe).scores(val.vectors)
+    report: dict = {"model_id": data.model_id, "val_images": int(len(val.image_ids)),
+                    "keywords": len(data.vocabulary), "repeats": args.repeats, "variants": {}}
+
+    def add(name: str, s: np.ndarray) -> None:
+        micro, macro = held_out(_global, s, val.labels, args.repeats)
+        prior = report["variants"].get("prior", {}).get("micro_f1", micro)
+        report["variants"][name] = {"micro_f1": micro, "macro_f1": macro, "mAP": mean_average_precision(s, val.labels),
+                                    "micro_vs_prior": round(micro / max(prior, 1e-9), 3)}
+        print(f"{name:<20} micro-F1 {micro:5.1f} ({micro / max(prior, 1e-9):.2f}x the prior)  macro-F1 {macro:5.1f}  "
+              f"mAP {report['variants'][name]['mAP']:5.1f}", flush=True)
+
+    for name, s in scores.items():
+        add(name, s)
+    best = max((n for n in scores if n.startswith("knn")), key=lambda n: report["variants"][n]["micro_f1"])
+    report["best_knn"] = best
+    for a in (0.25, 0.5, 0.75):
+        add(f"mix_{a}", a * scores[best] + (1 - a) * scores["probe"])
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
