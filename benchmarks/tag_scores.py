@@ -15,7 +15,6 @@ to the ratios asked for). docs/heads.md, "Thresholds".
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,12 +24,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tag_thresholds import _global, held_out  # noqa: E402
+from tag_thresholds import _global, held_out, val_tag_data  # noqa: E402
 
-from heads.config import TaggingConfig  # noqa: E402
 from heads.tag_methods import knn_scores, mean_average_precision, prior_scores, train_probe  # noqa: E402
-from heads.tagging import TagData  # noqa: E402
-from warehouse import Workdir  # noqa: E402
 
 KS = (11, 21, 31, 51, 101)
 TAUS = (0.1, 0.05, 0.02)
@@ -45,14 +41,8 @@ def sharp_knn_scores(rows: np.ndarray, sims: np.ndarray, labels: np.ndarray, k: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    data = TagData(Workdir(args.workdir), args.model, TaggingConfig())
-    val, train = data.split("val"), data.train
+    args, data, val = val_tag_data(__doc__)
+    train = data.train
     rows, sims = data.neighbours(val.vectors, val.image_ids, max(KS))
     scores = {"prior": prior_scores(data.vocabulary.prior(), len(val.image_ids))}
     for k in KS:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from heads.config import TaggingConfig  # noqa: E402
 from heads.tag_methods import best_threshold, f1_scores, per_tag_thresholds, prior_scores  # noqa: E402
-from heads.tagging import TagData, fit_tagger  # noqa: E402
+from heads.tagging import Labelled, TagData, fit_tagger  # noqa: E402
 from warehouse import Workdir  # noqa: E402
 
 
@@ -70,15 +70,21 @@ def held_out(rule, scores: np.ndarray, labels: np.ndarray, repeats: int) -> tupl
     return round(float(micro), 2), round(float(macro), 2)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def val_tag_data(description: str) -> tuple[argparse.Namespace, TagData, Labelled]:
+    """The command line shared by the tag benchmarks (--workdir, --model, --repeats, --out), the workdir's tag data
+    and its val split."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=5, help="random halvings of val")
+    parser.add_argument("--out", type=Path, default=None, help="write the report as JSON")
     args = parser.parse_args()
     data = TagData(Workdir(args.workdir), args.model, TaggingConfig())
-    val = data.split("val")
+    return args, data, data.split("val")
+
+
+def main() -> None:
+    args, data, val = val_tag_data(__doc__)
     scores = {"prior": prior_scores(data.vocabulary.prior(), len(val.image_ids))}
     for method in ("knn", "probe"):
         scores[method] = fit_tagger(data, method, val).scores(data, val.vectors, val.image_ids, own_captions=False)
