@@ -14,8 +14,9 @@ mention a concept, and for the train images held back from the decoders (their o
 - how often the generated caption names the concept (per concept and overall): retrieval-augmented (RA), the
   decoder trained without retrieval, the RA weights with no retrieved captions (k = 0), and the nearest memory
   caption returned as is;
-- how often the RA decoder's retrieved prompt names the concept, and each method's naming share over those images
-  only (a retrieval that missed apart from a decoder that did not copy);
+- yardsticks: how often the images' own human captions name their concept, and how often the RA decoder's retrieved
+  prompt (as far as it reads it) does, with each method's naming share over those images only (a retrieval that
+  missed apart from a decoder that did not copy);
 - CIDEr against the images' human captions;
 - on the images whose human captions name no concept (the other val images), how often a caption names one
   anyway (`named_where_absent_pct`): copying the held-out words everywhere would name them often where they are.
@@ -61,32 +62,49 @@ def image_sets(workdir: Workdir, concepts: tuple[str, ...]) -> dict[str, dict[in
 
 def score(captions: list[str], references: list[list[str]], concepts: tuple[str, ...],
           prompts: list[list[str]]) -> dict:
-    """CIDEr / BLEU-4, and per concept the share of its images (those whose references name it) whose caption
-    names it; `named_where_prompt_names_pct`: the same share counted only over the images whose retrieved prompt
-    (`prompts`, the RA decoder's) names the concept, which tells a retrieval that missed from a decoder that did not
-    copy."""
-    named, hits, fed = {}, 0, 0
+    """CIDEr / BLEU-4, and per concept the share of its images (those whose references name it; an image naming two
+    concepts counts once for each) whose caption names it, with two yardsticks:
+    - `references_name_pct`: the share of those images' human captions that name it (an annotator's own rate: the
+      images are chosen by any one of their captions naming the concept, and the others may say "bicycle");
+    - `prompt_names_pct`: how often `prompts` (the RA decoder's retrieved captions, as far as it reads them) name it,
+      and `named_where_prompt_names_pct`: the naming share over those images only, which tells a retrieval that
+      missed from a decoder that did not copy.
+    Percentages are computed from counts, and None where there is nothing to count."""
+    named, totals = {}, np.zeros(5)  # images, named, references naming (share), prompt names, named where it does
     for concept in concepts:
         rows = [i for i, refs in enumerate(references) if any(mentions(r, (concept,)) for r in refs)]
-        if rows:
-            says = [bool(mentions(captions[i], (concept,))) for i in rows]
-            in_prompt = [any(mentions(p, (concept,)) for p in prompts[i]) for i in rows]
-            named[concept] = {"images": len(rows), "named_pct": round(100 * np.mean(says), 1),
-                              "prompt_names_pct": round(100 * np.mean(in_prompt), 1)}
-            hits += sum(s and p for s, p in zip(says, in_prompt, strict=True))
-            fed += sum(in_prompt)
-    all_rows = sum(v["images"] for v in named.values())
-    overall = sum(v["images"] * v["named_pct"] for v in named.values()) / max(all_rows, 1)
-    prompt_names = sum(v["images"] * v["prompt_names_pct"] for v in named.values()) / max(all_rows, 1)
+        if not rows:
+            continue
+        says = np.array([bool(mentions(captions[i], (concept,))) for i in rows])
+        shown = np.array([any(mentions(p, (concept,)) for p in prompts[i]) for i in rows])
+        refs_share = np.array([np.mean([bool(mentions(r, (concept,))) for r in references[i]]) for i in rows])
+        counts = np.array([len(rows), says.sum(), refs_share.sum(), shown.sum(), (says & shown).sum()], dtype=float)
+        totals += counts
+        named[concept] = _shares(counts)
+    overall = _shares(totals) if totals[0] else {"images": 0, "named_pct": None, "references_name_pct": None,
+                                                 "prompt_names_pct": None, "named_where_prompt_names_pct": None}
     # naming a concept where no reference does: a decoder that copies the held-out words everywhere names them
     # often where they are, too, so the share above only counts next to this one
     unshown = [i for i, refs in enumerate(references) if not any(mentions(r, concepts) for r in refs)]
     wrongly = np.mean([bool(mentions(captions[i], concepts)) for i in unshown]) if unshown else None
     metrics = caption_metrics(captions, references)
-    return {"CIDEr": metrics["CIDEr"], "BLEU-4": metrics["BLEU-4"], "named_pct": round(overall, 1),
-            "prompt_names_pct": round(prompt_names, 1),
-            "named_where_prompt_names_pct": round(100 * hits / fed, 1) if fed else None, "by_concept": named,
+    overall.pop("images")
+    return {"CIDEr": metrics["CIDEr"], "BLEU-4": metrics["BLEU-4"], **overall, "by_concept": named,
             "named_where_absent_pct": None if wrongly is None else round(100 * float(wrongly), 1)}
+
+
+def _shares(counts: np.ndarray) -> dict:
+    images, says, refs, shown, both = counts
+    return {"images": int(images), "named_pct": round(100 * says / images, 1),
+            "references_name_pct": round(100 * refs / images, 1), "prompt_names_pct": round(100 * shown / images, 1),
+            "named_where_prompt_names_pct": round(100 * both / shown, 1) if shown else None}
+
+
+def shown_prompts(tokenizer, retrieved: list[list[str]], max_tokens: int) -> list[list[str]]:
+    """The retrieved captions as far as the decoder reads them (each cut to `max_tokens` tokens, as `encode_batch`
+    cuts them), back as text."""
+    return [[tokenizer.decode(tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens]) for t in texts]
+            for texts in retrieved]
 
 
 def _pct(value: float | None) -> str:
@@ -120,6 +138,8 @@ def main() -> None:
     sets = image_sets(workdir, concepts)
     held_back = sets["train_held_back"]
     report_held_back = len(held_back)
+    if args.held_back_images is not None and args.held_back_images < 1:
+        parser.error("--held-back-images must be >= 1")
     if args.held_back_images is not None and len(held_back) > args.held_back_images:
         # the decoders are trained without all of them; only the decoding is limited to a sample
         chosen = np.random.default_rng(args.seed).choice(sorted(held_back), args.held_back_images, replace=False)
@@ -152,7 +172,7 @@ def main() -> None:
     # the report says how the RA decoder was trained (an earlier run's, too), not what this command line would have
     report.update(epochs=ra.config.epochs, copy=ra.config.copy, copy_substitution=ra.config.copy_substitution,
                   copy_substitute_all=ra.config.copy_substitute_all, copy_content_only=ra.config.copy_content_only,
-                  copy_grounding=ra.config.copy_grounding)
+                  copy_grounding=ra.config.copy_grounding, model_id=ra.data.model_id)
     beams = CaptionerConfig.beams
     decoding = {"beams": beams, "min_new_tokens": args.min_new_tokens}
     for set_name, by_image in sets.items():
@@ -162,6 +182,7 @@ def main() -> None:
         references = [by_image[int(i)] for i in ids]
         vectors, inputs = ra.data.image_inputs(ids, ra.config)
         retrieved = ra.data.retrieve(vectors, ids, ra.config.k)
+        shown = shown_prompts(ra.tokenizer, retrieved, ra.config.max_retrieved_tokens)
         captions = {"retrieval_augmented": ra.caption_inputs(inputs, retrieved, **decoding),
                     "trained_without_retrieval": plain.caption_inputs(inputs, [[] for _ in ids], **decoding),
                     "ra_weights_k0": ra.caption_inputs(inputs, [[] for _ in ids], **decoding),
@@ -173,12 +194,13 @@ def main() -> None:
             captions["reference_all_train"] = reference.caption_inputs(ref_inputs, ref_retrieved, **decoding)
         report["sets"][set_name] = {
             "images": len(ids),
-            "methods": {m: score(c, references, concepts, retrieved) for m, c in captions.items()},
+            "methods": {m: score(c, references, concepts, shown) for m, c in captions.items()},
             "examples": [{"image_id": int(ids[i]), "references": references[i][:2], "retrieved": retrieved[i],
                           **{m: c[i] for m, c in captions.items()}} for i in range(min(4, len(ids)))]}
         for method, s in report["sets"][set_name]["methods"].items():
-            print(f"{set_name:<16} {method:<26} names the concept {s['named_pct']:5.1f}%  "
-                  f"(where its prompt does {_pct(s['named_where_prompt_names_pct'])} of {s['prompt_names_pct']:.0f}%)  "
+            print(f"{set_name:<16} {method:<26} names the concept {_pct(s['named_pct'])} "
+                  f"(references {_pct(s['references_name_pct'])}; where the RA prompt does "
+                  f"{_pct(s['named_where_prompt_names_pct'])} of {_pct(s['prompt_names_pct'])})  "
                   f"where absent {_pct(s['named_where_absent_pct'])}  CIDEr {s['CIDEr']:5.1f}  "
                   f"BLEU-4 {s['BLEU-4']:5.1f}  " + ", ".join(f"{c} {v['named_pct']:.0f}% of {v['images']}"
                                                             for c, v in s["by_concept"].items()), flush=True)

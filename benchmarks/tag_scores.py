@@ -33,10 +33,17 @@ TAUS = (0.1, 0.05, 0.02)
 
 
 def sharp_knn_scores(rows: np.ndarray, sims: np.ndarray, labels: np.ndarray, k: int, tau: float) -> np.ndarray:
-    """Votes of the k nearest weighted by exp((cosine - the nearest one's) / tau)."""
+    """Votes of the k nearest weighted by exp((cosine - the nearest one's) / tau). `rows` / `sims` as
+    `heads.neighbours` gives them (-1 / -inf: no neighbour); a query without neighbours gets no votes."""
+    if not 1 <= k <= rows.shape[1] or tau <= 0:
+        raise ValueError(f"k must be in [1, {rows.shape[1]}] and tau > 0, got {k}, {tau}")
     r, s = rows[:, :k], sims[:, :k]
-    weights = np.where(r >= 0, np.exp((s - s[:, :1]) / tau), 0.0)
-    votes = np.einsum("nk,nkv->nv", weights, labels[np.maximum(r, 0)].astype(np.float32))
+    present = r >= 0
+    nearest = np.where(present[:, :1], s[:, :1], 0.0)
+    weights = np.where(present, np.exp((np.where(present, s, nearest) - nearest) / tau), 0.0).astype(np.float32)
+    votes = np.zeros((len(r), labels.shape[1]), dtype=np.float32)
+    for j in range(k):  # one rank at a time, as knn_scores: (N, V) in memory, not (N, k, V)
+        votes += weights[:, j, None] * labels[np.maximum(r[:, j], 0)]
     return votes / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
 
 
@@ -52,10 +59,10 @@ def main() -> None:
     scores["probe"] = train_probe(train.vectors, train.labels, data.config.probe).scores(val.vectors)
     report: dict = {"model_id": data.model_id, "val_images": int(len(val.image_ids)),
                     "keywords": len(data.vocabulary), "repeats": args.repeats, "variants": {}}
+    prior = held_out(_global, scores["prior"], val.labels, args.repeats)[0]
 
     def add(name: str, s: np.ndarray) -> None:
         micro, macro = held_out(_global, s, val.labels, args.repeats)
-        prior = report["variants"].get("prior", {}).get("micro_f1", micro)
         report["variants"][name] = {"micro_f1": micro, "macro_f1": macro, "mAP": mean_average_precision(s, val.labels),
                                     "micro_vs_prior": round(micro / max(prior, 1e-9), 3)}
         print(f"{name:<20} micro-F1 {micro:5.1f} ({micro / max(prior, 1e-9):.2f}x the prior)  macro-F1 {macro:5.1f}  "

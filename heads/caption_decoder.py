@@ -173,6 +173,7 @@ class CopyingTextDecoder(BlipTextLMHeadModel):
         self.copy_query = nn.Linear(config.hidden_size, copy_dim)
         self.copy_key = nn.Linear(config.hidden_size, copy_dim)
         self.copy_gate = nn.Linear(config.hidden_size, 1)
+        self._vectors_checked = False  # `_grounding` checks once that the word vectors were set
         self._generation = threading.local()  # per thread (the app captions from several): the prompt's keys, ids, mask
 
     def _prompt_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -225,8 +226,11 @@ class CopyingTextDecoder(BlipTextLMHeadModel):
             return None
         if image_embedding is None:
             raise ValueError("a grounded copy head needs each row's image_embedding")
-        if not bool(self.word_vectors.any()):  # a (V, D) reduction, small next to the decoder's layers
-            raise RuntimeError("the grounded copy head's word vectors were never set (RACaptioner.set_word_vectors)")
+        if not self._vectors_checked:  # once: on a GPU the check waits for the device
+            if not bool(self.word_vectors.any()):
+                raise RuntimeError("the grounded copy head's word vectors were never set "
+                                   "(RACaptioner.set_word_vectors)")
+            self._vectors_checked = True
         vectors = self.word_vectors[input_ids if word_ids is None else word_ids]                  # (B, T, D)
         cosine = (vectors * image_embedding[:, None, :].to(vectors.dtype)).sum(-1)
         mask = self._prompt_mask(input_ids) & (vectors != 0).any(-1)
