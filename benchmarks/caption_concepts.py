@@ -81,8 +81,7 @@ def score(captions: list[str], references: list[list[str]], concepts: tuple[str,
         counts = np.array([len(rows), says.sum(), refs_share.sum(), shown.sum(), (says & shown).sum()], dtype=float)
         totals += counts
         named[concept] = _shares(counts)
-    overall = _shares(totals) if totals[0] else {"images": 0, "named_pct": None, "references_name_pct": None,
-                                                 "prompt_names_pct": None, "named_where_prompt_names_pct": None}
+    overall = _shares(totals)
     # naming a concept where no reference does: a decoder that copies the held-out words everywhere names them
     # often where they are, too, so the share above only counts next to this one
     unshown = [i for i, refs in enumerate(references) if not any(mentions(r, concepts) for r in refs)]
@@ -94,10 +93,14 @@ def score(captions: list[str], references: list[list[str]], concepts: tuple[str,
 
 
 def _shares(counts: np.ndarray) -> dict:
+    """Percentages from (images, named, references naming, prompt names, named where it does); None over nothing."""
     images, says, refs, shown, both = counts
-    return {"images": int(images), "named_pct": round(100 * says / images, 1),
-            "references_name_pct": round(100 * refs / images, 1), "prompt_names_pct": round(100 * shown / images, 1),
-            "named_where_prompt_names_pct": round(100 * both / shown, 1) if shown else None}
+
+    def pct(part: float, whole: float) -> float | None:
+        return round(100 * part / whole, 1) if whole else None
+
+    return {"images": int(images), "named_pct": pct(says, images), "references_name_pct": pct(refs, images),
+            "prompt_names_pct": pct(shown, images), "named_where_prompt_names_pct": pct(both, shown)}
 
 
 def shown_prompts(tokenizer, retrieved: list[list[str]], max_tokens: int) -> list[list[str]]:

@@ -26,7 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tag_thresholds import _global, held_out, val_tag_data  # noqa: E402
 
-from heads.tag_methods import knn_scores, mean_average_precision, prior_scores, train_probe  # noqa: E402
+from heads.tag_methods import (  # noqa: E402
+    knn_scores,
+    mean_average_precision,
+    prior_scores,
+    train_probe,
+    weighted_votes,
+)
 
 KS = (11, 21, 31, 51, 101)
 TAUS = (0.1, 0.05, 0.02)
@@ -40,11 +46,7 @@ def sharp_knn_scores(rows: np.ndarray, sims: np.ndarray, labels: np.ndarray, k: 
     r, s = rows[:, :k], sims[:, :k]
     present = r >= 0
     nearest = np.where(present[:, :1], s[:, :1], 0.0)
-    weights = np.where(present, np.exp((np.where(present, s, nearest) - nearest) / tau), 0.0).astype(np.float32)
-    votes = np.zeros((len(r), labels.shape[1]), dtype=np.float32)
-    for j in range(k):  # one rank at a time, as knn_scores: (N, V) in memory, not (N, k, V)
-        votes += weights[:, j, None] * labels[np.maximum(r[:, j], 0)]
-    return votes / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    return weighted_votes(r, np.where(present, np.exp((np.where(present, s, nearest) - nearest) / tau), 0.0), labels)
 
 
 def main() -> None:

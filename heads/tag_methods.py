@@ -36,9 +36,15 @@ def knn_scores(neighbour_rows: np.ndarray, neighbour_sims: np.ndarray, gallery_l
     if not 1 <= k <= neighbour_rows.shape[1]:
         raise ValueError(f"k must be in [1, {neighbour_rows.shape[1]}] (the neighbours searched), got {k}")
     rows, sims = neighbour_rows[:, :k], neighbour_sims[:, :k]
-    weights = np.where(rows >= 0, np.clip(sims + 1.0, 1e-6, None), 0.0).astype(np.float32)  # (N, k)
+    return weighted_votes(rows, np.where(rows >= 0, np.clip(sims + 1.0, 1e-6, None), 0.0), gallery_labels)
+
+
+def weighted_votes(rows: np.ndarray, weights: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
+    """(N, V) each query's gallery labels averaged with `weights` (N, k) over its neighbours `rows` (N, k; -1: none,
+    which must weigh 0); a query whose weights are all 0 gets no votes."""
+    weights = weights.astype(np.float32)
     votes = np.zeros((len(rows), gallery_labels.shape[1]), dtype=np.float32)
-    for j in range(k):  # one neighbour rank at a time: (N, V) in memory, not (N, k, V)
+    for j in range(rows.shape[1]):  # one neighbour rank at a time: (N, V) in memory, not (N, k, V)
         votes += weights[:, j, None] * gallery_labels[np.maximum(rows[:, j], 0)]
     return votes / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
 
